@@ -1,0 +1,140 @@
+"""Tests of ir_lightning.diffusion.schedules against closed forms and Monte-Carlo estimates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ir_lightning.diffusion.schedules import (
+    SCHEDULES,
+    gammas_from_betas,
+    make_betas,
+    respace,
+    sample_noise_levels,
+)
+
+SR3_T = 2000  # SR3 training schedule: linear betas 1e-6..1e-2 over T = 2000
+
+
+def test_linear_endpoints_and_monotonic() -> None:
+    betas = make_betas("linear", SR3_T)
+    assert betas.dtype == torch.float64 and betas.shape == (SR3_T,)
+    assert betas[0].item() == pytest.approx(1e-6, rel=1e-12)
+    assert betas[-1].item() == pytest.approx(1e-2, rel=1e-12)
+    assert bool((betas.diff() > 0).all())
+    # constant step (end - start) / (T - 1)
+    np.testing.assert_allclose(betas.diff().numpy(), (1e-2 - 1e-6) / (SR3_T - 1), rtol=1e-6)
+
+
+def test_quad_is_square_of_linear_roots() -> None:
+    betas = make_betas("quad", 11, linear_start=1e-4, linear_end=4e-2)
+    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12)
+    assert betas[-1].item() == pytest.approx(4e-2, rel=1e-12)
+    expected = np.linspace(1e-2, 0.2, 11) ** 2  # sqrt(1e-4) = 1e-2, sqrt(4e-2) = 0.2
+    np.testing.assert_allclose(betas.numpy(), expected, rtol=1e-12)
+
+
+def test_const_uses_linear_end() -> None:
+    betas = make_betas("const", 7, linear_start=0.3, linear_end=0.02)
+    np.testing.assert_array_equal(betas.numpy(), np.full(7, 0.02))
+
+
+def test_cosine_matches_closed_form_alpha_bar() -> None:
+    n_steps, s = 50, 0.008
+    gammas = gammas_from_betas(make_betas("cosine", n_steps)).numpy()
+    t = np.arange(n_steps + 1) / n_steps
+    f = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2  # Nichol & Dhariwal eq. 17
+    alpha_bar = f[1:] / f[0]
+    # every step but the last is unclipped, so the cumulative product is the closed form
+    np.testing.assert_allclose(gammas[:-1], alpha_bar[:-1], rtol=1e-10, atol=1e-14)
+    # the last beta would be 1 (alpha_bar(T) = 0) and is clipped to 0.999
+    assert make_betas("cosine", n_steps)[-1].item() == pytest.approx(0.999, abs=1e-15)
+
+
+def test_make_betas_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="linear, quad, cosine, const"):
+        make_betas("sigmoid", 10)
+    with pytest.raises(ValueError, match="at least 1"):
+        make_betas("linear", 0)
+    assert SCHEDULES == ("linear", "quad", "cosine", "const")
+
+
+def test_gammas_are_cumulative_product() -> None:
+    betas = make_betas("linear", 30, linear_start=1e-3, linear_end=0.2)
+    expected = np.cumprod(1.0 - np.linspace(1e-3, 0.2, 30))
+    gammas = gammas_from_betas(betas)
+    assert gammas.dtype == torch.float64
+    np.testing.assert_allclose(gammas.numpy(), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("n_steps", [1, 2, 5, 7, 50, 1999, 2000])
+def test_respace_is_an_even_subsequence_keeping_the_noisiest(n_steps: int) -> None:
+    gammas = gammas_from_betas(make_betas("linear", SR3_T))
+    sub = respace(gammas, n_steps)
+    assert sub.shape == (n_steps,) and sub.dtype == torch.float64
+    assert sub[-1].item() == gammas[-1].item()
+    if n_steps >= 2:
+        assert sub[0].item() == gammas[0].item()
+    # gammas are strictly decreasing, so searchsorted on the flipped schedule recovers the positions
+    positions = SR3_T - 1 - np.searchsorted(gammas.flip(0).numpy(), sub.numpy())
+    np.testing.assert_array_equal(gammas.numpy()[positions], sub.numpy())
+    gaps = np.diff(positions)
+    assert (gaps > 0).all()
+    if n_steps >= 2:
+        # evenly spaced: every gap is (T - 1) / (n - 1) rounded up or down
+        assert gaps.max() - gaps.min() <= 1
+        assert abs(gaps.mean() - (SR3_T - 1) / (n_steps - 1)) < 1e-12
+
+
+def test_respace_rejects_too_many_steps() -> None:
+    gammas = gammas_from_betas(make_betas("linear", 10))
+    with pytest.raises(ValueError, match=r"\[1, 10\]"):
+        respace(gammas, 11)
+    with pytest.raises(ValueError):
+        respace(gammas, 0)
+
+
+HAND_GAMMAS = torch.tensor([0.9, 0.6, 0.5, 0.1], dtype=torch.float64)
+N_LEVELS = 20000
+
+
+def _draw_gammas() -> np.ndarray:
+    levels = sample_noise_levels(HAND_GAMMAS, N_LEVELS, generator=torch.Generator().manual_seed(0))
+    assert levels.dtype == torch.float32 and levels.shape == (N_LEVELS,)
+    return levels.double().numpy() ** 2
+
+
+def test_noise_levels_lie_between_neighbouring_levels() -> None:
+    gammas = gammas_from_betas(make_betas("linear", SR3_T))
+    levels = sample_noise_levels(gammas, N_LEVELS, generator=torch.Generator().manual_seed(1)).double()
+    # union of the intervals [sqrt(gamma_t), sqrt(gamma_{t-1})] for t = 1..T, float32-rounded
+    assert levels.min().item() >= math.sqrt(gammas[-1].item()) * (1 - 1e-6)
+    assert levels.max().item() <= 1.0
+
+
+def test_noise_levels_follow_the_mixture_of_uniforms() -> None:
+    gamma = _draw_gammas()
+    upper = np.concatenate([[1.0], HAND_GAMMAS.numpy()[:-1]])  # gamma_{t-1}
+    lower = HAND_GAMMAS.numpy()  # gamma_t
+    # mixture of U(gamma_t, gamma_{t-1}) with weight 1/T each: first two moments in closed form
+    mean = np.mean((upper + lower) / 2)
+    second = np.mean((upper**2 + upper * lower + lower**2) / 3)
+    std_error = math.sqrt((second - mean**2) / N_LEVELS)
+    assert abs(gamma.mean() - mean) < 4 * std_error
+    # per-sample t: P(gamma > gamma_k) = k / T at every boundary, binomial standard error
+    n_train = len(lower)
+    for k, boundary in enumerate(lower[:-1], start=1):
+        p = k / n_train
+        assert abs((gamma > boundary).mean() - p) < 4 * math.sqrt(p * (1 - p) / N_LEVELS)
+    assert gamma.min() > lower[-1] and gamma.max() <= 1.0
+
+
+def test_noise_levels_are_reproducible_with_a_generator() -> None:
+    first = sample_noise_levels(HAND_GAMMAS, 8, generator=torch.Generator().manual_seed(3))
+    again = sample_noise_levels(HAND_GAMMAS, 8, generator=torch.Generator().manual_seed(3))
+    other = sample_noise_levels(HAND_GAMMAS, 8, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert (first - other).abs().max().item() > 1e-3
