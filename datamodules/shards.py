@@ -1,0 +1,628 @@
+"""A LightningDataModule that streams image-restoration samples from WebDataset tar shards.
+
+A shard sample is ``<key>.gt.png`` (or ``.jpg``/``.jpeg``/``.webp``), optionally ``<key>.lq.*``
+(paired data), ``<key>.mask.png`` and ``<key>.meta.json``. A batch is a dict with float tensors in
+[0, 1] of shape ``B x C x H x W`` (``gt``, ``lq``, ``mask`` with C = 1), ``__key__`` (list of str),
+``meta`` (list of dict, when the samples carry ``meta.json``) and ``n_skipped`` (0-dim int64: samples
+the worker dropped since its previous batch).
+
+Training is an infinite stream: every (rank, worker) draws its own seeded sequence of shards with
+replacement, decodes, crops at random (a paired crop is drawn on the LQ grid and scaled to the GT
+grid, so the two stay aligned), flips and rotates, shuffles in a buffer and batches inside the
+worker. Every epoch is cut to ``steps_per_epoch`` batches, so all DDP ranks run the same number of
+steps whatever the shard sizes. Validation, test and predict read every sample once, in order, and
+split samples (not shards) across ranks. Synthetic degradations run on the device in
+``on_after_batch_transfer``; loader workers only decode and crop.
+"""
+
+import glob
+import itertools
+import json
+import os
+import re
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import braceexpand
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import get_worker_info
+
+from ir_lightning.degradations import Pipeline
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+"""Member extensions read as images, in the order they are looked for (all that ``ir_lightning.shards`` writes)."""
+
+IMAGE_NAMES: tuple[str, ...] = ("gt", "lq", "mask")
+"""Image members of a sample; ``mask`` is single-channel and lives on the GT grid."""
+
+UINT8_PEAK: float = 255.0
+"""Largest 8-bit pixel value: 8-bit images are divided by it."""
+
+UINT16_PEAK: float = 65535.0
+"""Largest 16-bit pixel value: 16-bit images are divided by it."""
+
+SIXTEEN_BIT_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+"""PIL modes of 16-bit greyscale images (PIL opens 16-bit PNGs as one of these)."""
+
+REMOTE_URL = re.compile(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)")
+"""Shard URLs that are streamed, not checked at setup: ``pipe:...``, ``http(s)://``, ``s3://``, ..."""
+
+GLOB_MAGIC = re.compile(r"[*?\[]")
+"""Characters that make a local path a glob pattern."""
+
+SHARD_DRAWS, CROP_DRAWS, SHUFFLE_DRAWS, DEGRADATION_DRAWS = range(4)
+"""Ids of the independent random streams derived from (seed, rank, epoch, worker)."""
+
+STAGE_SHARDS: dict[str, tuple[str, ...]] = {
+    "fit": ("train_shards", "val_shards"),
+    "validate": ("val_shards",),
+    "test": ("test_shards",),
+    "predict": ("predict_shards",),
+}
+"""Shard arguments each Lightning stage reads; the first one of each stage is required."""
+
+
+class ImageTooSmall(ValueError):
+    """A sample's image is smaller than the crop."""
+
+
+def expand_shards(shards: str | list[str], argument: str) -> list[str]:
+    """Expand brace patterns and globs into shard URLs; check that local shards exist.
+
+    ``argument`` (e.g. ``data.train_shards``) names the setting in error messages. ``pipe:`` and
+    ``scheme://`` URLs are passed through unchecked.
+    """
+    patterns = [shards] if isinstance(shards, str) else list(shards)
+    if not patterns:
+        raise ValueError(f"{argument} is an empty list: give at least one shard pattern")
+    urls: list[str] = []
+    for pattern in patterns:
+        for url in braceexpand.braceexpand(pattern):
+            urls.extend(_local_or_remote(url, pattern, argument))
+    return urls
+
+
+def _local_or_remote(url: str, pattern: str, argument: str) -> list[str]:
+    """Return ``[url]`` for a remote URL, or the existing local files ``url`` names."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif REMOTE_URL.match(url):
+        return [url]
+    if GLOB_MAGIC.search(url):
+        matches = sorted(glob.glob(url))
+        if not matches:
+            raise FileNotFoundError(f"{argument}: pattern {pattern!r} matches no file (glob {url!r})")
+        return matches
+    if not os.path.isfile(url):
+        raise FileNotFoundError(f"{argument}: pattern {pattern!r} matches no file (first missing: {url!r})")
+    return [url]
+
+
+def decode_image(data: bytes, channels: int) -> tuple[np.ndarray, float]:
+    """Decode image bytes to integer pixels ``H x W x channels`` and the peak that maps them to [0, 1].
+
+    Grey images are repeated to 3 channels, RGBA drops alpha, 16-bit greyscale keeps 16 bits
+    (PIL reads 16-bit colour PNGs as 8-bit RGB).
+    """
+    with Image.open(BytesIO(data)) as image:
+        image.load()
+        if image.mode in SIXTEEN_BIT_MODES:
+            pixels = np.asarray(image).astype(np.uint16)[..., None]
+            return np.repeat(pixels, channels, axis=2), UINT16_PEAK
+        converted = image.convert("RGB" if channels == 3 else "L")
+        pixels = np.asarray(converted).reshape(converted.height, converted.width, channels)
+        return pixels, UINT8_PEAK
+
+
+def to_unit_tensor(image: tuple[np.ndarray, float]) -> torch.Tensor:
+    """Integer pixels ``H x W x C`` and their peak -> float32 tensor ``C x H x W`` in [0, 1]."""
+    pixels, peak = image
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(chw) / peak  # value / peak maps {0..peak} onto [0, 1]
+
+
+def _member(raw: dict[str, Any], name: str) -> bytes | None:
+    """The bytes of ``name.<ext>`` for the first image extension present, or None."""
+    for extension in IMAGE_EXTENSIONS:
+        data = raw.get(f"{name}.{extension}")
+        if data is not None:
+            return data
+    return None
+
+
+def decode_sample(raw: dict[str, Any], require_gt: bool) -> dict[str, Any]:
+    """Decode a raw webdataset sample into ``__key__``, images ``(pixels, peak)`` and ``meta``."""
+    sample: dict[str, Any] = {"__key__": raw["__key__"]}
+    for name in IMAGE_NAMES:
+        data = _member(raw, name)
+        if data is not None:
+            sample[name] = decode_image(data, channels=1 if name == "mask" else 3)
+    if "meta.json" in raw:
+        sample["meta"] = json.loads(raw["meta.json"])
+    if require_gt and "gt" not in sample:
+        raise ValueError(f"sample {raw['__key__']!r} has no gt image (members: {sorted(raw)})")
+    if "gt" not in sample and "lq" not in sample:
+        raise ValueError(f"sample {raw['__key__']!r} has neither a gt nor an lq image")
+    return sample
+
+
+def _grid(sample: dict[str, Any], scale: int) -> tuple[int, int, int]:
+    """The crop grid ``(height, width, unit)``: LQ pixels (unit = scale) when paired, else GT pixels.
+
+    A GT image may exceed ``scale`` times its LQ by fewer than ``scale`` pixels (no mod-crop).
+    """
+    if "lq" not in sample:
+        height, width = sample["gt"][0].shape[:2]
+        return height, width, 1
+    height, width = sample["lq"][0].shape[:2]
+    for name in ("gt", "mask"):
+        if name in sample:
+            big_h, big_w = sample[name][0].shape[:2]
+            if (big_h // scale, big_w // scale) != (height, width):
+                sizes = f"{name} is {big_h}x{big_w} but lq is {height}x{width}"
+                raise ValueError(f"sample {sample['__key__']!r}: {sizes} at scale {scale}")
+    return height, width, scale
+
+
+def crop(sample: dict[str, Any], top: int, left: int, size: int, unit: int) -> dict[str, Any]:
+    """Crop every image to ``size`` GT pixels at grid position (top, left); LQ gets ``size // unit``."""
+    cropped = dict(sample)
+    for name in IMAGE_NAMES:
+        if name in sample:
+            pixels, peak = sample[name]
+            step = 1 if name == "lq" else unit  # grid cell -> pixels of this image
+            extent = size // unit * step
+            window = pixels[top * step : top * step + extent, left * step : left * step + extent]
+            cropped[name] = (window, peak)
+    return cropped
+
+
+def _check_fits(sample: dict[str, Any], height: int, width: int, cells: int) -> None:
+    """Raise ImageTooSmall unless a crop of ``cells`` grid cells fits in ``height x width``."""
+    if height < cells or width < cells:
+        raise ImageTooSmall(f"sample {sample['__key__']!r}: {height}x{width} grid is smaller than the crop ({cells})")
+
+
+def random_crop(sample: dict[str, Any], size: int, scale: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Crop at a uniform position drawn on the LQ grid (GT position = LQ position * scale)."""
+    height, width, unit = _grid(sample, scale)
+    cells = size // unit
+    _check_fits(sample, height, width, cells)
+    top = int(rng.integers(0, height - cells + 1))
+    left = int(rng.integers(0, width - cells + 1))
+    return crop(sample, top, left, size, unit)
+
+
+def centre_crop(sample: dict[str, Any], size: int, scale: int) -> dict[str, Any]:
+    """Crop the centre ``size x size`` GT pixels (and the matching LQ window)."""
+    height, width, unit = _grid(sample, scale)
+    cells = size // unit
+    _check_fits(sample, height, width, cells)
+    return crop(sample, (height - cells) // 2, (width - cells) // 2, size, unit)
+
+
+def dihedral(sample: dict[str, Any], mirror: bool, quarter_turns: int) -> dict[str, Any]:
+    """Mirror left-right (if ``mirror``), then rotate by ``quarter_turns`` x 90 degrees; same on every image."""
+    moved = dict(sample)
+    for name in IMAGE_NAMES:
+        if name in sample:
+            pixels, peak = sample[name]
+            if mirror:
+                pixels = pixels[:, ::-1]
+            moved[name] = (np.rot90(pixels, quarter_turns, axes=(0, 1)), peak)
+    return moved
+
+
+class SkipCounter:
+    """Counts samples a training worker dropped; a webdataset ``handler`` that never re-raises.
+
+    ``take()`` returns the count since its previous call (one per batch). After
+    ``max_consecutive`` skips without a good sample in between the data is declared broken.
+    """
+
+    def __init__(self, max_consecutive: int) -> None:
+        self.max_consecutive = max_consecutive
+        self.since_batch = 0
+        self.consecutive = 0
+        self.warned: set[str] = set()
+
+    def skip(self, error: BaseException, kind: str = "corrupt") -> bool:
+        """Count one dropped sample or shard; warn on the first of each ``kind``; True = go on."""
+        self.since_batch += 1
+        self.consecutive += 1
+        if kind not in self.warned:
+            self.warned.add(kind)
+            warnings.warn(f"skipping {kind} training data (warned once per worker): {error!r}"[:500], stacklevel=2)
+        if self.consecutive > self.max_consecutive:
+            raise RuntimeError(f"{self.consecutive} training samples in a row failed; last error: {error!r}") from error
+        return True
+
+    def good(self) -> None:
+        """Record a sample that decoded and cropped."""
+        self.consecutive = 0
+
+    def take(self) -> int:
+        """Skips since the previous call."""
+        count, self.since_batch = self.since_batch, 0
+        return count
+
+
+@dataclass(frozen=True)
+class StreamSeed:
+    """Deterministic seeds for the training stream of one (seed, rank, start epoch) in every worker."""
+
+    seed: int
+    rank: int
+    start_epoch: int
+
+    def entropy(self, stream: int) -> list[int]:
+        """Entropy words for random stream ``stream`` of the calling loader worker (0 in-process)."""
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        return [self.seed, self.rank, self.start_epoch, worker, stream]
+
+    def worker_seed(self) -> int:
+        """The integer seed of this worker's shard draws (``ResampledShards(worker_seed=...)``)."""
+        return int(np.random.SeedSequence(self.entropy(SHARD_DRAWS)).generate_state(1)[0])
+
+    def rng(self, stream: int) -> np.random.Generator:
+        """A numpy generator for random stream ``stream`` of this worker."""
+        return np.random.default_rng(self.entropy(stream))
+
+
+class TrainSamples:
+    """Pipeline stage in a worker: decode, random crop, flip and rotate; skip and count bad samples.
+
+    The first good sample fixes the members a sample has (e.g. gt + lq); a later sample that lacks
+    one (a sample cut short by a truncated shard) is skipped too.
+    """
+
+    def __init__(self, crop_size: int, scale: int, flip: bool, rot90: bool, seeds: StreamSeed, skips: SkipCounter):
+        self.crop_size, self.scale, self.flip, self.rot90 = crop_size, scale, flip, rot90
+        self.seeds, self.skips = seeds, skips
+
+    def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        rng = self.seeds.rng(CROP_DRAWS)
+        layout: frozenset[str] | None = None
+        for raw in raws:
+            try:
+                sample = self.transform(raw, rng)
+                members = frozenset(sample) - {"__key__"}
+                layout = members if layout is None else layout
+                if members != layout:
+                    raise ValueError(f"sample {raw['__key__']!r} has {sorted(members)}, expected {sorted(layout)}")
+            except ImageTooSmall as error:
+                self.skips.skip(error, kind="too small")
+                continue
+            except Exception as error:  # noqa: BLE001 - any bad sample is counted, never fatal
+                self.skips.skip(error)
+                continue
+            self.skips.good()
+            yield sample
+
+    def transform(self, raw: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Decode, crop, then apply a random element of the flips/rotations allowed."""
+        sample = random_crop(decode_sample(raw, require_gt=True), self.crop_size, self.scale, rng)
+        mirror = self.flip and bool(rng.integers(2))  # P(mirror) = 1/2
+        quarter_turns = int(rng.integers(4)) if self.rot90 else 0  # uniform over 0, 90, 180, 270 degrees
+        return dihedral(sample, mirror, quarter_turns)
+
+
+class WorkerShuffle:
+    """Pipeline stage: shuffle through a buffer of ``size`` samples, seeded per worker."""
+
+    def __init__(self, size: int, seeds: StreamSeed) -> None:
+        self.size, self.seeds = size, seeds
+
+    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        if self.size < 2:
+            return iter(samples)
+        seed = int(self.seeds.rng(SHUFFLE_DRAWS).integers(2**31))
+        return wds.shuffle(self.size, initial=self.size, seed=seed)(iter(samples))
+
+
+class EvalShare:
+    """Pipeline stage: keep this rank's samples (index % world_size == rank), in order.
+
+    Inside a loader with several workers, each worker keeps every ``num_workers``-th block of
+    ``batch_size`` samples, so the DataLoader's round-robin over workers restores the order.
+    """
+
+    def __init__(self, rank: int, world_size: int, batch_size: int) -> None:
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+
+    def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        mine = itertools.islice(raws, self.rank, None, self.world_size)
+        for index, raw in enumerate(mine):
+            if (index // self.batch_size) % num_workers == worker:
+                yield raw
+
+
+class EvalSamples:
+    """Pipeline stage: decode and centre-crop (if ``crop_size``); errors name the sample and raise."""
+
+    def __init__(self, crop_size: int | None, scale: int) -> None:
+        self.crop_size, self.scale = crop_size, scale
+
+    def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for raw in raws:
+            sample = decode_sample(raw, require_gt=False)
+            if self.crop_size is not None:
+                sample = centre_crop(sample, self.crop_size, self.scale)
+            elif "lq" in sample and "gt" in sample:
+                _grid(sample, self.scale)  # checks the GT/LQ sizes agree
+            yield sample
+
+
+class Collate:
+    """Stack a list of samples into a batch dict; ``n_skipped`` comes from the worker's counter."""
+
+    def __init__(self, skips: SkipCounter) -> None:
+        self.skips = skips
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        members = set(samples[0])
+        keys = [sample["__key__"] for sample in samples]
+        if any(set(sample) != members for sample in samples):
+            raise ValueError(f"samples {keys} do not all have the same members")
+        batch: dict[str, Any] = {"__key__": keys}
+        for name in IMAGE_NAMES:
+            if name in members:
+                batch[name] = self._stack([to_unit_tensor(sample[name]) for sample in samples], name, keys)
+        if "meta" in members:
+            batch["meta"] = [sample["meta"] for sample in samples]
+        batch["n_skipped"] = torch.tensor(self.skips.take(), dtype=torch.int64)
+        return batch
+
+    @staticmethod
+    def _stack(images: list[torch.Tensor], name: str, keys: list[str]) -> torch.Tensor:
+        """Stack into ``B x C x H x W``, with a hint when whole images differ in size."""
+        if len({image.shape for image in images}) > 1:
+            raise ValueError(
+                f"{name} images of {keys} differ in size; set data.val_crop_size or data.val_batch_size: 1"
+            )
+        return torch.stack(images)
+
+
+class Batches:
+    """Pipeline stage: collate every ``size`` samples as soon as they are in (``partial``: also the rest).
+
+    Collating at once (not when the next sample arrives) makes ``n_skipped`` count exactly the
+    skips before this batch's last sample.
+    """
+
+    def __init__(self, size: int, collate: Collate, partial: bool) -> None:
+        self.size, self.collate, self.partial = size, collate, partial
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        pending: list[dict[str, Any]] = []
+        for sample in samples:
+            pending.append(sample)
+            if len(pending) == self.size:
+                yield self.collate(pending)
+                pending = []
+        if pending and self.partial:
+            yield self.collate(pending)
+
+
+class StepsPerEpoch:
+    """An endless batch loader cut into epochs of ``steps`` batches; each epoch continues the stream.
+
+    One iterator of ``loader`` lives across epochs, so workers keep their shard and shuffle state
+    and no epoch replays the previous one. ``len()`` is ``steps`` (Lightning's epoch length).
+    """
+
+    def __init__(self, loader: Iterable[dict[str, Any]], steps: int) -> None:
+        self.loader, self.steps = loader, steps
+        self._stream: Iterator[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._stream is None:
+            self._stream = iter(self.loader)
+        return itertools.islice(self._stream, self.steps)
+
+    def close(self) -> None:
+        """Drop the live iterator (stops its worker processes)."""
+        self._stream = None
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Image-restoration batches from WebDataset shards (see the module docstring for the format).
+
+    Args:
+        train_shards: training shards: a brace pattern (``data/train-{000000..000009}.tar``), a
+            local path, a glob, an ``https://`` URL, a ``pipe:`` command (``pipe:aws s3 cp
+            s3://bucket/x.tar -``), or a list of these. Read with replacement, endlessly.
+        val_shards: validation shards, same forms; None = no validation loader.
+        test_shards: test shards, same forms.
+        predict_shards: predict shards, same forms; their samples may hold ``lq`` without ``gt``.
+        crop_size: side of the random training crop, in GT pixels. Must be divisible by ``scale``.
+        scale: GT/LQ size ratio of paired shards (1 for unpaired or same-size pairs). The LQ crop is
+            ``crop_size // scale`` LQ pixels at the matching position.
+        batch_size: training samples per batch, per device (batched inside each worker).
+        val_batch_size: samples per batch for val/test/predict, per device.
+        val_crop_size: side of the centre crop for val/test/predict, in GT pixels (divisible by
+            ``scale``); None = whole images, which needs ``val_batch_size: 1`` unless all images
+            share one size.
+        steps_per_epoch: training batches per epoch on every rank, whatever the shard sizes.
+        num_workers: loader worker processes per device (0 = decode in the main process).
+        shuffle_buffer: training samples (decoded crops) held per worker for shuffling; < 2 = off.
+        flip: mirror training crops left-right with probability 1/2.
+        rot90: rotate training crops by a uniform multiple of 90 degrees (with ``flip``: a uniform
+            element of the 8 symmetries of the square).
+        seed: base seed (>= 0) of every random draw: shard order, crops, shuffling, degradations.
+        degradation: synthetic degradation applied on the device to ``gt`` to make ``lq`` when a
+            batch has no ``lq``. Training draws from one generator per rank that advances; val,
+            test and predict reseed from ``seed`` and the batch keys, so their LQ images are the
+            same every epoch.
+        persistent_workers: keep val/test/predict workers alive between epochs (only when
+            ``num_workers > 0``); the training stream keeps its workers for the whole fit.
+        max_consecutive_skips: training samples or shards that may fail in a row (corrupt,
+            undecodable, smaller than the crop) before the data is declared broken.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
+        predict_shards: str | list[str] | None = None,
+        crop_size: int = 256,
+        scale: int = 1,
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        val_crop_size: int | None = None,
+        steps_per_epoch: int = 1000,
+        num_workers: int = 2,
+        shuffle_buffer: int = 500,
+        flip: bool = True,
+        rot90: bool = True,
+        seed: int = 0,
+        degradation: Pipeline | None = None,
+        persistent_workers: bool = True,
+        max_consecutive_skips: int = 1000,
+    ) -> None:
+        super().__init__()
+        _check_sizes(crop_size, scale, val_crop_size, seed)
+        self.shards = {
+            "train_shards": train_shards,
+            "val_shards": val_shards,
+            "test_shards": test_shards,
+            "predict_shards": predict_shards,
+        }
+        self.crop_size, self.scale, self.val_crop_size = crop_size, scale, val_crop_size
+        self.batch_size, self.val_batch_size, self.steps_per_epoch = batch_size, val_batch_size, steps_per_epoch
+        self.num_workers, self.shuffle_buffer, self.persistent_workers = num_workers, shuffle_buffer, persistent_workers
+        self.flip, self.rot90, self.seed = flip, rot90, seed
+        self.degradation = degradation
+        self.max_consecutive_skips = max_consecutive_skips
+        self.rank, self.world_size = 0, 1
+        self.urls: dict[str, list[str]] = {}
+        self._train_epochs: StepsPerEpoch | None = None
+        self._train_generator: torch.Generator | None = None
+
+    def setup(self, stage: str) -> None:
+        """Read rank and world size from the trainer and expand (and check) this stage's shards."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        required, *optional = STAGE_SHARDS[stage]
+        if self.shards[required] is None:
+            raise ValueError(f"data.{required} is required for stage {stage!r}")
+        for argument in (required, *optional):
+            if self.shards[argument] is not None:
+                self.urls[argument] = expand_shards(self.shards[argument], f"data.{argument}")
+
+    def teardown(self, stage: str) -> None:
+        """Stop the training stream's workers after fit."""
+        if stage == "fit" and self._train_epochs is not None:
+            self._train_epochs.close()
+            self._train_epochs = None
+
+    def _urls(self, argument: str) -> list[str] | None:
+        """Expanded URLs of ``argument`` (expanded now if ``setup`` has not run), None if unset."""
+        if argument not in self.urls and self.shards[argument] is not None:
+            self.urls[argument] = expand_shards(self.shards[argument], f"data.{argument}")
+        return self.urls.get(argument)
+
+    def train_dataset(self, start_epoch: int = 0) -> wds.DataPipeline:
+        """The endless, per-worker batched training pipeline of this rank."""
+        urls = self._urls("train_shards")
+        if urls is None:
+            raise ValueError("data.train_shards is required for training")
+        seeds = StreamSeed(self.seed, self.rank, start_epoch)
+        skips = SkipCounter(self.max_consecutive_skips)
+        return wds.DataPipeline(
+            wds.ResampledShards(urls, seed=self.seed, worker_seed=seeds.worker_seed, deterministic=True),
+            wds.tarfile_to_samples(handler=skips.skip),
+            TrainSamples(self.crop_size, self.scale, self.flip, self.rot90, seeds, skips),
+            WorkerShuffle(self.shuffle_buffer, seeds),
+            Batches(self.batch_size, Collate(skips), partial=False),
+        )
+
+    def eval_dataset(self, argument: str) -> wds.DataPipeline:
+        """This rank's share of ``argument``'s samples, once each, in order, batched."""
+        urls = self._urls(argument)
+        if urls is None:
+            raise ValueError(f"data.{argument} is not set")
+        return wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.tarfile_to_samples(),
+            EvalShare(self.rank, self.world_size, self.val_batch_size),
+            EvalSamples(self.val_crop_size, self.scale),
+            Batches(self.val_batch_size, Collate(SkipCounter(0)), partial=True),
+        )
+
+    def _loader(self, dataset: wds.DataPipeline, persistent: bool) -> wds.WebLoader:
+        """A WebLoader over a dataset that already yields batches."""
+        keep = persistent and self.num_workers > 0
+        return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=keep)
+
+    def train_dataloader(self) -> StepsPerEpoch:
+        """``steps_per_epoch`` batches per epoch from the endless stream (seeded by the start epoch)."""
+        start_epoch = 0 if self.trainer is None else self.trainer.current_epoch
+        loader = self._loader(self.train_dataset(start_epoch), persistent=False)
+        self._train_epochs = StepsPerEpoch(loader, self.steps_per_epoch)
+        return self._train_epochs
+
+    def val_dataloader(self) -> wds.WebLoader | list:
+        """Validation batches, or ``[]`` (no validation) when ``val_shards`` is None."""
+        if self.shards["val_shards"] is None:
+            return []
+        return self._loader(self.eval_dataset("val_shards"), self.persistent_workers)
+
+    def test_dataloader(self) -> wds.WebLoader:
+        """Test batches."""
+        return self._loader(self.eval_dataset("test_shards"), self.persistent_workers)
+
+    def predict_dataloader(self) -> wds.WebLoader:
+        """Predict batches."""
+        return self._loader(self.eval_dataset("predict_shards"), self.persistent_workers)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Make ``lq`` from ``gt`` on the device with ``degradation`` when the batch has none."""
+        if self.degradation is None or "lq" in batch or "gt" not in batch:
+            return batch
+        gt = batch["gt"]
+        batch["lq"] = self.degradation(gt, generator=self._degradation_generator(batch["__key__"], gt.device))
+        return batch
+
+    def _degradation_generator(self, keys: list[str], device: torch.device) -> torch.Generator:
+        """The advancing per-rank generator in training; else one seeded from ``seed`` and the keys."""
+        if self.trainer is not None and self.trainer.training:
+            if self._train_generator is None or self._train_generator.device != device:
+                entropy = [self.seed, self.rank, DEGRADATION_DRAWS]
+                self._train_generator = _seeded_generator(entropy, device)
+            return self._train_generator
+        keys_digest = zlib.crc32("\n".join(keys).encode())  # stable across processes, unlike hash()
+        return _seeded_generator([self.seed, keys_digest, DEGRADATION_DRAWS], device)
+
+
+def _seeded_generator(entropy: list[int], device: torch.device) -> torch.Generator:
+    """A torch generator on ``device`` seeded from a list of non-negative integers."""
+    seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _check_sizes(crop_size: int, scale: int, val_crop_size: int | None, seed: int) -> None:
+    """Raise ValueError on crop sizes that the LQ grid cannot hold, or a negative seed."""
+    if scale < 1 or crop_size < scale or crop_size % scale:
+        raise ValueError(f"data.crop_size ({crop_size}) must be a positive multiple of data.scale ({scale})")
+    if val_crop_size is not None and (val_crop_size < scale or val_crop_size % scale):
+        raise ValueError(f"data.val_crop_size ({val_crop_size}) must be a positive multiple of data.scale ({scale})")
+    if seed < 0:
+        raise ValueError(f"data.seed must be >= 0, got {seed}")
+
+
