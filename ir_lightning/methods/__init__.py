@@ -1,0 +1,6 @@
+"""One LightningModule per method; importing this package registers them for `class_path`."""
+
+from ir_lightning.methods.base import RestorationModule
+from ir_lightning.methods.sr3 import SR3, NoiseSchedule
+
+__all__ = ["RestorationModule", "SR3", "NoiseSchedule"]

@@ -1,0 +1,39 @@
+# Quick start: `make demo` (train and restore on the CPU) and `make test` (the test suite).
+# Both create .venv and install the package with its dependencies first.
+#
+# TORCH_SPEC pins the PyTorch build. The default is the CPU build that CI uses; on a GPU
+# node install the CUDA build you want into the venv, then run with TORCH_SPEC=torch.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_FLAGS ?= --disable-pip-version-check --no-input
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast bench install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ir-lightning demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/loader.py
+
+clean:
+	rm -rf $(VENV) demo_out *.egg-info

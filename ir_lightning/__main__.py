@@ -1,0 +1,5 @@
+"""`python -m ir_lightning ...` is `ir-lightning ...`."""
+
+from ir_lightning.cli import main
+
+raise SystemExit(main())

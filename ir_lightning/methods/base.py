@@ -1,0 +1,121 @@
+"""What every restoration method shares, written once: optimizer and warm-up, logging of the
+training loss and of skipped samples, paper-protocol metrics at validation and test, and the
+predict step.
+
+A method subclasses `RestorationModule` and implements two things:
+
+- `training_loss(batch) -> Tensor`: the method's objective on a batch in [0, 1];
+- `restore(lq, size) -> Tensor`: the restored image in [0, 1] at the target size, with the
+  method's sampler (validation runs with the EMA weights: Lightning's `EMAWeightAveraging`
+  swaps them in before validation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor
+
+from ir_lightning.metrics import RestorationMetrics
+
+
+def adam(params: Any) -> torch.optim.Optimizer:
+    """Default optimizer: Adam, lr 1e-4 (SR3, sec. 4)."""
+    return torch.optim.Adam(params, lr=1e-4)
+
+
+class RestorationModule(pl.LightningModule):
+    """Base LightningModule of the suite (see the module docstring).
+
+    Args:
+        optimizer: a callable that builds the optimizer from the parameters (in YAML: a
+            `class_path` such as `torch.optim.Adam` with `init_args`).
+        warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
+        crop_border: pixels cropped on each side before PSNR/SSIM (the scale, for SR).
+        y_channel: compute PSNR/SSIM on the Y channel (BT.601, MATLAB coefficients).
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = adam,
+        warmup_steps: int = 0,
+        crop_border: int = 0,
+        y_channel: bool = True,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.val_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
+        self.test_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
+
+    @staticmethod
+    def objects_kept_out_of_hparams(*names: str) -> list[str]:
+        """Arguments to leave out of `save_hyperparameters`.
+
+        Built by LightningCLI, the hyperparameters are the YAML config (`net` is a `class_path`
+        dict) and `load_from_checkpoint` rebuilds everything from them: keep all. Built in
+        Python, `net` and `optimizer` are live objects that must not be pickled into the
+        checkpoint (it would no longer load with `weights_only=True`): leave them out, and
+        pass them again to `load_from_checkpoint`.
+        """
+        return [] if _given_hyperparameters.get() is not None else list(names)
+
+    # --- what a method implements -------------------------------------------------------
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
+
+    def restore(self, lq: Tensor, size: tuple[int, int]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement restore")
+
+    # --- shared behaviour ---------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.warmup_steps <= 0:
+            return optimizer
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        batch_size = batch["gt"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if "n_skipped" in batch:
+            # samples the loader workers skipped (corrupt members, undecodable or too small images)
+            self.log("data/skipped", batch["n_skipped"].float().sum(), reduce_fx="sum", batch_size=batch_size)
+        return loss
+
+    def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
+        if "lq" not in batch:
+            raise KeyError(
+                "batch has no 'lq' image: give paired shards, or a degradation in the data module "
+                "(data.init_args.degradation) to make one from 'gt'"
+            )
+        size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
+        return self.restore(batch["lq"], size)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        restored = self._restore_batch(batch)
+        self.val_metrics.update(restored, batch["gt"])
+        return {"restored": restored}
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        restored = self._restore_batch(batch)
+        self.test_metrics.update(restored, batch["gt"])
+        return {"restored": restored}
+
+    def on_test_epoch_end(self) -> None:
+        scores = self.test_metrics.compute()
+        self.log_dict({f"test/{k}": v for k, v in scores.items()})
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"restored": self._restore_batch(batch), "__key__": batch.get("__key__")}

@@ -1,0 +1,123 @@
+"""SR3: super-resolution by a noise-predicting conditional DDPM (Saharia et al., 2021).
+
+The network sees concat([bicubic-upsampled LR, noisy HR]) and the continuous noise level
+sqrt(gamma); it is trained to predict the noise with an L1 or L2 loss at per-sample noise
+levels drawn between neighbouring steps of the training schedule, and sampled with any
+inference schedule (ancestral DDPM or DDIM) because it never sees an integer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ir_lightning.diffusion import gammas_from_betas, get_sampler, make_betas, q_sample, respace, sample_noise_levels
+from ir_lightning.methods.base import RestorationModule, adam
+from ir_lightning.nets.unet import UNet
+from lightning.pytorch.cli import OptimizerCallable
+
+
+@dataclass
+class NoiseSchedule:
+    """A beta schedule: `kind` in linear / quad / cosine / const, `n_steps` steps from `linear_start` to `linear_end`."""
+
+    kind: str = "linear"
+    n_steps: int = 2000
+    linear_start: float = 1e-6
+    linear_end: float = 1e-2
+
+    def gammas(self) -> Tensor:
+        return gammas_from_betas(make_betas(self.kind, self.n_steps, self.linear_start, self.linear_end))
+
+
+def to_signed(x: Tensor) -> Tensor:
+    """[0, 1] -> [-1, 1], the range the diffusion works in."""
+    return x * 2 - 1
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+class SR3(RestorationModule):
+    """SR3 LightningModule.
+
+    Args:
+        net: the noise predictor, `net(concat([x_up, y_t]), sqrt(gamma)) -> eps_hat` (6 in, 3 out).
+        scale: super-resolution factor (LR size x scale = HR size).
+        train_schedule: the training noise schedule (SR3: linear 1e-6 .. 1e-2, T = 2000).
+        inference_schedule: a separate schedule for sampling; None = the training schedule
+            respaced to `sample_steps` evenly spaced steps.
+        sample_steps: steps of the sampler when `inference_schedule` is None.
+        sampler: "ddpm" (ancestral, the paper) or "ddim".
+        eta: DDIM stochasticity (0 = deterministic).
+        loss: "l1" (the public code) or "l2" (the paper's p = 2) on the noise.
+        clip_y0: clamp the predicted y0 to [-1, 1] at each sampling step.
+        sample_seed: seed of the sampling noise at validation/test/predict, so the numbers of
+            two evaluations of the same weights agree.
+        optimizer, warmup_steps, crop_border, y_channel: see `RestorationModule`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        scale: int = 4,
+        train_schedule: NoiseSchedule = NoiseSchedule(),
+        inference_schedule: NoiseSchedule | None = None,
+        sample_steps: int = 100,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
+        eta: float = 0.0,
+        loss: Literal["l1", "l2"] = "l1",
+        clip_y0: bool = True,
+        sample_seed: int = 0,
+        optimizer: OptimizerCallable = adam,
+        warmup_steps: int = 0,
+        crop_border: int | None = None,
+        y_channel: bool = True,
+    ) -> None:
+        super().__init__(optimizer, warmup_steps, scale if crop_border is None else crop_border, y_channel)
+        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
+        self.net = net if net is not None else UNet()
+        self.scale = scale
+        self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
+        self.sampler_name, self.eta, self.clip_y0, self.sample_seed = sampler, eta, clip_y0, sample_seed
+        get_sampler(sampler)  # fail at construction on an unknown name
+        self.register_buffer("train_gammas", train_schedule.gammas(), persistent=False)
+        inference = inference_schedule.gammas() if inference_schedule else respace(self.train_gammas, sample_steps)
+        self.register_buffer("inference_gammas", inference, persistent=False)
+
+    def upsample(self, lq: Tensor, size: tuple[int, int] | None) -> Tensor:
+        """The conditioning image x: bicubic up-sampling of the LR to the HR size."""
+        if size is None:
+            size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+        return F.interpolate(lq, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        y0 = to_signed(batch["gt"])
+        x = to_signed(self.upsample(batch["lq"], y0.shape[-2:]))
+        level = sample_noise_levels(self.train_gammas, y0.shape[0], device=y0.device)  # sqrt(gamma), per sample
+        noise = torch.randn_like(y0)
+        y_noisy = q_sample(y0, level.double() ** 2, noise)  # SR3 eq. 4
+        eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level)
+        return self.loss_fn(eps_hat, noise)  # SR3 eq. 6, p = 1 or 2
+
+    @torch.no_grad()
+    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, progress: bool = False) -> Tensor:
+        x = to_signed(self.upsample(lq, size))
+        generator = torch.Generator(device=x.device).manual_seed(self.sample_seed)
+        y_T = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+        def eps_model(y_t: Tensor, level: Tensor) -> Tensor:
+            return self.net(torch.cat([x, y_t.to(x.dtype)], dim=1), level.to(x.device))
+
+        kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
+        sampler = get_sampler(self.sampler_name)
+        y0 = sampler(
+            eps_model, y_T, self.inference_gammas, generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
+        )
+        return to_unit(y0)

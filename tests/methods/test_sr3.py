@@ -1,0 +1,82 @@
+"""SR3's LightningModule composes the net and the diffusion math correctly: checked with an
+oracle network that knows the clean image, for which the loss must vanish and the samplers
+must return the image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ir_lightning.methods.sr3 import SR3, NoiseSchedule, to_signed, to_unit
+
+
+class NoiseOracle(nn.Module):
+    """Returns the exact noise of y_t = sqrt(gamma) y0 + sqrt(1 - gamma) eps for a known y0.
+
+    The input is concat([x_up, y_t]); the level is sqrt(gamma)."""
+
+    def __init__(self, y0: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("y0", y0)
+        self.seen_x = None
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, inputs: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        self.seen_x, y_t = inputs[:, :3], inputs[:, 3:]
+        g = level.double()[:, None, None, None] ** 2
+        return ((y_t.double() - g.sqrt() * self.y0.double()) / (1 - g).sqrt()).to(y_t.dtype) + 0 * self.dummy
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.rand(2, 3, 16, 16, generator=g)
+    lq = F.avg_pool2d(gt, 4)
+    return {"gt": gt, "lq": lq}
+
+
+def test_training_loss_vanishes_for_the_noise_oracle_and_conditions_on_bicubic_lr():
+    b = batch()
+    model = SR3(net=NoiseOracle(to_signed(b["gt"])), scale=4)
+    assert model.training_loss(b).item() < 1e-4
+    expected_x = to_signed(F.interpolate(b["lq"], size=(16, 16), mode="bicubic", align_corners=False).clamp(0, 1))
+    torch.testing.assert_close(model.net.seen_x, expected_x)
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_training_loss_of_a_zero_predictor_is_the_noise_norm(loss):
+    class Zero(nn.Module):
+        def forward(self, x, level):
+            return torch.zeros_like(x[:, 3:])
+
+    torch.manual_seed(0)
+    b = {"gt": torch.rand(8, 3, 32, 32), "lq": torch.rand(8, 3, 8, 8)}
+    value = SR3(net=Zero(), scale=4, loss=loss).training_loss(b).item()
+    expected = (2 / torch.pi) ** 0.5 if loss == "l1" else 1.0  # E|eps| and E eps^2 for eps ~ N(0, 1)
+    assert value == pytest.approx(expected, abs=0.03)  # 24576 draws: s.e. about 0.005 (l1), 0.009 (l2)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 1), ("ddim", 7), ("ddpm", 5)])
+def test_restore_with_the_noise_oracle_returns_the_ground_truth(sampler, steps):
+    b = batch(1)
+    model = SR3(net=NoiseOracle(to_signed(b["gt"])), scale=4, sampler=sampler, sample_steps=steps)
+    restored = model.restore(b["lq"])
+    assert restored.shape == b["gt"].shape
+    assert (restored - b["gt"]).abs().max() < 1e-4
+
+
+def test_a_separate_inference_schedule_is_used_when_given():
+    model = SR3(net=nn.Identity(), inference_schedule=NoiseSchedule("linear", 10, 1e-4, 0.1))
+    assert len(model.inference_gammas) == 10
+    assert len(SR3(net=nn.Identity(), sample_steps=25).inference_gammas) == 25
+
+
+def test_unknown_sampler_is_refused_at_construction():
+    with pytest.raises(ValueError, match="heun"):
+        SR3(net=nn.Identity(), sampler="heun")
+
+
+def test_range_maps_are_inverse():
+    x = torch.rand(4, 3, 5, 5)
+    torch.testing.assert_close(to_unit(to_signed(x)), x)
