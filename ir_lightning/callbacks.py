@@ -100,6 +100,10 @@ class ImageGridLogger(Callback):
     def __init__(self, n_images: int = 4) -> None:
         self.n_images = n_images
         self.rows: list[Tensor] = []
+        self._log_dir: str | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir  # a collective call: on every rank, here, not on rank 0 alone later
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.rows = []
@@ -118,8 +122,8 @@ class ImageGridLogger(Callback):
             return
         grid = stack_rows([r for r in self.rows if r.shape[-2] == self.rows[0].shape[-2]])
         step = trainer.global_step
-        if trainer.log_dir:
-            atomic_write_bytes(Path(trainer.log_dir) / "samples" / f"val-step{step:07d}.png", png_bytes(grid))
+        if self._log_dir:
+            atomic_write_bytes(Path(self._log_dir) / "samples" / f"val-step{step:07d}.png", png_bytes(grid))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="val/samples", images=[to_uint8_hwc(grid)], step=step,

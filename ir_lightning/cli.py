@@ -50,9 +50,15 @@ class ConfigSaver(SaveConfigCallback):
         kwargs["save_to_log_dir"] = False
         super().__init__(*args, **kwargs)
 
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        # `trainer.log_dir` is a collective call (a broadcast): ask on every rank, here, and not
+        # in `save_config`, which only rank 0 runs (asking there hangs DDP).
+        self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = self._log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         target = log_dir / self.config_filename
         if target.exists() and target.read_text() != text:

@@ -12,6 +12,7 @@ A method subclasses `RestorationModule` and implements two things:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning.pytorch as pl
@@ -63,6 +64,22 @@ class RestorationModule(pl.LightningModule):
         pass them again to `load_from_checkpoint`.
         """
         return [] if _given_hyperparameters.get() is not None else list(names)
+
+    def __deepcopy__(self, memo: dict) -> RestorationModule:
+        """A copy of the weights and settings that shares the Trainer and the optimizer factory.
+
+        `EMAWeightAveraging` deep-copies the module to hold the average. Copying the Trainer
+        along with it costs memory and, under DDP, fails: rank 0's Trainer and the optimizer
+        factory built by the CLI reach objects holding thread locks ("cannot pickle
+        '_thread.lock' object"). The average needs neither, so the copy points to the originals.
+        """
+        for shared in (self._trainer, self.optimizer_factory):
+            if shared is not None:
+                memo[id(shared)] = shared
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return clone
 
     # --- what a method implements -------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> Tensor:

@@ -1,0 +1,35 @@
+"""Two real DDP processes (gloo on the CPU) through the command line, on shards of uneven sizes
+(5, 2 and 1 samples): no rank waits on another, ranks see different samples, weights stay in
+sync, and validation (2 samples split per sample over 2 ranks) completes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_cli import RECIPE, data_args, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_process_ddp_on_uneven_shards(tmp_path, sr_shards):
+    probe = tmp_path / "probe"
+    run(
+        [
+            "fit", *RECIPE, *data_args(sr_shards),
+            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+            "--trainer.max_steps=5", "--trainer.val_check_interval=5",
+            "--trainer.callbacks+=tests.ddp_probe.RankProbe", f"--trainer.callbacks.out_dir={probe}",
+        ],
+        tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert [len(r["steps"]) for r in ranks] == [5, 5]  # a fixed number of steps on every rank
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert a["checksum"] != b["checksum"]  # different crops on the two ranks at every step
+    assert [s["keys"] for s in ranks[0]["steps"]] != [s["keys"] for s in ranks[1]["steps"]]
+    assert ranks[0]["param_sum"] == pytest.approx(ranks[1]["param_sum"], rel=0, abs=1e-9)  # gradients all-reduced
+    assert (tmp_path / "runs/sr3_x4_demo/checkpoints/last.ckpt").exists()
