@@ -3,6 +3,7 @@
 - `ir-lightning fit|validate|test|predict -c recipes/<recipe>.yaml [-c overlay.yaml] [--key=value ...]`:
   LightningCLI, with the method (`model`) and the data module (`data`) chosen by `class_path`.
 - `ir-lightning shards ...`: turn folders of images into WebDataset tar shards.
+- `ir-lightning export CKPT OUT`: keep only what restoring needs (EMA weights, hyperparameters).
 - `ir-lightning demo ...`: the quick-start demo (shards from scikit-image's photos, SR3 x4 on the CPU).
 
 This is the only module that reads the environment: W&B runs offline unless `WANDB_MODE` is set.
@@ -32,7 +33,7 @@ Run a recipe:        ir-lightning fit -c recipes/sr3_x4.yaml
 Overlay a recipe:    ir-lightning fit -c recipes/sr3_x4.yaml -c recipes/demo/sr3_x4_cpu.yaml
 Resume a run:        ir-lightning fit -c <same recipes> --ckpt_path runs/<name>/checkpoints/last.ckpt
 See every setting:   ir-lightning fit -c recipes/sr3_x4.yaml --print_config
-Other commands:      ir-lightning shards --help   |   ir-lightning demo --help
+Other commands:      ir-lightning shards --help | export --help | demo --help
 """
 
 
@@ -107,6 +108,7 @@ def _raw_formatter():
 SUBCOMMANDS = {
     "shards": "ir_lightning.shards",
     "demo": "ir_lightning.demo",
+    "export": "ir_lightning.checkpoints",
 }
 
 

@@ -163,3 +163,26 @@ def test_console_scripts_and_module_entry_point_show_help(tmp_path):
         assert "{fit,validate,test,predict}" in proc.stdout
     proc = run(["shards", "--help"], tmp_path)
     assert "--maxcount" in proc.stdout
+
+
+def test_export_keeps_ema_weights_and_hparams_and_restores_alike(first_run, tmp_path):
+    from ir_lightning.methods.sr3 import SR3
+
+    last = first_run / "runs/sr3_x4_demo/checkpoints/last.ckpt"
+    small, half = tmp_path / "small.ckpt", tmp_path / "half.ckpt"
+    assert "MB" in run(["export", str(last), str(small)], tmp_path).stdout
+    run(["export", str(last), str(half), "--half"], tmp_path)
+    full = load(last)
+    assert set(load(small)) <= {"state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version",
+                                "global_step", "epoch"}  # fmt: skip
+    assert small.stat().st_size < last.stat().st_size / 2  # no optimizer state, no copy of the trained weights
+    assert half.stat().st_size < small.stat().st_size * 0.6
+    a, b = (SR3.load_from_checkpoint(p, map_location="cpu", weights_only=True).eval() for p in (last, small))
+    lq = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.restore(lq), b.restore(lq))  # the same EMA weights and settings
+    c = SR3.load_from_checkpoint(half, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(c.net.head.weight, full["state_dict"]["net.head.weight"], atol=1e-3, rtol=1e-3)
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"weights": torch.zeros(1)}, bad)
+    proc = run(["export", str(bad), str(tmp_path / "x.ckpt")], tmp_path, check=False)
+    assert proc.returncode == 2 and "bad.ckpt" in proc.stderr
