@@ -85,11 +85,18 @@ class SR3(RestorationModule):
         self.net = net if net is not None else UNet()
         self.scale = scale
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
-        self.sampler_name, self.eta, self.clip_y0, self.sample_seed = sampler, eta, clip_y0, sample_seed
-        get_sampler(sampler)  # fail at construction on an unknown name
+        self.clip_y0, self.sample_seed = clip_y0, sample_seed
         self.register_buffer("train_gammas", train_schedule.gammas(), persistent=False)
-        inference = inference_schedule.gammas() if inference_schedule else respace(self.train_gammas, sample_steps)
-        self.register_buffer("inference_gammas", inference, persistent=False)
+        self.register_buffer("inference_gammas", torch.empty(0, dtype=torch.float64), persistent=False)
+        self.set_sampling(sampler, sample_steps, eta)
+        if inference_schedule is not None:
+            self.inference_gammas = inference_schedule.gammas()
+
+    def set_sampling(self, sampler: str, sample_steps: int, eta: float = 0.0) -> None:
+        """Choose the sampler and its number of steps (the training schedule respaced) for `restore`."""
+        get_sampler(sampler)  # an unknown name fails here, naming the valid ones
+        self.sampler_name, self.eta = sampler, eta
+        self.inference_gammas = respace(self.train_gammas, sample_steps).to(self.train_gammas.device)
 
     def upsample(self, lq: Tensor, size: tuple[int, int] | None) -> Tensor:
         """The conditioning image x: bicubic up-sampling of the LR to the HR size."""
