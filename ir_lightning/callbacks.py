@@ -19,12 +19,14 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch import Tensor
 
+from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.io import atomic_write_bytes
+from ir_lightning.metrics import quantize
 
 
 def to_uint8_hwc(img: Tensor) -> np.ndarray:
     """C×H×W float in [0, 1] -> H×W×C uint8 (round to nearest)."""
-    return (img.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return quantize(img.detach().float()).byte().permute(1, 2, 0).cpu().numpy()
 
 
 def png_bytes(img: Tensor) -> bytes:
@@ -44,7 +46,7 @@ def comparison_row(lq: Tensor, restored: Tensor, gt: Tensor | None, gap: int = 4
     lq = lq[None].float()
     panels = [
         F.interpolate(lq, size=size, mode="nearest")[0],
-        F.interpolate(lq, size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1),
+        bicubic_upsample(lq, size)[0],
         restored.float(),
     ]
     if gt is not None:
@@ -76,6 +78,16 @@ class EMA(EMAWeightAveraging):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._trained_state: dict[str, Tensor] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trained_state = None
+        super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the parent builds the average at `setup`, before the strategy moves the module to its
+        # GPU: without this, every update would copy the weights to the CPU and average there
+        if self._average_model is not None and self._device is None:
+            self._average_model.to(pl_module.device)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trained_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}

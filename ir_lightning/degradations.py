@@ -30,6 +30,12 @@ RGB_CHANNELS: int = 3
 """Channels the JPEG codec encodes (RGB converted to YCbCr)."""
 
 
+def bicubic_upsample(img: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bicubic up-sampling of an image in [0, 1] to `size` (H, W), clamped back to [0, 1]: the
+    "bicubic" baseline of SR and the conditioning image of SR3."""
+    return F.interpolate(img, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def uniform(
     value_range: tuple[float, float],
     batch_size: int,

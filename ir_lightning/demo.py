@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.shards import ShardSample, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,20 +82,18 @@ def build_shards(out: Path) -> dict[str, str]:
 
 
 def train(patterns: dict[str, str], out: Path, steps: int) -> Path:
-    """Runs the real training command; returns its last checkpoint."""
-    run_dir = out / "run"
+    """Runs the real training command in `out` (its run lands in out/runs/sr3_x4_demo); returns its last checkpoint."""
     cmd = [
         sys.executable, "-m", "ir_lightning", "fit", "-c", str(RECIPE), "-c", str(OVERLAY),
         f"--trainer.max_steps={steps}",
         f"--trainer.val_check_interval={steps}",
         "--trainer.limit_val_batches=1",  # one held-out photo: shows validation without doubling the demo's time
-        f"--trainer.default_root_dir={run_dir}",
-        f"--data.init_args.train_shards={patterns['train']}",
-        f"--data.init_args.val_shards={patterns['val']}",
+        f"--data.init_args.train_shards={Path(patterns['train']).resolve()}",
+        f"--data.init_args.val_shards={Path(patterns['val']).resolve()}",
     ]  # fmt: skip
     print("  $ " + " ".join(cmd[2:]).replace(str(REPO) + "/", ""), flush=True)
-    subprocess.run(cmd, check=True)
-    return run_dir / "checkpoints" / "last.ckpt"
+    subprocess.run(cmd, check=True, cwd=out)
+    return out / "runs" / "sr3_x4_demo" / "checkpoints" / "last.ckpt"
 
 
 def load_sr3(path: Path):
@@ -119,7 +117,7 @@ def held_out_batches(pattern: str) -> list[dict]:
 
 
 def bicubic(lq: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(lq, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1)
+    return bicubic_upsample(lq, (lq.shape[-2] * SCALE, lq.shape[-1] * SCALE))
 
 
 def evaluate(batches: list[dict], restorers: dict[str, object]) -> tuple[dict[str, list[float]], dict]:
@@ -181,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_float32_matmul_precision("high")
     started = time.perf_counter()
     out = args.out
+    if not args.checkpoint.is_file():
+        print(f"error: checkpoint {args.checkpoint} not found (see README: The demo checkpoint)", file=sys.stderr)
+        return 2
     print(f"[1/4] Shards from scikit-image's photos -> {out / 'shards'} (held out: {', '.join(HELD_OUT_PHOTOS)})")
     patterns = build_shards(out / "shards")
 
@@ -190,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         trained = train(patterns, out, args.train_steps)
 
     print(f"[3/4] Restoring the held-out photos (LR {VAL_CROP // SCALE}x{VAL_CROP // SCALE} -> {VAL_CROP}x{VAL_CROP})")
-    if not args.checkpoint.is_file():
-        print(f"error: checkpoint {args.checkpoint} not found", file=sys.stderr)
-        return 2
     batches = held_out_batches(patterns["val"])
     shipped = load_sr3(args.checkpoint)
     restorers = {"bicubic": bicubic, f"SR3 (shipped, {shipped.sampler_name}, {len(shipped.inference_gammas)} steps)": shipped.restore}

@@ -118,7 +118,8 @@ def sample_noise_levels(
     """
     source = generator.device if generator is not None else torch.device(device or "cpu")
     # gamma_0 = 1 prepended, so levels[t] = gamma_t for t = 0..T
-    levels = torch.cat([torch.ones(1, dtype=torch.float64), gammas.detach().cpu().to(torch.float64)]).to(source)
+    gammas = gammas.detach().to(device=source, dtype=torch.float64)  # no host round trip for a GPU schedule
+    levels = torch.cat([gammas.new_ones(1), gammas])
     t = torch.randint(1, levels.shape[0], (batch,), generator=generator, device=source)
     u = torch.rand(batch, generator=generator, device=source, dtype=torch.float64)
     # gamma ~ U(gamma_{t-1}, gamma_t) (SR3 sec. 2.4); u in [0, 1) gives gamma in (gamma_t, gamma_{t-1}]

@@ -24,6 +24,9 @@ from torch import Tensor
 from ir_lightning.metrics import RestorationMetrics
 
 
+RANK_SEED_STRIDE = 1_000_003  # a prime: the ranks' training streams start far apart
+
+
 def adam(params: Any) -> torch.optim.Optimizer:
     """Default optimizer: Adam, lr 1e-4 (SR3, sec. 4)."""
     return torch.optim.Adam(params, lr=1e-4)
@@ -52,6 +55,7 @@ class RestorationModule(pl.LightningModule):
         self.warmup_steps = warmup_steps
         self.val_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
         self.test_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
+        self._generator: torch.Generator | None = None
 
     @staticmethod
     def objects_kept_out_of_hparams(*names: str) -> list[str]:
@@ -73,7 +77,7 @@ class RestorationModule(pl.LightningModule):
         factory built by the CLI reach objects holding thread locks ("cannot pickle
         '_thread.lock' object"). The average needs neither, so the copy points to the originals.
         """
-        for shared in (self._trainer, self.optimizer_factory):
+        for shared in (self._trainer, self.optimizer_factory, self._generator):
             if shared is not None:
                 memo[id(shared)] = shared
         clone = type(self).__new__(type(self))
@@ -89,6 +93,28 @@ class RestorationModule(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must implement restore")
 
     # --- shared behaviour ---------------------------------------------------------------
+    def training_generator(self) -> torch.Generator:
+        """The random stream of the method's training draws (noise levels, noise), one per rank.
+
+        Seeded from the global seed (`seed_everything`) and the rank: with the global generator,
+        every DDP rank would draw the same noise for its samples, shrinking the diversity of
+        the global batch to that of one rank's batch.
+        """
+        if self._generator is None or self._generator.device != self.device:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            seed = (torch.initial_seed() + RANK_SEED_STRIDE * rank) % 2**63
+            self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self._generator
+
+    def require_lq(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's degraded image, or an error that says how to get one."""
+        if "lq" not in batch:
+            raise KeyError(
+                "batch has no 'lq' image: give paired shards, or a degradation in the data module "
+                "(data.init_args.degradation) to make one from 'gt'"
+            )
+        return batch["lq"]
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.warmup_steps <= 0:
@@ -102,17 +128,13 @@ class RestorationModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if "n_skipped" in batch:
             # samples the loader workers skipped (corrupt members, undecodable or too small images)
-            self.log("data/skipped", batch["n_skipped"].float().sum(), reduce_fx="sum", batch_size=batch_size)
+            self.log("data/skipped", batch["n_skipped"].float().sum(), reduce_fx="sum", sync_dist=True,
+                     batch_size=batch_size)  # summed over ranks
         return loss
 
     def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
-        if "lq" not in batch:
-            raise KeyError(
-                "batch has no 'lq' image: give paired shards, or a degradation in the data module "
-                "(data.init_args.degradation) to make one from 'gt'"
-            )
         size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
-        return self.restore(batch["lq"], size)
+        return self.restore(self.require_lq(batch), size)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         restored = self._restore_batch(batch)

@@ -8,13 +8,14 @@ inference schedule (ancestral DDPM or DDIM) because it never sees an integer ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.diffusion import gammas_from_betas, get_sampler, make_betas, q_sample, respace, sample_noise_levels
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.nets.unet import UNet
@@ -32,6 +33,11 @@ class NoiseSchedule:
 
     def gammas(self) -> Tensor:
         return gammas_from_betas(make_betas(self.kind, self.n_steps, self.linear_start, self.linear_end))
+
+    @classmethod
+    def of(cls, value: NoiseSchedule | dict | None) -> NoiseSchedule | None:
+        """Accepts the dataclass or its dict (as stored in a checkpoint's hyperparameters)."""
+        return cls(**value) if isinstance(value, dict) else value
 
 
 def to_signed(x: Tensor) -> Tensor:
@@ -82,12 +88,17 @@ class SR3(RestorationModule):
     ) -> None:
         super().__init__(optimizer, warmup_steps, scale if crop_border is None else crop_border, y_channel)
         self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
+        train_schedule, inference_schedule = NoiseSchedule.of(train_schedule), NoiseSchedule.of(inference_schedule)
+        for key in ("train_schedule", "inference_schedule"):  # plain dicts: checkpoints load with weights_only
+            if isinstance(self.hparams.get(key), NoiseSchedule):
+                self.hparams[key] = asdict(self.hparams[key])
         self.net = net if net is not None else UNet()
         self.scale = scale
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
         self.clip_y0, self.sample_seed = clip_y0, sample_seed
-        self.register_buffer("train_gammas", train_schedule.gammas(), persistent=False)
-        self.register_buffer("inference_gammas", torch.empty(0, dtype=torch.float64), persistent=False)
+        # float64 schedules kept off the module's buffers: precision survives `.half()`/`bf16-true`,
+        # and DDP has nothing to broadcast; `_on` moves them to the device where they are used
+        self.train_gammas = train_schedule.gammas()
         self.set_sampling(sampler, sample_steps, eta)
         if inference_schedule is not None:
             self.inference_gammas = inference_schedule.gammas()
@@ -96,19 +107,30 @@ class SR3(RestorationModule):
         """Choose the sampler and its number of steps (the training schedule respaced) for `restore`."""
         get_sampler(sampler)  # an unknown name fails here, naming the valid ones
         self.sampler_name, self.eta = sampler, eta
-        self.inference_gammas = respace(self.train_gammas, sample_steps).to(self.train_gammas.device)
+        self.inference_gammas = respace(self.train_gammas, sample_steps)
+
+    @staticmethod
+    def _on(gammas: Tensor, device: torch.device) -> Tensor:
+        return gammas if gammas.device == device else gammas.to(device)
 
     def upsample(self, lq: Tensor, size: tuple[int, int] | None) -> Tensor:
         """The conditioning image x: bicubic up-sampling of the LR to the HR size."""
         if size is None:
             size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
-        return F.interpolate(lq, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        return bicubic_upsample(lq, size)
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
-        y0 = to_signed(batch["gt"])
-        x = to_signed(self.upsample(batch["lq"], y0.shape[-2:]))
-        level = sample_noise_levels(self.train_gammas, y0.shape[0], device=y0.device)  # sqrt(gamma), per sample
-        noise = torch.randn_like(y0)
+        lq, gt = self.require_lq(batch), batch["gt"]
+        if gt.shape[-2:] != (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale):
+            raise ValueError(
+                f"SR3 x{self.scale}: gt {tuple(gt.shape[-2:])} is not {self.scale} x lq {tuple(lq.shape[-2:])}; "
+                "model.init_args.scale and the degradation's (or the paired shards') scale must agree"
+            )
+        y0, x = to_signed(gt), to_signed(self.upsample(lq, gt.shape[-2:]))
+        generator = self.training_generator()
+        gammas = self._on(self.train_gammas, y0.device)
+        level = sample_noise_levels(gammas, y0.shape[0], generator=generator)  # sqrt(gamma), per sample
+        noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
         y_noisy = q_sample(y0, level.double() ** 2, noise)  # SR3 eq. 4
         eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level)
         return self.loss_fn(eps_hat, noise)  # SR3 eq. 6, p = 1 or 2
@@ -125,6 +147,6 @@ class SR3(RestorationModule):
         kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
         sampler = get_sampler(self.sampler_name)
         y0 = sampler(
-            eps_model, y_T, self.inference_gammas, generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
+            eps_model, y_T, self._on(self.inference_gammas, x.device), generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
         )
         return to_unit(y0)

@@ -43,14 +43,15 @@ class NoiseLevelEmbedding(nn.Module):
         if dim % 2:
             raise ValueError(f"NoiseLevelEmbedding: dim must be even, got {dim}")
         self.scale = scale
-        half = dim // 2
-        # frequencies 1 .. 1e-4 on a geometric grid (Vaswani et al., sec. 3.5)
-        self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(half) / half), persistent=False)
+        self.half = dim // 2
         self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.SiLU(), nn.Linear(dim * 4, dim * 4))
         self.out_dim = dim * 4
 
     def forward(self, level: Tensor) -> Tensor:
-        angles = (level.float() * self.scale)[:, None] * self.freqs[None, :]
+        # frequencies 1 .. 1e-4 on a geometric grid (Vaswani et al., sec. 3.5); computed here, not
+        # held as a buffer, so DDP has no buffers to broadcast at every forward
+        freqs = torch.exp(-math.log(1e4) * torch.arange(self.half, device=level.device) / self.half)
+        angles = (level.float() * self.scale)[:, None] * freqs[None, :]
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
 
 

@@ -80,3 +80,32 @@ def test_unknown_sampler_is_refused_at_construction():
 def test_range_maps_are_inverse():
     x = torch.rand(4, 3, 5, 5)
     torch.testing.assert_close(to_unit(to_signed(x)), x)
+
+
+def test_training_draws_differ_between_ranks_and_repeat_for_a_rank():
+    from types import SimpleNamespace
+
+    def first_level(rank: int) -> torch.Tensor:
+        torch.manual_seed(0)  # what seed_everything(0) does on every rank
+        model = SR3(net=nn.Identity())
+        model._trainer = SimpleNamespace(global_rank=rank)
+        return torch.rand(4, generator=model.training_generator())
+
+    assert torch.equal(first_level(0), first_level(0))
+    assert not torch.equal(first_level(0), first_level(1))
+
+
+def test_hyperparameters_of_a_python_built_model_load_with_weights_only(tmp_path):
+    model = SR3(net=nn.Identity(), train_schedule=NoiseSchedule("linear", 50, 1e-4, 0.02), sample_steps=10)
+    assert model.hparams["train_schedule"] == {"kind": "linear", "n_steps": 50, "linear_start": 1e-4, "linear_end": 0.02}
+    torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "h.ckpt")
+    loaded = torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]
+    assert len(SR3(net=nn.Identity(), **loaded).train_gammas) == 50
+
+
+def test_training_names_a_missing_lq_and_a_scale_mismatch():
+    model = SR3(net=nn.Identity(), scale=4)
+    with pytest.raises(KeyError, match="degradation"):
+        model.training_loss({"gt": torch.rand(1, 3, 16, 16)})
+    with pytest.raises(ValueError, match="x4"):
+        model.training_loss({"gt": torch.rand(1, 3, 16, 16), "lq": torch.rand(1, 3, 8, 8)})
