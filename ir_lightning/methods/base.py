@@ -28,8 +28,8 @@ RANK_SEED_STRIDE = 1_000_003  # a prime: the ranks' training streams start far a
 
 
 def adam(params: Any) -> torch.optim.Optimizer:
-    """Default optimizer: Adam, lr 1e-4 (SR3, sec. 4)."""
-    return torch.optim.Adam(params, lr=1e-4)
+    """Default optimizer: Adam, lr 1e-4 (SR3), fused (one kernel for all tensors, CPU and CUDA)."""
+    return torch.optim.Adam(params, lr=1e-4, fused=True)
 
 
 class RestorationModule(pl.LightningModule):

@@ -1,0 +1,209 @@
+"""Benchmark: images per second of the training data path, against plain decoding in one process.
+
+Writes WebDataset shards of the demo photos (scikit-image's sample photos, each repeated under
+`--repeats` keys, so there are a few hundred samples) into a temporary folder, then measures:
+
+a. decoding in one process: read the tar members with `tarfile`, decode PNG, crop at random and
+   convert to a float tensor in [0, 1] (the data module's own decode, crop and conversion
+   functions, without webdataset, shuffling, batching or worker processes);
+b. the training loader of `ShardDataModule` (resampled shards, decode, random crop, flips,
+   shuffle buffer, batches made in the workers) with `--num-workers` workers, after warm-up.
+
+The figure of merit is the loader's rate per worker against one process: (b / workers) / a,
+target >= 0.8. Run from the repository root: `python bench/loader.py` (`--help` for the
+settings). It prints a markdown table for bench/README.md, the command line and the machine
+facts. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+import webdataset
+
+from datamodules import ShardDataModule
+from datamodules.shards import decode_image, random_crop, to_unit_tensor
+from ir_lightning.demo import TRAIN_PHOTOS, photo_png, stereo_pngs
+from ir_lightning.shards import ShardSample, write_shards
+from train_step import machine_line  # bench/ is on sys.path when this file runs as a script
+
+TARGET_PER_WORKER = 0.8
+"""Target: each loader worker delivers at least 80% of the one-process decode rate."""
+
+GT_MEMBER = ".gt.png"
+"""Suffix of the clean-image members the shards hold."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A count of images and the seconds they took."""
+
+    images: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/loader.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="copies of each demo photo, under new keys (default 20)"
+    )
+    parser.add_argument(
+        "--copies-per-shard", type=int, default=2,
+        help="copies of every photo in each shard, so every shard holds the same mix of sizes (default 2)",
+    )  # fmt: skip
+    parser.add_argument("--crop-size", type=int, default=128, help="side of the random crop (default 128)")
+    parser.add_argument("--batch-size", type=int, default=8, help="loader batch size (default 8)")
+    parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default 2)")
+    parser.add_argument(
+        "--shuffle-buffer", type=int, default=50,
+        help="samples per worker in the shuffle buffer (default 50, the CPU recipe's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup-batches", type=int, default=4,
+        help="loader batches before the clock starts: starting the workers, filling their shuffle buffers (default 4)",
+    )  # fmt: skip
+    parser.add_argument("--batches", type=int, default=100, help="timed loader batches (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the crops and the shard order (default 0)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the shards (default: a temporary folder)")
+    return parser
+
+
+def demo_photos() -> list[tuple[str, bytes]]:
+    """The demo's training photos as (name, PNG bytes)."""
+    return [(name, photo_png(name)) for name in TRAIN_PHOTOS] + stereo_pngs()
+
+
+def write_bench_shards(out: Path, repeats: int, copies_per_shard: int) -> list[Path]:
+    """Shards of `repeats` copies of every photo, each shard holding `copies_per_shard` copies of each."""
+    photos = demo_photos()
+    samples = (
+        ShardSample(key=f"{name}-{copy:04d}", files={"gt.png": data})
+        for copy in range(repeats)
+        for name, data in photos
+    )
+    stats = write_shards(samples, out, "bench", maxcount=len(photos) * copies_per_shard, progress=False)
+    return stats.paths
+
+
+def gt_members(path: Path) -> list[bytes]:
+    """The bytes of every clean image in one shard."""
+    with tarfile.open(path) as tar:
+        return [tar.extractfile(member).read() for member in tar if member.name.endswith(GT_MEMBER)]
+
+
+def decode_in_process(paths: list[Path], crop_size: int, seed: int) -> Rate:
+    """Read, decode, crop and convert every image of `paths` in this process, on one thread."""
+    rng = np.random.default_rng(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like a loader worker, which runs torch on one thread
+    try:
+        start, images = time.perf_counter(), 0
+        for path in paths:
+            for index, data in enumerate(gt_members(path)):
+                sample = random_crop({"__key__": str(index), "gt": decode_image(data, channels=3)}, crop_size, 1, rng)
+                to_unit_tensor(sample["gt"])
+                images += 1
+        return Rate(images, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def loader_rate(paths: list[Path], args: argparse.Namespace) -> Rate:
+    """Images per second of ShardDataModule's training loader, after `warmup_batches` batches."""
+    data = ShardDataModule(
+        train_shards=[str(path) for path in paths],
+        crop_size=args.crop_size,
+        batch_size=args.batch_size,
+        steps_per_epoch=args.warmup_batches + args.batches,
+        num_workers=args.num_workers,
+        shuffle_buffer=args.shuffle_buffer,
+        seed=args.seed,
+    )
+    data.setup("fit")
+    try:
+        start, images = 0.0, 0
+        for index, batch in enumerate(data.train_dataloader()):
+            if index == args.warmup_batches - 1:
+                start = time.perf_counter()  # the clock starts when the last warm-up batch is in
+            elif index >= args.warmup_batches:
+                images += batch["gt"].shape[0]
+        return Rate(images, time.perf_counter() - start)
+    finally:
+        data.teardown("fit")
+
+
+def machine_facts() -> list[str]:
+    return [
+        machine_line(),
+        f"- software: Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} intra-op threads), Pillow {PIL.__version__}, webdataset {webdataset.__version__}",
+    ]
+
+
+def result_table(decode: Rate, loader: Rate, workers: int) -> list[str]:
+    per_worker = loader.per_second / workers / decode.per_second  # (b / workers) / a
+    verdict = "met" if per_worker >= TARGET_PER_WORKER else "not met"
+    return [
+        "| measurement | images | seconds | images/s |",
+        "|---|---:|---:|---:|",
+        f"| a. decode + random crop + to float, one process | {decode.images} | {decode.seconds:.2f} "
+        f"| {decode.per_second:.1f} |",
+        f"| b. ShardDataModule training loader, {workers} workers | {loader.images} | {loader.seconds:.2f} "
+        f"| {loader.per_second:.1f} |",
+        f"| per worker: (b / {workers}) / a, target >= {TARGET_PER_WORKER} | | | {per_worker:.2f} ({verdict}) |",
+    ]
+
+
+def run(args: argparse.Namespace, out: Path) -> list[str]:
+    paths = write_bench_shards(out, args.repeats, args.copies_per_shard)
+    megabytes = sum(path.stat().st_size for path in paths) / 2**20
+    setting = (
+        f"- data: {len(demo_photos())} demo photos x {args.repeats} keys in {len(paths)} shards ({megabytes:.0f} MiB); "
+        f"crop {args.crop_size}, batch {args.batch_size}, shuffle buffer {args.shuffle_buffer}; "
+        f"loader timed over {args.batches} batches after {args.warmup_batches} warm-up"
+    )
+    print(setting, flush=True)
+    decode_in_process(paths[:1], args.crop_size, args.seed)  # warm-up: page cache and imports
+    decode = decode_in_process(paths, args.crop_size, args.seed)
+    loader = loader_rate(paths, args)
+    return ["", *result_table(decode, loader, args.num_workers)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.warmup_batches < 1 or args.batches < 1:
+        parser.error("--warmup-batches and --batches must be at least 1")
+    header = ["## Training data loader (bench/loader.py)", "", f"- command: `{shlex.join(['python', *sys.argv])}`"]
+    print("\n".join(header + machine_facts()), flush=True)
+    if args.out is not None:
+        lines = run(args, args.out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ir-lightning-bench-") as out:
+            lines = run(args, Path(out))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
