@@ -136,25 +136,26 @@ class RestorationModule(pl.LightningModule):
         size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
         return self.restore(self.require_lq(batch), size)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def _score(self, batch: dict[str, Any], metrics: RestorationMetrics) -> dict[str, Tensor]:
         restored = self._restore_batch(batch)
-        self.val_metrics.update(restored, batch["gt"])
+        metrics.update(restored, batch["gt"])
         return {"restored": restored}
+
+    def _log_scores(self, metrics: RestorationMetrics, prefix: str, prog_bar: bool) -> None:
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.compute().items()}, prog_bar=prog_bar)
+        metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self._score(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        scores = self.val_metrics.compute()
-        self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=True)
-        self.val_metrics.reset()
+        self._log_scores(self.val_metrics, "val", prog_bar=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        restored = self._restore_batch(batch)
-        self.test_metrics.update(restored, batch["gt"])
-        return {"restored": restored}
+        return self._score(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        scores = self.test_metrics.compute()
-        self.log_dict({f"test/{k}": v for k, v in scores.items()})
-        self.test_metrics.reset()
+        self._log_scores(self.test_metrics, "test", prog_bar=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {"restored": self._restore_batch(batch), "__key__": batch.get("__key__")}
