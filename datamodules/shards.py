@@ -6,23 +6,27 @@ A shard sample is ``<key>.gt.png`` (or ``.jpg``/``.jpeg``/``.webp``), optionally
 ``meta`` (list of dict, when the samples carry ``meta.json``) and ``n_skipped`` (0-dim int64: samples
 the worker dropped since its previous batch).
 
-Training is an infinite stream: every (rank, worker) draws its own seeded sequence of shards with
-replacement, decodes, crops at random (a paired crop is drawn on the LQ grid and scaled to the GT
-grid, so the two stay aligned), flips and rotates, shuffles in a buffer and batches inside the
-worker. Every epoch is cut to ``steps_per_epoch`` batches, so all DDP ranks run the same number of
-steps whatever the shard sizes. Validation, test and predict read every sample once, in order, and
+Training is a stream of ``steps_per_epoch`` batches per epoch, so all DDP ranks run the same number
+of steps whatever the shard sizes. In epoch ``e`` every (rank, worker) draws its own seeded sequence
+of shards with replacement, decodes, crops at random (a paired crop is drawn on the LQ grid and
+scaled to the GT grid, so the two stay aligned), flips and rotates, shuffles in a buffer and batches
+inside the worker. Every random draw is a function of (seed, rank, epoch, worker) and of the position
+in the stream, never of process ids or the clock, so the loader can be checkpointed as two numbers
+(epoch, batches taken) and a resumed run replays the epoch up to that point in its workers and then
+continues with exactly the batches an uninterrupted run would have seen. Validation, test and predict read every sample once, in order, and
 split samples (not shards) across ranks. Synthetic degradations run on the device in
 ``on_after_batch_transfer``; loader workers only decode and crop.
 """
 
 import glob
 import itertools
+import math
 import json
 import os
 import re
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from ir_lightning.degradations import Pipeline
 
@@ -59,7 +63,7 @@ GLOB_MAGIC = re.compile(r"[*?\[]")
 """Characters that make a local path a glob pattern."""
 
 SHARD_DRAWS, CROP_DRAWS, SHUFFLE_DRAWS, DEGRADATION_DRAWS = range(4)
-"""Ids of the independent random streams derived from (seed, rank, epoch, worker)."""
+"""Ids of the independent random streams derived from (seed, rank, epoch, worker) or (seed, rank, step)."""
 
 STAGE_SHARDS: dict[str, tuple[str, ...]] = {
     "fit": ("train_shards", "val_shards"),
@@ -255,27 +259,56 @@ class SkipCounter:
         return count
 
 
+def worker_role(skip: int) -> tuple[int, int]:
+    """The calling loader worker's role and the number of workers (``(0, 1)`` in-process).
+
+    The DataLoader takes batches from its workers in turn, starting with worker 0, so batch ``i``
+    of a stream comes from worker ``i % n``. A stream resumed after ``skip`` batches must hand
+    batch ``skip`` to worker 0: worker ``w`` plays the part of worker ``(w + skip) % n`` of the
+    uninterrupted stream (its seeds and its share of the batches).
+    """
+    info = get_worker_info()
+    if info is None:
+        return 0, 1
+    return (info.id + skip) % info.num_workers, info.num_workers
+
+
 @dataclass(frozen=True)
 class StreamSeed:
-    """Deterministic seeds for the training stream of one (seed, rank, start epoch) in every worker."""
+    """Deterministic seeds for the training stream of one (seed, rank, epoch) in every worker.
+
+    ``skip``: batches the stream resumes after (see ``worker_role``).
+    """
 
     seed: int
     rank: int
-    start_epoch: int
+    epoch: int
+    skip: int = 0
 
     def entropy(self, stream: int) -> list[int]:
         """Entropy words for random stream ``stream`` of the calling loader worker (0 in-process)."""
-        info = get_worker_info()
-        worker = 0 if info is None else info.id
-        return [self.seed, self.rank, self.start_epoch, worker, stream]
-
-    def worker_seed(self) -> int:
-        """The integer seed of this worker's shard draws (``ResampledShards(worker_seed=...)``)."""
-        return int(np.random.SeedSequence(self.entropy(SHARD_DRAWS)).generate_state(1)[0])
+        role, _ = worker_role(self.skip)
+        return [self.seed, self.rank, self.epoch, role, stream]
 
     def rng(self, stream: int) -> np.random.Generator:
         """A numpy generator for random stream ``stream`` of this worker."""
         return np.random.default_rng(self.entropy(stream))
+
+
+class ShardDraws(IterableDataset):
+    """Pipeline source: shard URLs drawn uniformly with replacement, endlessly, seeded per worker.
+
+    (webdataset's ``ResampledShards`` also counts how often the object was iterated in the
+    process into its seed, which differs between in-process and worker loading.)
+    """
+
+    def __init__(self, urls: list[str], seeds: StreamSeed) -> None:
+        self.urls, self.seeds = urls, seeds
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        rng = self.seeds.rng(SHARD_DRAWS)
+        while True:
+            yield {"url": self.urls[int(rng.integers(len(self.urls)))]}
 
 
 class TrainSamples:
@@ -399,40 +432,102 @@ class Batches:
 
     Collating at once (not when the next sample arrives) makes ``n_skipped`` count exactly the
     skips before this batch's last sample.
+
+    ``skip``: batches of the loader (all workers together) to build and drop first, to resume a
+    stream part-way; the worker playing role ``r`` (see ``worker_role``) made batches
+    ``r, r + n, ...`` of them and drops its first ``ceil((skip - r) / n)``.
     """
 
-    def __init__(self, size: int, collate: Collate, partial: bool) -> None:
-        self.size, self.collate, self.partial = size, collate, partial
+    def __init__(self, size: int, collate: Collate, partial: bool, skip: int = 0) -> None:
+        self.size, self.collate, self.partial, self.skip = size, collate, partial, skip
 
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         pending: list[dict[str, Any]] = []
+        to_drop = worker_share(self.skip)
         for sample in samples:
             pending.append(sample)
             if len(pending) == self.size:
-                yield self.collate(pending)
+                batch = self.collate(pending)
                 pending = []
+                if to_drop:
+                    to_drop -= 1
+                    continue
+                yield batch
         if pending and self.partial:
             yield self.collate(pending)
 
 
-class StepsPerEpoch:
-    """An endless batch loader cut into epochs of ``steps`` batches; each epoch continues the stream.
+def worker_share(batches: int) -> int:
+    """How many of a stream's first ``batches`` batches the calling worker's role produced."""
+    role, num_workers = worker_role(batches)
+    return max(0, math.ceil((batches - role) / num_workers))
 
-    One iterator of ``loader`` lives across epochs, so workers keep their shard and shuffle state
-    and no epoch replays the previous one. ``len()`` is ``steps`` (Lightning's epoch length).
+
+class StepsPerEpoch:
+    """The training loader: ``steps`` batches per epoch, each epoch a fresh stream seeded by its number.
+
+    ``make_loader(epoch, skip)`` builds the loader of one epoch, dropping its first ``skip``
+    batches. Lightning checkpoints ``state_dict()`` (the epoch and the batches the training loop
+    has taken from it, read through ``batches_taken``) and, on resume, passes it back through
+    ``load_state_dict`` before the first ``iter()``, which then continues that epoch where the
+    interrupted run stopped. ``len()`` is ``steps`` (Lightning's epoch length).
+
+    ``current_epoch`` gives the epoch of a new iterator (the trainer's); without it, epochs count
+    the ``iter()`` calls.
     """
 
-    def __init__(self, loader: Iterable[dict[str, Any]], steps: int) -> None:
-        self.loader, self.steps = loader, steps
+    def __init__(
+        self,
+        make_loader: Callable[[int, int], Iterable[dict[str, Any]]],
+        steps: int,
+        current_epoch: Callable[[], int] | None = None,
+        batches_taken: Callable[[], int] | None = None,
+    ) -> None:
+        self.make_loader, self.steps = make_loader, steps
+        self.current_epoch, self.batches_taken = current_epoch, batches_taken
+        self.epoch = -1  # epoch of the live iterator
+        self._resume: tuple[int, int] | None = None
         self._stream: Iterator[dict[str, Any]] | None = None
+        self._yielded = 0
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self._stream is None:
-            self._stream = iter(self.loader)
-        return itertools.islice(self._stream, self.steps)
+        if self._resume is not None:
+            epoch, skip = self._resume
+            self._resume = None
+        else:
+            epoch = self.current_epoch() if self.current_epoch is not None else self.epoch + 1
+            skip = 0
+        self.close()
+        self.epoch, self._yielded = epoch, skip
+        self._stream = iter(self.make_loader(epoch, skip))
+        return self._take(self._stream, self.steps - skip)
+
+    def _take(self, stream: Iterator[dict[str, Any]], count: int) -> Iterator[dict[str, Any]]:
+        for batch in itertools.islice(stream, count):
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The stream position: epoch and batches of it the training loop has taken."""
+        taken = self.batches_taken() if self.batches_taken is not None else self._yielded
+        return {"epoch": self.epoch, "batches": taken, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next ``iter()`` continue the stream at ``state``."""
+        epoch, taken = int(state["epoch"]), int(state["batches"])
+        if state.get("steps", self.steps) != self.steps:
+            warnings.warn(
+                f"data.steps_per_epoch changed from {state['steps']} to {self.steps} since the checkpoint: the "
+                f"training stream restarts at epoch {epoch + 1} instead of continuing epoch {epoch} exactly",
+                stacklevel=2,
+            )
+            epoch, taken = epoch + 1, 0
+        if taken >= self.steps:  # saved at the end of an epoch: the next one starts from its beginning
+            epoch, taken = epoch + 1, 0
+        self._resume = (epoch, taken)
 
     def close(self) -> None:
         """Drop the live iterator (stops its worker processes)."""
@@ -457,7 +552,10 @@ class ShardDataModule(pl.LightningDataModule):
         val_crop_size: side of the centre crop for val/test/predict, in GT pixels (divisible by
             ``scale``); None = whole images, which needs ``val_batch_size: 1`` unless all images
             share one size.
-        steps_per_epoch: training batches per epoch on every rank, whatever the shard sizes.
+        steps_per_epoch: training batches per epoch on every rank, whatever the shard sizes. Each
+            epoch's stream is seeded by its number; resuming mid-epoch rebuilds that epoch's batches
+            up to the checkpoint in the loader workers (loading only, no training) before training
+            goes on, so keep an epoch to a few minutes of loading.
         num_workers: loader worker processes per device (0 = decode in the main process).
         shuffle_buffer: training samples (decoded crops) held per worker for shuffling; < 2 = off.
         flip: mirror training crops left-right with probability 1/2.
@@ -465,7 +563,7 @@ class ShardDataModule(pl.LightningDataModule):
             element of the 8 symmetries of the square).
         seed: base seed (>= 0) of every random draw: shard order, crops, shuffling, degradations.
         degradation: synthetic degradation applied on the device to ``gt`` to make ``lq`` when a
-            batch has no ``lq``. Training draws from one generator per rank that advances; val,
+            batch has no ``lq``. Training draws from a generator seeded by (seed, rank, step); val,
             test and predict reseed from ``seed`` and the batch keys, so their LQ images are the
             same every epoch.
         persistent_workers: keep val/test/predict workers alive between epochs (only when
@@ -512,7 +610,6 @@ class ShardDataModule(pl.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self.urls: dict[str, list[str]] = {}
         self._train_epochs: StepsPerEpoch | None = None
-        self._train_generator: torch.Generator | None = None
 
     def setup(self, stage: str) -> None:
         """Read rank and world size from the trainer and expand (and check) this stage's shards."""
@@ -537,19 +634,19 @@ class ShardDataModule(pl.LightningDataModule):
             self.urls[argument] = expand_shards(self.shards[argument], f"data.{argument}")
         return self.urls.get(argument)
 
-    def train_dataset(self, start_epoch: int = 0) -> wds.DataPipeline:
-        """The endless, per-worker batched training pipeline of this rank."""
+    def train_dataset(self, epoch: int = 0, skip: int = 0) -> wds.DataPipeline:
+        """This rank's endless, per-worker batched training pipeline of ``epoch``, minus its first ``skip`` batches."""
         urls = self._urls("train_shards")
         if urls is None:
             raise ValueError("data.train_shards is required for training")
-        seeds = StreamSeed(self.seed, self.rank, start_epoch)
+        seeds = StreamSeed(self.seed, self.rank, epoch, skip)
         skips = SkipCounter(self.max_consecutive_skips)
         return wds.DataPipeline(
-            wds.ResampledShards(urls, seed=self.seed, worker_seed=seeds.worker_seed, deterministic=True),
+            ShardDraws(urls, seeds),
             wds.tarfile_to_samples(handler=skips.skip),
             TrainSamples(self.crop_size, self.scale, self.flip, self.rot90, seeds, skips),
             WorkerShuffle(self.shuffle_buffer, seeds),
-            Batches(self.batch_size, Collate(skips), partial=False),
+            Batches(self.batch_size, Collate(skips), partial=False, skip=skip),
         )
 
     def eval_dataset(self, argument: str) -> wds.DataPipeline:
@@ -571,10 +668,25 @@ class ShardDataModule(pl.LightningDataModule):
         return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=keep)
 
     def train_dataloader(self) -> StepsPerEpoch:
-        """``steps_per_epoch`` batches per epoch from the endless stream (seeded by the start epoch)."""
-        start_epoch = 0 if self.trainer is None else self.trainer.current_epoch
-        loader = self._loader(self.train_dataset(start_epoch), persistent=False)
-        self._train_epochs = StepsPerEpoch(loader, self.steps_per_epoch)
+        """``steps_per_epoch`` batches per epoch, each epoch's stream seeded by its number; resumable."""
+        trainer = self.trainer
+
+        def make_loader(epoch: int, skip: int) -> wds.WebLoader:
+            return self._loader(self.train_dataset(epoch, skip), persistent=False)
+
+        def current_epoch() -> int:
+            return trainer.current_epoch
+
+        def batches_taken() -> int:
+            # batches the fit loop has fetched in this epoch (ModelCheckpoint saves after the step)
+            return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+        self._train_epochs = StepsPerEpoch(
+            make_loader,
+            self.steps_per_epoch,
+            current_epoch=None if trainer is None else current_epoch,
+            batches_taken=batches_taken if isinstance(trainer, pl.Trainer) else None,
+        )
         return self._train_epochs
 
     def val_dataloader(self) -> wds.WebLoader | list:
@@ -600,12 +712,10 @@ class ShardDataModule(pl.LightningDataModule):
         return batch
 
     def _degradation_generator(self, keys: list[str], device: torch.device) -> torch.Generator:
-        """The advancing per-rank generator in training; else one seeded from ``seed`` and the keys."""
+        """In training, a generator seeded from (seed, rank, global step): every step draws anew, and a
+        resumed run draws what an uninterrupted one would. Else one seeded from ``seed`` and the keys."""
         if self.trainer is not None and self.trainer.training:
-            if self._train_generator is None or self._train_generator.device != device:
-                entropy = [self.seed, self.rank, DEGRADATION_DRAWS]
-                self._train_generator = _seeded_generator(entropy, device)
-            return self._train_generator
+            return _seeded_generator([self.seed, self.rank, self.trainer.global_step, DEGRADATION_DRAWS], device)
         keys_digest = zlib.crc32("\n".join(keys).encode())  # stable across processes, unlike hash()
         return _seeded_generator([self.seed, keys_digest, DEGRADATION_DRAWS], device)
 

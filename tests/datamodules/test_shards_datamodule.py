@@ -62,9 +62,10 @@ def write_shard(path: Path, keys: list[str], seed: int, paired: bool = False) ->
     return gts
 
 
-def fake_trainer(rank: int = 0, world_size: int = 1, training: bool = True) -> SimpleNamespace:
+def fake_trainer(rank: int = 0, world_size: int = 1, training: bool = True, step: int = 0) -> SimpleNamespace:
     """The trainer attributes ShardDataModule reads."""
-    return SimpleNamespace(global_rank=rank, world_size=world_size, current_epoch=0, training=training)
+    return SimpleNamespace(global_rank=rank, world_size=world_size, current_epoch=0, training=training,
+                           global_step=step)
 
 
 def module(tmp_path: Path, rank: int = 0, world_size: int = 1, **kwargs) -> ShardDataModule:
@@ -285,16 +286,19 @@ def test_degradation_hook_makes_lq_only_when_absent():
     assert paired["lq"] is lq
 
 
-def test_validation_degradation_repeats_and_training_degradation_advances():
+def test_validation_degradation_repeats_and_training_degradation_is_a_function_of_rank_and_step():
     datamodule = ShardDataModule(degradation=AddNoise())
     gt = torch.zeros(1, 3, 4, 4)
 
-    def lq(training: bool) -> torch.Tensor:
-        datamodule.trainer = fake_trainer(training=training)
+    def lq(training: bool, step: int = 0, rank: int = 0) -> torch.Tensor:
+        datamodule.trainer = fake_trainer(training=training, step=step)
+        datamodule.rank = rank
         return datamodule.on_after_batch_transfer({"gt": gt, "__key__": ["k"]}, 0)["lq"]
 
     assert torch.equal(lq(training=False), lq(training=False))
-    assert not torch.equal(lq(training=True), lq(training=True))
+    assert torch.equal(lq(training=True, step=5), lq(training=True, step=5))  # a resumed run redraws the same
+    assert not torch.equal(lq(training=True, step=5), lq(training=True, step=6))
+    assert not torch.equal(lq(training=True, step=5), lq(training=True, step=5, rank=1))
 
 
 def test_decode_grey_rgba_and_16_bit():
@@ -349,3 +353,46 @@ def test_trainer_fit_with_and_without_validation(train_shards, tmp_path, with_va
     assert trainer.global_step == 4 and model.seen == 8
     assert len(model.val_keys) == val_keys_seen
     assert sorted(set(model.val_keys)) == (["v0", "v1", "v2"] if val_keys_seen else [])
+
+
+def batch_ids(batches: list[dict]) -> list[tuple]:
+    """What identifies a training batch: its keys and the exact pixels of its crops."""
+    return [(tuple(b["__key__"]), b["gt"].numpy().tobytes()) for b in batches]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("taken", [0, 1, 4, 5])
+def test_a_resumed_stream_continues_with_the_batches_of_an_uninterrupted_one(train_shards, tmp_path, num_workers, taken):
+    """Epochs of 5 batches; the checkpoint is taken after ``taken`` batches of epoch 1 (5 = at its end)."""
+
+    def loader():
+        datamodule = module(tmp_path, train_shards=train_shards, num_workers=num_workers, steps_per_epoch=5)
+        datamodule.trainer = None  # without a trainer, epochs count the iter() calls
+        return datamodule.train_dataloader()
+
+    uninterrupted = loader()
+    epochs = [batch_ids(list(uninterrupted)) for _ in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2]  # each epoch draws anew
+
+    interrupted = loader()
+    list(interrupted)  # epoch 0
+    seen = batch_ids(list(itertools.islice(iter(interrupted), taken)))
+    assert seen == epochs[1][:taken]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "batches": taken, "steps": 5}
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = batch_ids(list(resumed))
+    if taken < 5:
+        assert rest == epochs[1][taken:]  # the same batches, in order, crops and flips included
+        rest = batch_ids(list(resumed))
+    assert rest == epochs[2]
+
+
+def test_resuming_with_another_epoch_length_warns_and_starts_the_next_epoch(train_shards, tmp_path):
+    loader = module(tmp_path, train_shards=train_shards, steps_per_epoch=4).train_dataloader()
+    with pytest.warns(UserWarning, match="steps_per_epoch changed from 5 to 4"):
+        loader.load_state_dict({"epoch": 2, "batches": 3, "steps": 5})
+    iter(loader)
+    assert loader.epoch == 3
