@@ -13,9 +13,11 @@ A method subclasses `RestorationModule` and implements two things:
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -24,7 +26,18 @@ from torch import Tensor
 from ir_lightning.metrics import RestorationMetrics
 
 
-RANK_SEED_STRIDE = 1_000_003  # a prime: the ranks' training streams start far apart
+TRAINING_DRAWS, GLOBAL_DRAWS = range(2)
+"""Ids of the per-step random streams: the method's own draws (noise, noise levels) and torch's
+global generator (dropout)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive non-finite losses."""
+
+
+def derived_seed(*words: int) -> int:
+    """A 63-bit seed mixed from non-negative integers (numpy's SeedSequence: nearby words give unrelated seeds)."""
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def adam(params: Any) -> torch.optim.Optimizer:
@@ -41,6 +54,14 @@ class RestorationModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
         crop_border: pixels cropped on each side before PSNR/SSIM (the scale, for SR).
         y_channel: compute PSNR/SSIM on the Y channel (BT.601, MATLAB coefficients).
+        max_nonfinite_steps: a step whose loss is NaN or infinite (on any rank) is skipped on every
+            rank, without backward or optimizer step, and counted (`train/nonfinite_steps`); after
+            this many in a row, training stops with `NonFiniteLossError`, having saved the last
+            good weights to the checkpoint callback's `last.ckpt`.
+
+    Randomness: every draw of a training step (the method's noise through `training_generator`,
+    dropout through torch's global generator, reseeded at each step) is a function of the global
+    seed, the rank and the step, so a resumed run draws what an uninterrupted one would have.
     """
 
     def __init__(
@@ -49,13 +70,20 @@ class RestorationModule(pl.LightningModule):
         warmup_steps: int = 0,
         crop_border: int = 0,
         y_channel: bool = True,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"model.init_args.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.val_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
         self.test_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
+        self.nonfinite_steps = {"total": 0, "consecutive": 0}
+        self._base_seed: int | None = None
         self._generator: torch.Generator | None = None
+        self._generator_step: int | None = None
 
     @staticmethod
     def objects_kept_out_of_hparams(*names: str) -> list[str]:
@@ -77,7 +105,7 @@ class RestorationModule(pl.LightningModule):
         factory built by the CLI reach objects holding thread locks ("cannot pickle
         '_thread.lock' object"). The average needs neither, so the copy points to the originals.
         """
-        for shared in (self._trainer, self.optimizer_factory, self._generator):
+        for shared in (self._trainer, self.optimizer_factory, self._generator, self.nonfinite_steps):
             if shared is not None:
                 memo[id(shared)] = shared
         clone = type(self).__new__(type(self))
@@ -94,17 +122,39 @@ class RestorationModule(pl.LightningModule):
 
     # --- shared behaviour ---------------------------------------------------------------
     def training_generator(self) -> torch.Generator:
-        """The random stream of the method's training draws (noise levels, noise), one per rank.
+        """The random stream of the method's training draws (noise levels, noise) at this step.
 
-        Seeded from the global seed (`seed_everything`) and the rank: with the global generator,
-        every DDP rank would draw the same noise for its samples, shrinking the diversity of
-        the global batch to that of one rank's batch.
+        Seeded from the global seed (`seed_everything`), the rank and the step: with the global
+        generator, every DDP rank would draw the same noise for its samples, shrinking the
+        diversity of the global batch to that of one rank's batch; and a run resumed at step k
+        draws at step k what the uninterrupted run drew there.
         """
+        step = self.global_step
         if self._generator is None or self._generator.device != self.device:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            seed = (torch.initial_seed() + RANK_SEED_STRIDE * rank) % 2**63
-            self._generator = torch.Generator(device=self.device).manual_seed(seed)
+            self._generator, self._generator_step = torch.Generator(device=self.device), None
+        if self._generator_step != step:
+            self._generator.manual_seed(self._step_seed(TRAINING_DRAWS))
+            self._generator_step = step
         return self._generator
+
+    def _step_seed(self, stream: int) -> int:
+        """Seed of random stream `stream` at this (global seed, rank, step); skipped steps count as steps."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        base = self._base_seed if self._base_seed is not None else torch.initial_seed()
+        return derived_seed(base, rank, self.global_step, stream)
+
+    def on_fit_start(self) -> None:
+        # the seed of `seed_everything`, read before the first step reseeds the global generator
+        self._base_seed = torch.initial_seed()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(self._step_seed(GLOBAL_DRAWS))  # dropout and any other global draw of this step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = dict(self.nonfinite_steps)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = dict(checkpoint.get("nonfinite_steps", {"total": 0, "consecutive": 0}))
 
     def require_lq(self, batch: dict[str, Any]) -> Tensor:
         """The batch's degraded image, or an error that says how to get one."""
@@ -122,8 +172,11 @@ class RestorationModule(pl.LightningModule):
         warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss = self.training_loss(batch)
+        if self._nonfinite_anywhere(loss):
+            return self._skip_nonfinite_step(loss)
+        self.nonfinite_steps["consecutive"] = 0
         batch_size = batch["gt"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if "n_skipped" in batch:
@@ -131,6 +184,42 @@ class RestorationModule(pl.LightningModule):
             self.log("data/skipped", batch["n_skipped"].float().sum(), reduce_fx="sum", sync_dist=True,
                      batch_size=batch_size)  # summed over ranks
         return loss
+
+    def _nonfinite_anywhere(self, loss: Tensor) -> bool:
+        """True when the loss is NaN or infinite on any rank (one tiny all-reduce under DDP), so
+        that all ranks skip together: a rank that skipped alone would leave the others waiting
+        in the gradient all-reduce."""
+        nonfinite = not bool(torch.isfinite(loss.detach()).all())
+        return self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
+
+    def _skip_nonfinite_step(self, loss: Tensor) -> None:
+        """Count a skipped step and stop after `max_nonfinite_steps` in a row, saving the weights,
+        still the last good ones.
+
+        Returning None makes Lightning skip backward: the optimizer step finds no gradients and
+        leaves weights and moments alone, but the step still counts in `global_step` (and so in
+        `max_steps`, the LR schedule and the EMA's update schedule)."""
+        self.nonfinite_steps["total"] += 1
+        self.nonfinite_steps["consecutive"] += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps["total"]), prog_bar=True)
+        consecutive = self.nonfinite_steps["consecutive"]
+        if consecutive < self.max_nonfinite_steps:
+            return None
+        path = self._stop_checkpoint_path()
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteLossError(
+            f"{consecutive} consecutive training steps had a non-finite loss (last: {loss.detach().float().mean().item()} "
+            f"at step {self.global_step}, {self.nonfinite_steps['total']} skipped in all); the weights of the last good "
+            f"step were saved to {path}. Lower the learning rate, set trainer.gradient_clip_val, check the data, "
+            f"or raise model.init_args.max_nonfinite_steps."
+        )
+
+    def _stop_checkpoint_path(self) -> Path:
+        """The checkpoint callback's `last.ckpt`, so that `--ckpt_path last` finds it; else one in the run directory."""
+        callback = self.trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None) or self.trainer.default_root_dir
+        name = getattr(callback, "CHECKPOINT_NAME_LAST", "last") + getattr(callback, "FILE_EXTENSION", ".ckpt")
+        return Path(folder) / name
 
     def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
         size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None

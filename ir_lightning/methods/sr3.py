@@ -66,7 +66,7 @@ class SR3(RestorationModule):
         clip_y0: clamp the predicted y0 to [-1, 1] at each sampling step.
         sample_seed: seed of the sampling noise at validation/test/predict, so the numbers of
             two evaluations of the same weights agree.
-        optimizer, warmup_steps, crop_border, y_channel: see `RestorationModule`.
+        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
     """
 
     def __init__(
@@ -85,8 +85,11 @@ class SR3(RestorationModule):
         warmup_steps: int = 0,
         crop_border: int | None = None,
         y_channel: bool = True,
+        max_nonfinite_steps: int = 20,
     ) -> None:
-        super().__init__(optimizer, warmup_steps, scale if crop_border is None else crop_border, y_channel)
+        super().__init__(
+            optimizer, warmup_steps, scale if crop_border is None else crop_border, y_channel, max_nonfinite_steps
+        )
         self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         train_schedule, inference_schedule = NoiseSchedule.of(train_schedule), NoiseSchedule.of(inference_schedule)
         for key in ("train_schedule", "inference_schedule"):  # plain dicts: checkpoints load with weights_only

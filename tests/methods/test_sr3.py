@@ -82,19 +82,6 @@ def test_range_maps_are_inverse():
     torch.testing.assert_close(to_unit(to_signed(x)), x)
 
 
-def test_training_draws_differ_between_ranks_and_repeat_for_a_rank():
-    from types import SimpleNamespace
-
-    def first_level(rank: int) -> torch.Tensor:
-        torch.manual_seed(0)  # what seed_everything(0) does on every rank
-        model = SR3(net=nn.Identity())
-        model._trainer = SimpleNamespace(global_rank=rank)
-        return torch.rand(4, generator=model.training_generator())
-
-    assert torch.equal(first_level(0), first_level(0))
-    assert not torch.equal(first_level(0), first_level(1))
-
-
 def test_hyperparameters_of_a_python_built_model_load_with_weights_only(tmp_path):
     model = SR3(net=nn.Identity(), train_schedule=NoiseSchedule("linear", 50, 1e-4, 0.02), sample_steps=10)
     assert model.hparams["train_schedule"] == {"kind": "linear", "n_steps": 50, "linear_start": 1e-4, "linear_end": 0.02}
