@@ -15,26 +15,39 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Optional
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
 import datamodules  # noqa: F401  (registers the data modules as subclasses for `class_path`)
 import ir_lightning.methods  # noqa: F401  (registers the methods)
+from ir_lightning.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.io import atomic_write_text
 from ir_lightning.methods.base import RestorationModule
+from ir_lightning.preemption import SlurmRequeue, in_slurm_job, newest_checkpoint
 
 DESCRIPTION = """\
 ir-lightning: diffusion-based image restoration with PyTorch Lightning.
 
 Run a recipe:        ir-lightning fit -c recipes/sr3_x4.yaml
 Overlay a recipe:    ir-lightning fit -c recipes/sr3_x4.yaml -c recipes/demo/sr3_x4_cpu.yaml
-Resume a run:        ir-lightning fit -c <same recipes> --ckpt_path runs/<name>/checkpoints/last.ckpt
+Resume a run:        ir-lightning fit -c <same recipes> --ckpt_path auto   (newest of last.ckpt and
+                     the preemption checkpoints; or give a checkpoint's path)
+Move a whole run:    ir-lightning fit -c <recipes> --run_dir runs/lr2e-4   (checkpoints, W&B files, config)
 See every setting:   ir-lightning fit -c recipes/sr3_x4.yaml --print_config
+SLURM:               sbatch slurm/train.sbatch <recipes and overrides>; ir-lightning sweep --help
 Other commands:      ir-lightning shards --help | export --help | demo --help
 """
+
+RUN_DIR_HELP = """The run's directory: sets trainer.default_root_dir (preemption checkpoints), the dirpath of every
+ModelCheckpoint (<run_dir>/checkpoints) and the save_dir of every WandbLogger, overriding the
+recipe. Two runs of one recipe with different run_dir never overwrite or resume each other."""
 
 
 class ConfigSaver(SaveConfigCallback):
@@ -79,7 +92,13 @@ class ConfigSaver(SaveConfigCallback):
 
 
 class IRLightningCLI(LightningCLI):
-    """LightningCLI in subclass mode for the method and the data module."""
+    """LightningCLI in subclass mode for the method and the data module, with:
+
+    - `--run_dir DIR`: one switch that moves every output of a run (see RUN_DIR_HELP);
+    - `--ckpt_path auto`: resume from the run's newest checkpoint, or start afresh if it has none;
+    - atomic checkpoint writes (`AtomicCheckpointIO`) unless the recipe brings its own checkpoint IO;
+    - under SLURM, `SlurmRequeue` in place of Lightning's signal handler.
+    """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -93,6 +112,50 @@ class IRLightningCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_dir", type=Optional[str], default=None, help=RUN_DIR_HELP)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("run_dir"):
+            place_run(config, config.run_dir)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not the user's choice
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if in_slurm_job() and not any(isinstance(c, SlurmRequeue) for c in trainer.callbacks):
+            trainer.callbacks.append(SlurmRequeue())
+        return trainer
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "auto":
+            found = newest_checkpoint(self.trainer)
+            where = f"{self.trainer.default_root_dir} and the checkpoint folders"
+            rank_zero_info(f"--ckpt_path auto: resuming from {found}" if found else
+                           f"--ckpt_path auto: no checkpoint in {where}; starting afresh")
+            config["ckpt_path"] = str(found) if found else None
+
+
+def place_run(config: Namespace, run_dir: str) -> None:
+    """Point the config's run outputs into `run_dir` (see RUN_DIR_HELP)."""
+    trainer = config.trainer
+    trainer.default_root_dir = run_dir
+    for entry in _class_entries(trainer.get("callbacks")):
+        if entry.class_path.endswith("ModelCheckpoint"):
+            entry.init_args.dirpath = os.path.join(run_dir, "checkpoints")
+    for entry in _class_entries(trainer.get("logger")):
+        if entry.class_path.endswith("WandbLogger"):
+            entry.init_args.save_dir = run_dir
+
+
+def _class_entries(value: Any) -> list[Namespace]:
+    """The `class_path` entries of a config value that is one entry, a list of them, or anything else."""
+    entries = value if isinstance(value, list) else [value]
+    return [e for e in entries if isinstance(e, Namespace) and "class_path" in e and e.get("init_args") is not None]
 
 
 def _raw_formatter():
@@ -109,6 +172,7 @@ SUBCOMMANDS = {
     "shards": "ir_lightning.shards",
     "demo": "ir_lightning.demo",
     "export": "ir_lightning.checkpoints",
+    "sweep": "ir_lightning.sweep",
 }
 
 

@@ -28,8 +28,10 @@ RECIPE = [
 ]  # fmt: skip
 
 
-def run(args: list[str], cwd: Path, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO))
+def run(
+    args: list[str], cwd: Path, timeout: float = 240, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO), **(env or {}))
     proc = subprocess.run(
         [sys.executable, "-m", "ir_lightning", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -79,3 +79,16 @@ def config(path: Path) -> dict:
 
 def metric_definitions(path: Path) -> dict[str, object]:
     return {r.metric.name: r.metric for r in records(path) if r.WhichOneof("record_type") == "metric" and r.metric.name}
+
+
+def run_identity(path: Path) -> dict[str, str]:
+    """The run's id, group and display name, from its `run` record."""
+    for r in records(path):
+        if r.WhichOneof("record_type") == "run":
+            return {"id": r.run.run_id, "group": r.run.run_group, "name": r.run.display_name}
+    raise AssertionError(f"{path} has no run record")
+
+
+def offline_runs(folder: Path) -> list[Path]:
+    """The `.wandb` files of the offline runs under `folder`, oldest first."""
+    return sorted(folder.rglob("offline-run-*/run-*.wandb"))
