@@ -1,13 +1,20 @@
-"""Two real DDP processes (gloo on the CPU) through the command line, on shards of uneven sizes
-(5, 2 and 1 samples): no rank waits on another, ranks see different samples, weights stay in
-sync, and validation (2 samples split per sample over 2 ranks) completes."""
+"""Two real DDP processes (gloo on the CPU): through the command line on shards of uneven sizes
+(5, 2 and 1 samples), no rank waits on another, ranks see different samples, weights stay in
+sync, and validation (2 samples split per sample over 2 ranks) completes; and on a fixed global
+batch, two processes end with the weights (and EMA) of one process, to float tolerance, even
+across a step that one rank alone found non-finite."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
+from tests.conftest import REPO
 from tests.test_cli import RECIPE, data_args, run
 
 pytestmark = pytest.mark.slow
@@ -33,3 +40,20 @@ def test_two_process_ddp_on_uneven_shards(tmp_path, sr_shards):
     assert [s["keys"] for s in ranks[0]["steps"]] != [s["keys"] for s in ranks[1]["steps"]]
     assert ranks[0]["param_sum"] == pytest.approx(ranks[1]["param_sum"], rel=0, abs=1e-9)  # gradients all-reduced
     assert (tmp_path / "runs/sr3_x4_demo/checkpoints/last.ckpt").exists()
+
+
+def test_two_processes_end_with_the_weights_of_one_process_on_the_same_global_batch(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for devices in (1, 2):
+        done = subprocess.run([sys.executable, "-m", "tests.ddp_equivalence", str(devices), str(tmp_path / f"d{devices}")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-4000:]
+    one, two = (torch.load(tmp_path / f"d{n}/weights.pt", weights_only=True) for n in (1, 2))
+    assert one["nonfinite"]["total"] == two["nonfinite"]["total"] == 1  # step 2 skipped by both ranks together
+    for part in ("trained", "ema"):
+        assert one[part].keys() == two[part].keys()
+        for key in one[part]:
+            torch.testing.assert_close(two[part][key], one[part][key], rtol=0, atol=1e-6)
+    assert not torch.equal(one["trained"]["net.0.weight"], one["ema"]["net.0.weight"])
+    seen = [set(json.loads((tmp_path / f"d2/seen{r}.json").read_text())) for r in (0, 1)]
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(40))  # disjoint halves of every global batch

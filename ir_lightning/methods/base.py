@@ -55,7 +55,7 @@ class RestorationModule(pl.LightningModule):
         crop_border: pixels cropped on each side before PSNR/SSIM (the scale, for SR).
         y_channel: compute PSNR/SSIM on the Y channel (BT.601, MATLAB coefficients).
         max_nonfinite_steps: a step whose loss is NaN or infinite (on any rank) is skipped on every
-            rank, without backward or optimizer step, and counted (`train/nonfinite_steps`); after
+            rank (no change to weights or optimizer state) and counted (`train/nonfinite_steps`); after
             this many in a row, training stops with `NonFiniteLossError`, having saved the last
             good weights to the checkpoint callback's `last.ckpt`.
 
@@ -81,6 +81,7 @@ class RestorationModule(pl.LightningModule):
         self.val_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
         self.test_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
         self.nonfinite_steps = {"total": 0, "consecutive": 0}
+        self._drop_gradients = False
         self._base_seed: int | None = None
         self._generator: torch.Generator | None = None
         self._generator_step: int | None = None
@@ -172,7 +173,7 @@ class RestorationModule(pl.LightningModule):
         warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)
         if self._nonfinite_anywhere(loss):
             return self._skip_nonfinite_step(loss)
@@ -192,19 +193,24 @@ class RestorationModule(pl.LightningModule):
         nonfinite = not bool(torch.isfinite(loss.detach()).all())
         return self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
 
-    def _skip_nonfinite_step(self, loss: Tensor) -> None:
+    def _skip_nonfinite_step(self, loss: Tensor) -> Tensor:
         """Count a skipped step and stop after `max_nonfinite_steps` in a row, saving the weights,
         still the last good ones.
 
-        Returning None makes Lightning skip backward: the optimizer step finds no gradients and
-        leaves weights and moments alone, but the step still counts in `global_step` (and so in
-        `max_steps`, the LR schedule and the EMA's update schedule)."""
+        Lightning refuses a `training_step` that returns None under DDP, and a zero loss would
+        still move Adam's moments. So the step goes through with a surrogate loss of zero that
+        touches every parameter (backward and DDP's all-reduce run as usual, on zero gradients),
+        and `on_before_optimizer_step` then drops the gradients: torch's optimizers leave
+        parameters without gradients alone (weights, moments, step counts). The step still
+        counts in `global_step` (and so in `max_steps`, the LR schedule and the EMA schedule).
+        With gradient accumulation the whole accumulated step is dropped."""
         self.nonfinite_steps["total"] += 1
         self.nonfinite_steps["consecutive"] += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps["total"]), prog_bar=True)
         consecutive = self.nonfinite_steps["consecutive"]
         if consecutive < self.max_nonfinite_steps:
-            return None
+            self._drop_gradients = True
+            return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), loss.new_zeros(()))
         path = self._stop_checkpoint_path()
         self.trainer.save_checkpoint(path)
         raise NonFiniteLossError(
@@ -213,6 +219,11 @@ class RestorationModule(pl.LightningModule):
             f"step were saved to {path}. Lower the learning rate, set trainer.gradient_clip_val, check the data, "
             f"or raise model.init_args.max_nonfinite_steps."
         )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_gradients:
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_gradients = False
 
     def _stop_checkpoint_path(self) -> Path:
         """The checkpoint callback's `last.ckpt`, so that `--ckpt_path last` finds it; else one in the run directory."""
