@@ -4,8 +4,8 @@
 the HPC checkpoint *inside* the signal handler: at whatever line the process was on, possibly
 between the optimizer step and the bookkeeping of that step, and, under DDP, on each rank at a
 different moment of a collective save. Here the handler only raises a flag; at the end of the
-next training step the ranks agree (one tiny all-reduce), save `hpc_ckpt_<n>.ckpt` together,
-rank 0 asks SLURM to requeue the job, and training stops. The requeued job resumes from the
+next training step the ranks agree (one tiny all-reduce), save `hpc_ckpt_<n>.ckpt` together and
+stop; once fit has wound down (W&B run written), rank 0 asks SLURM to requeue the job. The requeued job resumes from the
 newest checkpoint of its run (`--ckpt_path auto`, see `newest_checkpoint`), which holds the step
 exactly: weights, EMA, optimizer, LR schedule and the data stream's position.
 """
@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -88,10 +89,25 @@ class SlurmRequeue(Callback):
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{self._next_number(trainer)}.ckpt"
         trainer.save_checkpoint(path)
         self.saved = path
-        rank_zero_info(f"Preemption signal: saved {path} at step {trainer.global_step}")
-        if self.requeue and trainer.is_global_zero:
+        rank_zero_info(f"Preemption signal: saved {path} at step {trainer.global_step}; stopping to requeue")
+        trainer.should_stop = True  # the requeue itself waits for `teardown`: SLURM kills the job at once
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._signal is not None:
+            signal.signal(self._signal, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._signal = None
+        if self.saved is not None and self.requeue and trainer.is_global_zero:
+            # W&B writes its run (offline file or upload) when the run finishes: finish it
+            # before SLURM kills the job, or the part of the run before preemption is lost
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                    logger.experiment.finish()
             self._requeue()
-        trainer.should_stop = True
+        self.saved = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # a failure after the HPC checkpoint was written (e.g. in the end-of-fit hooks) still requeues
+        self.teardown(trainer, pl_module, "fit")
 
     def _next_number(self, trainer: pl.Trainer) -> int:
         # decided on rank 0 and broadcast: ranks must write the same file
@@ -115,10 +131,6 @@ class SlurmRequeue(Callback):
         else:
             rank_zero_info(f"Requeued SLURM job {job}")
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._signal is not None:
-            signal.signal(self._signal, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._signal = None
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
