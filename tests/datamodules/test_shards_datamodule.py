@@ -396,3 +396,16 @@ def test_resuming_with_another_epoch_length_warns_and_starts_the_next_epoch(trai
         loader.load_state_dict({"epoch": 2, "batches": 3, "steps": 5})
     iter(loader)
     assert loader.epoch == 3
+
+
+def test_one_shard_feeds_two_ranks_of_two_workers_each(tmp_path):
+    """Fewer shards than ranks x workers: training resamples shards, so every worker of every rank
+    streams (no rank waits for a shard of its own), and the ranks' batches differ."""
+    write_shard(tmp_path / "only-000000.tar", ["a", "b", "c"], seed=1)
+    streams = []
+    for rank in (0, 1):
+        datamodule = module(tmp_path, train_shards=str(tmp_path / "only-000000.tar"), rank=rank, world_size=2,
+                            num_workers=2, steps_per_epoch=4)  # fmt: skip
+        streams.append(batch_ids(list(datamodule.train_dataloader())))
+    assert [len(s) for s in streams] == [4, 4]
+    assert streams[0] != streams[1]
