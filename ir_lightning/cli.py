@@ -47,7 +47,8 @@ Other commands:      ir-lightning shards --help | export --help | demo --help
 
 RUN_DIR_HELP = """The run's directory: sets trainer.default_root_dir (preemption checkpoints), the dirpath of every
 ModelCheckpoint (<run_dir>/checkpoints) and the save_dir of every WandbLogger, overriding the
-recipe. Two runs of one recipe with different run_dir never overwrite or resume each other."""
+recipe. Two runs of one recipe with different run_dir never overwrite or resume each other.
+Applied after parsing: --print_config shows run_dir beside the recipe's own paths."""
 
 
 class ConfigSaver(SaveConfigCallback):
@@ -112,7 +113,6 @@ class IRLightningCLI(LightningCLI):
             args=args,
             run=run,
         )
-
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=Optional[str], default=None, help=RUN_DIR_HELP)
