@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/ddp.py
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info

@@ -31,7 +31,11 @@ def cluster():
     if started.returncode == 3:
         pytest.skip(f"no SLURM on this machine: {started.stderr.strip()}")
     assert started.returncode == 0, f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}"
-    yield
+    exports = subprocess.run(["bash", str(CLUSTER), "env"], capture_output=True, text=True, check=True).stdout
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in re.findall(r"export (\w+)=(\S+)", exports):  # SLURM_CONF when /etc/slurm is not ours
+            patch.setenv(name, value.strip("'\""))
+        yield
     subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
 
 
