@@ -78,8 +78,11 @@ def module(tmp_path: Path, rank: int = 0, world_size: int = 1, **kwargs) -> Shar
 
 
 def first_batches(datamodule: ShardDataModule, count: int) -> list[dict]:
-    """The first ``count`` training batches."""
-    return list(itertools.islice(iter(datamodule.train_dataloader()), count))
+    """The first ``count`` training batches (the loader's workers are stopped afterwards)."""
+    loader = datamodule.train_dataloader()
+    batches = list(itertools.islice(iter(loader), count))
+    loader.close()
+    return batches
 
 
 @pytest.fixture()
@@ -388,6 +391,8 @@ def test_a_resumed_stream_continues_with_the_batches_of_an_uninterrupted_one(tra
         assert rest == epochs[1][taken:]  # the same batches, in order, crops and flips included
         rest = batch_ids(list(resumed))
     assert rest == epochs[2]
+    for stream in (uninterrupted, interrupted, resumed):
+        stream.close()  # stop the workers now, not whenever the garbage collector gets to them
 
 
 def test_resuming_with_another_epoch_length_warns_and_starts_the_next_epoch(train_shards, tmp_path):
@@ -406,6 +411,8 @@ def test_one_shard_feeds_two_ranks_of_two_workers_each(tmp_path):
     for rank in (0, 1):
         datamodule = module(tmp_path, train_shards=str(tmp_path / "only-000000.tar"), rank=rank, world_size=2,
                             num_workers=2, steps_per_epoch=4)  # fmt: skip
-        streams.append(batch_ids(list(datamodule.train_dataloader())))
+        loader = datamodule.train_dataloader()
+        streams.append(batch_ids(list(loader)))
+        loader.close()
     assert [len(s) for s in streams] == [4, 4]
     assert streams[0] != streams[1]
