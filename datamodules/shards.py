@@ -382,19 +382,43 @@ class EvalShare:
 
 
 class EvalSamples:
-    """Pipeline stage: decode and centre-crop (if ``crop_size``); errors name the sample and raise."""
+    """Pipeline stage: decode, resize (if ``resize``) or centre-crop (if ``crop_size``); errors name
+    the sample and raise."""
 
-    def __init__(self, crop_size: int | None, scale: int) -> None:
-        self.crop_size, self.scale = crop_size, scale
+    def __init__(self, crop_size: int | None, scale: int, resize: int | None = None) -> None:
+        self.crop_size, self.scale, self.resize = crop_size, scale, resize
 
     def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for raw in raws:
             sample = decode_sample(raw, require_gt=False)
-            if self.crop_size is not None:
+            if self.resize is not None:
+                sample = resize_sample(sample, self.resize, self.scale)
+            elif self.crop_size is not None:
                 sample = centre_crop(sample, self.crop_size, self.scale)
             elif "lq" in sample and "gt" in sample:
                 _grid(sample, self.scale)  # checks the GT/LQ sizes agree
             yield sample
+
+
+def resize_sample(sample: dict[str, Any], size: int, scale: int) -> dict[str, Any]:
+    """Every image resized to ``size x size`` (an LQ smaller than its GT to ``size // scale``):
+    bicubic with antialiasing, clamped to the pixel range, kept as floats (no re-quantisation);
+    a mask by nearest neighbour. The protocol of papers that score at a fixed size (RDDM: 256)."""
+    resized = dict(sample)
+    gt_shape = sample["gt"][0].shape[:2] if "gt" in sample else None
+    for name in IMAGE_NAMES:
+        if name not in sample:
+            continue
+        pixels, peak = sample[name]
+        side = size // scale if name == "lq" and gt_shape is not None and pixels.shape[:2] != gt_shape else size
+        image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
+        if name == "mask":
+            out = torch.nn.functional.interpolate(image, size=(side, side), mode="nearest")
+        else:
+            out = torch.nn.functional.interpolate(image, size=(side, side), mode="bicubic", antialias=True,
+                                                  align_corners=False).clamp(0, peak)  # fmt: skip
+        resized[name] = (out[0].permute(1, 2, 0).numpy(), peak)
+    return resized
 
 
 class Collate:
@@ -570,6 +594,9 @@ class ShardDataModule(pl.LightningDataModule):
             ``num_workers > 0``); the training stream keeps its workers for the whole fit.
         max_consecutive_skips: training samples or shards that may fail in a row (corrupt,
             undecodable, smaller than the crop) before the data is declared broken.
+        val_resize: resize every val/test/predict image to this side (GT; a smaller LQ to
+            ``val_resize // scale``) instead of cropping: the fixed-size protocol of papers that
+            score resized images (RDDM's official code: 256). None = no resizing.
     """
 
     def __init__(
@@ -592,6 +619,7 @@ class ShardDataModule(pl.LightningDataModule):
         degradation: Pipeline | None = None,
         persistent_workers: bool = True,
         max_consecutive_skips: int = 1000,
+        val_resize: int | None = None,
     ) -> None:
         super().__init__()
         _check_sizes(crop_size, scale, val_crop_size, seed)
@@ -602,6 +630,9 @@ class ShardDataModule(pl.LightningDataModule):
             "predict_shards": predict_shards,
         }
         self.crop_size, self.scale, self.val_crop_size = crop_size, scale, val_crop_size
+        if val_resize is not None and (val_resize < scale or val_resize % scale):
+            raise ValueError(f"data.val_resize ({val_resize}) must be a positive multiple of data.scale ({scale})")
+        self.val_resize = val_resize
         self.batch_size, self.val_batch_size, self.steps_per_epoch = batch_size, val_batch_size, steps_per_epoch
         self.num_workers, self.shuffle_buffer, self.persistent_workers = num_workers, shuffle_buffer, persistent_workers
         self.flip, self.rot90, self.seed = flip, rot90, seed
@@ -658,7 +689,7 @@ class ShardDataModule(pl.LightningDataModule):
             wds.SimpleShardList(urls),
             wds.tarfile_to_samples(),
             EvalShare(self.rank, self.world_size, self.val_batch_size),
-            EvalSamples(self.val_crop_size, self.scale),
+            EvalSamples(self.val_crop_size, self.scale, self.val_resize),
             Batches(self.val_batch_size, Collate(SkipCounter(0)), partial=True),
         )
 

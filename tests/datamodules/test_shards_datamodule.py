@@ -416,3 +416,18 @@ def test_one_shard_feeds_two_ranks_of_two_workers_each(tmp_path):
         loader.close()
     assert [len(s) for s in streams] == [4, 4]
     assert streams[0] != streams[1]
+
+
+def test_val_resize_scales_every_image_to_the_protocol_size(tmp_path):
+    """The fixed-size protocol: GT to val_resize, a 2x smaller LQ to val_resize / 2, by antialiased
+    bicubic (checked against torch directly), values kept in [0, 1]."""
+    gts = write_shard(tmp_path / "pair-000000.tar", ["p0"], seed=9, paired=True)
+    datamodule = module(tmp_path, val_shards=str(tmp_path / "pair-000000.tar"), scale=2, val_resize=8)
+    (batch,) = list(datamodule.val_dataloader())
+    assert batch["gt"].shape == (1, 3, 8, 8) and batch["lq"].shape == (1, 3, 4, 4)
+    source = torch.from_numpy(gts["p0"].astype(np.float32)).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(source, size=(8, 8), mode="bicubic", antialias=True).clamp(0, 255) / 255
+    torch.testing.assert_close(batch["gt"], expected, rtol=0, atol=1e-6)
+    assert 0 <= float(batch["lq"].min()) and float(batch["lq"].max()) <= 1
+    with pytest.raises(ValueError, match=r"data.val_resize \(7\) must be a positive multiple of data.scale \(2\)"):
+        ShardDataModule(scale=2, crop_size=8, val_resize=7)
