@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench bench-rddm install clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/ddp.py
+
+bench-rddm: $(STAMP)
+	$(BIN)/python bench/rddm_steps.py
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info
