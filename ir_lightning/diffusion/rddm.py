@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ir_lightning.diffusion.samplers import gaussian_like
 from ir_lightning.diffusion.schedules import gammas_from_betas, make_betas
 
 SHAPES = ("decreased", "increased", "average")
@@ -204,7 +205,7 @@ def sample(
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     batch = i_in.shape[0]
     if noise is None:
-        noise = _gaussian_like(i_in, generator)
+        noise = gaussian_like(i_in, generator)
     beta_bar_T = schedule.beta_bar[-1].item()
     i_t = (i_in.double() + beta_bar_T * noise.double()).to(i_in.dtype)
     times = schedule.sampling_times(n_steps).to(i_in.device)
@@ -212,7 +213,7 @@ def sample(
         t, s = times[k].expand(batch), times[k + 1].expand(batch)
         coeff_t, coeff_s = schedule.at(t), schedule.at(s)
         res_hat, eps_hat = predict(i_t, *coeff_t, t)
-        z = _gaussian_like(i_t, generator) if eta > 0 and k < n_steps - 1 else None
+        z = gaussian_like(i_t, generator) if eta > 0 and k < n_steps - 1 else None
         i_t = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta, z)
     return i_t
 
@@ -250,11 +251,6 @@ def sample_path(predict: Predictor, i_in: Tensor, path: Tensor, noise: Tensor) -
         res_hat, eps_hat = predict(i_t, *coeff_t, None)
         i_t = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s)
     return i_t
-
-
-def _gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def _column(values: Tensor, like: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ def _predict_y0(model: Model, y_t: Tensor, gamma_t: Tensor, clip_y0: bool) -> Te
     return y0_hat.clamp(-1.0, 1.0) if clip_y0 else y0_hat
 
 
-def _gaussian_like(y: Tensor, generator: torch.Generator | None) -> Tensor:
+def gaussian_like(y: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like y, drawn only from `generator`."""
     device = generator.device if generator is not None else y.device
     return torch.randn(y.shape, generator=generator, dtype=y.dtype, device=device).to(y.device)
@@ -78,7 +78,7 @@ def ddpm_sample(
             callback(i, y_t, y0_hat)
         mean, variance = posterior(y0_hat, y_t, gamma_t, gamma_prev)
         # z ~ N(0, I) except at the last step, where gamma_prev = 1 and the variance is 0 (SR3 Alg. 2)
-        z = _gaussian_like(y_t, generator) if i > 0 else torch.zeros_like(y_t)
+        z = gaussian_like(y_t, generator) if i > 0 else torch.zeros_like(y_t)
         y_t = mean + variance.sqrt() * z
     return y_t
 
@@ -116,7 +116,7 @@ def ddim_sample(
         sigma = ddim_sigma(gamma_t, gamma_prev, eta)
         # clamp_min guards float round-off only: 1 - gamma_prev - sigma^2 >= 0 for eta <= 1
         direction = (1.0 - gamma_prev - sigma**2).clamp_min(0.0).sqrt()
-        z = _gaussian_like(y_t, generator) if i > 0 and eta > 0 else torch.zeros_like(y_t)
+        z = gaussian_like(y_t, generator) if i > 0 and eta > 0 else torch.zeros_like(y_t)
         # y_prev = sqrt(gamma_prev) y0_hat + sqrt(1 - gamma_prev - sigma^2) eps_hat + sigma z (DDIM eq. 12)
         y_t = per_sample(gamma_prev.sqrt(), y_t) * y0_hat + per_sample(direction, y_t) * eps_hat
         y_t = y_t + per_sample(sigma, y_t) * z

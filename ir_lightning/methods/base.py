@@ -157,6 +157,11 @@ class RestorationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = dict(checkpoint.get("nonfinite_steps", {"total": 0, "consecutive": 0}))
 
+    @staticmethod
+    def on_device(values: Tensor, device: torch.device) -> Tensor:
+        """`values` on `device`, copied only when elsewhere (schedules kept off the module's buffers)."""
+        return values if values.device == device else values.to(device)
+
     def require_lq(self, batch: dict[str, Any]) -> Tensor:
         """The batch's degraded image, or an error that says how to get one."""
         if "lq" not in batch:

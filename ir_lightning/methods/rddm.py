@@ -153,8 +153,6 @@ class RDDM(RestorationModule):
             raise ValueError(f"objective {self.objective} needs a net with {expected} output(s), got {len(out)}")
         return out
 
-    def _on(self, values: Tensor, device: torch.device) -> Tensor:
-        return values if values.device == device else values.to(device)
 
     # --- training ----------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -173,8 +171,8 @@ class RDDM(RestorationModule):
         return self.loss_fn(out[0], i_res if self.objective == "pred_res" else noise)
 
     def _coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        alpha_bar = self._on(self.schedule.alpha_bar, t.device)[t]
-        beta_bar = self._on(self.schedule.beta_bar, t.device)[t]
+        alpha_bar = self.on_device(self.schedule.alpha_bar, t.device)[t]
+        beta_bar = self.on_device(self.schedule.beta_bar, t.device)[t]
         return alpha_bar, beta_bar
 
     # --- sampling ------------------------------------------------------------------------------
@@ -201,7 +199,7 @@ class RDDM(RestorationModule):
         like = torch.empty(lq.shape[0], 3, *size, device=lq.device)
         i_in = self.input_image({"lq": lq}, like)
         generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
-        schedule = ResidualSchedule(self._on(self.schedule.alpha_bar, lq.device), self._on(self.schedule.beta_bar, lq.device))
+        schedule = ResidualSchedule(self.on_device(self.schedule.alpha_bar, lq.device), self.on_device(self.schedule.beta_bar, lq.device))
         out = sample(self.predictor(i_in, mask), i_in, schedule, self.sample_steps, eta=self.eta,
                      generator=generator, progress=progress)  # fmt: skip
         return to_unit(out)

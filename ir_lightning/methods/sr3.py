@@ -100,7 +100,7 @@ class SR3(RestorationModule):
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
         self.clip_y0, self.sample_seed = clip_y0, sample_seed
         # float64 schedules kept off the module's buffers: precision survives `.half()`/`bf16-true`,
-        # and DDP has nothing to broadcast; `_on` moves them to the device where they are used
+        # and DDP has nothing to broadcast; `on_device` moves them to the device where they are used
         self.train_gammas = train_schedule.gammas()
         self.set_sampling(sampler, sample_steps, eta)
         if inference_schedule is not None:
@@ -112,9 +112,6 @@ class SR3(RestorationModule):
         self.sampler_name, self.eta = sampler, eta
         self.inference_gammas = respace(self.train_gammas, sample_steps)
 
-    @staticmethod
-    def _on(gammas: Tensor, device: torch.device) -> Tensor:
-        return gammas if gammas.device == device else gammas.to(device)
 
     def upsample(self, lq: Tensor, size: tuple[int, int] | None) -> Tensor:
         """The conditioning image x: bicubic up-sampling of the LR to the HR size."""
@@ -131,7 +128,7 @@ class SR3(RestorationModule):
             )
         y0, x = to_signed(gt), to_signed(self.upsample(lq, gt.shape[-2:]))
         generator = self.training_generator()
-        gammas = self._on(self.train_gammas, y0.device)
+        gammas = self.on_device(self.train_gammas, y0.device)
         level = sample_noise_levels(gammas, y0.shape[0], generator=generator)  # sqrt(gamma), per sample
         noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
         y_noisy = q_sample(y0, level.double() ** 2, noise)  # SR3 eq. 4
@@ -150,6 +147,6 @@ class SR3(RestorationModule):
         kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
         sampler = get_sampler(self.sampler_name)
         y0 = sampler(
-            eps_model, y_T, self._on(self.inference_gammas, x.device), generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
+            eps_model, y_T, self.on_device(self.inference_gammas, x.device), generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
         )
         return to_unit(y0)
