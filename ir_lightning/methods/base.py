@@ -23,6 +23,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
+from ir_lightning.methods.lr import LRSchedule, lr_factor
 from ir_lightning.metrics import RestorationMetrics
 
 
@@ -171,12 +172,26 @@ class RestorationModule(pl.LightningModule):
             )
         return batch["lq"]
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one with every parameter by default. A method whose parts
+        follow different learning-rate schedules returns one group per part (with a `name`, which
+        the LR monitor shows), in the order of `lr_schedules`."""
+        return [{"params": list(self.parameters())}]
+
+    def lr_schedules(self) -> list[LRSchedule | None]:
+        """One schedule per parameter group (None: the optimizer's rate); the warm-up applies on top."""
+        return [None]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.warmup_steps <= 0:
+        optimizer = self.optimizer_factory(self.param_groups())
+        schedules = self.lr_schedules()
+        if len(schedules) != len(optimizer.param_groups):
+            raise ValueError(f"{type(self).__name__}: {len(schedules)} LR schedules for {len(optimizer.param_groups)} parameter groups")
+        if self.warmup_steps <= 0 and all(schedule is None for schedule in schedules):
             return optimizer
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        factors = [lr_factor(schedule, group["lr"], self.warmup_steps) for schedule, group in zip(schedules, optimizer.param_groups)]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)

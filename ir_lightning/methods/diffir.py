@@ -1,0 +1,312 @@
+"""DiffIR (Xia et al., ICCV 2023): a 4-step diffusion on a compact prior vector steers a transformer.
+
+Training has two stages, each a LightningModule here, handed over through a checkpoint:
+
+- `DiffIRS1`: CPEN_S1 sees the LQ and the ground truth and compresses them into the IR prior
+  representation (IPR, 256 numbers); the DIRformer restores the LQ steered by it. L1 on pixels.
+- `DiffIRS2`: CPEN_S1 (loaded from stage 1, frozen) becomes the teacher that gives the target IPR.
+  CPEN_S2 sees the LQ only and conditions a small MLP denoiser that recovers the IPR in 4 reverse
+  steps, unrolled with gradients. The DIRformer starts from stage 1's. For `prior_steps` steps
+  only CPEN_S2 and the denoiser train, on L1(IPR); then everything trains jointly on
+  L1(pixels) + L1(IPR). Restoration needs the LQ only: the IPR comes from noise in 4 steps.
+
+Images stay in [0, 1] (no [-1, 1] mapping: the diffusion runs on the IPR, not on pixels). The
+networks are `ir_lightning.nets.diffir`'s; the prior diffusion is `ir_lightning.diffusion.prior`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ir_lightning.diffusion.prior import noised_start, prior_gammas, reverse_chain
+from ir_lightning.methods.base import RestorationModule, adam
+from ir_lightning.methods.lr import LRSchedule
+from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser, input_multiple
+from ir_lightning.nets.unet import pad_to_multiple
+from lightning.pytorch.cli import OptimizerCallable
+
+
+class Stage1CheckpointError(ValueError):
+    """The stage-1 checkpoint does not fit the stage-2 networks."""
+
+
+def tiny_restorer(scale: int) -> DIRformer:
+    """A DIRformer small enough for a laptop CPU (the recipes set the paper's sizes)."""
+    return DIRformer(dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2), scale=scale)
+
+
+class DiffIRS1(RestorationModule):
+    """DiffIR stage 1: CPEN_S1(LQ, GT) -> IPR; DIRformer(LQ, IPR) -> restored; L1 on pixels.
+
+    Validation restores with the ground truth's IPR (this stage's model needs it): its numbers are
+    the upper bound stage 2 aims at, not a restoration of the LQ alone.
+
+    Args:
+        restorer: the DIRformer (`forward(lq, ipr)`); default: a tiny one.
+        cpen_s1: stage 1's CPEN (`with_gt=True`; `forward(lq, gt) -> ipr`); default: 2 residual blocks.
+        scale: GT / LQ size ratio (1 for deblurring, 4 for x4 SR); the networks must agree.
+        lr_schedule: learning rate against the optimizer step (`ir_lightning.methods.lr`); None = constant.
+        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+    """
+
+    def __init__(
+        self,
+        restorer: nn.Module | None = None,
+        cpen_s1: nn.Module | None = None,
+        scale: int = 1,
+        lr_schedule: LRSchedule | None = None,
+        optimizer: OptimizerCallable = adam,
+        warmup_steps: int = 0,
+        crop_border: int = 0,
+        y_channel: bool = False,
+        max_nonfinite_steps: int = 20,
+    ) -> None:
+        super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
+        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("restorer", "cpen_s1", "cpen_s2", "denoiser", "optimizer", "lr_schedule", "prior_lr_schedule"))  # fmt: skip
+        self.scale, self.lr_schedule = scale, lr_schedule
+        self.multiple = input_multiple(scale)
+        self.restorer = restorer if restorer is not None else tiny_restorer(scale)
+        self.cpen_s1 = cpen_s1 if cpen_s1 is not None else CPEN(scale, with_gt=True, res_blocks=2)
+
+    # --- shared by both stages ------------------------------------------------------------------
+    def padded(self, lq: Tensor, gt: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """LQ padded (reflect) to a multiple of what the networks need, and the GT by `scale` times as much."""
+        lq_padded = pad_to_multiple(lq, self.multiple)
+        if gt is None:
+            return lq_padded, None
+        height, width = (s * self.scale for s in lq_padded.shape[-2:])
+        if gt.shape[-2:] != (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale):
+            raise ValueError(
+                f"DiffIR x{self.scale}: gt {tuple(gt.shape[-2:])} is not {self.scale} x lq {tuple(lq.shape[-2:])}; "
+                "model.init_args.scale and the degradation's (or the paired shards') scale must agree"
+            )
+        pad = (0, width - gt.shape[-1], 0, height - gt.shape[-2])
+        return lq_padded, F.pad(gt, pad, mode="reflect") if any(pad) else gt
+
+    def cropped(self, restored: Tensor, size: tuple[int, int] | None, lq: Tensor) -> Tensor:
+        """The restored image at the target size (undoes `padded`), clamped to [0, 1]."""
+        height, width = size if size is not None else (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+        return restored[..., :height, :width].clamp(0.0, 1.0)
+
+    def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
+        size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
+        return self.restore(self.require_lq(batch), size, gt=batch.get("gt"))
+
+    def lr_schedules(self) -> list[LRSchedule | None]:
+        return [self.lr_schedule]
+
+    # --- stage 1 --------------------------------------------------------------------------------
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        lq, gt = self.padded(self.require_lq(batch), batch["gt"])
+        restored = self.restorer(lq, self.cpen_s1(lq, gt))
+        return F.l1_loss(restored, gt)
+
+    @torch.no_grad()
+    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, gt: Tensor | None = None) -> Tensor:
+        if gt is None:
+            raise ValueError(
+                "DiffIR stage 1 restores with the ground truth's prior (it is the teacher of stage 2): give "
+                "batches with 'gt', or restore with a stage-2 (DiffIRS2) checkpoint"
+            )
+        lq_padded, gt_padded = self.padded(lq, gt)
+        return self.cropped(self.restorer(lq_padded, self.cpen_s1(lq_padded, gt_padded)), size, lq)
+
+
+class DiffIRS2(DiffIRS1):
+    """DiffIR stage 2: CPEN_S2(LQ) and 4 denoising steps recover the IPR; the DIRformer restores.
+
+    Training step: the teacher's IPR (frozen CPEN_S1 on LQ and GT) is noised to step T-1, the 4
+    reverse steps run with gradients from there (conditioned on CPEN_S2(LQ)), and L1 pulls their
+    result to the teacher's IPR. From step `prior_steps` on, the DIRformer restores with that IPR
+    and L1 on pixels joins in (DiffIR eq. 11); before, the DIRformer is left alone (its gradients
+    are dropped and its learning rate is 0). Restoration starts the 4 steps from N(0, I).
+
+    Args:
+        restorer, cpen_s1: as in stage 1; both are loaded from `stage1_ckpt` at the start of fit
+            (CPEN_S1 strictly, the DIRformer non-strictly, listing what did not load).
+        cpen_s2: stage 2's CPEN (`with_gt=False`; `forward(lq) -> c`); default: 2 residual blocks.
+        denoiser: the IPR denoiser (`forward(z_t, t, c) -> ipr_hat`); default: `IPRDenoiser()`.
+        stage1_ckpt: stage 1's checkpoint (its EMA weights, `state_dict`). Read when a fit starts
+            afresh (a resumed fit has them in its own checkpoint); None = start from the networks
+            as given (only sensible in tests).
+        prior_steps: optimizer steps during which only CPEN_S2 and the denoiser train (100k in the paper).
+        prior_lr_schedule: their learning rate during those steps (paper: x0.1 every 60k).
+        lr_schedule: everyone's learning rate in the joint phase, counted from step 0 of training
+            (use `start: <prior_steps>` to count from the joint phase's start, as the paper).
+        n_steps, beta_start, beta_end: the prior diffusion (T = 4, sqrt(beta) linear 0.1 .. 0.99).
+        ipr_loss_weight, pixel_loss_weight: weights of L1(IPR) and L1(pixels).
+        sample_seed: seed of the starting noise at validation/test/predict.
+        scale, optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: as in stage 1.
+    """
+
+    def __init__(
+        self,
+        restorer: nn.Module | None = None,
+        cpen_s1: nn.Module | None = None,
+        cpen_s2: nn.Module | None = None,
+        denoiser: nn.Module | None = None,
+        stage1_ckpt: str | None = None,
+        prior_steps: int = 0,
+        prior_lr_schedule: LRSchedule | None = None,
+        lr_schedule: LRSchedule | None = None,
+        n_steps: int = 4,
+        beta_start: float = 0.1,
+        beta_end: float = 0.99,
+        ipr_loss_weight: float = 1.0,
+        pixel_loss_weight: float = 1.0,
+        sample_seed: int = 0,
+        scale: int = 1,
+        optimizer: OptimizerCallable = adam,
+        warmup_steps: int = 0,
+        crop_border: int = 0,
+        y_channel: bool = False,
+        max_nonfinite_steps: int = 20,
+    ) -> None:
+        super().__init__(restorer, cpen_s1, scale, lr_schedule, optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)  # fmt: skip
+        if prior_steps < 0:
+            raise ValueError(f"model.init_args.prior_steps must be >= 0, got {prior_steps}")
+        self.cpen_s2 = cpen_s2 if cpen_s2 is not None else CPEN(scale, with_gt=False, res_blocks=2)
+        self.denoiser = denoiser if denoiser is not None else IPRDenoiser(n_steps=n_steps)
+        self.cpen_s1.requires_grad_(False)  # the teacher: frozen
+        self.stage1_ckpt, self.prior_steps, self.prior_lr_schedule = stage1_ckpt, prior_steps, prior_lr_schedule
+        self.gammas = prior_gammas(n_steps, beta_start, beta_end)  # float64, off the buffers (moved where used)
+        self.ipr_loss_weight, self.pixel_loss_weight, self.sample_seed = ipr_loss_weight, pixel_loss_weight, sample_seed
+
+    # --- the stage-1 hand-off -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        if stage == "fit" and self.stage1_ckpt is not None and not resuming:
+            self.load_stage1(self.stage1_ckpt)
+
+    def load_stage1(self, path: str | Path) -> dict[str, list[str]]:
+        """Load CPEN_S1 (strictly) and the DIRformer (non-strictly) from a stage-1 checkpoint.
+
+        Raises `Stage1CheckpointError` naming the keys when CPEN_S1 does not match, when a DIRformer
+        tensor has another shape, or when no DIRformer weight loads at all; warns with the list of
+        DIRformer keys that were missing or unexpected. Returns those lists.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.init_args.stage1_ckpt: {path} does not exist (train stage 1 first)")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if "state_dict" not in checkpoint:
+            raise Stage1CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+        weights = checkpoint["state_dict"]  # the EMA weights, where the EMA callback ran
+        teacher = _part(weights, "cpen_s1.")
+        report = _compare(self.cpen_s1.state_dict(), teacher)
+        if any(report.values()):
+            raise Stage1CheckpointError(
+                f"{path}: CPEN_S1 does not match model.init_args.cpen_s1 (set it as in the stage-1 recipe): {_describe(report)}"
+            )
+        restorer = _part(weights, "restorer.")
+        report = _compare(self.restorer.state_dict(), restorer)
+        if report["shape"]:
+            raise Stage1CheckpointError(
+                f"{path}: the DIRformer does not match model.init_args.restorer: {_describe({'shape': report['shape']})}"
+            )
+        if not set(restorer) & set(self.restorer.state_dict()):
+            raise Stage1CheckpointError(f"{path}: no DIRformer weight (restorer.*) loads: is it a DiffIR stage-1 checkpoint?")
+        self.cpen_s1.load_state_dict(teacher)
+        self.restorer.load_state_dict(restorer, strict=False)
+        if report["missing"] or report["unexpected"]:
+            warnings.warn(f"{path}: DIRformer loaded non-strictly: {_describe(report)}", stacklevel=2)
+        return {"missing": report["missing"], "unexpected": report["unexpected"]}
+
+    # --- training --------------------------------------------------------------------------------
+    def in_prior_phase(self) -> bool:
+        return self.global_step < self.prior_steps
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        prior = [*self.cpen_s2.parameters(), *self.denoiser.parameters()]
+        return [{"params": prior, "name": "prior"}, {"params": list(self.restorer.parameters()), "name": "restorer"}]
+
+    def lr_schedules(self) -> list[LRSchedule | None]:
+        return [_Phased(self.prior_steps, self.prior_lr_schedule, self.lr_schedule, rest_at_zero=False),
+                _Phased(self.prior_steps, None, self.lr_schedule, rest_at_zero=True)]  # fmt: skip
+
+    def predict_ipr(self, lq: Tensor, start: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """The 4 reverse steps from `start` (z_{T-1}; None: drawn from N(0, I) with `generator`),
+        conditioned on c = CPEN_S2(LQ); returns z_0, the IPR."""
+        c = self.cpen_s2(lq)
+        if start is None:
+            start = torch.randn(c.shape, generator=generator, device=c.device, dtype=c.dtype)
+        return reverse_chain(lambda z, t: self.denoiser(z, t, c), start, self.on_device(self.gammas, lq.device))[-1]
+
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        lq, gt = self.padded(self.require_lq(batch), batch["gt"])
+        with torch.no_grad():
+            target = self.cpen_s1(lq, gt)
+        generator = self.training_generator()
+        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        ipr = self.predict_ipr(lq, noised_start(target, self.on_device(self.gammas, lq.device), noise))
+        ipr_loss = F.l1_loss(ipr, target)
+        batch_size = lq.shape[0]
+        self.log("train/ipr_loss", ipr_loss, batch_size=batch_size)
+        if self.in_prior_phase():
+            # the DIRformer sits out; a zero term over its weights keeps DDP's gradient buckets complete
+            untouched = sum(p.sum() * 0.0 for p in self.restorer.parameters())
+            return self.ipr_loss_weight * ipr_loss + untouched
+        pixel_loss = F.l1_loss(self.restorer(lq, ipr), gt)
+        self.log("train/pixel_loss", pixel_loss, batch_size=batch_size)
+        return self.pixel_loss_weight * pixel_loss + self.ipr_loss_weight * ipr_loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        if self.in_prior_phase():
+            for p in self.restorer.parameters():
+                p.grad = None  # Adam leaves a parameter without gradient alone: no moment, no step count
+
+    # --- restoration -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, gt: Tensor | None = None) -> Tensor:
+        """Restored images in [0, 1]; the IPR comes from N(0, I) (seeded by `sample_seed`) in 4 steps.
+        `gt` is ignored (stage 2 restores from the LQ alone)."""
+        lq_padded, _ = self.padded(lq)
+        generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
+        return self.cropped(self.restorer(lq_padded, self.predict_ipr(lq_padded, generator=generator)), size, lq)
+
+
+class _Phased(LRSchedule):
+    """`before` until step `switch`, `after` from there; `rest_at_zero`: rate 0 before the switch."""
+
+    def __init__(self, switch: int, before: LRSchedule | None, after: LRSchedule | None, rest_at_zero: bool) -> None:
+        self.switch, self.before, self.after, self.rest_at_zero = switch, before, after, rest_at_zero
+
+    def __call__(self, step: int, base_lr: float) -> float:
+        if step < self.switch:
+            if self.rest_at_zero:
+                return 0.0
+            return self.before(step, base_lr) if self.before is not None else base_lr
+        return self.after(step, base_lr) if self.after is not None else base_lr
+
+
+def _part(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+
+
+def _compare(expected: dict[str, Tensor], given: dict[str, Tensor]) -> dict[str, list[str]]:
+    """Keys missing from `given`, unexpected in it, and present with another shape."""
+    return {
+        "missing": sorted(set(expected) - set(given)),
+        "unexpected": sorted(set(given) - set(expected)),
+        "shape": sorted(
+            f"{key} {tuple(given[key].shape)} vs {tuple(expected[key].shape)}"
+            for key in set(expected) & set(given)
+            if given[key].shape != expected[key].shape
+        ),
+    }
+
+
+def _describe(report: dict[str, list[str]], limit: int = 8) -> str:
+    parts = []
+    for kind, keys in report.items():
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{kind}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
