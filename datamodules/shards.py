@@ -569,6 +569,7 @@ class ShardDataModule(pl.LightningDataModule):
         test_shards: test shards, same forms.
         predict_shards: predict shards, same forms; their samples may hold ``lq`` without ``gt``.
         crop_size: side of the random training crop, in GT pixels. Must be divisible by ``scale``.
+            A ``train_sizes`` hook (see below) replaces it and ``batch_size`` epoch by epoch.
         scale: GT/LQ size ratio of paired shards (1 for unpaired or same-size pairs). The LQ crop is
             ``crop_size // scale`` LQ pixels at the matching position.
         batch_size: training samples per batch, per device (batched inside each worker).
@@ -597,6 +598,14 @@ class ShardDataModule(pl.LightningDataModule):
         val_resize: resize every val/test/predict image to this side (GT; a smaller LQ to
             ``val_resize // scale``) instead of cropping: the fixed-size protocol of papers that
             score resized images (RDDM's official code: 256). None = no resizing.
+
+    Attributes:
+        train_sizes: a hook, not an argument: ``epoch -> (crop_size, batch_size)`` of that epoch's
+            training stream, asked each time an epoch's stream is built (also when a resumed run
+            rebuilds one), so sizes change at epoch boundaries and exact resume holds. Installed by a
+            callback (``ir_lightning.callbacks.ProgressivePatches``: progressive patch training) in its
+            ``setup``, before Lightning requests the training loader. None = ``crop_size`` and
+            ``batch_size`` in every epoch.
     """
 
     def __init__(
@@ -641,6 +650,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self.urls: dict[str, list[str]] = {}
         self._train_epochs: StepsPerEpoch | None = None
+        self.train_sizes: Callable[[int], tuple[int, int]] | None = None
 
     def setup(self, stage: str) -> None:
         """Read rank and world size from the trainer and expand (and check) this stage's shards."""
@@ -672,12 +682,14 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError("data.train_shards is required for training")
         seeds = StreamSeed(self.seed, self.rank, epoch, skip)
         skips = SkipCounter(self.max_consecutive_skips)
+        sizes = self.train_sizes
+        crop_size, batch_size = (self.crop_size, self.batch_size) if sizes is None else sizes(epoch)
         return wds.DataPipeline(
             ShardDraws(urls, seeds),
             wds.tarfile_to_samples(handler=skips.skip),
-            TrainSamples(self.crop_size, self.scale, self.flip, self.rot90, seeds, skips),
+            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips),
             WorkerShuffle(self.shuffle_buffer, seeds),
-            Batches(self.batch_size, Collate(skips), partial=False, skip=skip),
+            Batches(batch_size, Collate(skips), partial=False, skip=skip),
         )
 
     def eval_dataset(self, argument: str) -> wds.DataPipeline:
