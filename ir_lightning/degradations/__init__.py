@@ -19,9 +19,22 @@ from ir_lightning.degradations.basic import (
     check_range,
     uniform,
 )
+from ir_lightning.degradations.realesrgan import (
+    KERNEL_TYPES,
+    RealESRGANDegradation,
+    filter_per_sample,
+    gaussian_kernels,
+    generalized_gaussian_kernels,
+    plateau_kernels,
+    poisson_noise,
+    pulse_kernels,
+    restrict_support,
+    sinc_kernels,
+)
 
 __all__ = [
     "JPEG",
+    "KERNEL_TYPES",
     "PIXEL_LEVELS",
     "RGB_CHANNELS",
     "BicubicDownsample",
@@ -29,7 +42,16 @@ __all__ = [
     "GaussianBlur",
     "GaussianNoise",
     "Pipeline",
+    "RealESRGANDegradation",
     "bicubic_upsample",
     "check_range",
+    "filter_per_sample",
+    "gaussian_kernels",
+    "generalized_gaussian_kernels",
+    "plateau_kernels",
+    "poisson_noise",
+    "pulse_kernels",
+    "restrict_support",
+    "sinc_kernels",
     "uniform",
 ]
