@@ -87,6 +87,11 @@ class RestorationModule(pl.LightningModule):
         self._generator: torch.Generator | None = None
         self._generator_step: int | None = None
 
+    def shared_in_copies(self) -> tuple[Any, ...]:
+        """Further attributes a deep copy (the EMA's) shares instead of copying: fixed helpers such as
+        a loss network, or factories."""
+        return ()
+
     @staticmethod
     def objects_kept_out_of_hparams(*names: str) -> list[str]:
         """Arguments to leave out of `save_hyperparameters`.
@@ -107,7 +112,7 @@ class RestorationModule(pl.LightningModule):
         factory built by the CLI reach objects holding thread locks ("cannot pickle
         '_thread.lock' object"). The average needs neither, so the copy points to the originals.
         """
-        for shared in (self._trainer, self.optimizer_factory, self._generator, self.nonfinite_steps):
+        for shared in (self._trainer, self.optimizer_factory, self._generator, self.nonfinite_steps, *self.shared_in_copies()):
             if shared is not None:
                 memo[id(shared)] = shared
         clone = type(self).__new__(type(self))
@@ -183,12 +188,18 @@ class RestorationModule(pl.LightningModule):
         return [None]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.param_groups())
         schedules = self.lr_schedules()
+        if self.warmup_steps <= 0 and all(schedule is None for schedule in schedules):
+            return self.optimizer_factory(self.param_groups())  # constant rate: no scheduler to checkpoint
+        return self.optimizer_with_schedules(self.optimizer_factory, self.param_groups(), schedules)
+
+    def optimizer_with_schedules(
+        self, factory: OptimizerCallable, groups: list[dict[str, Any]], schedules: list[LRSchedule | None]
+    ) -> dict[str, Any]:
+        """An optimizer over `groups` and a per-step `LambdaLR` with one schedule per group (and the warm-up)."""
+        optimizer = factory(groups)
         if len(schedules) != len(optimizer.param_groups):
             raise ValueError(f"{type(self).__name__}: {len(schedules)} LR schedules for {len(optimizer.param_groups)} parameter groups")
-        if self.warmup_steps <= 0 and all(schedule is None for schedule in schedules):
-            return optimizer
         factors = [lr_factor(schedule, group["lr"], self.warmup_steps) for schedule, group in zip(schedules, optimizer.param_groups)]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -224,13 +235,18 @@ class RestorationModule(pl.LightningModule):
         parameters without gradients alone (weights, moments, step counts). The step still
         counts in `global_step` (and so in `max_steps`, the LR schedule and the EMA schedule).
         With gradient accumulation the whole accumulated step is dropped."""
+        self.count_nonfinite_step(loss)
+        self._drop_gradients = True
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), loss.new_zeros(()))
+
+    def count_nonfinite_step(self, loss: Tensor) -> None:
+        """Count a skipped step; after `max_nonfinite_steps` in a row, save the weights and stop."""
         self.nonfinite_steps["total"] += 1
         self.nonfinite_steps["consecutive"] += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps["total"]), prog_bar=True)
         consecutive = self.nonfinite_steps["consecutive"]
         if consecutive < self.max_nonfinite_steps:
-            self._drop_gradients = True
-            return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), loss.new_zeros(()))
+            return
         path = self._stop_checkpoint_path()
         self.trainer.save_checkpoint(path)
         raise NonFiniteLossError(

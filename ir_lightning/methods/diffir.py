@@ -9,6 +9,8 @@ Training has two stages, each a LightningModule here, handed over through a chec
   steps, unrolled with gradients. The DIRformer starts from stage 1's. For `prior_steps` steps
   only CPEN_S2 and the denoiser train, on L1(IPR); then everything trains jointly on
   L1(pixels) + L1(IPR). Restoration needs the LQ only: the IPR comes from noise in 4 steps.
+- `DiffIRGAN` (optional, real SR): continues from a stage-2 checkpoint with a perceptual loss
+  (VGG19 from a local weight file) and a U-Net discriminator with spectral norm.
 
 Images stay in [0, 1] (no [-1, 1] mapping: the diffusion runs on the IPR, not on pixels). The
 networks are `ir_lightning.nets.diffir`'s; the prior diffusion is `ir_lightning.diffusion.prior`.
@@ -25,15 +27,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.diffusion.prior import noised_start, prior_gammas, reverse_chain
+from ir_lightning.losses import GANLoss, PerceptualLoss
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.methods.lr import LRSchedule
 from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser, input_multiple
+from ir_lightning.nets.discriminator import UNetDiscriminatorSN
 from ir_lightning.nets.unet import pad_to_multiple
 from lightning.pytorch.cli import OptimizerCallable
 
 
+OBJECT_ARGUMENTS = ("restorer", "cpen_s1", "cpen_s2", "denoiser", "discriminator", "perceptual", "gan_loss",
+                    "optimizer", "d_optimizer", "lr_schedule", "prior_lr_schedule", "d_lr_schedule")  # fmt: skip
+"""Arguments of the DiffIR modules that are objects (kept out of the hyperparameters when built in Python)."""
+
+
 class Stage1CheckpointError(ValueError):
-    """The stage-1 checkpoint does not fit the stage-2 networks."""
+    """The stage-1 (or stage-2) checkpoint does not fit the networks of the next stage."""
 
 
 def tiny_restorer(scale: int) -> DIRformer:
@@ -68,7 +77,7 @@ class DiffIRS1(RestorationModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
-        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("restorer", "cpen_s1", "cpen_s2", "denoiser", "optimizer", "lr_schedule", "prior_lr_schedule"))  # fmt: skip
+        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams(*OBJECT_ARGUMENTS))
         self.scale, self.lr_schedule = scale, lr_schedule
         self.multiple = input_multiple(scale)
         self.restorer = restorer if restorer is not None else tiny_restorer(scale)
@@ -191,13 +200,7 @@ class DiffIRS2(DiffIRS1):
         tensor has another shape, or when no DIRformer weight loads at all; warns with the list of
         DIRformer keys that were missing or unexpected. Returns those lists.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.init_args.stage1_ckpt: {path} does not exist (train stage 1 first)")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" not in checkpoint:
-            raise Stage1CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-        weights = checkpoint["state_dict"]  # the EMA weights, where the EMA callback ran
+        weights = read_weights(path, "model.init_args.stage1_ckpt", "train stage 1 first")
         teacher = _part(weights, "cpen_s1.")
         report = _compare(self.cpen_s1.state_dict(), teacher)
         if any(report.values()):
@@ -270,6 +273,164 @@ class DiffIRS2(DiffIRS1):
         lq_padded, _ = self.padded(lq)
         generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
         return self.cropped(self.restorer(lq_padded, self.predict_ipr(lq_padded, generator=generator)), size, lq)
+
+
+def adam_discriminator(params: Any) -> torch.optim.Optimizer:
+    """Default discriminator optimizer: Adam 1e-4, betas (0.9, 0.99) (DiffIR's and Real-ESRGAN's optim_d)."""
+    return torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.99))
+
+
+class DiffIRGAN(DiffIRS2):
+    """DiffIR stage 2 with adversarial training ("S2-GAN", real-world SR): perceptual quality over PSNR.
+
+    Starts from a stage-2 checkpoint (`stage2_ckpt`, every generator weight loaded strictly, the
+    frozen teacher included) and trains the whole generator (DIRformer, CPEN_S2, denoiser) on
+    L1(pixels) + L1(IPR) + perceptual + adversarial losses, alternating with a discriminator step
+    on BCE(real) + BCE(fake), as the official GAN model does (its prior-only phase is unused there
+    too). Two optimizers with manual optimization: Lightning counts both steps in `global_step`,
+    so `trainer.max_steps` is twice the number of iterations (LR schedules count iterations).
+    Under DDP set `trainer.strategy: ddp_find_unused_parameters_true` (each backward reaches only
+    one of the two networks). Manual optimization does not support `trainer.gradient_clip_val`.
+
+    The VGG19 of the perceptual loss stays out of the checkpoints (80 MB of fixed weights): it is
+    rebuilt from its weight file, which the recipe names.
+
+    Args:
+        discriminator: per-pixel realness logits (default: a small `UNetDiscriminatorSN`).
+        perceptual: `ir_lightning.losses.PerceptualLoss` (needs a local VGG19 weight file); None = no
+            perceptual term.
+        gan_loss: `ir_lightning.losses.GANLoss` (its `loss_weight` weighs the generator's term).
+        stage2_ckpt: the stage-2 checkpoint to start from (read when a fit starts afresh).
+        d_optimizer, d_lr_schedule: the discriminator's optimizer and learning rate.
+        restorer, cpen_s1, cpen_s2, denoiser, lr_schedule, n_steps, beta_start, beta_end,
+        ipr_loss_weight, pixel_loss_weight, sample_seed, scale, optimizer, warmup_steps,
+        crop_border, y_channel, max_nonfinite_steps: as in `DiffIRS2`.
+    """
+
+    def __init__(
+        self,
+        restorer: nn.Module | None = None,
+        cpen_s1: nn.Module | None = None,
+        cpen_s2: nn.Module | None = None,
+        denoiser: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+        perceptual: PerceptualLoss | None = None,
+        gan_loss: GANLoss | None = None,
+        stage2_ckpt: str | None = None,
+        lr_schedule: LRSchedule | None = None,
+        d_optimizer: OptimizerCallable = adam_discriminator,
+        d_lr_schedule: LRSchedule | None = None,
+        n_steps: int = 4,
+        beta_start: float = 0.1,
+        beta_end: float = 0.99,
+        ipr_loss_weight: float = 1.0,
+        pixel_loss_weight: float = 1.0,
+        sample_seed: int = 0,
+        scale: int = 4,
+        optimizer: OptimizerCallable = adam,
+        warmup_steps: int = 0,
+        crop_border: int = 0,
+        y_channel: bool = True,
+        max_nonfinite_steps: int = 20,
+    ) -> None:
+        super().__init__(restorer, cpen_s1, cpen_s2, denoiser, None, 0, None, lr_schedule, n_steps, beta_start, beta_end,
+                         ipr_loss_weight, pixel_loss_weight, sample_seed, scale, optimizer, warmup_steps, crop_border,
+                         y_channel, max_nonfinite_steps)  # fmt: skip
+        self.automatic_optimization = False
+        self.discriminator = discriminator if discriminator is not None else UNetDiscriminatorSN(base_channels=16)
+        self.__dict__["perceptual"] = perceptual  # not a submodule: its fixed VGG stays out of the state_dict
+        self.gan_loss = gan_loss if gan_loss is not None else GANLoss()
+        self.stage2_ckpt, self.d_optimizer_factory, self.d_lr_schedule = stage2_ckpt, d_optimizer, d_lr_schedule
+
+    def shared_in_copies(self) -> tuple[Any, ...]:
+        return (self.perceptual, self.d_optimizer_factory)  # the EMA copy needs neither the VGG nor a factory
+
+    def setup(self, stage: str) -> None:
+        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        if stage == "fit" and self.stage2_ckpt is not None and not resuming:
+            self.load_stage2(self.stage2_ckpt)
+
+    def load_stage2(self, path: str | Path) -> None:
+        """Load every generator weight (all but the discriminator's) strictly from a stage-2 checkpoint;
+        raises `Stage1CheckpointError` naming the keys that do not match."""
+        weights = read_weights(path, "model.init_args.stage2_ckpt", "train stage 2 first")
+        expected = {k: v for k, v in self.state_dict().items() if not k.startswith("discriminator.")}
+        given = {k: v for k, v in weights.items() if not k.startswith("discriminator.")}
+        report = _compare(expected, given)
+        if any(report.values()):
+            raise Stage1CheckpointError(f"{path}: the stage-2 networks do not match this config: {_describe(report)}")
+        self.load_state_dict(given, strict=False)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("discriminator.")]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": self.generator_parameters(), "name": "generator"}]
+
+    def lr_schedules(self) -> list[LRSchedule | None]:
+        return [self.lr_schedule]
+
+    def configure_optimizers(self) -> Any:
+        generator = self.optimizer_with_schedules(self.optimizer_factory, self.param_groups(), self.lr_schedules())
+        discriminator = self.optimizer_with_schedules(
+            self.d_optimizer_factory, [{"params": list(self.discriminator.parameters()), "name": "discriminator"}],
+            [self.d_lr_schedule],
+        )  # fmt: skip
+        return [generator, discriminator]
+
+    def generator_losses(self, lq: Tensor, gt: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The generator's loss terms (weighted) and its restoration."""
+        with torch.no_grad():
+            target = self.cpen_s1(lq, gt)
+        generator = self.training_generator()
+        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        ipr = self.predict_ipr(lq, noised_start(target, self.on_device(self.gammas, lq.device), noise))
+        restored = self.restorer(lq, ipr)
+        losses = {
+            "pixel_loss": self.pixel_loss_weight * F.l1_loss(restored, gt),
+            "ipr_loss": self.ipr_loss_weight * F.l1_loss(ipr, target),
+            "gan_loss": self.gan_loss(self.discriminator(restored), target_is_real=True),
+        }
+        if self.perceptual is not None:
+            losses["perceptual_loss"] = self.perceptual.to(restored.device)(restored, gt)
+        return losses, restored
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        lq, gt = self.padded(self.require_lq(batch), batch["gt"])
+        opt_g, opt_d = self.optimizers()
+        sched_g, sched_d = self.lr_schedulers()
+        self.discriminator.requires_grad_(False)  # the generator's step leaves the discriminator alone
+        losses, restored = self.generator_losses(lq, gt)
+        loss_g = sum(losses.values())
+        self.discriminator.requires_grad_(True)
+        real = self.gan_loss(self.discriminator(gt), target_is_real=True, is_discriminator=True)
+        fake = self.gan_loss(self.discriminator(restored.detach()), target_is_real=False, is_discriminator=True)
+        loss_d = real + fake
+        if self._nonfinite_anywhere(loss_g + loss_d):
+            self.count_nonfinite_step(loss_g + loss_d)  # neither network steps
+            return loss_g.detach()
+        self.nonfinite_steps["consecutive"] = 0
+        for optimizer, scheduler, loss in ((opt_g, sched_g, loss_g), (opt_d, sched_d, loss_d)):
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            scheduler.step()
+        size = lq.shape[0]
+        self.log("train/loss", loss_g, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=size)
+        self.log_dict({"train/d_real": real, "train/d_fake": fake}, batch_size=size)
+        return loss_g.detach()
+
+
+def read_weights(path: str | Path, argument: str, hint: str) -> dict[str, Tensor]:
+    """The EMA weights (`state_dict`) of one of our checkpoints, read without running pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{argument}: {path} does not exist ({hint})")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise Stage1CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint["state_dict"]  # the EMA weights, where the EMA callback ran
 
 
 class _Phased(LRSchedule):
