@@ -1,9 +1,10 @@
 """DiffIR through the real command line: stage 1 -> stage 2 hand-off on the demo photos for GoPro-style
-deblurring (progressive patches on), the real-SR chain stage 1 -> stage 2 -> GAN, a mismatched
+deblurring (progressive patches on), stage 2 under 2-process DDP, the real-SR chain stage 1 -> stage 2 -> GAN (GAN under DDP), a mismatched
 stage-1 checkpoint stopped with the keys named. Every DiffIR recipe is the base of one of these runs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,21 @@ def part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]
     return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def test_gopro_stage1_to_stage2(tmp_path: Path, sr_shards):
-    run(["fit", *recipe("diffir_s1_gopro"), *data_args(sr_shards)], tmp_path)
+@pytest.fixture(scope="module")
+def gopro_stage1(tmp_path_factory, sr_shards) -> Path:
+    """A directory holding a 4-step GoPro-style stage-1 run (runs/diffir_s1_gopro_demo)."""
+    cwd = tmp_path_factory.mktemp("stage1")
+    run(["fit", *recipe("diffir_s1_gopro"), *data_args(sr_shards)], cwd)
+    return cwd
+
+
+def with_stage1(gopro_stage1: Path, tmp_path: Path) -> Path:
+    shutil.copytree(gopro_stage1 / "runs/diffir_s1_gopro_demo", tmp_path / "runs/diffir_s1_gopro_demo")
+    return tmp_path
+
+
+def test_gopro_stage1_to_stage2(gopro_stage1: Path, tmp_path: Path, sr_shards):
+    with_stage1(gopro_stage1, tmp_path)
     s1 = load(tmp_path / "runs/diffir_s1_gopro_demo/checkpoints/last.ckpt")
     assert s1["global_step"] == 4 and s1["hyper_parameters"]["_class_path"] == "ir_lightning.methods.DiffIRS1"
     run(["fit", *recipe("diffir_s2_gopro"), *data_args(sr_shards), "--model.init_args.prior_steps=2"], tmp_path)
@@ -49,8 +63,19 @@ def test_gopro_stage1_to_stage2(tmp_path: Path, sr_shards):
     assert "val/psnr" in done.stdout + done.stderr
 
 
-def test_mismatched_stage1_checkpoint_names_the_keys(tmp_path: Path, sr_shards):
-    run(["fit", *recipe("diffir_s1_gopro"), *data_args(sr_shards), "--trainer.max_steps=1"], tmp_path)
+def test_stage2_under_two_process_ddp_crosses_the_phase_switch(gopro_stage1: Path, tmp_path: Path, sr_shards):
+    """The prior-only phase leaves the DIRformer out of the loss; its zero term keeps DDP's buckets complete."""
+    with_stage1(gopro_stage1, tmp_path)
+    done = run(["fit", *recipe("diffir_s2_gopro"), *data_args(sr_shards), "--model.init_args.prior_steps=2",
+                "--trainer.devices=2", "--trainer.strategy=ddp"], tmp_path)  # fmt: skip
+    assert "All distributed processes registered. Starting with 2 processes" in done.stdout + done.stderr
+    s2 = load(tmp_path / "runs/diffir_s2_gopro_demo/checkpoints/last.ckpt")
+    state, groups = s2["optimizer_states"][0]["state"], s2["optimizer_states"][0]["param_groups"]
+    assert s2["global_step"] == 4 and all(int(state[i]["step"]) == 2 for i in groups[1]["params"])
+
+
+def test_mismatched_stage1_checkpoint_names_the_keys(gopro_stage1: Path, tmp_path: Path, sr_shards):
+    with_stage1(gopro_stage1, tmp_path)
     done = run(["fit", *recipe("diffir_s2_gopro"), *data_args(sr_shards),
                 "--model.init_args.cpen_s1.init_args.res_blocks=3"], tmp_path, check=False)  # fmt: skip
     assert done.returncode != 0
@@ -59,9 +84,15 @@ def test_mismatched_stage1_checkpoint_names_the_keys(tmp_path: Path, sr_shards):
 
 
 def test_real_sr_stage1_stage2_gan_chain(tmp_path: Path, sr_shards):
-    for name in ("diffir_s1_realsr_x4", "diffir_s2_realsr_x4", "diffir_s2gan_realsr_x4"):
-        extra = ["--model.init_args.prior_steps=2"] if name == "diffir_s2_realsr_x4" else []
-        run(["fit", *recipe(name), *data_args(sr_shards), *extra], tmp_path)
+    extra = {
+        "diffir_s1_realsr_x4": [],
+        "diffir_s2_realsr_x4": ["--model.init_args.prior_steps=2"],
+        # the GAN stage under 2-process DDP, with the strategy its recipe names (each backward reaches one network)
+        "diffir_s2gan_realsr_x4": ["--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true"],
+    }
+    for name, args in extra.items():
+        done = run(["fit", *recipe(name), *data_args(sr_shards), *args], tmp_path)
+    assert "Starting with 2 processes" in done.stdout + done.stderr
     s2 = load(tmp_path / "runs/diffir_s2_realsr_x4_demo/checkpoints/last.ckpt")
     gan = load(tmp_path / "runs/diffir_s2gan_realsr_x4_demo/checkpoints/last.ckpt")
     assert gan["global_step"] == 4  # 2 iterations x (generator + discriminator)
