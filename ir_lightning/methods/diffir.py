@@ -34,6 +34,7 @@ from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser, input_multipl
 from ir_lightning.nets.discriminator import UNetDiscriminatorSN
 from ir_lightning.nets.unet import pad_to_multiple
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 
 
 OBJECT_ARGUMENTS = ("restorer", "cpen_s1", "cpen_s2", "denoiser", "discriminator", "perceptual", "gan_loss",
@@ -190,7 +191,12 @@ class DiffIRS2(DiffIRS1):
     # --- the stage-1 hand-off -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         resuming = self._trainer is not None and self.trainer.ckpt_path is not None
-        if stage == "fit" and self.stage1_ckpt is not None and not resuming:
+        if stage == "fit" and not resuming:  # a resumed fit has every weight in its own checkpoint
+            self.load_previous_stage()
+
+    def load_previous_stage(self) -> None:
+        """Load the weights this stage starts from (stage 1's), if a checkpoint is named."""
+        if self.stage1_ckpt is not None:
             self.load_stage1(self.stage1_ckpt)
 
     def load_stage1(self, path: str | Path) -> dict[str, list[str]]:
@@ -217,6 +223,8 @@ class DiffIRS2(DiffIRS1):
             raise Stage1CheckpointError(f"{path}: no DIRformer weight (restorer.*) loads: is it a DiffIR stage-1 checkpoint?")
         self.cpen_s1.load_state_dict(teacher)
         self.restorer.load_state_dict(restorer, strict=False)
+        loaded = len(set(restorer) & set(self.restorer.state_dict()))
+        rank_zero_info(f"stage 1 from {path}: CPEN_S1 ({len(teacher)} tensors, frozen), DIRformer ({loaded} tensors)")
         if report["missing"] or report["unexpected"]:
             warnings.warn(f"{path}: DIRformer loaded non-strictly: {_describe(report)}", stacklevel=2)
         return {"missing": report["missing"], "unexpected": report["unexpected"]}
@@ -241,13 +249,18 @@ class DiffIRS2(DiffIRS1):
             start = torch.randn(c.shape, generator=generator, device=c.device, dtype=c.dtype)
         return reverse_chain(lambda z, t: self.denoiser(z, t, c), start, self.on_device(self.gammas, lq.device))[-1]
 
-    def training_loss(self, batch: dict[str, Any]) -> Tensor:
-        lq, gt = self.padded(self.require_lq(batch), batch["gt"])
+    def teacher_and_student_ipr(self, lq: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
+        """The teacher's IPR (frozen CPEN_S1 on LQ and GT) and stage 2's: the 4 reverse steps, with
+        gradients, from the teacher's IPR noised to step T-1 (DiffIR's training chain)."""
         with torch.no_grad():
             target = self.cpen_s1(lq, gt)
         generator = self.training_generator()
         noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        ipr = self.predict_ipr(lq, noised_start(target, self.on_device(self.gammas, lq.device), noise))
+        return target, self.predict_ipr(lq, noised_start(target, self.on_device(self.gammas, lq.device), noise))
+
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        lq, gt = self.padded(self.require_lq(batch), batch["gt"])
+        target, ipr = self.teacher_and_student_ipr(lq, gt)
         ipr_loss = F.l1_loss(ipr, target)
         batch_size = lq.shape[0]
         self.log("train/ipr_loss", ipr_loss, batch_size=batch_size)
@@ -345,9 +358,8 @@ class DiffIRGAN(DiffIRS2):
     def shared_in_copies(self) -> tuple[Any, ...]:
         return (self.perceptual, self.d_optimizer_factory)  # the EMA copy needs neither the VGG nor a factory
 
-    def setup(self, stage: str) -> None:
-        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
-        if stage == "fit" and self.stage2_ckpt is not None and not resuming:
+    def load_previous_stage(self) -> None:
+        if self.stage2_ckpt is not None:
             self.load_stage2(self.stage2_ckpt)
 
     def load_stage2(self, path: str | Path) -> None:
@@ -360,6 +372,7 @@ class DiffIRGAN(DiffIRS2):
         if any(report.values()):
             raise Stage1CheckpointError(f"{path}: the stage-2 networks do not match this config: {_describe(report)}")
         self.load_state_dict(given, strict=False)
+        rank_zero_info(f"stage 2 from {path}: {len(given)} generator tensors; the discriminator starts afresh")
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("discriminator.")]
@@ -380,11 +393,7 @@ class DiffIRGAN(DiffIRS2):
 
     def generator_losses(self, lq: Tensor, gt: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The generator's loss terms (weighted) and its restoration."""
-        with torch.no_grad():
-            target = self.cpen_s1(lq, gt)
-        generator = self.training_generator()
-        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        ipr = self.predict_ipr(lq, noised_start(target, self.on_device(self.gammas, lq.device), noise))
+        target, ipr = self.teacher_and_student_ipr(lq, gt)
         restored = self.restorer(lq, ipr)
         losses = {
             "pixel_loss": self.pixel_loss_weight * F.l1_loss(restored, gt),
