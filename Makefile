@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench bench-rddm install clean
+.PHONY: demo test test-fast bench bench-rddm bench-diffir install clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ bench: $(STAMP)
 
 bench-rddm: $(STAMP)
 	$(BIN)/python bench/rddm_steps.py
+
+bench-diffir: $(STAMP)
+	$(BIN)/python bench/diffir_cost.py
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info
