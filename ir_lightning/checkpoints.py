@@ -1,7 +1,9 @@
 """`ir-lightning export`: a training checkpoint -> a small file for restoring.
 
 A training checkpoint holds the EMA weights (`state_dict`), the trained weights, the optimizer
-and scheduler states and the callbacks' states. Restoring needs only the EMA weights and the
+and scheduler states and the callbacks' states. Restoring needs only the EMA weights of the
+networks restoration runs (the method's `TRAINING_ONLY` submodules, listed in the checkpoint, are
+left out: a diffusion network that only shaped the loss, a teacher, a discriminator) and the
 hyperparameters that rebuild the method (`SR3.load_from_checkpoint` reads such a file as it
 reads a full checkpoint, with `weights_only=True`).
 """
@@ -26,6 +28,11 @@ def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{src} is not a Lightning checkpoint of this suite (no state_dict/hyper_parameters)")
     slim = {k: checkpoint[k] for k in KEPT if k in checkpoint}
+    dropped = list(checkpoint.get("training_only", ()))  # e.g. a diffusion network that only shaped the loss
+    if dropped:
+        prefixes = tuple(f"{name}." for name in dropped)
+        slim["state_dict"] = {k: v for k, v in slim["state_dict"].items() if not k.startswith(prefixes)}
+        slim["exported_without"] = dropped
     if half:
         slim["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["state_dict"].items()}
     buffer = io.BytesIO()

@@ -157,11 +157,19 @@ class RestorationModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(self._step_seed(GLOBAL_DRAWS))  # dropout and any other global draw of this step
 
+    TRAINING_ONLY: tuple[str, ...] = ()
+    """Submodules used in training only (a teacher, a discriminator, a diffusion network that only
+    shapes the loss): `ir-lightning export` leaves them out, and a module loading such an export
+    drops them (set to None) before the weights load."""
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = dict(self.nonfinite_steps)
+        checkpoint["training_only"] = list(self.TRAINING_ONLY)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = dict(checkpoint.get("nonfinite_steps", {"total": 0, "consecutive": 0}))
+        for name in checkpoint.get("exported_without", ()):
+            setattr(self, name, None)  # the export has no weights for it, and restoring never runs it
 
     @staticmethod
     def on_device(values: Tensor, device: torch.device) -> Tensor:

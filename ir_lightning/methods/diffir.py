@@ -155,6 +155,8 @@ class DiffIRS2(DiffIRS1):
         scale, optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: as in stage 1.
     """
 
+    TRAINING_ONLY = ("cpen_s1",)  # the teacher: restoration needs CPEN_S2, the denoiser and the DIRformer
+
     def __init__(
         self,
         restorer: nn.Module | None = None,
@@ -319,6 +321,8 @@ class DiffIRGAN(DiffIRS2):
         ipr_loss_weight, pixel_loss_weight, sample_seed, scale, optimizer, warmup_steps,
         crop_border, y_channel, max_nonfinite_steps: as in `DiffIRS2`.
     """
+
+    TRAINING_ONLY = ("cpen_s1", "discriminator")
 
     def __init__(
         self,

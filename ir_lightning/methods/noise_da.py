@@ -1,0 +1,202 @@
+"""Denoising as Adaptation (Liao et al.): adapt a restorer from synthetic to real degradations
+through a diffusion loss.
+
+A restorer R (any network; default the residual U-Net) is trained on synthetic pairs with a
+Charbonnier loss. Jointly, a diffusion U-Net D learns to denoise the *clean synthetic target*,
+conditioned on two restored images: R's output on the synthetic input and on a real degraded
+input (whose clean image nobody has). D's denoising loss is low only when both conditions look
+like clean images, so its gradient pulls R's real outputs toward the clean distribution. Two
+devices keep D from cheating:
+
+- channel shuffling: per sample, with probability 1/2, the two condition slots swap, so D cannot
+  tell the synthetic output (whose GT it denoises) from the real one by its slot;
+- residual-swapping contrastive learning: negatives y_syn + r_real and y_real + r_syn (each input
+  with the other domain's predicted residual) must predict the noise worse than the true pair, by
+  a margin: a triplet on the predicted noise.
+
+L = Charbonnier(R(x_syn), y_syn) + lambda(p) (MSE(eps, eps_hat) + triplet) / 2, lambda ramping up
+over training. D is thrown away: the exported checkpoint holds R alone (`export_restorer`).
+
+Batches (`datamodules.AdaptationDataModule`): `gt` and `lq` (the synthetic pair) and `real_lq`
+(the real domain); validation batches are real-domain `lq` with `gt`. Images are in [0, 1]; D
+works in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ir_lightning.diffusion import q_sample, sample_noise_levels
+from ir_lightning.losses import charbonnier
+from ir_lightning.methods.base import RestorationModule, adam
+from ir_lightning.methods.sr3 import NoiseSchedule, to_signed
+from ir_lightning.nets.restorer import ResidualUNet
+from ir_lightning.nets.unet import UNet, pad_to_multiple
+from lightning.pytorch.cli import OptimizerCallable
+
+CONDITION_SLOTS = 2
+"""D sees concat([noisy target, slot a, slot b]): 3 + 2 x 3 = 9 channels."""
+
+
+def ramp(progress: float, weight: float = 0.2, steepness: float = 5.0) -> float:
+    """lambda(p) = (2 / (1 + exp(-steepness p)) - 1) * weight, p clamped to [0, 1] (the paper's ramp)."""
+    p = min(max(progress, 0.0), 1.0)
+    return (2.0 / (1.0 + math.exp(-steepness * p)) - 1.0) * weight
+
+
+def draw_swaps(batch_size: int, probability: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Which samples swap their two condition slots: True with `probability`, independently per sample."""
+    return torch.rand(batch_size, generator=generator, device=device) < probability
+
+
+def shuffle_slots(first: Tensor, second: Tensor, swap: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, swap the two condition images where `swap` (B,) is True; each pair stays intact."""
+    mask = swap.reshape(-1, *([1] * (first.ndim - 1)))
+    return torch.where(mask, second, first), torch.where(mask, first, second)
+
+
+def swapped_residual_negatives(lq_syn: Tensor, lq_real: Tensor, res_syn: Tensor, res_real: Tensor) -> tuple[Tensor, Tensor]:
+    """The contrastive negatives: each domain's input corrected with the other domain's residual,
+    (y_syn + r_real, y_real + r_syn)."""
+    return lq_syn + res_real, lq_real + res_syn
+
+
+def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.1) -> Tensor:
+    """max(0, MSE(anchor, positive) - MSE(anchor, negative) + margin), distances over the whole batch."""
+    return F.relu(F.mse_loss(positive, anchor) - F.mse_loss(negative, anchor) + margin)
+
+
+class DenoisingAsAdaptation(RestorationModule):
+    """Denoising-as-Adaptation LightningModule.
+
+    Args:
+        restorer: the restoration network (`forward(lq) -> restored`, same size). If it has a
+            `residual(lq)` method (as `ResidualUNet`), the residual is taken from it; otherwise it is
+            `restorer(lq) - lq`. Default: a small `ResidualUNet`.
+        diffusion: D, `forward(concat([y_noisy, a, b]), sqrt(gamma)) -> eps_hat` (9 channels in, 3 out);
+            default: a small SR3 `UNet`.
+        schedule: D's noise schedule (the paper: linear 1e-6 .. 1e-2, T = 1000); noise levels are
+            drawn between neighbouring steps, as in SR3.
+        noise_weight: the ramp's final weight (0.2).
+        ramp_steps: optimizer steps over which the ramp's p goes from 0 to 1 (the paper: 300 epochs).
+        shuffle_prob: probability of swapping the two condition slots, per sample (0.5).
+        contrastive: the residual-swapping triplet term; False = the variant that noises an
+            unpaired clean reference (the batch's `ref`, else the GT of another sample of the batch,
+            so target and conditions are unpaired) and has no triplet.
+        margin: the triplet margin (0.1).
+        charbonnier_eps: the Charbonnier loss's eps (1e-3).
+        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+    """
+
+    TRAINING_ONLY = ("diffusion",)  # D only shapes the loss: exports hold the restorer alone
+
+    def __init__(
+        self,
+        restorer: nn.Module | None = None,
+        diffusion: nn.Module | None = None,
+        schedule: NoiseSchedule = NoiseSchedule(kind="linear", n_steps=1000, linear_start=1e-6, linear_end=1e-2),
+        noise_weight: float = 0.2,
+        ramp_steps: int = 10000,
+        shuffle_prob: float = 0.5,
+        contrastive: bool = True,
+        margin: float = 0.1,
+        charbonnier_eps: float = 1e-3,
+        optimizer: OptimizerCallable = adam,
+        warmup_steps: int = 0,
+        crop_border: int = 0,
+        y_channel: bool = False,
+        max_nonfinite_steps: int = 20,
+    ) -> None:
+        super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
+        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("restorer", "diffusion", "optimizer"))
+        schedule = NoiseSchedule.of(schedule)
+        if isinstance(self.hparams.get("schedule"), NoiseSchedule):  # a plain dict: loads with weights_only
+            self.hparams["schedule"] = vars(schedule).copy()
+        if ramp_steps < 1:
+            raise ValueError(f"model.init_args.ramp_steps must be >= 1, got {ramp_steps}")
+        if not 0.0 <= shuffle_prob <= 1.0:
+            raise ValueError(f"model.init_args.shuffle_prob must be in [0, 1], got {shuffle_prob}")
+        self.restorer = restorer if restorer is not None else ResidualUNet(width=16, depth=3)
+        self.diffusion = diffusion if diffusion is not None else UNet(
+            in_channels=3 + 3 * CONDITION_SLOTS, out_channels=3, base_channels=16, channel_mults=(1, 2, 2),
+            num_res_blocks=1, attn_levels=(2,), dropout=0.0, norm_groups=8,
+        )  # fmt: skip
+        self.gammas = schedule.gammas()  # float64, off the buffers (moved where used)
+        self.noise_weight, self.ramp_steps, self.shuffle_prob = noise_weight, ramp_steps, shuffle_prob
+        self.contrastive, self.margin, self.charbonnier_eps = contrastive, margin, charbonnier_eps
+
+    # --- the restorer -----------------------------------------------------------------------------
+    def residual(self, lq: Tensor) -> Tensor:
+        """R's correction of `lq` (restored = lq + residual)."""
+        if hasattr(self.restorer, "residual"):
+            return self.restorer.residual(lq)
+        return self.restorer(lq) - lq
+
+    @torch.no_grad()
+    def restore(self, lq: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """The restorer alone (the diffusion network plays no part in restoration)."""
+        multiple = getattr(self.restorer, "pad_multiple", 1)
+        height, width = lq.shape[-2:]
+        restored = self.restorer(pad_to_multiple(lq, multiple))[..., :height, :width]
+        return restored.clamp(0.0, 1.0)
+
+    # --- training ---------------------------------------------------------------------------------
+    def noise_loss_weight(self) -> float:
+        return ramp(self.global_step / self.ramp_steps, self.noise_weight)
+
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        lq_syn, gt, lq_real = self.require_lq(batch), batch["gt"], self.require_real(batch)
+        res_syn, res_real = self.residual(lq_syn), self.residual(lq_real)
+        restored_syn, restored_real = lq_syn + res_syn, lq_real + res_real
+        pixel_loss = charbonnier(restored_syn, gt, self.charbonnier_eps)
+
+        generator = self.training_generator()
+        batch_size, device = gt.shape[0], gt.device
+        target = gt if self.contrastive else self.unpaired_reference(batch, generator)
+        level = sample_noise_levels(self.on_device(self.gammas, device), batch_size, generator=generator)
+        noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
+        y_noisy = q_sample(to_signed(target), level.double() ** 2, noise)
+
+        def predict(a: Tensor, b: Tensor) -> Tensor:
+            swap = draw_swaps(batch_size, self.shuffle_prob, generator, device)
+            slot_a, slot_b = shuffle_slots(to_signed(a), to_signed(b), swap)
+            return self.diffusion(torch.cat([y_noisy, slot_a, slot_b], dim=1), level)
+
+        eps_hat = predict(restored_syn, restored_real)
+        denoise_loss = F.mse_loss(eps_hat, noise)
+        noise_loss = denoise_loss
+        if self.contrastive:
+            eps_hat_neg = predict(*swapped_residual_negatives(lq_syn, lq_real, res_syn, res_real))
+            contrast = triplet(noise, eps_hat, eps_hat_neg, self.margin)
+            noise_loss = (denoise_loss + contrast) / 2
+            self.log("train/triplet", contrast, batch_size=batch_size)
+        weight = self.noise_loss_weight()
+        self.log_dict({"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
+                      batch_size=batch_size)  # fmt: skip
+        return pixel_loss + weight * noise_loss
+
+    def require_real(self, batch: dict[str, Any]) -> Tensor:
+        if "real_lq" not in batch:
+            raise KeyError(
+                "batch has no 'real_lq': Denoising as Adaptation trains on two streams; use "
+                "data: class_path: datamodules.AdaptationDataModule (synthetic pairs + real degraded images)"
+            )
+        return batch["real_lq"]
+
+    @staticmethod
+    def unpaired_reference(batch: dict[str, Any], generator: torch.Generator) -> Tensor:
+        """The clean image to noise in the variant without contrast: the batch's `ref`, else the GT of
+        another sample (a random derangement of the batch), so it is unpaired with the conditions."""
+        if "ref" in batch:
+            return batch["ref"]
+        gt = batch["gt"]
+        size = gt.shape[0]
+        if size < 2:
+            raise ValueError("the unpaired-reference variant needs a batch 'ref' or a batch of at least 2")
+        shift = int(torch.randint(1, size, (1,), generator=generator, device=gt.device))
+        return gt.roll(shift, dims=0)  # a cyclic shift by 1..B-1: no sample keeps its own GT

@@ -1,0 +1,123 @@
+"""Denoising as Adaptation: channel shuffling, the residual-swapped negatives D sees, the triplet
+term and its gradients, the ramp, the unpaired-reference variant, and an export that holds the
+restorer alone and restores like the trained module."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ir_lightning.checkpoints import export_weights
+from ir_lightning.methods.noise_da import DenoisingAsAdaptation, draw_swaps, ramp, shuffle_slots, triplet
+from ir_lightning.methods.sr3 import to_signed
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+
+
+def test_channel_shuffling_frequency_and_pairs_intact():
+    swaps = draw_swaps(20_000, 0.5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert abs(swaps.float().mean().item() - 0.5) < 0.05
+    a, b = torch.arange(8.0).reshape(8, 1, 1, 1), -torch.arange(8.0).reshape(8, 1, 1, 1) - 100
+    swap = torch.tensor([True, False] * 4)
+    slot_a, slot_b = shuffle_slots(a, b, swap)
+    for i in range(8):
+        assert {slot_a[i].item(), slot_b[i].item()} == {a[i].item(), b[i].item()}  # each sample keeps its pair
+        assert (slot_a[i].item() == b[i].item()) == bool(swap[i])
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in for D that records its inputs and returns zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.scale * x[:, :3]
+
+
+class AddBias(torch.nn.Module):
+    """A restorer whose residual is a per-channel constant plus a fraction of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([0.1, -0.2, 0.05]).reshape(1, 3, 1, 1))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias + 0.5 * x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x)
+
+
+def test_residual_swap_builds_exactly_the_negatives():
+    recorder = Recorder()
+    model = DenoisingAsAdaptation(restorer=AddBias(), diffusion=recorder)
+    g = torch.Generator().manual_seed(0)
+    lq_syn, lq_real, gt = (torch.rand(6, 3, 8, 8, generator=g) for _ in range(3))
+    model.training_loss({"gt": gt, "lq": lq_syn, "real_lq": lq_real})
+    positive, negative = recorder.inputs
+    res_syn, res_real = model.residual(lq_syn), model.residual(lq_real)
+    expected = [(lq_syn + res_syn, lq_real + res_real), (lq_syn + res_real, lq_real + res_syn)]
+    for seen, (first, second) in zip((positive, negative), expected):
+        slots = seen[:, 3:6], seen[:, 6:9]
+        for i in range(6):
+            kept = torch.allclose(slots[0][i], to_signed(first[i])) and torch.allclose(slots[1][i], to_signed(second[i]))
+            swapped = torch.allclose(slots[0][i], to_signed(second[i])) and torch.allclose(slots[1][i], to_signed(first[i]))
+            assert kept or swapped, i  # the slots hold exactly this pair, in either order
+    assert torch.equal(positive[:, :3], negative[:, :3])  # the same noisy target for both
+
+
+def test_triplet_zero_beyond_the_margin_and_gradient_signs():
+    anchor = torch.zeros(4, 3)
+    positive = torch.full((4, 3), 0.1)  # MSE 0.01
+    far = torch.full((4, 3), 0.4)  # MSE 0.16 >= 0.01 + 0.1
+    assert triplet(anchor, positive, far, margin=0.1).item() == 0.0
+    near = torch.full((4, 3), 0.2, requires_grad=True)  # MSE 0.04 < 0.11
+    pos = positive.clone().requires_grad_(True)
+    loss = triplet(anchor, pos, near, margin=0.1)
+    assert loss.item() == pytest.approx(0.01 - 0.04 + 0.1)
+    loss.backward()
+    assert bool((pos.grad > 0).all())  # descending moves the positive toward the anchor (0)
+    assert bool((near.grad < 0).all())  # and the negative away from it
+
+
+def test_ramp_closed_form():
+    assert ramp(0.0) == 0.0
+    assert ramp(0.5) == pytest.approx((2 / (1 + math.exp(-2.5)) - 1) * 0.2)
+    assert ramp(1.0) == pytest.approx((2 / (1 + math.exp(-5.0)) - 1) * 0.2)
+    assert ramp(3.0) == ramp(1.0)
+
+
+def test_unpaired_variant_noises_another_samples_gt_and_has_no_triplet():
+    recorder = Recorder()
+    model = DenoisingAsAdaptation(restorer=AddBias(), diffusion=recorder, contrastive=False)
+    gt = torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 3, 4, 4).clone() / 4
+    reference = model.unpaired_reference({"gt": gt}, torch.Generator().manual_seed(1))
+    assert all(not torch.equal(reference[i], gt[i]) for i in range(4))
+    assert sorted(reference[:, 0, 0, 0].tolist()) == sorted(gt[:, 0, 0, 0].tolist())
+    model.training_loss({"gt": gt, "lq": torch.rand(4, 3, 4, 4), "real_lq": torch.rand(4, 3, 4, 4)})
+    assert len(recorder.inputs) == 1  # no negative pass
+
+
+def test_export_holds_the_restorer_alone_and_restores_alike(tmp_path):
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    model = DenoisingAsAdaptation()
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    batch = {"gt": torch.rand(2, 3, 16, 16), "lq": torch.rand(2, 3, 16, 16), "real_lq": torch.rand(2, 3, 16, 16)}
+    trainer.fit(model, torch.utils.data.DataLoader([batch], batch_size=None))
+    trainer.save_checkpoint(tmp_path / "full.ckpt")
+    export_weights(tmp_path / "full.ckpt", tmp_path / "restorer.ckpt")
+    exported = torch.load(tmp_path / "restorer.ckpt", weights_only=True)
+    assert exported["state_dict"] and all(k.startswith("restorer.") for k in exported["state_dict"])
+    loaded = DenoisingAsAdaptation.load_from_checkpoint(tmp_path / "restorer.ckpt", weights_only=True)
+    assert loaded.diffusion is None
+    lq = torch.rand(1, 3, 20, 12)
+    torch.testing.assert_close(loaded.restore(lq), model.restore(lq), rtol=0, atol=0)
