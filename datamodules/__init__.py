@@ -1,5 +1,6 @@
 """Data modules: shards in, batches out (never imports a method)."""
 
+from datamodules.adaptation import AdaptationDataModule
 from datamodules.shards import ShardDataModule
 
-__all__ = ["ShardDataModule"]
+__all__ = ["AdaptationDataModule", "ShardDataModule"]

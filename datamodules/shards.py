@@ -1,10 +1,12 @@
 """A LightningDataModule that streams image-restoration samples from WebDataset tar shards.
 
 A shard sample is ``<key>.gt.png`` (or ``.jpg``/``.jpeg``/``.webp``), optionally ``<key>.lq.*``
-(paired data), ``<key>.mask.png`` and ``<key>.meta.json``. A batch is a dict with float tensors in
-[0, 1] of shape ``B x C x H x W`` (``gt``, ``lq``, ``mask`` with C = 1), ``__key__`` (list of str),
-``meta`` (list of dict, when the samples carry ``meta.json``) and ``n_skipped`` (0-dim int64: samples
-the worker dropped since its previous batch).
+(paired data), ``<key>.mask.png`` and ``<key>.meta.json``; with ``require_gt=False`` a training
+sample may hold ``lq.*`` alone (real degraded images without a clean target: SIDD noisy, SPA rainy,
+RealBlur blurry used unpaired), cropped and flipped like clean-only samples. A batch is a dict
+with float tensors in [0, 1] of shape ``B x C x H x W`` (``gt``, ``lq``, ``mask`` with C = 1),
+``__key__`` (list of str), ``meta`` (list of dict, when the samples carry ``meta.json``) and
+``n_skipped`` (0-dim int64: samples the worker dropped since its previous batch).
 
 Training is a stream of ``steps_per_epoch`` batches per epoch, so all DDP ranks run the same number
 of steps whatever the shard sizes. In epoch ``e`` every (rank, worker) draws its own seeded sequence
@@ -143,8 +145,14 @@ def _member(raw: dict[str, Any], name: str) -> bytes | None:
 
 
 def decode_sample(raw: dict[str, Any], require_gt: bool) -> dict[str, Any]:
-    """Decode a raw webdataset sample into ``__key__``, images ``(pixels, peak)`` and ``meta``."""
+    """Decode a raw webdataset sample into ``__key__``, images ``(pixels, peak)`` and ``meta``.
+
+    Raises ValueError naming the sample and its shard when ``gt`` is missing (and required), or
+    when the sample has neither ``gt`` nor ``lq``.
+    """
     sample: dict[str, Any] = {"__key__": raw["__key__"]}
+    where = f"sample {raw['__key__']!r} of shard {raw.get('__url__', '<unknown>')!r}"
+    members = sorted(name for name in raw if not name.startswith("__"))
     for name in IMAGE_NAMES:
         data = _member(raw, name)
         if data is not None:
@@ -152,9 +160,10 @@ def decode_sample(raw: dict[str, Any], require_gt: bool) -> dict[str, Any]:
     if "meta.json" in raw:
         sample["meta"] = json.loads(raw["meta.json"])
     if require_gt and "gt" not in sample:
-        raise ValueError(f"sample {raw['__key__']!r} has no gt image (members: {sorted(raw)})")
+        raise ValueError(f"{where} has no gt image (members: {members}); LQ-only training data needs "
+                         "data.require_gt: false")
     if "gt" not in sample and "lq" not in sample:
-        raise ValueError(f"sample {raw['__key__']!r} has neither a gt nor an lq image")
+        raise ValueError(f"{where} has neither a gt nor an lq image (members: {members})")
     return sample
 
 
@@ -315,12 +324,22 @@ class TrainSamples:
     """Pipeline stage in a worker: decode, random crop, flip and rotate; skip and count bad samples.
 
     The first good sample fixes the members a sample has (e.g. gt + lq); a later sample that lacks
-    one (a sample cut short by a truncated shard) is skipped too.
+    one (a sample cut short by a truncated shard) is skipped too. ``require_gt=False`` admits
+    LQ-only samples (a sample with neither image is still skipped and counted).
     """
 
-    def __init__(self, crop_size: int, scale: int, flip: bool, rot90: bool, seeds: StreamSeed, skips: SkipCounter):
+    def __init__(
+        self,
+        crop_size: int,
+        scale: int,
+        flip: bool,
+        rot90: bool,
+        seeds: StreamSeed,
+        skips: SkipCounter,
+        require_gt: bool = True,
+    ) -> None:
         self.crop_size, self.scale, self.flip, self.rot90 = crop_size, scale, flip, rot90
-        self.seeds, self.skips = seeds, skips
+        self.seeds, self.skips, self.require_gt = seeds, skips, require_gt
 
     def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         rng = self.seeds.rng(CROP_DRAWS)
@@ -343,7 +362,7 @@ class TrainSamples:
 
     def transform(self, raw: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Decode, crop, then apply a random element of the flips/rotations allowed."""
-        sample = random_crop(decode_sample(raw, require_gt=True), self.crop_size, self.scale, rng)
+        sample = random_crop(decode_sample(raw, require_gt=self.require_gt), self.crop_size, self.scale, rng)
         mirror = self.flip and bool(rng.integers(2))  # P(mirror) = 1/2
         quarter_turns = int(rng.integers(4)) if self.rot90 else 0  # uniform over 0, 90, 180, 270 degrees
         return dihedral(sample, mirror, quarter_turns)
@@ -598,6 +617,12 @@ class ShardDataModule(pl.LightningDataModule):
         val_resize: resize every val/test/predict image to this side (GT; a smaller LQ to
             ``val_resize // scale``) instead of cropping: the fixed-size protocol of papers that
             score resized images (RDDM's official code: 256). None = no resizing.
+        require_gt: training samples must hold ``gt``. False admits LQ-only training samples (real
+            degraded data without clean targets, for unpaired training such as
+            ``datamodules.AdaptationDataModule``'s real stream): they are cropped on their own grid
+            to ``crop_size // scale`` pixels, the LQ crop a paired sample would give, and flipped
+            and rotated like clean-only samples. A sample with neither ``gt`` nor ``lq`` is skipped
+            and counted in ``n_skipped`` either way.
 
     Attributes:
         train_sizes: a hook, not an argument: ``epoch -> (crop_size, batch_size)`` of that epoch's
@@ -629,6 +654,7 @@ class ShardDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         max_consecutive_skips: int = 1000,
         val_resize: int | None = None,
+        require_gt: bool = True,
     ) -> None:
         super().__init__()
         _check_sizes(crop_size, scale, val_crop_size, seed)
@@ -647,6 +673,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.flip, self.rot90, self.seed = flip, rot90, seed
         self.degradation = degradation
         self.max_consecutive_skips = max_consecutive_skips
+        self.require_gt = require_gt
         self.rank, self.world_size = 0, 1
         self.urls: dict[str, list[str]] = {}
         self._train_epochs: StepsPerEpoch | None = None
@@ -687,7 +714,7 @@ class ShardDataModule(pl.LightningDataModule):
         return wds.DataPipeline(
             ShardDraws(urls, seeds),
             wds.tarfile_to_samples(handler=skips.skip),
-            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips),
+            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.require_gt),
             WorkerShuffle(self.shuffle_buffer, seeds),
             Batches(batch_size, Collate(skips), partial=False, skip=skip),
         )

@@ -1,7 +1,8 @@
 """Synthetic degradations that run on the device, on whole batches (see `basic` for the contract).
 
 - `basic`: bicubic down-scaling, Gaussian blur, Gaussian noise, JPEG, and the `Pipeline` a recipe names;
-- `realesrgan`: the second-order real-world degradation model of Real-ESRGAN.
+- `realesrgan`: the second-order real-world degradation model of Real-ESRGAN;
+- `camera`: signal-dependent, spatially correlated camera noise (a "real" domain unlike AWGN).
 
 Recipes name classes by their path in this package (`ir_lightning.degradations.Pipeline`).
 """
@@ -19,6 +20,7 @@ from ir_lightning.degradations.basic import (
     check_range,
     uniform,
 )
+from ir_lightning.degradations.camera import CameraNoise
 from ir_lightning.degradations.realesrgan import (
     KERNEL_TYPES,
     RealESRGANDegradation,
@@ -38,6 +40,7 @@ __all__ = [
     "PIXEL_LEVELS",
     "RGB_CHANNELS",
     "BicubicDownsample",
+    "CameraNoise",
     "Degradation",
     "GaussianBlur",
     "GaussianNoise",
