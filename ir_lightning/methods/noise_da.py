@@ -66,6 +66,11 @@ def swapped_residual_negatives(lq_syn: Tensor, lq_real: Tensor, res_syn: Tensor,
     return lq_syn + res_real, lq_real + res_syn
 
 
+def scale_gradient(x: Tensor, weight: float) -> Tensor:
+    """x in the forward pass; its gradient multiplied by `weight` in the backward pass."""
+    return x * weight + x.detach() * (1.0 - weight)
+
+
 def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.1) -> Tensor:
     """max(0, MSE(anchor, positive) - MSE(anchor, negative) + margin), distances over the whole batch."""
     return F.relu(F.mse_loss(positive, anchor) - F.mse_loss(negative, anchor) + margin)
@@ -89,6 +94,11 @@ class DenoisingAsAdaptation(RestorationModule):
             unpaired clean reference (the batch's `ref`, else the GT of another sample of the batch,
             so target and conditions are unpaired) and has no triplet.
         margin: the triplet margin (0.1).
+        ramp_restorer_only: False (the paper): the ramp weighs the whole diffusion loss, so D itself
+            learns at the ramp's (at first tiny) rate. True: D learns from its loss at full weight
+            from the start and only the gradient that reaches the restorer through the conditions is
+            ramped (the conditions' gradients are scaled), so D can learn to read the conditions
+            before it starts steering the restorer.
         charbonnier_eps: the Charbonnier loss's eps (1e-3).
         optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
     """
@@ -105,6 +115,7 @@ class DenoisingAsAdaptation(RestorationModule):
         shuffle_prob: float = 0.5,
         contrastive: bool = True,
         margin: float = 0.1,
+        ramp_restorer_only: bool = False,
         charbonnier_eps: float = 1e-3,
         optimizer: OptimizerCallable = adam,
         warmup_steps: int = 0,
@@ -129,6 +140,7 @@ class DenoisingAsAdaptation(RestorationModule):
         self.gammas = schedule.gammas()  # float64, off the buffers (moved where used)
         self.noise_weight, self.ramp_steps, self.shuffle_prob = noise_weight, ramp_steps, shuffle_prob
         self.contrastive, self.margin, self.charbonnier_eps = contrastive, margin, charbonnier_eps
+        self.ramp_restorer_only = ramp_restorer_only
 
     # --- the restorer -----------------------------------------------------------------------------
     def residual(self, lq: Tensor) -> Tensor:
@@ -162,7 +174,11 @@ class DenoisingAsAdaptation(RestorationModule):
         noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
         y_noisy = q_sample(to_signed(target), level.double() ** 2, noise)
 
+        weight = self.noise_loss_weight()
+
         def predict(a: Tensor, b: Tensor) -> Tensor:
+            if self.ramp_restorer_only:
+                a, b = scale_gradient(a, weight), scale_gradient(b, weight)
             swap = draw_swaps(batch_size, self.shuffle_prob, generator, device)
             slot_a, slot_b = shuffle_slots(to_signed(a), to_signed(b), swap)
             return self.diffusion(torch.cat([y_noisy, slot_a, slot_b], dim=1), level)
@@ -175,9 +191,10 @@ class DenoisingAsAdaptation(RestorationModule):
             contrast = triplet(noise, eps_hat, eps_hat_neg, self.margin)
             noise_loss = (denoise_loss + contrast) / 2
             self.log("train/triplet", contrast, batch_size=batch_size)
-        weight = self.noise_loss_weight()
         self.log_dict({"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
                       batch_size=batch_size)  # fmt: skip
+        if self.ramp_restorer_only:
+            return pixel_loss + noise_loss  # D at full weight; the restorer's share was scaled in `predict`
         return pixel_loss + weight * noise_loss
 
     def require_real(self, batch: dict[str, Any]) -> Tensor:

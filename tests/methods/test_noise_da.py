@@ -121,3 +121,24 @@ def test_export_holds_the_restorer_alone_and_restores_alike(tmp_path):
     assert loaded.diffusion is None
     lq = torch.rand(1, 3, 20, 12)
     torch.testing.assert_close(loaded.restore(lq), model.restore(lq), rtol=0, atol=0)
+
+
+def test_ramp_restorer_only_scales_the_restorers_share_not_ds():
+    """With the ramp on the restorer only, D's gradient is the full-weight one and the restorer's
+    gradient from the diffusion term is the ramped one: compare against the paper's weighting."""
+    g = torch.Generator().manual_seed(0)
+    batch = {key: torch.rand(4, 3, 8, 8, generator=g) for key in ("gt", "lq", "real_lq")}
+
+    def grads(ramp_restorer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = DenoisingAsAdaptation(restorer=AddBias(), ramp_steps=1, charbonnier_eps=1.0,
+                                      ramp_restorer_only=ramp_restorer_only)  # fmt: skip
+        model.noise_loss_weight = lambda: 0.25  # type: ignore[method-assign]
+        model.training_loss(batch).backward()
+        d_grad = next(model.diffusion.parameters()).grad
+        return d_grad, model.restorer.bias.grad
+
+    d_paper, r_paper = grads(False)
+    d_ours, r_ours = grads(True)
+    torch.testing.assert_close(d_ours, 4 * d_paper)  # D's own gradient: full weight instead of 0.25
+    torch.testing.assert_close(r_ours, r_paper)  # the restorer's: ramped alike in both
