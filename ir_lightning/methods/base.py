@@ -13,6 +13,9 @@ A method subclasses `RestorationModule` and implements two things:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from torch import Tensor
+from torch import Tensor, nn
 
 from ir_lightning.methods.lr import LRSchedule, lr_factor
 from ir_lightning.metrics import RestorationMetrics
@@ -86,6 +89,20 @@ class RestorationModule(pl.LightningModule):
         self._base_seed: int | None = None
         self._generator: torch.Generator | None = None
         self._generator_step: int | None = None
+
+    def save_hyperparameters_as_plain_data(self, ignore: list[str]) -> None:
+        """`save_hyperparameters`, with every dataclass value (a noise schedule) stored as its dict, so the
+        checkpoint loads with `weights_only=True`; the method's `...of(value)` accepts either form."""
+        self.save_hyperparameters(ignore=ignore, frame=inspect.currentframe().f_back)
+        for key, value in self.hparams.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = dataclasses.asdict(value)
+
+    @staticmethod
+    def zero_touching(parameters: Iterable[nn.Parameter], like: Tensor) -> Tensor:
+        """A loss term of 0 that reaches every parameter given: their gradients exist (as zeros), so DDP's
+        gradient buckets are complete although the real loss left those parameters out."""
+        return sum((p.sum() * 0.0 for p in parameters if p.requires_grad), like.new_zeros(()))
 
     def shared_in_copies(self) -> tuple[Any, ...]:
         """Further attributes a deep copy (the EMA's) shares instead of copying: fixed helpers such as
@@ -245,7 +262,7 @@ class RestorationModule(pl.LightningModule):
         With gradient accumulation the whole accumulated step is dropped."""
         self.count_nonfinite_step(loss)
         self._drop_gradients = True
-        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), loss.new_zeros(()))
+        return self.zero_touching(self.parameters(), loss)
 
     def count_nonfinite_step(self, loss: Tensor) -> None:
         """Count a skipped step; after `max_nonfinite_steps` in a row, save the weights and stop."""

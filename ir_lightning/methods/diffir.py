@@ -268,8 +268,7 @@ class DiffIRS2(DiffIRS1):
         self.log("train/ipr_loss", ipr_loss, batch_size=batch_size)
         if self.in_prior_phase():
             # the DIRformer sits out; a zero term over its weights keeps DDP's gradient buckets complete
-            untouched = sum(p.sum() * 0.0 for p in self.restorer.parameters())
-            return self.ipr_loss_weight * ipr_loss + untouched
+            return self.ipr_loss_weight * ipr_loss + self.zero_touching(self.restorer.parameters(), ipr_loss)
         pixel_loss = F.l1_loss(self.restorer(lq, ipr), gt)
         self.log("train/pixel_loss", pixel_loss, batch_size=batch_size)
         return self.pixel_loss_weight * pixel_loss + self.ipr_loss_weight * ipr_loss

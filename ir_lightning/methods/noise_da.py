@@ -124,10 +124,8 @@ class DenoisingAsAdaptation(RestorationModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
-        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("restorer", "diffusion", "optimizer"))
+        self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("restorer", "diffusion", "optimizer"))
         schedule = NoiseSchedule.of(schedule)
-        if isinstance(self.hparams.get("schedule"), NoiseSchedule):  # a plain dict: loads with weights_only
-            self.hparams["schedule"] = vars(schedule).copy()
         if ramp_steps < 1:
             raise ValueError(f"model.init_args.ramp_steps must be >= 1, got {ramp_steps}")
         if not 0.0 <= shuffle_prob <= 1.0:

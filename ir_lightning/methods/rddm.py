@@ -10,7 +10,7 @@ is in `ir_lightning.diffusion.rddm`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -95,9 +95,7 @@ class RDDM(RestorationModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
-        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
-        if isinstance(self.hparams.get("schedule"), RDDMSchedule):  # a plain dict: loads with weights_only
-            self.hparams["schedule"] = asdict(self.hparams["schedule"])
+        self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         if objective not in OBJECTIVES:
             raise ValueError(f"model.init_args.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if condition not in ("t", "coefficients"):

@@ -8,7 +8,7 @@ inference schedule (ancestral DDPM or DDIM) because it never sees an integer ste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -90,11 +90,8 @@ class SR3(RestorationModule):
         super().__init__(
             optimizer, warmup_steps, scale if crop_border is None else crop_border, y_channel, max_nonfinite_steps
         )
-        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
+        self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         train_schedule, inference_schedule = NoiseSchedule.of(train_schedule), NoiseSchedule.of(inference_schedule)
-        for key in ("train_schedule", "inference_schedule"):  # plain dicts: checkpoints load with weights_only
-            if isinstance(self.hparams.get(key), NoiseSchedule):
-                self.hparams[key] = asdict(self.hparams[key])
         self.net = net if net is not None else UNet()
         self.scale = scale
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
