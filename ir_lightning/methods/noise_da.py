@@ -161,39 +161,56 @@ class DenoisingAsAdaptation(RestorationModule):
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         lq_syn, gt, lq_real = self.require_lq(batch), batch["gt"], self.require_real(batch)
-        res_syn, res_real = self.residual(lq_syn), self.residual(lq_real)
-        restored_syn, restored_real = lq_syn + res_syn, lq_real + res_real
-        pixel_loss = charbonnier(restored_syn, gt, self.charbonnier_eps)
+        res_syn = self.residual(lq_syn)
+        pixel_loss = charbonnier(lq_syn + res_syn, gt, self.charbonnier_eps)
+        batch_size = gt.shape[0]
+        if self.noise_weight == 0.0 and not self.ramp_restorer_only:
+            # the synthetic-only baseline: nothing would ever reach D, so neither network runs for it
+            self.log("train/pixel_loss", pixel_loss, batch_size=batch_size)
+            return pixel_loss + self.zero_touching(self.diffusion.parameters(), pixel_loss)
+        res_real = self.residual(lq_real)
+        weight = self.noise_loss_weight()
+        denoise_loss, contrast = self.noise_terms(
+            batch, res_syn, res_real, self.training_generator(), weight if self.ramp_restorer_only else 1.0
+        )
+        noise_loss = denoise_loss if contrast is None else (denoise_loss + contrast) / 2
+        if contrast is not None:
+            self.log("train/triplet", contrast, batch_size=batch_size)
+        self.log_dict({"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
+                      batch_size=batch_size)  # fmt: skip
+        if self.ramp_restorer_only:
+            return pixel_loss + noise_loss  # D at full weight; the restorer's share was scaled in `noise_terms`
+        return pixel_loss + weight * noise_loss
 
-        generator = self.training_generator()
+    def noise_terms(
+        self, batch: dict[str, Any], res_syn: Tensor, res_real: Tensor, generator: torch.Generator, restorer_share: float = 1.0
+    ) -> tuple[Tensor, Tensor | None]:
+        """D's denoising MSE on the noised clean target given the (shuffled) restored pair, and the
+        triplet against the residual-swapped negatives (None without `contrastive`).
+
+        `restorer_share` scales the gradient that flows back into the conditions (and so into the
+        restorer) without changing the values.
+        """
+        lq_syn, gt, lq_real = batch["lq"], batch["gt"], batch["real_lq"]
         batch_size, device = gt.shape[0], gt.device
         target = gt if self.contrastive else self.unpaired_reference(batch, generator)
         level = sample_noise_levels(self.on_device(self.gammas, device), batch_size, generator=generator)
         noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
         y_noisy = q_sample(to_signed(target), level.double() ** 2, noise)
 
-        weight = self.noise_loss_weight()
-
         def predict(a: Tensor, b: Tensor) -> Tensor:
-            if self.ramp_restorer_only:
-                a, b = scale_gradient(a, weight), scale_gradient(b, weight)
+            if restorer_share != 1.0:
+                a, b = scale_gradient(a, restorer_share), scale_gradient(b, restorer_share)
             swap = draw_swaps(batch_size, self.shuffle_prob, generator, device)
             slot_a, slot_b = shuffle_slots(to_signed(a), to_signed(b), swap)
             return self.diffusion(torch.cat([y_noisy, slot_a, slot_b], dim=1), level)
 
-        eps_hat = predict(restored_syn, restored_real)
+        eps_hat = predict(lq_syn + res_syn, lq_real + res_real)
         denoise_loss = F.mse_loss(eps_hat, noise)
-        noise_loss = denoise_loss
-        if self.contrastive:
-            eps_hat_neg = predict(*swapped_residual_negatives(lq_syn, lq_real, res_syn, res_real))
-            contrast = triplet(noise, eps_hat, eps_hat_neg, self.margin)
-            noise_loss = (denoise_loss + contrast) / 2
-            self.log("train/triplet", contrast, batch_size=batch_size)
-        self.log_dict({"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
-                      batch_size=batch_size)  # fmt: skip
-        if self.ramp_restorer_only:
-            return pixel_loss + noise_loss  # D at full weight; the restorer's share was scaled in `predict`
-        return pixel_loss + weight * noise_loss
+        if not self.contrastive:
+            return denoise_loss, None
+        eps_hat_neg = predict(*swapped_residual_negatives(lq_syn, lq_real, res_syn, res_real))
+        return denoise_loss, triplet(noise, eps_hat, eps_hat_neg, self.margin)
 
     def require_real(self, batch: dict[str, Any]) -> Tensor:
         if "real_lq" not in batch:

@@ -142,3 +142,19 @@ def test_ramp_restorer_only_scales_the_restorers_share_not_ds():
     d_ours, r_ours = grads(True)
     torch.testing.assert_close(d_ours, 4 * d_paper)  # D's own gradient: full weight instead of 0.25
     torch.testing.assert_close(r_ours, r_paper)  # the restorer's: ramped alike in both
+
+
+def test_synthetic_only_baseline_skips_d_and_equals_the_pixel_loss():
+    """noise_weight 0 (the baseline adaptation must beat): the loss is the Charbonnier term alone, D is
+    never called, yet each of its parameters gets a (zero) gradient so DDP's buckets are complete."""
+    recorder = Recorder()
+    model = DenoisingAsAdaptation(restorer=AddBias(), diffusion=recorder, noise_weight=0.0, charbonnier_eps=1e-3)
+    g = torch.Generator().manual_seed(2)
+    batch = {key: torch.rand(4, 3, 8, 8, generator=g) for key in ("gt", "lq", "real_lq")}
+    loss = model.training_loss(batch)
+    restored = batch["lq"] + model.restorer.bias + 0.5 * batch["lq"]
+    expected = torch.sqrt((restored - batch["gt"]) ** 2 + 1e-6).mean()
+    torch.testing.assert_close(loss, expected)
+    assert recorder.inputs == []
+    loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in recorder.parameters())
