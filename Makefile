@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench bench-rddm bench-diffir install clean
+.PHONY: demo test test-fast bench bench-rddm bench-diffir bench-da install clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-rddm: $(STAMP)
 
 bench-diffir: $(STAMP)
 	$(BIN)/python bench/diffir_cost.py
+
+# Denoising as Adaptation: the ideal D's loss against the real outputs' residual noise (no checkpoint
+# needed); bench/da_alignment.py needs DA training checkpoints (see bench/README.md)
+bench-da: $(STAMP)
+	$(BIN)/python bench/da_slot_posterior.py
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info
