@@ -13,6 +13,7 @@ from ir_lightning.diffusion.schedules import (
     cosine_alpha_bar,
     gammas_from_betas,
     make_betas,
+    noised_training_sample,
     respace,
     sample_noise_levels,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "gammas_from_betas",
     "get_sampler",
     "make_betas",
+    "noised_training_sample",
     "per_sample",
     "posterior",
     "predict_eps_from_y0",

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ir_lightning.diffusion.gaussian import q_sample
+
 COSINE_OFFSET = 0.008
 """s of the cosine schedule (Nichol & Dhariwal 2021, eq. 17), which keeps beta_1 from being tiny."""
 
@@ -125,3 +127,18 @@ def sample_noise_levels(
     # gamma ~ U(gamma_{t-1}, gamma_t) (SR3 sec. 2.4); u in [0, 1) gives gamma in (gamma_t, gamma_{t-1}]
     gamma = levels[t - 1] + u * (levels[t] - levels[t - 1])
     return gamma.sqrt().to(device=device or source, dtype=torch.float32)
+
+
+def noised_training_sample(
+    y0: Tensor, gammas: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One training draw of a noise-predicting model: (y_noisy, level, noise).
+
+    `level` = sqrt(gamma) per sample from :func:`sample_noise_levels`, noise ~ N(0, I) shaped like y0,
+    y_noisy = sqrt(gamma) y0 + sqrt(1 - gamma) noise (`q_sample`), all drawn from `generator` in that
+    order; `gammas` and the generator on y0's device. SR3, Denoising as Adaptation's D and the unconditional prior of
+    DeqIR train on it.
+    """
+    level = sample_noise_levels(gammas, y0.shape[0], generator=generator)
+    noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
+    return q_sample(y0, level.double() ** 2, noise), level, noise

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ir_lightning.diffusion import q_sample, sample_noise_levels
+from ir_lightning.diffusion import noised_training_sample
 from ir_lightning.losses import charbonnier
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.methods.sr3 import NoiseSchedule, to_signed
@@ -194,9 +194,7 @@ class DenoisingAsAdaptation(RestorationModule):
         lq_syn, gt, lq_real = batch["lq"], batch["gt"], batch["real_lq"]
         batch_size, device = gt.shape[0], gt.device
         target = gt if self.contrastive else self.unpaired_reference(batch, generator)
-        level = sample_noise_levels(self.on_device(self.gammas, device), batch_size, generator=generator)
-        noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
-        y_noisy = q_sample(to_signed(target), level.double() ** 2, noise)
+        y_noisy, level, noise = noised_training_sample(to_signed(target), self.on_device(self.gammas, device), generator)
 
         def predict(a: Tensor, b: Tensor) -> Tensor:
             if restorer_share != 1.0:

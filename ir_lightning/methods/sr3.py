@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.degradations import bicubic_upsample
-from ir_lightning.diffusion import gammas_from_betas, get_sampler, make_betas, q_sample, respace, sample_noise_levels
+from ir_lightning.diffusion import gammas_from_betas, get_sampler, make_betas, noised_training_sample, respace
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.nets.unet import UNet
 from lightning.pytorch.cli import OptimizerCallable
@@ -126,9 +126,7 @@ class SR3(RestorationModule):
         y0, x = to_signed(gt), to_signed(self.upsample(lq, gt.shape[-2:]))
         generator = self.training_generator()
         gammas = self.on_device(self.train_gammas, y0.device)
-        level = sample_noise_levels(gammas, y0.shape[0], generator=generator)  # sqrt(gamma), per sample
-        noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
-        y_noisy = q_sample(y0, level.double() ** 2, noise)  # SR3 eq. 4
+        y_noisy, level, noise = noised_training_sample(y0, gammas, generator)  # SR3 eq. 4, level = sqrt(gamma)
         eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level)
         return self.loss_fn(eps_hat, noise)  # SR3 eq. 6, p = 1 or 2
 

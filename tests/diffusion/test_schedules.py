@@ -138,3 +138,17 @@ def test_noise_levels_are_reproducible_with_a_generator() -> None:
     other = sample_noise_levels(HAND_GAMMAS, 8, generator=torch.Generator().manual_seed(4))
     assert torch.equal(first, again)
     assert (first - other).abs().max().item() > 1e-3
+
+
+def test_noised_training_sample_is_the_forward_process_of_its_own_draws():
+    from ir_lightning.diffusion import gammas_from_betas, make_betas, noised_training_sample
+
+    gammas = gammas_from_betas(make_betas("linear", 100, 1e-4, 0.02))
+    y0 = torch.rand(64, 3, 4, 4) * 2 - 1
+    y_noisy, level, noise = noised_training_sample(y0, gammas, torch.Generator().manual_seed(3))
+    gamma = level.double()[:, None, None, None] ** 2
+    torch.testing.assert_close(y_noisy.double(), gamma.sqrt() * y0 + (1 - gamma).sqrt() * noise, rtol=0, atol=1e-6)
+    assert float(level.min()) >= float(gammas[-1].sqrt()) - 1e-6 and float(level.max()) <= 1.0
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05  # 3072 N(0, 1) draws
+    again = noised_training_sample(y0, gammas, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip((y_noisy, level, noise), again))
