@@ -398,3 +398,45 @@ class Colorization(LinearOperator):
     def pinv(self, y: Tensor) -> Tensor:
         self._check_measurement(y)
         return y.expand(-1, RGB_CHANNELS, -1, -1).clone()
+
+
+OPERATOR_NAMES: tuple[str, ...] = (
+    "sr<k>", "bicubic<k>", "deblur_gauss", "deblur_uni", "deblur_aniso", "inpaint_box", "inpaint_random<p>", "colorization",
+)  # fmt: skip
+"""The names `make_operator` understands (<k>: an integer scale, <p>: a percentage of missing pixels)."""
+
+
+def make_operator(name: str, size: tuple[int, int], seed: int = 0) -> LinearOperator:
+    """The operator a short name stands for, built for images of `size` = (H, W) (restoration by name,
+    as on the command line: `--operator sr4`).
+
+    - ``sr<k>``: average pooling by k (DDRM's SR); ``bicubic<k>``: MATLAB-style bicubic by k;
+    - ``deblur_gauss``: Gaussian, sigma 10 over 5 x 5 (DDRM); ``deblur_uni``: 9 x 9 box (DDRM);
+      ``deblur_aniso``: anisotropic Gaussian, sigmas 4 and 1 px at 45 degrees over 15 x 15 (a suite
+      setting, not DDRM's);
+    - ``inpaint_box``: the central square of half the side is missing; ``inpaint_random<p>``: p % of the
+      pixels missing, drawn from `seed` (the same holes in every channel);
+    - ``colorization``: the channel mean.
+    """
+    height, width = size
+    if name.startswith("sr") and name[2:].isdigit():
+        return AveragePoolSR(int(name[2:]))
+    if name.startswith("bicubic") and name[7:].isdigit():
+        return BicubicSR(int(name[7:]), (height, width))
+    if name == "deblur_gauss":
+        return gaussian_blur()
+    if name == "deblur_uni":
+        return uniform_blur()
+    if name == "deblur_aniso":
+        return anisotropic_blur(4.0, 1.0, 45.0, 15)
+    if name == "inpaint_box":
+        mask = torch.ones(1, 1, height, width, dtype=torch.float64)
+        mask[..., height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = 0.0
+        return Inpainting(mask)
+    if name.startswith("inpaint_random") and name[14:].isdigit() and 0 <= int(name[14:]) <= 100:
+        generator = torch.Generator().manual_seed(seed)
+        missing = torch.rand(1, 1, height, width, generator=generator, dtype=torch.float64) < int(name[14:]) / 100
+        return Inpainting((~missing).to(torch.float64))
+    if name == "colorization":
+        return Colorization()
+    raise ValueError(f"unknown operator {name!r}; valid: {', '.join(OPERATOR_NAMES)}")

@@ -18,6 +18,7 @@ from ir_lightning.diffusion.operators import (
     LinearOperator,
     anisotropic_blur,
     gaussian_blur,
+    make_operator,
     uniform_blur,
 )
 
@@ -285,3 +286,25 @@ def test_inpainting_per_sample_mask() -> None:
 def test_errors_name_the_bad_value(build: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "out_hw"),
+    [("sr4", AveragePoolSR, (4, 6)), ("bicubic2", BicubicSR, (8, 12)), ("deblur_gauss", Blur, (16, 24)),
+     ("deblur_uni", Blur, (16, 24)), ("deblur_aniso", Blur, (16, 24)), ("inpaint_box", Inpainting, (16, 24)),
+     ("inpaint_random50", Inpainting, (16, 24)), ("colorization", Colorization, (16, 24))],
+)  # fmt: skip
+def test_make_operator_by_name(name, kind, out_hw):
+    operator = make_operator(name, (16, 24), seed=1)
+    assert isinstance(operator, kind)
+    assert tuple(operator.output_shape((2, 3, 16, 24))[-2:]) == out_hw
+    if name == "inpaint_box":  # a quarter of the area: the central 8 x 12 box
+        assert float(operator.mask.sum()) == 16 * 24 - 8 * 12
+    if name == "inpaint_random50":
+        assert abs(float(operator.mask.mean()) - 0.5) < 0.1  # 384 Bernoulli(0.5) draws: 5 standard errors
+        assert torch.equal(operator.mask, make_operator(name, (16, 24), seed=1).mask)
+
+
+def test_make_operator_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown operator 'sr'; valid: sr<k>, bicubic<k>"):
+        make_operator("sr", (16, 16))
