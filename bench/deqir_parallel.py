@@ -1,0 +1,126 @@
+"""Benchmark: DeqIR's parallel fixed-point sampling against the sequential chain, for T in {10, 25, 50, 100}.
+
+For the DDNM chain of a trained DeqIR prior (default: the demo's, `recipes/demo/deqir_cpu.yaml`) on x4
+super-resolution by average pooling of the held-out demo photos (64 x 64 centre crops, one image):
+
+- sequential: T serial rounds of one network call on one state each;
+- Picard and Anderson (m 5, lam 1e-3, beta 1, up to `--max-iter` iterations) to the relative residual
+  `--tol`: serial rounds = solver iterations, each one batched call over the T states.
+
+Columns: serial rounds; total network evaluations (images through the network); peak memory of the
+restoration (resident set size in a fresh subprocess, minus the same process's size just before it
+starts); seconds on this CPU; the max-abs difference of the parallel result from the sequential one
+([-1, 1] scale) and the PSNR of each against the clean crop. Target (issue 7): the parallel solver
+reaches the tolerance in at most T / 4 serial rounds at T >= 50.
+
+Run from the repository root after training the demo prior:
+    ir-lightning fit -c recipes/deqir_faces64.yaml -c recipes/demo/deqir_cpu.yaml
+    python bench/deqir_parallel.py [--ckpt runs/deqir_demo/checkpoints/last.ckpt]
+It prints a markdown table; it asserts nothing. About 10 minutes on 2 idle cores (T = 100 dominates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mib() -> float:
+    """This process's current resident set size in MiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def one_run(ckpt: str, n_steps: int, solver: str, tol: float, max_iter: int, shards: str, crop: int) -> dict:
+    """Restore once in this process and return the figures (called in a subprocess per configuration)."""
+    warnings.filterwarnings("ignore")
+    from datamodules import ShardDataModule
+    from ir_lightning.methods.deqir import DeqIR
+    from ir_lightning.metrics import RestorationMetrics
+
+    model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
+    model.sample_steps, model.solver = n_steps, solver
+    model.solver_options.update(tol=tol, max_iter=max_iter)
+    data = ShardDataModule(train_shards=shards, val_shards=shards, val_crop_size=crop, num_workers=0)
+    data.setup("validate")
+    gt = next(iter(data.val_dataloader()))["gt"]
+    operator = model.operator_for(tuple(gt.shape[-2:]))
+    lq = operator.forward(gt)
+    calls = {"images": 0, "rounds": 0}
+    forward = model.net.forward
+
+    def counting(x, level):
+        calls["images"] += x.shape[0]
+        calls["rounds"] += 1
+        return forward(x, level)
+
+    model.net.forward = counting  # type: ignore[method-assign]
+    before = rss_mib()
+    start = time.perf_counter()
+    restored = model.restore(lq, tuple(gt.shape[-2:]))
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    metric = RestorationMetrics(crop_border=0, y_channel=False)
+    metric.update(restored, gt)
+    result = model.last_solve
+    return {
+        "rounds": calls["rounds"], "images": calls["images"], "peak_mib": peak - before, "seconds": seconds,
+        "psnr": float(metric.compute()["psnr"]), "iterations": result.iterations if result else n_steps,
+        "converged": bool(result.converged) if result else True,
+        "residual": result.residuals[-1] if result else 0.0, "restored": restored.flatten().tolist(),
+    }  # fmt: skip
+
+
+def run_in_subprocess(args: argparse.Namespace, n_steps: int, solver: str) -> dict:
+    command = [sys.executable, __file__, "--one", json.dumps([args.ckpt, n_steps, solver, args.tol, args.max_iter, args.shards, args.crop])]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", default="runs/deqir_demo/checkpoints/last.ckpt")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument("--max-iter", type=int, default=30, help="solver iteration cap (default 30; the paper's 15)")
+    parser.add_argument("--shards", default="demo_out/shards/val-000000.tar")
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(one_run(*json.loads(args.one))))
+        return
+    if not Path(args.ckpt).exists():
+        raise SystemExit(f"{args.ckpt}: no such checkpoint; train the demo prior first (see --help)")
+    print(f"DeqIR parallel sampling, {args.ckpt}, x4 average-pooling SR of a {args.crop} x {args.crop} crop, "
+          f"tol {args.tol:g}, torch {torch.__version__}, {args.threads} threads\n")  # fmt: skip
+    print("| T | sampler | serial rounds | rounds / T | network evaluations | peak memory (MiB) | seconds | "
+          "max abs diff to sequential | PSNR (dB) | converged |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for n_steps in args.steps:
+        reference = None
+        for solver in ("sequential", "picard", "anderson"):
+            r = run_in_subprocess(args, n_steps, solver)
+            restored = torch.tensor(r.pop("restored"))
+            if reference is None:
+                reference = restored
+            diff = float((restored - reference).abs().max()) * 2  # [0, 1] -> [-1, 1] scale
+            print(f"| {n_steps} | {solver} | {r['rounds']} | {r['rounds'] / n_steps:.2f} | {r['images']} | "
+                  f"{r['peak_mib']:.0f} | {r['seconds']:.1f} | {diff:.1e} | {r['psnr']:.2f} | "
+                  f"{'yes' if r['converged'] else 'no, residual %.1e' % r['residual']} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

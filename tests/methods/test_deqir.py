@@ -1,0 +1,102 @@
+"""DeqIR's module: the prior's training loss, restoration from a measurement by the sequential chain
+and by the joint fixed point (the same image), data consistency, and the validation protocol that
+measures y from the clean image with the module's own operator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ir_lightning.diffusion import noised_training_sample
+from ir_lightning.diffusion.operators import AveragePoolSR
+from ir_lightning.diffusion.deq import sequential
+from ir_lightning.methods.deqir import DeqIR, invert, respaced_timesteps
+from ir_lightning.methods.sr3 import NoiseSchedule, to_signed
+from ir_lightning.nets.unet import UNet
+from tests.diffusion.test_deq import ddnm_problem
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_end=0.02)
+
+
+def tiny(**kwargs) -> DeqIR:
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
+    return DeqIR(net=net, train_schedule=SCHEDULE, **kwargs).eval()
+
+
+def test_training_loss_is_the_mse_of_the_predicted_noise():
+    model = tiny()
+    gt = torch.rand(4, 3, 16, 16)
+    model.training_generator = lambda: torch.Generator().manual_seed(9)  # type: ignore[method-assign]
+    loss = model.training_loss({"gt": gt})
+    x_noisy, level, noise = noised_training_sample(to_signed(gt), SCHEDULE.gammas(), torch.Generator().manual_seed(9))
+    expected = ((model.net(x_noisy, level) - noise) ** 2).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_respaced_timesteps_run_from_the_noisiest_to_zero():
+    steps = respaced_timesteps(1000, 25)
+    assert steps[0] == 999 and steps[-1] == 0 and steps.numel() == 25
+    assert bool((steps[1:] < steps[:-1]).all())
+
+
+@pytest.mark.parametrize("solver", ["anderson", "picard"])
+@pytest.mark.parametrize("operator", ["sr2", "inpaint_box"])
+def test_parallel_restoration_equals_the_sequential_chain(operator, solver):
+    model = tiny(operator=operator, solver=solver, sample_steps=10, tolerance=1e-5, max_iterations=25)  # float32: ~1e-6 is the floor
+    gt = torch.rand(2, 3, 16, 16)
+    lq = model.operator_for((16, 16)).forward(gt)
+    parallel = model.restore(lq, (16, 16))
+    assert model.last_solve.converged
+    if solver == "picard":  # after k Picard iterations the first k states are exact: T = 10, plus the check
+        assert model.last_solve.iterations <= 11
+    model.solver = "sequential"
+    sequential = model.restore(lq, (16, 16))
+    assert (parallel - sequential).abs().max() < 1e-4
+
+
+def test_restoration_keeps_the_observed_pixels_of_an_inpainting():
+    model = tiny(operator="inpaint_box", sample_steps=5)
+    gt = torch.rand(1, 3, 16, 16)
+    operator = model.operator_for((16, 16))
+    restored = model.restore(operator.forward(gt), (16, 16))
+    mask = operator.mask.bool().expand_as(gt)
+    assert (restored[mask] - gt[mask]).abs().max() < 1e-5  # A x0 = y: the observed pixels come back exactly
+
+
+def test_validation_measures_from_gt_with_the_modules_operator():
+    model = tiny(operator="sr4", sample_steps=5, sigma_y=0.0)
+    gt = torch.rand(1, 3, 16, 16)
+    batch = {"gt": gt}
+    restored = model._restore_batch(batch)
+    torch.testing.assert_close(batch["lq"], AveragePoolSR(4).forward(gt))  # what the image logger shows
+    torch.testing.assert_close(restored, model.restore(AveragePoolSR(4).forward(gt), (16, 16)))
+    assert restored.shape == gt.shape and 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
+
+
+def test_predict_restores_an_lq_of_the_operators_size():
+    model = tiny(operator="sr2", sample_steps=3, solver="sequential")
+    out = model._restore_batch({"lq": torch.rand(1, 3, 8, 6)})
+    assert out.shape == (1, 3, 16, 12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"operator": "sr"}, "unknown operator 'sr'"), ({"sigma_y": -0.1}, "sigma_y must be >= 0"),
+     ({"solver": "newton"}, "solver must be sequential, anderson or picard"),
+     ({"sample_steps": 0}, r"sample_steps must be in \[1, 100\]")],
+)  # fmt: skip
+def test_bad_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
+
+
+def test_inversion_lowers_the_loss_to_a_reference():
+    chain, x_T, x_ref, *_ = ddnm_problem(6, "sr2")
+    loss_fn = lambda x0: (x0 - x_ref).pow(2).mean()  # noqa: E731
+    result = invert(chain, x_T, loss_fn, steps=5, lr=0.05, tau=0.1, tol=1e-6, max_iter=20)
+    assert len(result.losses) == 5
+    assert all(later < result.losses[0] for later in result.losses[1:]), result.losses
+    assert loss_fn(sequential(chain, result.x_T)).item() < loss_fn(sequential(chain, x_T)).item()
+    assert result.x_T.shape == x_T.shape and not result.x_T.requires_grad
