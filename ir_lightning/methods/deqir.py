@@ -153,9 +153,9 @@ class DeqIR(RestorationModule):
         measurement = operator.measure(gt, self.sigma_y, generator)
         batch["lq"] = measurement.expand(-1, gt.shape[1], -1, -1)  # what image loggers show as the input
         restored = self.restore(measurement, tuple(gt.shape[-2:]))
-        if self.last_solve is not None and self._trainer is not None:
-            self.log("val/solver_iterations" if self.trainer.validating else "test/solver_iterations",
-                     float(self.last_solve.iterations), batch_size=gt.shape[0])  # fmt: skip
+        stage = None if self._trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
+        if self.last_solve is not None and stage is not None:  # predict may not log
+            self.log(f"{stage}/solver_iterations", float(self.last_solve.iterations), batch_size=gt.shape[0])
         return restored
 
 
