@@ -51,7 +51,7 @@ from tqdm import tqdm
 from ir_lightning.diffusion.gaussian import per_sample
 from ir_lightning.diffusion.operators import LinearOperator
 from ir_lightning.diffusion.rddm import ResidualSchedule, ddim_step
-from ir_lightning.diffusion.samplers import _levels, _predict_y0, ddim_sigma, gaussian_like
+from ir_lightning.diffusion.samplers import ddim_sigma, gaussian_like, inference_levels, predicted_y0
 
 Drift = Callable[[int, Tensor], Tensor]
 """`drift(k, s_k) -> Tensor`: the network-free part of step k on the whole batch B x C x H x W."""
@@ -492,7 +492,7 @@ def sr3_ddim_chain(
     `condition` (B x ..., e.g. SR3's up-sampled input) is given: the solver evaluates many steps in one
     batch, so the chain repeats the condition alongside the states instead of a closure holding it.
     """
-    levels = _levels(gammas, torch.device("cpu"))  # [1, gamma_1, ..., gamma_T]
+    levels = inference_levels(gammas, torch.device("cpu"))  # [1, gamma_1, ..., gamma_T]
     gamma_t, gamma_prev = levels.flip(0)[:-1], levels.flip(0)[1:]  # step k: gamma_{T-k} -> gamma_{T-k-1}
     keep = ((1.0 - gamma_prev) / (1.0 - gamma_t)).sqrt()
     y0_gain = gamma_prev.sqrt() - ((1.0 - gamma_prev) * gamma_t / (1.0 - gamma_t)).sqrt()
@@ -507,7 +507,7 @@ def sr3_ddim_chain(
         else:
             tiled = _tile(condition, states.shape[0] // condition.shape[0])
             net = lambda y, level: model(y, level, tiled)  # noqa: E731
-        y0_hat = _predict_y0(net, states, gamma_t[index].to(states.device), clip_y0)
+        y0_hat = predicted_y0(net, states, gamma_t[index].to(states.device), clip_y0)
         return per_sample(y0_gain[index], y0_hat) * y0_hat
 
     return Chain(gamma_t.numel(), update, drift)

@@ -29,7 +29,7 @@ Callback = Callable[[int, Tensor, Tensor], None]
 Sampler = Callable[..., Tensor]
 
 
-def _levels(gammas: Tensor, device: torch.device) -> Tensor:
+def inference_levels(gammas: Tensor, device: torch.device) -> Tensor:
     """Check the schedule and return [gamma_0 = 1, gamma_1, ..., gamma_N] as float64 on `device`."""
     gammas = gammas.detach().to(torch.float64)
     if gammas.ndim != 1 or gammas.numel() == 0:
@@ -44,7 +44,7 @@ def _steps(n_steps: int, progress: bool, name: str) -> Iterable[int]:
     return tqdm(range(n_steps - 1, -1, -1), total=n_steps, desc=name, disable=not progress)
 
 
-def _predict_y0(model: Model, y_t: Tensor, gamma_t: Tensor, clip_y0: bool) -> Tensor:
+def predicted_y0(model: Model, y_t: Tensor, gamma_t: Tensor, clip_y0: bool) -> Tensor:
     """y0_hat from the network's eps_hat at level gamma_t (per sample, float64), optionally clamped."""
     eps_hat = model(y_t, gamma_t.sqrt().to(torch.float32))
     y0_hat = predict_y0_from_eps(y_t, gamma_t, eps_hat)
@@ -68,12 +68,12 @@ def ddpm_sample(
     progress: bool = False,
 ) -> Tensor:
     """Ancestral sampling (SR3 Algorithm 2) with the posterior q(y_{t-1} | y_t, y0_hat) of DDPM eq. 6-7."""
-    levels = _levels(gammas, y_T.device)
+    levels = inference_levels(gammas, y_T.device)
     batch = y_T.shape[0]
     y_t = y_T
     for i in _steps(levels.shape[0] - 1, progress, "ddpm"):
         gamma_t, gamma_prev = levels[i + 1].expand(batch), levels[i].expand(batch)
-        y0_hat = _predict_y0(model, y_t, gamma_t, clip_y0)
+        y0_hat = predicted_y0(model, y_t, gamma_t, clip_y0)
         if callback is not None:
             callback(i, y_t, y0_hat)
         mean, variance = posterior(y0_hat, y_t, gamma_t, gamma_prev)
@@ -103,12 +103,12 @@ def ddim_sample(
     """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 equals ancestral DDPM."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM variance), got {eta}")
-    levels = _levels(gammas, y_T.device)
+    levels = inference_levels(gammas, y_T.device)
     batch = y_T.shape[0]
     y_t = y_T
     for i in _steps(levels.shape[0] - 1, progress, "ddim"):
         gamma_t, gamma_prev = levels[i + 1].expand(batch), levels[i].expand(batch)
-        y0_hat = _predict_y0(model, y_t, gamma_t, clip_y0)
+        y0_hat = predicted_y0(model, y_t, gamma_t, clip_y0)
         # the direction to y_t implied by y0_hat; equals the model's eps unless y0_hat was clamped
         eps_hat = predict_eps_from_y0(y_t, gamma_t, y0_hat)
         if callback is not None:
