@@ -48,7 +48,7 @@ from torch import Tensor
 
 from datamodules import AdaptationDataModule, ShardDataModule
 from ir_lightning.losses import charbonnier
-from ir_lightning.methods.noise_da import DenoisingAsAdaptation
+from ir_lightning.methods.noise_da import DenoisingAsAdaptation, combined_noise_loss
 from ir_lightning.methods.sr3 import to_signed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def measure(model: DenoisingAsAdaptation, fixed: list[tuple[dict[str, Tensor], d
                 batch, res_syn if path != "real" else res_syn.detach(), res_real if path != "syn" else res_real.detach(),
                 generator,
             )  # fmt: skip
-            noise_loss = denoise if contrast is None else (denoise + contrast) / 2
+            noise_loss = combined_noise_loss(denoise, contrast)
             row.append(cosine(flat_grad(noise_loss, params), real_grad))
             if path == "both":
                 pull = -torch.autograd.grad(noise_loss, res_real, retain_graph=True)[0]
@@ -187,7 +187,7 @@ def main() -> None:
                 res_syn, res_real = model.residual(syn["lq"]), model.residual(rl["lq"])
             denoise, contrast = model.noise_terms({"gt": syn["gt"], "lq": syn["lq"], "real_lq": rl["lq"]}, res_syn, res_real, generator)
             optimizer.zero_grad()
-            (denoise if contrast is None else (denoise + contrast) / 2).backward()
+            combined_noise_loss(denoise, contrast).backward()
             optimizer.step()
             if step % args.every == 0 or step == args.train_d:
                 print(table_row(f"D alone +{step} steps ({time.time() - start:.0f} s)", measure(model, fixed)), flush=True)

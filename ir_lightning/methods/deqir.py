@@ -121,7 +121,10 @@ class DeqIR(RestorationModule):
         """Restore from the measurement `lq` = A x in [0, 1] (for colorization: any channel count, the
         mean is taken) with the configured operator, chain and solver."""
         size = size or self.image_size(lq)
-        operator = self.operator_for(size)
+        return self._restore_with(self.operator_for(size), lq, size, progress)
+
+    @torch.no_grad()
+    def _restore_with(self, operator: LinearOperator, lq: Tensor, size: tuple[int, int], progress: bool = False) -> Tensor:
         if self.operator_name == "colorization":
             lq = lq.mean(dim=1, keepdim=True)
         ones = torch.ones(lq.shape[0], 3, *size, device=lq.device, dtype=lq.dtype)
@@ -152,7 +155,7 @@ class DeqIR(RestorationModule):
         generator = torch.Generator(device=gt.device).manual_seed(self.sample_seed + 1)
         measurement = operator.measure(gt, self.sigma_y, generator)
         batch["lq"] = measurement.expand(-1, gt.shape[1], -1, -1)  # what image loggers show as the input
-        restored = self.restore(measurement, tuple(gt.shape[-2:]))
+        restored = self._restore_with(operator, measurement, tuple(gt.shape[-2:]))
         stage = None if self._trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
         if self.last_solve is not None and stage is not None:  # predict may not log
             self.log(f"{stage}/solver_iterations", float(self.last_solve.iterations), batch_size=gt.shape[0])

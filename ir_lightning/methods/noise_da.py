@@ -71,6 +71,11 @@ def scale_gradient(x: Tensor, weight: float) -> Tensor:
     return x * weight + x.detach() * (1.0 - weight)
 
 
+def combined_noise_loss(denoise: Tensor, contrast: Tensor | None) -> Tensor:
+    """L_noise = (MSE(eps, eps_hat) + triplet) / 2, or the MSE alone without the contrastive term."""
+    return denoise if contrast is None else (denoise + contrast) / 2
+
+
 def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.1) -> Tensor:
     """max(0, MSE(anchor, positive) - MSE(anchor, negative) + margin), distances over the whole batch."""
     return F.relu(F.mse_loss(positive, anchor) - F.mse_loss(negative, anchor) + margin)
@@ -173,7 +178,7 @@ class DenoisingAsAdaptation(RestorationModule):
         denoise_loss, contrast = self.noise_terms(
             batch, res_syn, res_real, self.training_generator(), weight if self.ramp_restorer_only else 1.0
         )
-        noise_loss = denoise_loss if contrast is None else (denoise_loss + contrast) / 2
+        noise_loss = combined_noise_loss(denoise_loss, contrast)
         if contrast is not None:
             self.log("train/triplet", contrast, batch_size=batch_size)
         self.log_dict({"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
