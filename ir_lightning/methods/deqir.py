@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.diffusion import noised_training_sample
-from ir_lightning.diffusion.deq import Chain, ddnm_chain, draw_noises, phantom_loss, sequential, solve
+from ir_lightning.diffusion.deq import (
+    Chain,
+    ddnm_chain,
+    draw_noises,
+    phantom_loss,
+    precondition,
+    sequential,
+    solve,
+    spectral_prior_eps,
+)
 from ir_lightning.diffusion.operators import LinearOperator, make_operator
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.methods.sr3 import NoiseSchedule, to_signed, to_unit
@@ -35,6 +44,7 @@ from ir_lightning.nets.unet import UNet
 from lightning.pytorch.cli import OptimizerCallable
 
 Solver = Literal["sequential", "anderson", "picard"]
+Preconditioner = Literal["spectral", "none"]
 
 
 class DeqIR(RestorationModule):
@@ -54,6 +64,10 @@ class DeqIR(RestorationModule):
         memory, regularisation, mixing, tolerance, max_iterations: Anderson's m, its Tikhonov term, beta,
             the relative residual to stop at and the iteration cap (the paper: 5, 1e-3, 1, 1e-3, 15).
         chunk_size: at most this many states per network call (a memory budget); None = all T at once.
+        preconditioner: "spectral" (default) solves the chain split around a 1/f^2 Gaussian prior's step
+            (`deq.precondition`, `deq.spectral_prior_eps`): the same fixed point, reached in far fewer
+            iterations on photos; "none" uses DDNM's plain split. Ignored by the sequential solver.
+        prior_variance: the pixel variance of that Gaussian prior on the signed [-1, 1] scale.
         sample_seed: seed of x_T and the chain's noise, so two evaluations of the same weights agree.
         optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
     """
@@ -73,6 +87,8 @@ class DeqIR(RestorationModule):
         tolerance: float = 1e-3,
         max_iterations: int = 15,
         chunk_size: int | None = None,
+        preconditioner: Preconditioner = "spectral",
+        prior_variance: float = 0.25,
         sample_seed: int = 0,
         optimizer: OptimizerCallable = adam,
         warmup_steps: int = 0,
@@ -94,7 +110,11 @@ class DeqIR(RestorationModule):
         if not 1 <= sample_steps <= self.alpha_bars.shape[0]:
             raise ValueError(f"model.init_args.sample_steps must be in [1, {self.alpha_bars.shape[0]}], got {sample_steps}")
         self.operator_name, self.sigma_y, self.sample_steps, self.eta = operator, sigma_y, sample_steps, eta
-        self.solver = solver
+        if preconditioner not in ("spectral", "none"):
+            raise ValueError(f"model.init_args.preconditioner must be spectral or none, got {preconditioner!r}")
+        if not prior_variance > 0:
+            raise ValueError(f"model.init_args.prior_variance must be > 0, got {prior_variance}")
+        self.solver, self.preconditioner, self.prior_variance = solver, preconditioner, prior_variance
         self.solver_options = {"m": memory, "lam": regularisation, "beta": mixing, "tol": tolerance,
                                "max_iter": max_iterations, "chunk_size": chunk_size}  # fmt: skip
         self.sample_seed = sample_seed
@@ -143,6 +163,9 @@ class DeqIR(RestorationModule):
             x0 = sequential(chain, x_T, progress=progress)
             self.last_solve = None
         else:
+            if self.preconditioner == "spectral":
+                gaussian = spectral_prior_eps(alpha_bars, self.prior_variance)
+                chain = precondition(chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.eta, noises))
             self.last_solve = solve(chain, x_T, method=self.solver, progress=progress, **self.solver_options)
             x0 = self.last_solve.x0
         return to_unit(x0)
