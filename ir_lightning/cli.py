@@ -4,6 +4,7 @@
   LightningCLI, with the method (`model`) and the data module (`data`) chosen by `class_path`.
 - `ir-lightning shards ...`: turn folders of images into WebDataset tar shards.
 - `ir-lightning export CKPT OUT`: keep only what restoring needs (EMA weights, hyperparameters).
+- `ir-lightning restore --ckpt CKPT --input FILE_OR_DIR --output DIR`: restore image files with any method.
 - `ir-lightning demo ...`: the quick-start demo (shards from scikit-image's photos, SR3 x4 on the CPU).
 
 This is the only module that reads the environment: W&B runs offline unless `WANDB_MODE` is set.
@@ -42,7 +43,8 @@ Resume a run:        ir-lightning fit -c <same recipes> --ckpt_path auto   (newe
 Move a whole run:    ir-lightning fit -c <recipes> --run_dir runs/lr2e-4   (checkpoints, W&B files, config)
 See every setting:   ir-lightning fit -c recipes/sr3_x4.yaml --print_config
 SLURM:               sbatch slurm/train.sbatch <recipes and overrides>; ir-lightning sweep --help
-Other commands:      ir-lightning shards --help | export --help | demo --help
+Restore images:      ir-lightning restore --ckpt CKPT --input FILE_OR_DIR --output DIR
+Other commands:      ir-lightning shards --help | export --help | restore --help | demo --help
 """
 
 RUN_DIR_HELP = """The run's directory: sets trainer.default_root_dir (preemption checkpoints), the dirpath of every
@@ -172,6 +174,7 @@ SUBCOMMANDS = {
     "shards": "ir_lightning.shards",
     "demo": "ir_lightning.demo",
     "export": "ir_lightning.checkpoints",
+    "restore": "ir_lightning.restore",
     "sweep": "ir_lightning.sweep",
 }
 

@@ -1,0 +1,194 @@
+"""`ir-lightning restore`: restore image files with a trained checkpoint of any method of the suite.
+
+    ir-lightning restore --ckpt runs/sr3_x4_demo/checkpoints/last.ckpt --input photos/ --output restored/
+    ir-lightning restore --ckpt runs/deqir_demo/checkpoints/last.ckpt --input lr/ --output sr/ --operator sr4
+
+The method is read from the checkpoint (its `_class_path`), never re-typed; `--method` only checks it.
+The checkpoint is loaded with `weights_only=True`, so loading it runs no code from the file. The EMA
+weights (the checkpoint's `state_dict`) are used unless `--no-ema` asks for the trained ones. Any
+setting of the method's constructor can be changed for restoring with `--set KEY=VALUE` (the value
+is read as YAML); `--steps`, `--sampler` and `--operator` are shortcuts for the usual ones.
+
+Each input is read (PNG, JPEG, WebP, ..., 8 or 16 bit; grey is repeated to RGB), restored whole, and
+written to `<output>/<its path relative to --input>.png` through a temporary file and a rename, so an
+interrupted run leaves only complete images and `--skip-existing` finishes it. An input that cannot
+be read or restored is reported by name and skipped; the exit status is 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import UnidentifiedImageError
+from tqdm import tqdm
+
+from datamodules.shards import decode_image, to_unit_tensor
+from ir_lightning.callbacks import png_bytes
+from ir_lightning.io import atomic_write_bytes
+from ir_lightning.methods.base import RestorationModule
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
+"""Shortcut flag -> the constructor arguments it sets, the first one the method has."""
+
+
+class RestoreError(Exception):
+    """A problem with the command's arguments or the checkpoint: reported in one line, exit status 2."""
+
+
+def load_failure(error: Exception) -> str:
+    """The informative line of a failed `torch.load(weights_only=True)`: the unpickler's reason (an
+    unsupported global, an opcode of a file that is no pickle) without torch's general advice around it."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(boilerplate)]
+    return (reasons or lines or [type(error).__name__])[0]
+
+
+def method_class(checkpoint: dict[str, Any], path: Path) -> type[RestorationModule]:
+    """The method a checkpoint of this suite was trained with, from its hyperparameters' `_class_path`."""
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if not isinstance(class_path, str) or "state_dict" not in checkpoint:
+        raise RestoreError(f"{path}: not a checkpoint of this suite (no state_dict or hyper_parameters._class_path)")
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise RestoreError(f"{path}: its method {class_path!r} cannot be imported ({error})") from error
+    if not (isinstance(cls, type) and issubclass(cls, RestorationModule)):
+        raise RestoreError(f"{path}: its class {class_path!r} is not a method of this suite")
+    return cls
+
+
+def restoring_settings(cls: type[RestorationModule], args: argparse.Namespace) -> dict[str, Any]:
+    """The constructor arguments to override, from `--set` and the shortcut flags, checked by name."""
+    accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    settings: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RestoreError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sample_steps=50")
+        if key not in accepted:
+            raise RestoreError(f"--set {key}: {cls.__name__} has no such setting; its settings: {', '.join(accepted)}")
+        settings[key] = yaml.safe_load(text)
+    for flag, candidates in SHORTCUTS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        key = next((name for name in candidates if name in accepted), None)
+        if key is None:
+            raise RestoreError(f"--{flag}: {cls.__name__} has no {' or '.join(candidates)} setting")
+        settings[key] = value
+    return settings
+
+
+def load_method(path: Path, args: argparse.Namespace, device: torch.device) -> RestorationModule:
+    """The checkpoint's method with the requested settings and weights, in eval mode on `device`."""
+    if not path.is_file():
+        raise RestoreError(f"--ckpt {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle refused by weights_only, a truncated file, not a torch file
+        raise RestoreError(f"{path}: refused, not a checkpoint of this suite ({load_failure(error)}); nothing in it was run") from error
+    cls = method_class(checkpoint, path)
+    if args.method is not None and args.method.lower() != cls.__name__.lower():
+        raise RestoreError(f"--method {args.method}: {path} holds a {cls.__name__} checkpoint")
+    settings = restoring_settings(cls, args)
+    try:
+        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **settings)
+    except (TypeError, ValueError, KeyError, RuntimeError, argparse.ArgumentError) as error:
+        # a bad setting (the method's own check, or the type check of the CLI's instantiator), or weights
+        # that do not fit the method's networks
+        reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise RestoreError(f"{path}: {reason}") from error
+    if args.no_ema:
+        trained = checkpoint.get("current_model_state")
+        if trained is None:
+            raise RestoreError(f"--no-ema: {path} holds only one set of weights (exported, or trained without EMA)")
+        model.load_state_dict(trained)
+    return model.to(device).eval()
+
+
+def input_files(root: Path) -> list[Path]:
+    """The image files to restore: `root` itself, or every image file below it, sorted."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise RestoreError(f"--input {root}: no such file or folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise RestoreError(f"--input {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def output_path(source: Path, root: Path, output: Path) -> Path:
+    relative = source.name if root.is_file() else source.relative_to(root).as_posix()
+    return output / Path(relative).with_suffix(".png")
+
+
+def restore_file(model: RestorationModule, source: Path, device: torch.device, progress: bool) -> torch.Tensor:
+    """Read one image, restore it whole, return C x H x W in [0, 1]."""
+    lq = to_unit_tensor(decode_image(source.read_bytes(), 3))[None].to(device)
+    kwargs = {"progress": progress} if "progress" in inspect.signature(model.restore).parameters else {}
+    with torch.no_grad():
+        return model.restore(lq, None, **kwargs)[0].clamp(0, 1)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ir-lightning restore", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--ckpt", type=Path, required=True, help="a checkpoint of this suite (training or exported)")
+    p.add_argument("--input", type=Path, required=True, help="an image file, or a folder searched recursively")
+    p.add_argument("--output", type=Path, required=True, help="folder for the restored PNGs (created)")
+    p.add_argument("--method", help="check that the checkpoint holds this method (e.g. deqir); it is never needed")
+    p.add_argument("--steps", type=int, help="sampling steps (sets sample_steps)")
+    p.add_argument("--sampler", help="sampler or solver: SR3 ddpm|ddim, DeqIR sequential|anderson|picard")
+    p.add_argument("--operator", help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of the method (repeatable)")
+    p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA weights")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output already exists")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    try:
+        files = input_files(args.input)
+        model = load_method(args.ckpt, args, device)
+    except RestoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed, skipped = [], 0
+    bar = tqdm(files, desc=f"restore ({type(model).__name__})", unit="image")
+    for source in bar:
+        target = output_path(source, args.input, args.output)
+        if args.skip_existing and target.exists():
+            skipped += 1
+            continue
+        bar.set_postfix_str(source.name)
+        try:
+            restored = restore_file(model, source, device, progress=True)
+        except UnidentifiedImageError:
+            failed.append(source)
+            tqdm.write(f"error: {source}: not an image file that can be read (PNG, JPEG, WebP, BMP, TIFF)", file=sys.stderr)
+            continue
+        except (OSError, ValueError, RuntimeError) as error:
+            failed.append(source)
+            tqdm.write(f"error: {source}: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+            continue
+        atomic_write_bytes(target, png_bytes(restored))
+    done = len(files) - len(failed) - skipped
+    print(f"{done} restored, {skipped} skipped (already there), {len(failed)} failed -> {args.output}")
+    return 1 if failed else 0

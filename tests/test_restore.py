@@ -1,0 +1,174 @@
+"""`ir-lightning restore` on hand-made checkpoints of a small DeqIR prior: the method comes from the
+checkpoint, the outputs are what the method restores, overrides reach the method, unreadable inputs
+are named and skipped, existing outputs are kept, and a checkpoint whose pickle would run code is
+refused without running it."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.shards import decode_image, to_unit_tensor
+from ir_lightning.callbacks import to_uint8_hwc
+from ir_lightning.methods.deqir import DeqIR
+from ir_lightning.methods.sr3 import NoiseSchedule
+from ir_lightning.nets.unet import UNet
+from ir_lightning.restore import main
+
+SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_end=0.02)
+NET = {"class_path": "ir_lightning.nets.unet.UNet",
+       "init_args": {"in_channels": 3, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                     "attn_levels": [], "dropout": 0.0, "norm_groups": 4}}  # fmt: skip
+
+
+def small_deqir(seed: int = 0, **kwargs) -> DeqIR:
+    torch.manual_seed(seed)
+    settings = dict(train_schedule=SCHEDULE, operator="sr2", sample_steps=3, solver="sequential") | kwargs
+    return DeqIR(net=UNet(**NET["init_args"]), **settings).eval()
+
+
+def save_checkpoint(model: DeqIR, path: Path, trained: DeqIR | None = None) -> Path:
+    """A checkpoint laid out as Lightning writes one from the CLI: the net as a class_path in the
+    hyperparameters (rebuilt by the CLI's instantiator), the EMA weights in state_dict."""
+    hparams = dict(model.hparams) | {"net": NET, "_class_path": "ir_lightning.methods.DeqIR",
+                                     "_instantiator": "lightning.pytorch.cli.instantiate_module"}  # fmt: skip
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": hparams,
+                  "pytorch-lightning_version": lightning.__version__}  # fmt: skip
+    if trained is not None:
+        checkpoint["current_model_state"] = trained.state_dict()
+    torch.save(checkpoint, path)
+    return path
+
+
+def write_inputs(folder: Path) -> Path:
+    generator = np.random.default_rng(0)
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(generator.integers(0, 256, (8, 6, 3), dtype=np.uint8)).save(folder / "sub/a.png")
+    Image.fromarray(generator.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "b.jpg")  # grey JPEG
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def expected(model: DeqIR, source: Path) -> np.ndarray:
+    lq = to_unit_tensor(decode_image(source.read_bytes(), 3))[None]
+    with torch.no_grad():
+        return to_uint8_hwc(model.restore(lq)[0])
+
+
+def read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_restores_every_readable_input_as_the_method_does_and_names_the_broken_one(tmp_path, capsys):
+    model = small_deqir()
+    ckpt = save_checkpoint(model, tmp_path / "deqir.ckpt")
+    inputs, out = write_inputs(tmp_path / "in"), tmp_path / "out"
+    status = main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--method", "deqir", "--device", "cpu"])
+    assert status == 1  # one input failed
+    captured = capsys.readouterr()
+    assert f"error: {inputs / 'broken.png'}: not an image file" in captured.err
+    assert "2 restored, 0 skipped (already there), 1 failed" in captured.out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["b.png", "sub/a.png"]
+    assert read(out / "sub/a.png").shape == (16, 12, 3)  # sr2: twice the input's size
+    np.testing.assert_array_equal(read(out / "sub/a.png"), expected(model, inputs / "sub/a.png"))
+    np.testing.assert_array_equal(read(out / "b.png"), expected(model, inputs / "b.jpg"))
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary file left
+
+
+def test_settings_reach_the_method(tmp_path):
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(inputs / "x.png")
+    args = ["--ckpt", str(ckpt), "--input", str(inputs / "x.png"), "--device", "cpu"]
+    assert main([*args, "--output", str(tmp_path / "o1"), "--operator", "sr4", "--steps", "2", "--sampler", "picard"]) == 0
+    changed = small_deqir(operator="sr4", sample_steps=2, solver="picard")  # the same weights: seed 0
+    np.testing.assert_array_equal(read(tmp_path / "o1/x.png"), expected(changed, inputs / "x.png"))
+    assert read(tmp_path / "o1/x.png").shape == (32, 32, 3)
+    assert main([*args, "--output", str(tmp_path / "o2"), "--set", "operator=colorization"]) == 0
+    assert read(tmp_path / "o2/x.png").shape == (8, 8, 3)
+
+
+def test_no_ema_uses_the_trained_weights(tmp_path):
+    ema, trained = small_deqir(seed=0), small_deqir(seed=1)
+    ckpt = save_checkpoint(ema, tmp_path / "deqir.ckpt", trained=trained)
+    inputs = write_inputs(tmp_path / "in")
+    args = ["--ckpt", str(ckpt), "--input", str(inputs / "sub/a.png"), "--device", "cpu"]
+    assert main([*args, "--output", str(tmp_path / "ema")]) == 0
+    assert main([*args, "--output", str(tmp_path / "trained"), "--no-ema"]) == 0
+    np.testing.assert_array_equal(read(tmp_path / "ema/a.png"), expected(ema, inputs / "sub/a.png"))
+    np.testing.assert_array_equal(read(tmp_path / "trained/a.png"), expected(trained, inputs / "sub/a.png"))
+    exported = save_checkpoint(ema, tmp_path / "exported.ckpt")
+    assert main(["--ckpt", str(exported), "--input", str(inputs / "sub/a.png"), "--output", str(tmp_path / "x"), "--no-ema"]) == 2
+
+
+def test_skip_existing_keeps_finished_outputs(tmp_path, capsys):
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    inputs, out = write_inputs(tmp_path / "in"), tmp_path / "out"
+    (inputs / "broken.png").unlink()
+    (out / "sub").mkdir(parents=True)
+    (out / "sub/a.png").write_bytes(b"finished earlier")
+    status = main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--skip-existing", "--device", "cpu"])
+    assert status == 0 and "1 restored, 1 skipped (already there), 0 failed" in capsys.readouterr().out
+    assert (out / "sub/a.png").read_bytes() == b"finished earlier" and (out / "b.png").is_file()
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"payload": RunsCode(marker)}}, crafted)
+    with open(tmp_path / "plain.pkl", "wb") as f:  # the payload is real: plain unpickling runs it
+        pickle.dump(RunsCode(marker), f)
+    with open(tmp_path / "plain.pkl", "rb") as f:
+        pickle.load(f)  # noqa: S301
+    assert marker.exists()
+    marker.unlink()
+    inputs = write_inputs(tmp_path / "in")
+    status = main(["--ckpt", str(crafted), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    assert status == 2 and not marker.exists()
+    err = capsys.readouterr().err
+    assert f"error: {crafted}: refused, not a checkpoint of this suite" in err and "system" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--method", "sr3"], "--method sr3: {ckpt} holds a DeqIR checkpoint"),
+     (["--set", "sample_step=5"], "--set sample_step: DeqIR has no such setting; its settings: net, "),
+     (["--set", "sample_steps"], "--set 'sample_steps': expected KEY=VALUE"),
+     (["--operator", "sr"], "unknown operator 'sr'"),
+     (["--set", "solver=newton"], "module.solver\": Expected a typing.Literal['sequential', 'anderson', 'picard']. Got value: newton")],
+)  # fmt: skip
+def test_bad_arguments_name_the_key_and_value(tmp_path, capsys, extra, message):
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    assert main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out"), *extra]) == 2
+    assert message.format(ckpt=ckpt) in capsys.readouterr().err
+
+
+def test_missing_inputs_and_checkpoints_are_named(tmp_path, capsys):
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    assert main(["--ckpt", str(ckpt), "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
+    assert f"--input {tmp_path / 'nothing'}: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--ckpt", str(tmp_path / "no.ckpt"), "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    inputs = write_inputs(tmp_path / "in")
+    assert main(["--ckpt", str(tmp_path / "no.ckpt"), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 2
+    assert f"--ckpt {tmp_path / 'no.ckpt'}: no such file" in capsys.readouterr().err
