@@ -1,0 +1,117 @@
+"""Reading and writing the image files `ir-lightning restore` works on, without losing what the network
+does not see: the bit depth (8 or 16), whether the image was grey, and its alpha channel.
+
+PNG files of 16 bits are read and written with pypng (Pillow reads 16-bit colour PNGs as 8 bits);
+everything else (8-bit PNG, JPEG, WebP, BMP, TIFF, palette images) goes through Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import png
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from ir_lightning.io import atomic_write_bytes
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class ImageFile:
+    """An image as the networks see it, plus what they do not.
+
+    `rgb`: 3 x H x W float32 in [0, 1] (a grey image repeated to three channels); `alpha`: H x W integer
+    values, or None; `bit_depth`: 8 or 16 (the peak is 2^bit_depth - 1); `grey`: the file had one colour
+    channel.
+    """
+
+    rgb: Tensor
+    alpha: np.ndarray | None
+    bit_depth: int
+    grey: bool
+
+    @property
+    def peak(self) -> int:
+        return (1 << self.bit_depth) - 1
+
+
+def png_bit_depth(data: bytes) -> int | None:
+    """The bit depth in a PNG's header, or None for another format."""
+    if data[:8] != PNG_SIGNATURE or len(data) < 26:
+        return None
+    return data[24]
+
+
+def read_image(path: str | os.PathLike) -> ImageFile:
+    """Read an image file; raises OSError / ValueError (Pillow's UnidentifiedImageError is an OSError)."""
+    data = Path(path).read_bytes()
+    if png_bit_depth(data) == 16:
+        width, height, rows, info = png.Reader(bytes=data).asDirect()
+        planes = info["planes"]
+        pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+        return _split(pixels, has_alpha=info["alpha"], bit_depth=16)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey outside PNG (TIFF)
+            return _split(np.asarray(image).astype(np.uint16)[..., None], has_alpha=False, bit_depth=16)
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        grey = image.mode in ("L", "LA", "1")
+        mode = ("LA" if has_alpha else "L") if grey else ("RGBA" if has_alpha else "RGB")
+        pixels = np.asarray(image.convert(mode))
+    return _split(pixels.reshape(*pixels.shape[:2], -1), has_alpha=has_alpha, bit_depth=8)
+
+
+def _split(pixels: np.ndarray, has_alpha: bool, bit_depth: int) -> ImageFile:
+    """H x W x planes integers -> ImageFile."""
+    colour = pixels[..., :-1] if has_alpha else pixels
+    alpha = pixels[..., -1].copy() if has_alpha else None
+    grey = colour.shape[-1] == 1
+    chw = torch.from_numpy(np.ascontiguousarray(colour.transpose(2, 0, 1), dtype=np.float32)) / ((1 << bit_depth) - 1)
+    return ImageFile(rgb=chw.expand(3, -1, -1).contiguous() if grey else chw, alpha=alpha, bit_depth=bit_depth, grey=grey)
+
+
+def encode_png(restored: Tensor, like: ImageFile) -> bytes:
+    """PNG bytes of `restored` (3 x H' x W' in [0, 1]) with `like`'s bit depth, grey-ness and alpha.
+
+    A grey input gives a grey output (the mean of the three restored channels). The alpha channel is
+    copied untouched when the size is unchanged; when restoration changed the size it is resized
+    (bicubic, clamped), the only way to carry it.
+    """
+    peak = like.peak
+    colour = restored.detach().float().cpu().clamp(0, 1)
+    if like.grey:
+        colour = colour.mean(0, keepdim=True)
+    planes = [np.rint(colour.numpy() * peak).astype(np.uint16 if like.bit_depth == 16 else np.uint8)]
+    if like.alpha is not None:
+        planes.append(_resized_alpha(like.alpha, tuple(colour.shape[-2:]), peak)[None])
+    pixels = np.concatenate(planes).transpose(1, 2, 0)  # H x W x planes
+    buffer = io.BytesIO()
+    if like.bit_depth == 16:
+        height, width, n = pixels.shape
+        writer = png.Writer(width, height, greyscale=n <= 2, alpha=n in (2, 4), bitdepth=16)
+        writer.write(buffer, pixels.reshape(height, width * n))
+    else:
+        squeezed = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+        Image.fromarray(squeezed).save(buffer, format="PNG")  # uint8: L, LA, RGB or RGBA by the planes
+    return buffer.getvalue()
+
+
+def _resized_alpha(alpha: np.ndarray, size: tuple[int, int], peak: int) -> np.ndarray:
+    if alpha.shape == size:
+        return alpha
+    values = torch.from_numpy(alpha.astype(np.float32))[None, None] / peak
+    resized = F.interpolate(values, size=size, mode="bicubic", align_corners=False).clamp(0, 1)[0, 0]
+    return np.rint(resized.numpy() * peak).astype(alpha.dtype)
+
+
+def write_png(path: str | os.PathLike, restored: Tensor, like: ImageFile) -> Path:
+    """`encode_png`, written atomically (a temporary file beside `path`, then a rename)."""
+    return atomic_write_bytes(path, encode_png(restored, like))

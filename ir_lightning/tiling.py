@@ -1,0 +1,106 @@
+"""Restoring an image of any size by overlapping tiles blended with a smooth window.
+
+The input is cut into tiles of `tile` x `tile` pixels that overlap by `overlap` pixels; tiles are
+restored in batches of `batch` by any function `restore(lq_tiles) -> tiles` (a method's `restore`), whose
+output may be `scale` times larger; every output tile is multiplied by a window and added into the
+output, and the sum is divided by the summed windows. Peak memory is therefore that of one batch of
+tiles plus the output image itself, whatever the size of the image.
+
+The window of a tile is the product of two 1-D profiles. Along an edge the tile shares with a neighbour
+it is 0 for the first `overlap / 4` pixels, rises as a raised cosine over the next `overlap / 2` and is 1
+beyond; along an edge on the image border it is 1. So in every overlap the two windows cross smoothly
+(no seam when tiles disagree, as stochastic samplers' tiles do), and a pixel closer than `overlap / 4`
+to a tile's inner edge never counts: when the network's receptive field reaches at most `overlap / 4`
+input pixels from the output pixel, tiled and whole-image restoration agree to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+RestoreFn = Callable[[Tensor], Tensor]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of `tile` pixels covering [0, length) with at least `overlap` shared."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def profile(length: int, overlap: int, ramp_start: bool, ramp_end: bool, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A 1-D window: 0 on the outer quarter of the overlap, a raised cosine over its middle half, else 1.
+    `ramp_start`/`ramp_end`: whether that end borders another tile (else the window is 1 up to it)."""
+    weights = torch.ones(length, dtype=torch.float64)
+    margin, ramp = overlap // 4, overlap - 2 * (overlap // 4)
+    if overlap > 0:
+        # distance d (pixel centres) from the edge: 0 below margin, sin^2 ramp across [margin, margin + ramp]
+        d = torch.arange(length, dtype=torch.float64) + 0.5
+        rise = torch.sin(0.5 * math.pi * ((d - margin) / ramp).clamp(0, 1)) ** 2
+        if ramp_start:
+            weights = weights * rise
+        if ramp_end:
+            weights = weights * rise.flip(0)
+    return weights.to(dtype)
+
+
+def restore_tiled(
+    restore: RestoreFn,
+    lq: Tensor,
+    tile: int,
+    overlap: int,
+    batch: int = 1,
+    progress: bool = False,
+) -> Tensor:
+    """Restore `lq` (1 x C x H x W) tile by tile; returns 1 x C' x sH x sW, s the restoration's scale.
+
+    An image no larger than one tile is restored whole. `restore` receives N x C x h x w tiles (N <=
+    `batch`, all of one size) and must return N x C' x sh x sw with the same integer scale s for every
+    tile.
+    """
+    if lq.ndim != 4 or lq.shape[0] != 1:
+        raise ValueError(f"restore_tiled takes one image, 1 x C x H x W; got shape {tuple(lq.shape)}")
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if batch < 1:
+        raise ValueError(f"the tile batch must be at least 1, got {batch}")
+    height, width = lq.shape[-2:]
+    if height <= tile and width <= tile:
+        return restore(lq)
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    th, tw = min(tile, height), min(tile, width)
+    positions = [(y, x) for y in ys for x in xs]
+    out = weight_sum = None
+    scale = 0
+    bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False)
+    for first in range(0, len(positions), batch):
+        chunk = positions[first : first + batch]
+        tiles = torch.cat([lq[..., y : y + th, x : x + tw] for y, x in chunk])
+        restored = restore(tiles)
+        if out is None:
+            scale = restored.shape[-1] // tw
+            if scale < 1 or restored.shape[-2:] != (th * scale, tw * scale):
+                raise ValueError(f"a {th} x {tw} tile came back {tuple(restored.shape[-2:])}: not an integer scale of it")
+            out = restored.new_zeros(1, restored.shape[1], height * scale, width * scale)
+            weight_sum = restored.new_zeros(1, 1, height * scale, width * scale)
+        for (y, x), piece in zip(chunk, restored):
+            window = _window(y, x, th, tw, height, width, overlap, scale, piece.dtype).to(piece.device)
+            out[..., y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += window * piece
+            weight_sum[..., y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += window
+        bar.update(len(chunk))
+    bar.close()
+    return out / weight_sum
+
+
+def _window(y: int, x: int, th: int, tw: int, height: int, width: int, overlap: int, scale: int, dtype) -> Tensor:
+    """The output-space window of the tile at (y, x): ramps only on edges shared with another tile."""
+    rows = profile(th * scale, overlap * scale, ramp_start=y > 0, ramp_end=y + th < height, dtype=dtype)
+    cols = profile(tw * scale, overlap * scale, ramp_start=x > 0, ramp_end=x + tw < width, dtype=dtype)
+    return rows[:, None] * cols[None, :]
