@@ -9,10 +9,14 @@ weights (the checkpoint's `state_dict`) are used unless `--no-ema` asks for the 
 setting of the method's constructor can be changed for restoring with `--set KEY=VALUE` (the value
 is read as YAML); `--steps`, `--sampler` and `--operator` are shortcuts for the usual ones.
 
-Each input is read (PNG, JPEG, WebP, ..., 8 or 16 bit; grey is repeated to RGB), restored whole, and
-written to `<output>/<its path relative to --input>.png` through a temporary file and a rename, so an
-interrupted run leaves only complete images and `--skip-existing` finishes it. An input that cannot
-be read or restored is reported by name and skipped; the exit status is 1 when any input failed.
+Each input (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bits; grey, RGB, with or without alpha) is restored in
+overlapping tiles of `--tile` input pixels, blended with a smooth window (`ir_lightning.tiling`), in
+batches of `--tile-batch`, so memory does not grow with the image. It is written to
+`<output>/<its path relative to --input>.png` with the input's bit depth, grey-ness and alpha channel
+(copied untouched, or resized when the method changes the size), through a temporary file and a
+rename: an interrupted run leaves only complete images, and `--skip-existing` finishes it (removing
+the temporary files a killed run left). An input that cannot be read or restored is reported by name
+and skipped; the exit status is 1 when any input failed.
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ import yaml
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from datamodules.shards import decode_image, to_unit_tensor
-from ir_lightning.callbacks import png_bytes
-from ir_lightning.io import atomic_write_bytes
+from ir_lightning.images import read_image, write_png
 from ir_lightning.methods.base import RestorationModule
+from ir_lightning.tiling import restore_tiled
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
@@ -134,12 +137,29 @@ def output_path(source: Path, root: Path, output: Path) -> Path:
     return output / Path(relative).with_suffix(".png")
 
 
-def restore_file(model: RestorationModule, source: Path, device: torch.device, progress: bool) -> torch.Tensor:
-    """Read one image, restore it whole, return C x H x W in [0, 1]."""
-    lq = to_unit_tensor(decode_image(source.read_bytes(), 3))[None].to(device)
-    kwargs = {"progress": progress} if "progress" in inspect.signature(model.restore).parameters else {}
+def restore_file(model: RestorationModule, source: Path, target: Path, args: argparse.Namespace, device: torch.device) -> None:
+    """Read one image, restore it (tiled unless the method needs whole images), write it atomically."""
+    image = read_image(source)
+    kwargs = {"progress": True} if "progress" in inspect.signature(model.restore).parameters else {}
+
+    def restore(lq: torch.Tensor) -> torch.Tensor:
+        return model.restore(lq, None, **kwargs).clamp(0, 1)
+
+    lq = image.rgb[None].to(device)
     with torch.no_grad():
-        return model.restore(lq, None, **kwargs)[0].clamp(0, 1)
+        if args.tile > 0 and model.tileable:
+            restored = restore_tiled(restore, lq, args.tile, args.overlap, args.tile_batch, progress=True)
+        else:
+            restored = restore(lq)
+    write_png(target, restored[0], image)
+
+
+def remove_stale_temporaries(output: Path) -> int:
+    """Delete the temporary files (`.<name>.png.<random>.tmp`) that a killed run left; returns how many."""
+    stale = list(output.rglob(".*.png.*.tmp")) if output.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", help="sampler or solver: SR3 ddpm|ddim, DeqIR sequential|anderson|picard")
     p.add_argument("--operator", help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of the method (repeatable)")
+    p.add_argument("--tile", type=int, default=256, help="tile side in input pixels (default 256; 0: whole images)")
+    p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in input pixels (default 32)")
+    p.add_argument("--tile-batch", type=int, default=4, help="tiles per network call (default 4)")
     p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA weights")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output already exists")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
@@ -165,11 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
     try:
+        if args.tile < 0 or args.tile_batch < 1 or not 0 <= args.overlap < max(args.tile, 1):
+            raise RestoreError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
+                               f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
         files = input_files(args.input)
         model = load_method(args.ckpt, args, device)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.tile > 0 and not model.tileable:
+        print(f"{type(model).__name__} with these settings restores whole images only (--tile ignored)", file=sys.stderr)
+    removed = remove_stale_temporaries(args.output)
+    if removed:
+        print(f"removed {removed} temporary files left by an interrupted run in {args.output}", file=sys.stderr)
     failed, skipped = [], 0
     bar = tqdm(files, desc=f"restore ({type(model).__name__})", unit="image")
     for source in bar:
@@ -179,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         bar.set_postfix_str(source.name)
         try:
-            restored = restore_file(model, source, device, progress=True)
+            restore_file(model, source, target, args, device)
         except UnidentifiedImageError:
             failed.append(source)
             tqdm.write(f"error: {source}: not an image file that can be read (PNG, JPEG, WebP, BMP, TIFF)", file=sys.stderr)
@@ -188,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(source)
             tqdm.write(f"error: {source}: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
             continue
-        atomic_write_bytes(target, png_bytes(restored))
     done = len(files) - len(failed) - skipped
     print(f"{done} restored, {skipped} skipped (already there), {len(failed)} failed -> {args.output}")
     return 1 if failed else 0

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning
@@ -15,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.shards import decode_image, to_unit_tensor
 from ir_lightning.callbacks import to_uint8_hwc
 from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.methods.sr3 import NoiseSchedule
 from ir_lightning.nets.unet import UNet
 from ir_lightning.restore import main
+from tests.conftest import REPO
 
 SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_end=0.02)
 NET = {"class_path": "ir_lightning.nets.unet.UNet",
@@ -57,13 +60,19 @@ def write_inputs(folder: Path) -> Path:
 
 
 def expected(model: DeqIR, source: Path) -> np.ndarray:
-    lq = to_unit_tensor(decode_image(source.read_bytes(), 3))[None]
+    """What the method restores from the file (read by Pillow), as 8-bit pixels; grey stays grey."""
+    with Image.open(source) as image:
+        grey = image.mode == "L"
+        lq = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        return to_uint8_hwc(model.restore(lq)[0])
+        restored = model.restore(lq)[0].clamp(0, 1)
+    if grey:
+        return np.rint(restored.mean(0).numpy() * 255).astype(np.uint8)
+    return to_uint8_hwc(restored)
 
 
 def read(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.asarray(Image.open(path))
 
 
 def test_restores_every_readable_input_as_the_method_does_and_names_the_broken_one(tmp_path, capsys):
@@ -172,3 +181,49 @@ def test_missing_inputs_and_checkpoints_are_named(tmp_path, capsys):
     inputs = write_inputs(tmp_path / "in")
     assert main(["--ckpt", str(tmp_path / "no.ckpt"), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 2
     assert f"--ckpt {tmp_path / 'no.ckpt'}: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_restore_leaves_only_complete_images_and_skip_existing_finishes_it(tmp_path):
+    ckpt = save_checkpoint(small_deqir(sample_steps=30), tmp_path / "deqir.ckpt")
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 24, 24, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(inputs / f"{i:02d}.png")
+    command = [sys.executable, "-m", "ir_lightning", "restore", "--ckpt", str(ckpt), "--input", str(inputs),
+               "--output", str(out), "--device", "cpu"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # a few tenths of a second per image
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("[0-9]*.png"))) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()  # SIGKILL: no handler runs, a write may be cut anywhere
+    process.wait()
+    finished = sorted(out.glob("[0-9]*.png"))
+    assert 3 <= len(finished) < 30, len(finished)
+    for path in finished:  # every visible file is a whole image
+        assert np.asarray(Image.open(path)).shape == (48, 48, 3)
+    before = {path.name: path.read_bytes() for path in finished}
+    (out / ".29.png.x1y2z3.tmp").write_bytes(b"\x89PNG half")  # what a kill inside a write leaves
+    done = subprocess.run([*command, "--skip-existing"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{30 - len(finished)} restored, {len(finished)} skipped (already there), 0 failed" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:02d}.png" for i in range(30)]  # no temporary file left
+    assert all((out / name).read_bytes() == data for name, data in before.items())
+
+
+def test_large_images_are_restored_in_tiles_and_inpainting_whole(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(inputs / "big.png")
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    args = ["--ckpt", str(ckpt), "--input", str(inputs), "--device", "cpu", "--tile", "16", "--overlap", "8"]
+    assert main([*args, "--output", str(tmp_path / "tiled"), "--tile-batch", "3"]) == 0
+    assert read(tmp_path / "tiled/big.png").shape == (80, 72, 3)
+    assert "restores whole images only" not in capsys.readouterr().err
+    assert main([*args, "--output", str(tmp_path / "whole"), "--operator", "inpaint_box"]) == 0
+    assert "DeqIR with these settings restores whole images only (--tile ignored)" in capsys.readouterr().err
+    np.testing.assert_array_equal(read(tmp_path / "whole/big.png"), expected(small_deqir(operator="inpaint_box"), inputs / "big.png"))
+    assert main([*args, "--output", str(tmp_path / "x"), "--overlap", "16"]) == 2
+    assert "0 <= --overlap < --tile" in capsys.readouterr().err

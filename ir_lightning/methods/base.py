@@ -144,6 +144,12 @@ class RestorationModule(pl.LightningModule):
     def restore(self, lq: Tensor, size: tuple[int, int]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement restore")
 
+    @property
+    def tileable(self) -> bool:
+        """Whether `restore` may be applied to tiles of an image (`ir_lightning.tiling`): true unless
+        what it computes depends on where the tile sits in the whole image."""
+        return True
+
     # --- shared behaviour ---------------------------------------------------------------
     def training_generator(self) -> torch.Generator:
         """The random stream of the method's training draws (noise levels, noise) at this step.

@@ -130,6 +130,11 @@ class DeqIR(RestorationModule):
     def operator_for(self, size: tuple[int, int]) -> LinearOperator:
         return make_operator(self.operator_name, size, seed=self.sample_seed)
 
+    @property
+    def tileable(self) -> bool:
+        """Inpainting masks are laid out on the whole image, so a tile would get the wrong mask."""
+        return not self.operator_name.startswith("inpaint")
+
     def image_size(self, measurement: Tensor) -> tuple[int, int]:
         """The restored size for a measurement: k times larger for sr<k> / bicubic<k>, else the same."""
         digits = "".join(ch for ch in self.operator_name if ch.isdigit())
