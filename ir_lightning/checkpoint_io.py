@@ -14,6 +14,10 @@ checkpoint or the new one, whole. A failed write (full disk, quota, I/O error) r
 temporary file, keeps the previous checkpoint, and raises `CheckpointWriteError`, which says how
 much room was left. Remote URLs (s3://, gs://, ...) keep Lightning's implementation.
 
+Loading is Lightning's with `weights_only=True` forced (`safe_load`): a checkpoint whose pickle would run
+code or build arbitrary objects is refused before anything in it runs, with an error that says so and
+names the file. Every checkpoint of this suite loads that way.
+
 A temporary file is named `.<target>.partial-<host>-<pid>-<random>.tmp`. A process killed with
 SIGKILL cannot remove its own; `clean_stale_temp_files` removes those whose process is gone and
 every save runs it on its directory first, so a crash-and-requeue loop does not fill the disk.
@@ -52,11 +56,46 @@ class CheckpointWriteError(OSError):
         self.path = path
 
 
+class UnsafeCheckpointError(ValueError):
+    """A file that `torch.load(weights_only=True)` refuses: not a checkpoint of this suite."""
+
+
+def load_failure_reason(error: Exception) -> str:
+    """The informative line of a failed `torch.load(weights_only=True)`: the unpickler's reason (an
+    unsupported global, an opcode of a file that is no pickle) without torch's general advice around it."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(boilerplate)]
+    return (reasons or lines or [type(error).__name__])[0]
+
+
+def safe_load(load: Any, path: str | os.PathLike) -> Any:
+    """`load()` (a `torch.load(..., weights_only=True)` of `path`), with a refusal turned into
+    `UnsafeCheckpointError` naming the file and the reason. A missing file stays `FileNotFoundError`."""
+    try:
+        return load()
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # the unpickler's refusal, a truncated file, a file that is no checkpoint
+        raise UnsafeCheckpointError(
+            f"{path}: refused, not a checkpoint of this suite ({load_failure_reason(error)}); nothing in it was run"
+        ) from error
+
+
+def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)` with the errors of `safe_load`."""
+    return safe_load(lambda: torch.load(path, map_location=map_location, weights_only=True), path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`TorchCheckpointIO` whose local saves are atomic and durable; loading and removing are Lightning's.
+    """`TorchCheckpointIO` whose local saves are atomic and durable and whose loads never run code from
+    the file (`weights_only=True`, whatever the caller asks); removing is Lightning's.
 
     Install it with `Trainer(plugins=[AtomicCheckpointIO()])`.
     """
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, map_location, weights_only=True), path)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None

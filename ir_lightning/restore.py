@@ -33,6 +33,7 @@ import yaml
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from ir_lightning.checkpoint_io import UnsafeCheckpointError, load_checkpoint_safely
 from ir_lightning.images import read_image, write_png
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.tiling import restore_tiled
@@ -44,15 +45,6 @@ SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "oper
 
 class RestoreError(Exception):
     """A problem with the command's arguments or the checkpoint: reported in one line, exit status 2."""
-
-
-def load_failure(error: Exception) -> str:
-    """The informative line of a failed `torch.load(weights_only=True)`: the unpickler's reason (an
-    unsupported global, an opcode of a file that is no pickle) without torch's general advice around it."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(boilerplate)]
-    return (reasons or lines or [type(error).__name__])[0]
 
 
 def method_class(checkpoint: dict[str, Any], path: Path) -> type[RestorationModule]:
@@ -98,9 +90,9 @@ def load_method(path: Path, args: argparse.Namespace, device: torch.device) -> R
     if not path.is_file():
         raise RestoreError(f"--ckpt {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle refused by weights_only, a truncated file, not a torch file
-        raise RestoreError(f"{path}: refused, not a checkpoint of this suite ({load_failure(error)}); nothing in it was run") from error
+        checkpoint = load_checkpoint_safely(path)
+    except UnsafeCheckpointError as error:
+        raise RestoreError(str(error)) from error
     cls = method_class(checkpoint, path)
     if args.method is not None and args.method.lower() != cls.__name__.lower():
         raise RestoreError(f"--method {args.method}: {path} holds a {cls.__name__} checkpoint")

@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ir_lightning import checkpoint_io
-from ir_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, clean_stale_temp_files
+from ir_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, UnsafeCheckpointError, clean_stale_temp_files
 
 
 def temp_files(directory: Path) -> list[Path]:
@@ -292,3 +292,19 @@ def test_trainer_writes_last_ckpt_through_the_atomic_path(tmp_path, monkeypatch)
     assert loaded["global_step"] == 2
     assert torch.equal(loaded["state_dict"]["layer.weight"], model.layer.weight.detach())
     assert temp_files(last.parent) == []
+
+
+def test_loading_refuses_a_pickle_that_would_run_code_even_when_asked_not_to_check(tmp_path):
+    from tests.test_restore import RunsCode
+
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": RunsCode(marker)}, crafted)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{crafted}: refused, not a checkpoint of this suite \(.*system"):
+        AtomicCheckpointIO().load_checkpoint(crafted, weights_only=False)  # Lightning's trainer may pass False
+    assert not marker.exists()
+    good = tmp_path / "good.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 3}, good)
+    assert AtomicCheckpointIO().load_checkpoint(good)["global_step"] == 3
+    with pytest.raises(FileNotFoundError):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "missing.ckpt")
