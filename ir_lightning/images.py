@@ -1,14 +1,16 @@
 """Reading and writing the image files `ir-lightning restore` works on, without losing what the network
 does not see: the bit depth (8 or 16), whether the image was grey, and its alpha channel.
 
-PNG files of 16 bits are read and written with pypng (Pillow reads 16-bit colour PNGs as 8 bits);
-everything else (8-bit PNG, JPEG, WebP, BMP, TIFF, palette images) goes through Pillow.
+PNG files of 16 bits are read with pypng (Pillow reads 16-bit colour PNGs as 8 bits); every other input
+(8-bit PNG, JPEG, WebP, BMP, TIFF, palette images) goes through Pillow. Outputs are PNGs written by
+pypng row by row, so a restored image is never held whole as a float array.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ir_lightning.io import atomic_write_bytes
+from ir_lightning.io import atomic_writer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -78,29 +80,56 @@ def _split(pixels: np.ndarray, has_alpha: bool, bit_depth: int) -> ImageFile:
     return ImageFile(rgb=chw.expand(3, -1, -1).contiguous() if grey else chw, alpha=alpha, bit_depth=bit_depth, grey=grey)
 
 
-def encode_png(restored: Tensor, like: ImageFile) -> bytes:
-    """PNG bytes of `restored` (3 x H' x W' in [0, 1]) with `like`'s bit depth, grey-ness and alpha.
+Bands = Iterable[tuple[int, Tensor]]
+"""(first row, 1 x 3 x rows x W) pieces of a restored image in [0, 1], top to bottom (`tiling.restored_bands`)."""
+
+
+def png_rows(bands: Bands, like: ImageFile, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """The rows of the PNG of a restored image of `size` (H', W'), with `like`'s bit depth, grey-ness
+    and alpha, one band at a time.
 
     A grey input gives a grey output (the mean of the three restored channels). The alpha channel is
     copied untouched when the size is unchanged; when restoration changed the size it is resized
     (bicubic, clamped), the only way to carry it.
     """
     peak = like.peak
-    colour = restored.detach().float().cpu().clamp(0, 1)
-    if like.grey:
-        colour = colour.mean(0, keepdim=True)
-    planes = [np.rint(colour.numpy() * peak).astype(np.uint16 if like.bit_depth == 16 else np.uint8)]
-    if like.alpha is not None:
-        planes.append(_resized_alpha(like.alpha, tuple(colour.shape[-2:]), peak)[None])
-    pixels = np.concatenate(planes).transpose(1, 2, 0)  # H x W x planes
-    buffer = io.BytesIO()
-    if like.bit_depth == 16:
-        height, width, n = pixels.shape
-        writer = png.Writer(width, height, greyscale=n <= 2, alpha=n in (2, 4), bitdepth=16)
-        writer.write(buffer, pixels.reshape(height, width * n))
+    dtype = np.uint16 if like.bit_depth == 16 else np.uint8
+    alpha = None if like.alpha is None else _resized_alpha(like.alpha, size, peak)
+    for top, band in bands:
+        colour = band[0].detach().float().cpu().clamp(0, 1)
+        if like.grey:
+            colour = colour.mean(0, keepdim=True)
+        planes = np.rint(colour.numpy() * peak).astype(dtype)
+        if alpha is not None:
+            planes = np.concatenate([planes, alpha[None, top : top + planes.shape[1]]])
+        yield from planes.transpose(1, 2, 0).reshape(planes.shape[1], -1)  # rows of W' x planes values
+
+
+def write_png(path: str | os.PathLike, restored: Tensor | Bands, like: ImageFile, size: tuple[int, int] | None = None) -> Path:
+    """Write a restored image (3 x H' x W' in [0, 1], or its bands with their total `size`) as a PNG with
+    `like`'s bit depth, grey-ness and alpha, streamed row by row into a temporary file beside `path` that
+    is renamed onto it at the end (an interrupted write leaves no `path`)."""
+    if isinstance(restored, Tensor):
+        size, bands = tuple(restored.shape[-2:]), [(0, restored[None])]
+    elif size is None:
+        raise ValueError("write_png needs the output size when given bands")
     else:
-        squeezed = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
-        Image.fromarray(squeezed).save(buffer, format="PNG")  # uint8: L, LA, RGB or RGBA by the planes
+        bands = restored
+    height, width = size
+    planes = (1 if like.grey else 3) + (like.alpha is not None)
+    writer = png.Writer(width, height, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=like.bit_depth)
+    with atomic_writer(path) as f:
+        writer.write(f, png_rows(bands, like, size))
+    return Path(path)
+
+
+def encode_png(restored: Tensor, like: ImageFile) -> bytes:
+    """`write_png` into memory: the PNG bytes of `restored` (3 x H' x W')."""
+    buffer = io.BytesIO()
+    height, width = restored.shape[-2:]
+    planes = (1 if like.grey else 3) + (like.alpha is not None)
+    writer = png.Writer(width, height, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=like.bit_depth)
+    writer.write(buffer, png_rows([(0, restored[None])], like, (height, width)))
     return buffer.getvalue()
 
 
@@ -110,8 +139,3 @@ def _resized_alpha(alpha: np.ndarray, size: tuple[int, int], peak: int) -> np.nd
     values = torch.from_numpy(alpha.astype(np.float32))[None, None] / peak
     resized = F.interpolate(values, size=size, mode="bicubic", align_corners=False).clamp(0, 1)[0, 0]
     return np.rint(resized.numpy() * peak).astype(alpha.dtype)
-
-
-def write_png(path: str | os.PathLike, restored: Tensor, like: ImageFile) -> Path:
-    """`encode_png`, written atomically (a temporary file beside `path`, then a rename)."""
-    return atomic_write_bytes(path, encode_png(restored, like))

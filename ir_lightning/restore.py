@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from ir_lightning.checkpoint_io import UnsafeCheckpointError, load_checkpoint_safely
 from ir_lightning.images import read_image, write_png
 from ir_lightning.methods.base import RestorationModule
-from ir_lightning.tiling import restore_tiled
+from ir_lightning.tiling import restored_bands
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
@@ -139,11 +140,13 @@ def restore_file(model: RestorationModule, source: Path, target: Path, args: arg
 
     lq = image.rgb[None].to(device)
     with torch.no_grad():
-        if args.tile > 0 and model.tileable:
-            restored = restore_tiled(restore, lq, args.tile, args.overlap, args.tile_batch, progress=True)
+        if args.tile > 0 and model.tileable:  # bands leave as soon as they are final: written row by row
+            bands = restored_bands(restore, lq, args.tile, args.overlap, args.tile_batch, progress=True)
+            first = next(bands)
+            scale = first[1].shape[-1] // lq.shape[-1]
+            write_png(target, itertools.chain([first], bands), image, (lq.shape[-2] * scale, lq.shape[-1] * scale))
         else:
-            restored = restore(lq)
-    write_png(target, restored[0], image)
+            write_png(target, restore(lq)[0], image)
 
 
 def remove_stale_temporaries(output: Path) -> int:

@@ -3,8 +3,9 @@
 The input is cut into tiles of `tile` x `tile` pixels that overlap by `overlap` pixels; tiles are
 restored in batches of `batch` by any function `restore(lq_tiles) -> tiles` (a method's `restore`), whose
 output may be `scale` times larger; every output tile is multiplied by a window and added into the
-output, and the sum is divided by the summed windows. Peak memory is therefore that of one batch of
-tiles plus the output image itself, whatever the size of the image.
+output, and the sum is divided by the summed windows. The output leaves in horizontal bands as soon
+as no later tile reaches them (`restored_bands`), so peak memory is that of one batch of tiles and one
+row of output tiles, whatever the height of the image.
 
 The window of a tile is the product of two 1-D profiles. Along an edge the tile shares with a neighbour
 it is 0 for the first `overlap / 4` pixels, rises as a raised cosine over the next `overlap / 2` and is 1
@@ -17,7 +18,7 @@ input pixels from the output pixel, tiled and whole-image restoration agree to r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -61,9 +62,27 @@ def restore_tiled(
 ) -> Tensor:
     """Restore `lq` (1 x C x H x W) tile by tile; returns 1 x C' x sH x sW, s the restoration's scale.
 
-    An image no larger than one tile is restored whole. `restore` receives N x C x h x w tiles (N <=
-    `batch`, all of one size) and must return N x C' x sh x sw with the same integer scale s for every
-    tile.
+    The whole output at once: `restored_bands` gives it band by band, so that the output never has to
+    be held in memory as a float image.
+    """
+    return torch.cat([band for _, band in restored_bands(restore, lq, tile, overlap, batch, progress)], dim=-2)
+
+
+def restored_bands(
+    restore: RestoreFn,
+    lq: Tensor,
+    tile: int,
+    overlap: int,
+    batch: int = 1,
+    progress: bool = False,
+) -> Iterator[tuple[int, Tensor]]:
+    """Restore `lq` (1 x C x H x W) tile by tile and yield the output in horizontal bands, top to bottom:
+    (first output row, 1 x C' x rows x sW), s the restoration's integer scale.
+
+    An image no larger than one tile is restored whole (one band). `restore` receives N x C x h x w
+    tiles (N <= `batch`, all of one size) and must return N x C' x sh x sw. Tiles run in row-major order;
+    a band is yielded as soon as no later tile reaches it, so the float buffer spans one row of tiles
+    (tile x s rows), never the whole output.
     """
     if lq.ndim != 4 or lq.shape[0] != 1:
         raise ValueError(f"restore_tiled takes one image, 1 x C x H x W; got shape {tuple(lq.shape)}")
@@ -73,30 +92,44 @@ def restore_tiled(
         raise ValueError(f"the tile batch must be at least 1, got {batch}")
     height, width = lq.shape[-2:]
     if height <= tile and width <= tile:
-        return restore(lq)
+        yield 0, restore(lq)
+        return
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     th, tw = min(tile, height), min(tile, width)
     positions = [(y, x) for y in ys for x in xs]
-    out = weight_sum = None
-    scale = 0
+    band = weights = None  # accumulators for output rows [band_top, band_top + th * scale)
+    band_top, scale = 0, 0
     bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False)
     for first in range(0, len(positions), batch):
         chunk = positions[first : first + batch]
-        tiles = torch.cat([lq[..., y : y + th, x : x + tw] for y, x in chunk])
-        restored = restore(tiles)
-        if out is None:
+        restored = restore(torch.cat([lq[..., y : y + th, x : x + tw] for y, x in chunk]))
+        if band is None:
             scale = restored.shape[-1] // tw
             if scale < 1 or restored.shape[-2:] != (th * scale, tw * scale):
                 raise ValueError(f"a {th} x {tw} tile came back {tuple(restored.shape[-2:])}: not an integer scale of it")
-            out = restored.new_zeros(1, restored.shape[1], height * scale, width * scale)
-            weight_sum = restored.new_zeros(1, 1, height * scale, width * scale)
+            band = restored.new_zeros(1, restored.shape[1], th * scale, width * scale)
+            weights = restored.new_zeros(1, 1, th * scale, width * scale)
         for (y, x), piece in zip(chunk, restored):
+            top = y * scale
+            if top > band_top:  # a new row of tiles: the rows above it are final
+                done = top - band_top
+                yield band_top, band[..., :done, :] / weights[..., :done, :]
+                band, weights = _shift_up(band, done), _shift_up(weights, done)
+                band_top = top
             window = _window(y, x, th, tw, height, width, overlap, scale, piece.dtype).to(piece.device)
-            out[..., y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += window * piece
-            weight_sum[..., y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += window
+            columns = slice(x * scale, (x + tw) * scale)
+            band[..., columns] += window * piece
+            weights[..., columns] += window
         bar.update(len(chunk))
     bar.close()
-    return out / weight_sum
+    yield band_top, band / weights
+
+
+def _shift_up(buffer: Tensor, rows: int) -> Tensor:
+    """The buffer moved up by `rows` (the top rows dropped), zeros below."""
+    shifted = torch.zeros_like(buffer)
+    shifted[..., : buffer.shape[-2] - rows, :] = buffer[..., rows:, :]
+    return shifted
 
 
 def _window(y: int, x: int, th: int, tw: int, height: int, width: int, overlap: int, scale: int, dtype) -> Tensor:

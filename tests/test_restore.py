@@ -23,6 +23,7 @@ from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.methods.sr3 import NoiseSchedule
 from ir_lightning.nets.unet import UNet
 from ir_lightning.restore import main
+from ir_lightning.tiling import restore_tiled
 from tests.conftest import REPO
 
 SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_end=0.02)
@@ -221,6 +222,11 @@ def test_large_images_are_restored_in_tiles_and_inpainting_whole(tmp_path, capsy
     args = ["--ckpt", str(ckpt), "--input", str(inputs), "--device", "cpu", "--tile", "16", "--overlap", "8"]
     assert main([*args, "--output", str(tmp_path / "tiled"), "--tile-batch", "3"]) == 0
     assert read(tmp_path / "tiled/big.png").shape == (80, 72, 3)
+    model = small_deqir()
+    lq = torch.from_numpy(np.array(Image.open(inputs / "big.png"))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        tiled = restore_tiled(lambda t: model.restore(t).clamp(0, 1), lq, tile=16, overlap=8, batch=3)
+    np.testing.assert_array_equal(read(tmp_path / "tiled/big.png"), to_uint8_hwc(tiled[0]))  # written band by band
     assert "restores whole images only" not in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "whole"), "--operator", "inpaint_box"]) == 0
     assert "DeqIR with these settings restores whole images only (--tile ignored)" in capsys.readouterr().err
