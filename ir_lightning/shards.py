@@ -489,6 +489,9 @@ examples:
   ir-lightning shards --gt DIV2K_train_HR --lq DIV2K_train_LR_bicubic/X4 --lq-suffix x4 \\
       --out shards/div2k-x4 --val-count 100 --maxsize 500MB
 
+  # a known data set as downloaded (train and test splits from its own folders)
+  ir-lightning shards --preset gopro --root /data/GOPRO_Large --out shards/gopro
+
   # clean images only (degradations are synthesised on the GPU), 5% held out, sub-folders too
   ir-lightning shards --gt ffhq --recursive --out shards/ffhq --val-fraction 0.05 --seed 1
 
@@ -505,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--gt", required=True, type=Path, metavar="DIR", help="folder of clean (ground-truth) images")
+    parser.add_argument("--gt", type=Path, metavar="DIR", help="folder of clean (ground-truth) images (or --preset)")
     parser.add_argument("--lq", type=Path, metavar="DIR",
                         help="folder of degraded images, matched to --gt by file name without extension")
     parser.add_argument("--lq-suffix", default="", metavar="TEXT",
@@ -527,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recursive", action="store_true",
                         help="also search sub-folders; keys come from relative paths, e.g. a/0001 -> a_0001")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from ir_lightning.shard_presets import PRESETS  # builds on this module, so imported late
+
+    parser.add_argument("--preset", metavar="NAME",
+                        help=f"a known data set read from --root as downloaded, instead of --gt/--lq: {', '.join(PRESETS)}")
+    parser.add_argument("--root", type=Path, metavar="DIR", help="with --preset: the data set's folder as unpacked")
     return parser
 
 
@@ -547,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.preset is not None or args.root is not None:
+        from ir_lightning.shard_presets import run_preset
+
+        return run_preset(args)
+    if args.gt is None:
+        raise ShardError("give --gt DIR (a folder of clean images) or --preset NAME --root DIR")
     pairs = collect_pairs(args.gt, args.lq, args.lq_suffix, recursive=args.recursive)
     val_keys = [key.strip() for key in args.val_keys.split(",") if key.strip()] if args.val_keys else None
     train, val = split_keys([pair.key for pair in pairs], args.val_count, args.val_fraction, val_keys, args.seed)
@@ -590,4 +604,6 @@ def _summary(results: dict[str, ShardStats], val_present: bool) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ir_lightning.shards import main as package_main  # one ShardError class here and in shard_presets
+
+    raise SystemExit(package_main())
