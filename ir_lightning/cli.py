@@ -44,6 +44,7 @@ Move a whole run:    ir-lightning fit -c <recipes> --run_dir runs/lr2e-4   (chec
 See every setting:   ir-lightning fit -c recipes/sr3_x4.yaml --print_config
 SLURM:               sbatch slurm/train.sbatch <recipes and overrides>; ir-lightning sweep --help
 Restore images:      ir-lightning restore --ckpt CKPT --input FILE_OR_DIR --output DIR
+Score a test set:    ir-lightning evaluate --ckpt CKPT --preset set5_x4 --gt DIR [--lq DIR] --out DIR
 Other commands:      ir-lightning shards --help | export --help | restore --help | demo --help
 """
 
@@ -175,6 +176,7 @@ SUBCOMMANDS = {
     "demo": "ir_lightning.demo",
     "export": "ir_lightning.checkpoints",
     "restore": "ir_lightning.restore",
+    "evaluate": "ir_lightning.evaluate",
     "sweep": "ir_lightning.sweep",
 }
 

@@ -165,18 +165,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=Path, required=True, help="a checkpoint of this suite (training or exported)")
     p.add_argument("--input", type=Path, required=True, help="an image file, or a folder searched recursively")
     p.add_argument("--output", type=Path, required=True, help="folder for the restored PNGs (created)")
+    add_model_arguments(p, default_tile=256)
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output already exists")
+    return p
+
+
+def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
+    """The options that choose how a checkpoint restores, shared by `restore` and `evaluate`."""
     p.add_argument("--method", help="check that the checkpoint holds this method (e.g. deqir); it is never needed")
     p.add_argument("--steps", type=int, help="sampling steps (sets sample_steps)")
     p.add_argument("--sampler", help="sampler or solver: SR3 ddpm|ddim, DeqIR sequential|anderson|picard")
     p.add_argument("--operator", help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of the method (repeatable)")
-    p.add_argument("--tile", type=int, default=256, help="tile side in input pixels (default 256; 0: whole images)")
+    p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA weights")
+    p.add_argument("--tile", type=int, default=default_tile,
+                   help=f"tile side in input pixels (default {default_tile}; 0: whole images)")  # fmt: skip
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in input pixels (default 32)")
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per network call (default 4)")
-    p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA weights")
-    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output already exists")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

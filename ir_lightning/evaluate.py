@@ -1,0 +1,400 @@
+"""`ir-lightning evaluate`: restore a test set from folders and score it the way the papers did.
+
+    ir-lightning evaluate --ckpt runs/sr3_x4/checkpoints/last.ckpt --preset set5_x4 --gt Set5/HR --out results/
+    ir-lightning evaluate --ckpt CKPT --preset set5_x4 --gt Set5/HR --lq Set5/LR_bicubic/X4 --lq-suffix x4 --out results/
+    ir-lightning evaluate --ckpt CKPT --preset gopro --gt GoPro/test/target --lq GoPro/test/input --out results/
+
+A preset names a test set and the protocol its papers report numbers with: the colour space (Y of BT.601
+with MATLAB's coefficients, or RGB), the border cropped before scoring, and, for super-resolution, the
+scale and the modcrop of the ground truth (GT cropped to a multiple of the scale). PSNR and SSIM are
+`ir_lightning.metrics`' (uint8 quantisation, per image, then the mean); `--presets` lists them all.
+
+Pairs: every GT image is matched with the LQ image of the same name without extension, below the same
+sub-folder; `--lq-suffix x4` matches `baby.png` with `babyx4.png` (BasicSR's `filename_tmpl: '{}x4'`).
+Without `--lq` (SR presets only), each LQ is made from the modcropped GT as the SR papers' test sets were:
+MATLAB `imresize(gt, 1/scale, 'bicubic')` (antialiased cubic, symmetric border), rounded to 8 bits.
+
+The method is read from the checkpoint (as `ir-lightning restore` does, `weights_only` load, EMA weights
+unless `--no-ema`). Writes `<out>/results.json` (per-image and mean PSNR/SSIM, preset, protocol,
+checkpoint, method, settings) and `<out>/results.md` atomically, the per-image scores as a W&B table in
+an offline run under `<out>/wandb` (`--no-wandb` skips it), and with `--save-images` the restored
+images as `<out>/images/<name>.png`. Errors name the bad folder, preset or unmatched file; exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import UnidentifiedImageError
+from torch import Tensor
+from tqdm import tqdm
+
+from ir_lightning.diffusion.operators import bicubic_matrix
+from ir_lightning.images import ImageFile, read_image, write_png
+from ir_lightning.io import atomic_write_text
+from ir_lightning.metrics import psnr_per_image, quantize, ssim_per_image
+from ir_lightning.methods.base import RestorationModule
+from ir_lightning.restore import IMAGE_SUFFIXES, RestoreError, add_model_arguments, load_method
+from ir_lightning.tiling import restore_tiled
+
+WANDB_PROJECT = "ir-lightning"  # the project of the training runs (recipes' WandbLogger), so both sit together
+WANDB_TABLE_KEY = "eval/per_image"
+
+
+class EvaluateError(RestoreError):
+    """A bad folder, preset, pair of images or checkpoint: reported in one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a test set is scored: what the official evaluation code of its papers does.
+
+    `scale`: the SR factor (1: same-size restoration); `modcrop`: GT cropped to a multiple of this before
+    anything else (1: none); `crop_border`: pixels dropped per side before PSNR/SSIM; `y_channel`: score
+    BT.601 Y (MATLAB coefficients) instead of RGB; `source`: the official code the settings come from.
+    """
+
+    name: str
+    task: str
+    scale: int
+    modcrop: int
+    crop_border: int
+    y_channel: bool
+    source: str
+
+
+# Super-resolution, bicubic x2/x3/x4. Settings checked against:
+# - BasicSR options/test/SwinIR/test_SwinIR_x4.yml (Set5, Set14, B100, Urban100, Manga109): calculate_psnr /
+#   calculate_ssim with crop_border = scale and test_y_channel: true;
+# - DiffIR DiffIR-SRGAN/options/test_DiffIRS2_GAN_x4.yml (Urban100, DIV2K100): crop_border 4, test_y_channel true;
+# - BasicSR basicsr/data/paired_image_dataset.py: outside training the GT is cropped to (LQ size x scale),
+#   i.e. to a multiple of the scale (modcrop);
+# - BasicSR scripts/matlab_scripts/generate_bicubic_img.m: the LR sets are MATLAB imresize(modcrop(gt),
+#   1/scale, 'bicubic') of the modcropped GT (BasicSR's GTmod12 folders crop to a multiple of 12 for all
+#   scales at once; a GT folder that is already a multiple of 12 gives the same pairs here).
+SR_SOURCE = ("BasicSR options/test/SwinIR/test_SwinIR_x4.yml + data/paired_image_dataset.py + "
+             "scripts/matlab_scripts/generate_bicubic_img.m; DiffIR DiffIR-SRGAN/options/test_DiffIRS2_GAN_x4.yml")  # fmt: skip
+SR_SETS = ("set5", "set14", "b100", "urban100", "manga109", "div2k_val")
+SR_SCALES = (2, 3, 4)
+
+# Deblurring: Restormer Motion_Deblurring/evaluate_gopro_hide.m and MPRNet Deblurring/evaluate_GOPRO_HIDE.m
+# (DiffIR's GoPro numbers are Restormer's protocol; RDDM eval/deblurring_eval/evaluate_GOPRO_HIDE.m is the
+# same script) call MATLAB psnr(input, gt) and ssim(input, gt) on the RGB uint8 images, nothing cropped.
+# PSNR is the same number here; MATLAB's ssim treats an H x W x 3 array as a volume (3-D Gaussian window),
+# where this suite averages the 2-D SSIM of the channels, so SSIM can differ in the third decimal.
+DEBLUR_SOURCE = "Restormer Motion_Deblurring/evaluate_gopro_hide.m; MPRNet Deblurring/evaluate_GOPRO_HIDE.m"
+# Deraining: Restormer Deraining/evaluate_PSNR_SSIM.m (from MPRNet Deraining/evaluate_PSNR_SSIM.m) takes
+# channel 1 of MATLAB rgb2ycbcr (uint8, so Y is rounded there and not here), PSNR with peak 255 and Wang's
+# SSIM_index (11x11 Gaussian, sigma 1.5, 'valid' windows), nothing cropped.
+DERAIN_SOURCE = "Restormer Deraining/evaluate_PSNR_SSIM.m; MPRNet Deraining/evaluate_PSNR_SSIM.m"
+# Real denoising: Restormer Denoising/test_real_denoising_SIDD.py saves the float outputs of the 1280 SIDD
+# validation patches and MPRNet Denoising/evaluate_SIDD.m scores them with MATLAB psnr/ssim on RGB in [0, 1],
+# nothing cropped. Those outputs are not rounded to 8 bits and the metric contract rounds them, which moves
+# PSNR by a few hundredths of a dB near 40 dB; SSIM differs as for deblurring (MATLAB's volume SSIM).
+SIDD_SOURCE = "MPRNet Denoising/evaluate_SIDD.m on Restormer Denoising/test_real_denoising_SIDD.py outputs"
+# Low light: RDDM eval/lowlight_eval/evaluate_PSNR_SSIM.m (the suite's LOL paper) is the deraining script
+# above: Y of rgb2ycbcr, nothing cropped. (It also resizes the GT to the output's size, which RDDM needs for
+# its 256 x 256 outputs; here the output must have the GT's size.) Many LOL papers report RGB instead.
+LOL_SOURCE = "RDDM eval/lowlight_eval/evaluate_PSNR_SSIM.m"
+
+
+def _presets() -> dict[str, Protocol]:
+    presets = {
+        f"{name}_x{scale}": Protocol(f"{name}_x{scale}", f"bicubic SR x{scale}", scale, scale, scale, True, SR_SOURCE)
+        for name in SR_SETS
+        for scale in SR_SCALES
+    }
+    same_size = [
+        ("gopro", "motion deblurring", False, DEBLUR_SOURCE),
+        ("hide", "motion deblurring", False, DEBLUR_SOURCE),
+        ("rain100l", "deraining", True, DERAIN_SOURCE),
+        ("rain100h", "deraining", True, DERAIN_SOURCE),
+        ("sidd", "real denoising", False, SIDD_SOURCE),
+        ("lol", "low-light enhancement", True, LOL_SOURCE),
+    ]
+    for name, task, y_channel, source in same_size:
+        presets[name] = Protocol(name, task, scale=1, modcrop=1, crop_border=0, y_channel=y_channel, source=source)
+    return presets
+
+
+PRESETS: dict[str, Protocol] = _presets()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One test image: its name (path below --gt without extension), its GT file and its LQ file (None: synthetic)."""
+
+    name: str
+    gt: Path
+    lq: Path | None
+
+
+def preset(name: str) -> Protocol:
+    if name not in PRESETS:
+        raise EvaluateError(f"--preset {name}: no such preset; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def image_files(root: Path, flag: str) -> dict[str, Path]:
+    """The image files below `root` by name (relative path without extension); a name used twice is an error."""
+    if not root.is_dir():
+        raise EvaluateError(f"{flag} {root}: no such folder")
+    files: dict[str, Path] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        name = path.relative_to(root).with_suffix("").as_posix()
+        if name in files:
+            raise EvaluateError(f"{flag} {root}: two images named {name!r} ({files[name].name} and {path.name})")
+        files[name] = path
+    if not files:
+        raise EvaluateError(f"{flag} {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _listed(paths: list[Path], limit: int = 5) -> str:
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def pair_files(gt_root: Path, lq_root: Path | None, lq_suffix: str) -> list[Pair]:
+    """GT images matched by name with LQ images (LQ name = GT name + `lq_suffix`); every file must match."""
+    gts = image_files(gt_root, "--gt")
+    if lq_root is None:
+        return [Pair(name, path, None) for name, path in gts.items()]
+    lqs = image_files(lq_root, "--lq")
+    by_gt_name: dict[str, Path] = {}
+    stray: list[Path] = []
+    for name, path in lqs.items():
+        if lq_suffix and not name.endswith(lq_suffix):
+            stray.append(path)
+            continue
+        by_gt_name[name[: len(name) - len(lq_suffix)]] = path
+    stray += [path for name, path in by_gt_name.items() if name not in gts]
+    missing = [path for name, path in gts.items() if name not in by_gt_name]
+    if missing:
+        hint = "" if lq_suffix else " (LQ names such as 'babyx4.png' for 'baby.png' need --lq-suffix x4)"
+        raise EvaluateError(f"--lq {lq_root}: no LQ image named like the GT {_listed(missing)}{hint}")
+    if stray:
+        raise EvaluateError(f"--lq {lq_root}: no GT image in {gt_root} for {_listed(stray)} (--lq-suffix {lq_suffix!r})")
+    return [Pair(name, path, by_gt_name[name]) for name, path in gts.items()]
+
+
+def modcrop(img: Tensor, modulo: int) -> Tensor:
+    """Crop the bottom and right of `img` (... x H x W) to H, W multiples of `modulo` (MATLAB's modcrop)."""
+    height, width = img.shape[-2:]
+    return img[..., : height - height % modulo, : width - width % modulo]
+
+
+def bicubic_lq(gt: Tensor, scale: int) -> Tensor:
+    """MATLAB `imresize(gt, 1/scale, 'bicubic')` of a C x H x W image (H, W multiples of `scale`), rounded to
+    8 bits as the stored LR sets are: A_h X A_w^T with the 1-D matrices of DeqIR's bicubic operator."""
+    height, width = gt.shape[-2:]
+    rows, cols = bicubic_matrix(height, scale), bicubic_matrix(width, scale)
+    lq = rows @ gt.to(torch.float64) @ cols.mT
+    return (quantize(lq) / 255.0).to(gt.dtype)
+
+
+def read(path: Path) -> ImageFile:
+    """`read_image`, with a failure reported as an EvaluateError that names the file."""
+    try:
+        return read_image(path)
+    except UnidentifiedImageError as error:
+        raise EvaluateError(f"{path}: not an image file that can be read (PNG, JPEG, WebP, BMP, TIFF)") from error
+    except (OSError, ValueError) as error:
+        raise EvaluateError(f"{path}: cannot be read ({first_line(error)})") from error
+
+
+def first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def load_pair(pair: Pair, protocol: Protocol) -> tuple[ImageFile, Tensor, Tensor]:
+    """(GT file, modcropped GT, LQ), both 3 x H x W in [0, 1]; checks that the LQ fits the GT."""
+    gt_file = read(pair.gt)
+    gt = modcrop(gt_file.rgb, protocol.modcrop)
+    if min(gt.shape[-2:]) == 0:
+        raise EvaluateError(f"{pair.gt}: {tuple(gt_file.rgb.shape[-2:])} is smaller than the scale {protocol.scale}")
+    if pair.lq is None:
+        return gt_file, gt, bicubic_lq(gt, protocol.scale)
+    lq = read(pair.lq).rgb
+    expected = (gt.shape[-2] // protocol.scale, gt.shape[-1] // protocol.scale)
+    if tuple(lq.shape[-2:]) != expected:
+        cropped = f" cropped to a multiple of {protocol.modcrop}" if protocol.modcrop > 1 else ""
+        raise EvaluateError(
+            f"{pair.lq}: {lq.shape[-2]} x {lq.shape[-1]} pixels, but {pair.gt}{cropped} is {gt.shape[-2]} x "
+            f"{gt.shape[-1]}, so the LQ of {protocol.name} must be {expected[0]} x {expected[1]}"
+        )
+    return gt_file, gt, lq
+
+
+def restore_image(model: RestorationModule, lq: Tensor, args: argparse.Namespace, device: torch.device) -> Tensor:
+    """The method's restoration of one LQ image (3 x h x w) on `device`, clamped to [0, 1]; tiled when asked
+    and allowed. As in `ir-lightning restore`, the method picks the output size from its own scale (no GT
+    size is passed), so a checkpoint of another scale than the preset's shows as a size mismatch."""
+    kwargs = {"progress": True} if "progress" in inspect.signature(model.restore).parameters else {}
+
+    def restore(tiles: Tensor) -> Tensor:
+        return model.restore(tiles, None, **kwargs).clamp(0, 1)
+
+    with torch.no_grad():
+        batch = lq[None].to(device)
+        if args.tile > 0 and model.tileable:
+            restored = restore_tiled(restore, batch, args.tile, args.overlap, args.tile_batch, progress=True)
+        else:
+            restored = restore(batch)
+    return restored[0].float().cpu()
+
+
+def score(restored: Tensor, gt: Tensor, protocol: Protocol) -> dict[str, float]:
+    """PSNR and SSIM of one image under the preset's protocol (the metric contract of `ir_lightning.metrics`)."""
+    pred, target = restored[None], gt[None]
+    return {
+        "psnr": float(psnr_per_image(pred, target, protocol.crop_border, protocol.y_channel)[0]),
+        "ssim": float(ssim_per_image(pred, target, protocol.crop_border, protocol.y_channel)[0]),
+    }
+
+
+def protocol_line(protocol: Protocol) -> str:
+    space = "Y (BT.601, MATLAB rgb2ycbcr)" if protocol.y_channel else "RGB"
+    crop = f"GT modcrop {protocol.modcrop}, " if protocol.modcrop > 1 else ""
+    return f"PSNR/SSIM on {space}, {crop}{protocol.crop_border} px border cropped, uint8, mean over images"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    protocol = PRESETS[results["preset"]]
+    mean = results["mean"]
+    lines = [
+        f"# {results['preset']}: {results['method']}",
+        "",
+        f"- checkpoint: `{results['checkpoint']}`",
+        f"- task: {protocol.task}; protocol: {protocol_line(protocol)}",
+        f"- protocol source: {protocol.source}",
+        f"- LQ: {results['settings']['lq']}",
+        f"- images: {len(results['images'])}; mean PSNR {mean['psnr']:.2f} dB, mean SSIM {mean['ssim']:.4f}",
+        "",
+        "| image | PSNR (dB) | SSIM |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} |" for row in results["images"]]
+    lines.append(f"| **mean** | **{mean['psnr']:.2f}** | **{mean['ssim']:.4f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def log_to_wandb(results: dict[str, Any], out: Path) -> str:
+    """The per-image scores as a W&B table (and the means in the run summary); returns the run's folder.
+
+    The mode comes from W&B's own settings: `ir-lightning` sets WANDB_MODE=offline unless the user set it."""
+    import wandb
+
+    name = f"eval-{results['preset']}-{Path(results['checkpoint']).stem}"
+    config = {k: results[k] for k in ("preset", "protocol", "checkpoint", "method", "settings")}
+    run = wandb.init(project=WANDB_PROJECT, job_type="evaluate", name=name, dir=str(out), config=config)
+    try:
+        table = wandb.Table(columns=["image", "psnr", "ssim"],
+                            data=[[row["name"], row["psnr"], row["ssim"]] for row in results["images"]])  # fmt: skip
+        run.log({WANDB_TABLE_KEY: table})
+        run.summary.update({f"eval/{k}": v for k, v in results["mean"].items()})
+        return str(Path(run.dir).parent)
+    finally:
+        run.finish()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ir-lightning evaluate", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--ckpt", type=Path, help="a checkpoint of this suite (training or exported)")
+    p.add_argument("--preset", help="the test set and its protocol, e.g. set5_x4, gopro, rain100l (--presets lists them)")
+    p.add_argument("--gt", type=Path, help="folder of the ground-truth images (searched recursively)")
+    p.add_argument("--lq", type=Path, help="folder of the degraded inputs; without it (SR only) bicubic LR images are made from --gt")
+    p.add_argument("--lq-suffix", default="", help="LQ name = GT name + this, e.g. x4 for babyx4.png (default: none)")
+    p.add_argument("--out", type=Path, help="folder for results.json, results.md, wandb/ and images/ (created)")
+    p.add_argument("--save-images", action="store_true", help="also write the restored images to <out>/images/")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the per-image table to W&B")
+    p.add_argument("--presets", action="store_true", help="list the presets with their settings and exit")
+    add_model_arguments(p, default_tile=0)  # whole images by default, as the papers test
+    return p
+
+
+def presets_table() -> str:
+    rows = [f"{'preset':<16} {'task':<22} {'scale':>5} {'modcrop':>7} {'crop':>4}  space"]
+    for p in PRESETS.values():
+        rows.append(f"{p.name:<16} {p.task:<22} {p.scale:>5} {p.modcrop:>7} {p.crop_border:>4}  {'Y' if p.y_channel else 'RGB'}")
+    return "\n".join(rows)
+
+
+def check_arguments(args: argparse.Namespace) -> Protocol:
+    missing = [flag for flag in ("ckpt", "preset", "gt", "out") if getattr(args, flag) is None]
+    if missing:
+        raise EvaluateError(f"missing {', '.join('--' + m for m in missing)} (see ir-lightning evaluate --help)")
+    protocol = preset(args.preset)
+    if args.lq is None and protocol.scale == 1:
+        raise EvaluateError(f"--preset {protocol.name} ({protocol.task}) needs --lq: only SR presets make their LQ images")
+    if args.tile < 0 or args.tile_batch < 1 or (args.tile > 0 and not 0 <= args.overlap < args.tile):
+        raise EvaluateError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
+                            f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
+    return protocol
+
+
+def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], model: RestorationModule, device: torch.device) -> dict[str, Any]:
+    """Restore and score every pair; the results as written to results.json."""
+    rows = []
+    for pair in tqdm(pairs, desc=f"evaluate {protocol.name} ({type(model).__name__})", unit="image"):
+        gt_file, gt, lq = load_pair(pair, protocol)
+        try:
+            restored = restore_image(model, lq, args, device)
+        except (RuntimeError, ValueError) as error:  # out of memory, a size the network cannot take, ...
+            raise EvaluateError(f"{pair.lq or pair.gt}: restoring failed ({first_line(error)})") from error
+        if restored.shape != gt.shape:
+            raise EvaluateError(
+                f"{pair.name}: the restored image is {tuple(restored.shape[-2:])} but its GT is {tuple(gt.shape[-2:])}: "
+                f"does the checkpoint restore at the scale of {protocol.name} (x{protocol.scale})?"
+            )
+        try:
+            scores = score(restored, gt, protocol)
+        except ValueError as error:  # too small for the SSIM window once the border is cropped
+            raise EvaluateError(f"{pair.gt}: {first_line(error)}") from error
+        rows.append({"name": pair.name, "gt": str(pair.gt), "lq": str(pair.lq) if pair.lq else "synthetic"} | scores)
+        if args.save_images:
+            like = ImageFile(rgb=gt, alpha=None, bit_depth=gt_file.bit_depth, grey=gt_file.grey)
+            write_png(args.out / "images" / f"{pair.name}.png", restored, like)
+    mean = {k: math.fsum(row[k] for row in rows) / len(rows) for k in ("psnr", "ssim")}
+    lq = (f"{args.lq} (names + {args.lq_suffix!r})" if args.lq_suffix else str(args.lq)) if args.lq else (
+        f"synthetic: MATLAB imresize(gt, 1/{protocol.scale}, 'bicubic') of the modcropped GT, rounded to 8 bits")  # fmt: skip
+    settings = {"lq": lq, "gt": str(args.gt), "ema": not args.no_ema, "set": list(args.set), "steps": args.steps,
+                "sampler": args.sampler, "operator": args.operator, "tile": args.tile, "overlap": args.overlap,
+                "tile_batch": args.tile_batch}  # fmt: skip
+    return {"preset": protocol.name, "protocol": asdict(protocol), "checkpoint": str(args.ckpt),
+            "method": type(model).__name__, "settings": settings, "mean": mean, "images": rows}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.presets:
+        print(presets_table())
+        return 0
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    try:
+        protocol = check_arguments(args)
+        pairs = pair_files(args.gt, args.lq, args.lq_suffix)
+        model = load_method(args.ckpt, args, device)
+        results = evaluate(args, protocol, pairs, model, device)
+    except RestoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out / "results.md", markdown(results))
+    if not args.no_wandb:
+        run_dir = log_to_wandb(results, args.out)
+        print(f"W&B run: {run_dir}")
+    mean = results["mean"]
+    print(f"{protocol.name}: {len(pairs)} images, PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f} -> {args.out / 'results.json'}")
+    return 0

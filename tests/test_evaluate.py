@@ -1,0 +1,305 @@
+"""`ir-lightning evaluate`: every preset scores a folder set as an independent numpy implementation of its
+protocol does (MATLAB Y, border crop, modcrop, Wang's SSIM on valid windows); the synthetic LR images are
+MATLAB's bicubic imresize; results.json, results.md, the saved images and the W&B table hold what a real
+checkpoint restores; errors name the bad preset, folder or file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ir_lightning.evaluate as evaluate
+from ir_lightning.callbacks import to_uint8_hwc
+from tests.test_restore import save_checkpoint, small_deqir
+from tests.wandb_records import history, offline_runs, records
+
+SAME_SIZE_PROTOCOLS = {  # preset: (crop_border, Y channel), from the official scripts (see ir_lightning/evaluate.py)
+    "gopro": (0, False), "hide": (0, False), "sidd": (0, False),
+    "rain100l": (0, True), "rain100h": (0, True), "lol": (0, True),
+}  # fmt: skip
+SR_PRESETS = [f"{name}_x{s}" for name in ("set5", "set14", "b100", "urban100", "manga109", "div2k_val") for s in (2, 3, 4)]
+GT_SIZES = {"a": (37, 34), "sub/b": (30, 41)}  # not multiples of 2, 3 or 4: modcrop matters
+
+
+# --- an independent reference of the protocol, in numpy ------------------------------------------------
+def y_of(rgb: np.ndarray) -> np.ndarray:
+    """MATLAB rgb2ycbcr's Y of uint8 RGB (H x W x 3), as float: 16 + (65.481 R + 128.553 G + 24.966 B) / 255."""
+    r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))
+    return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def planes(img: np.ndarray, crop: int, y_channel: bool) -> np.ndarray:
+    """C x H x W float64 planes to score: border cropped, Y or the three RGB channels."""
+    img = img[crop : img.shape[0] - crop, crop : img.shape[1] - crop]
+    return y_of(img)[None] if y_channel else img.astype(np.float64).transpose(2, 0, 1)
+
+
+def ref_psnr(pred: np.ndarray, gt: np.ndarray, crop: int, y_channel: bool) -> float:
+    mse = np.mean((planes(pred, crop, y_channel) - planes(gt, crop, y_channel)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def gaussian_filter_valid(x: np.ndarray) -> np.ndarray:
+    """Correlation with fspecial('gaussian', 11, 1.5), 'valid' windows only."""
+    t = np.arange(11) - 5
+    g = np.exp(-(t**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    views = np.lib.stride_tricks.sliding_window_view(x, (11, 11))
+    return np.einsum("ijkl,kl->ij", views, window)
+
+
+def ref_ssim(pred: np.ndarray, gt: np.ndarray, crop: int, y_channel: bool) -> float:
+    """Wang et al.'s SSIM_index (K = 0.01, 0.03; L = 255) per plane, mean of the valid map, mean of planes."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for a, b in zip(planes(pred, crop, y_channel), planes(gt, crop, y_channel)):
+        mu_a, mu_b = gaussian_filter_valid(a), gaussian_filter_valid(b)
+        var_a = gaussian_filter_valid(a * a) - mu_a**2
+        var_b = gaussian_filter_valid(b * b) - mu_b**2
+        cov = gaussian_filter_valid(a * b) - mu_a * mu_b
+        ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+        values.append(ssim_map.mean())
+    return float(np.mean(values))
+
+
+def cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic with a = -0.5 (MATLAB imresize's 'bicubic')."""
+    ax = np.abs(x)
+    return np.where(ax <= 1, 1.5 * ax**3 - 2.5 * ax**2 + 1, np.where(ax < 2, -0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2, 0.0))
+
+
+def matlab_downscale_axis(x: np.ndarray, scale: int, axis: int) -> np.ndarray:
+    """imresize along one axis by 1/scale: the cubic stretched by `scale`, taps beyond the border mirrored
+    with the edge pixel repeated (np.pad 'symmetric'), weights normalised per output pixel."""
+    x = np.moveaxis(x, axis, 0)
+    n, pad = x.shape[0], 4 * scale
+    padded = np.pad(x, [(pad, pad)] + [(0, 0)] * (x.ndim - 1), mode="symmetric")
+    out = []
+    for i in range(n // scale):
+        centre = (i + 0.5) * scale - 0.5  # MATLAB: u = i / (1/s) + 0.5 (1 - s), 1-based
+        taps = np.arange(int(np.floor(centre - 2 * scale)), int(np.floor(centre + 2 * scale)) + 2)
+        w = cubic((centre - taps) / scale)
+        w /= w.sum()
+        out.append(np.tensordot(w, padded[taps + pad], axes=(0, 0)))
+    return np.moveaxis(np.stack(out), 0, axis)
+
+
+def matlab_bicubic_lr(gt: np.ndarray, scale: int) -> np.ndarray:
+    """im2uint8(imresize(im2double(gt), 1/scale, 'bicubic')) of a uint8 H x W x 3 image."""
+    x = gt.astype(np.float64) / 255.0
+    lr = matlab_downscale_axis(matlab_downscale_axis(x, scale, 0), scale, 1)
+    return np.rint(np.clip(lr, 0, 1) * 255).astype(np.uint8)
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------
+class Nearest(torch.nn.Module):
+    """A stand-in method: nearest-neighbour up-sampling by `scale` (identity at 1); records its inputs."""
+
+    tileable = True
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale, self.inputs = scale, []
+
+    def restore(self, lq: torch.Tensor, size=None) -> torch.Tensor:
+        self.inputs.append(lq.clone())
+        return lq.repeat_interleave(self.scale, dim=-2).repeat_interleave(self.scale, dim=-1)
+
+
+def use_method(monkeypatch, model: torch.nn.Module) -> torch.nn.Module:
+    monkeypatch.setattr(evaluate, "load_method", lambda path, args, device: model)
+    return model
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A photo-like uint8 RGB image: a colour ramp plus noise, so PSNR and SSIM are neither 0 nor perfect."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = np.stack([4 * yy + 2 * xx, 255 - 3 * xx, 3 * yy + 40], axis=-1).astype(np.float64)
+    return np.clip(ramp + rng.normal(0, 12, ramp.shape), 0, 255).astype(np.uint8)
+
+
+def folder_set(root: Path, scale: int, lq_suffix: str = "", grey: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """GT images of GT_SIZES (plus a grey one) in root/gt, their LQ (every scale-th pixel of the modcropped
+    GT, plus noise) in root/lq named with `lq_suffix`; returns name -> (modcropped GT, LQ) as uint8 RGB."""
+    rng = np.random.default_rng(scale)
+    sizes = dict(GT_SIZES) | ({"grey": (29, 31)} if grey else {})
+    pairs = {}
+    for name, (h, w) in sizes.items():
+        gt = smooth_image(rng, h, w)
+        if name == "grey":
+            gt = np.repeat(gt[..., :1], 3, axis=-1)
+        save(root / "gt" / f"{name}.png", gt[..., 0] if name == "grey" else gt)
+        gt_mod = gt[: h - h % scale, : w - w % scale]
+        lq = np.clip(gt_mod[::scale, ::scale].astype(int) + rng.integers(-20, 21, gt_mod[::scale, ::scale].shape), 0, 255).astype(np.uint8)
+        save(root / "lq" / f"{name}{lq_suffix}.png", lq)
+        pairs[name] = (gt_mod, lq)
+    return pairs
+
+
+def nearest(lq: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(lq, scale, axis=0), scale, axis=1)
+
+
+def run(tmp_path: Path, *args: str) -> int:
+    return evaluate.main(["--ckpt", str(tmp_path / "unused.ckpt"), "--out", str(tmp_path / "out"), "--device", "cpu", *args])
+
+
+# --- tests ------------------------------------------------------------------------------------------------
+def test_the_presets_are_the_brief_s_protocols():
+    assert set(evaluate.PRESETS) == set(SR_PRESETS) | set(SAME_SIZE_PROTOCOLS)
+    for name, p in evaluate.PRESETS.items():
+        scale = int(name[-1]) if name in SR_PRESETS else 1
+        crop, y_channel = (scale, True) if name in SR_PRESETS else SAME_SIZE_PROTOCOLS[name]
+        assert (p.scale, p.modcrop, p.crop_border, p.y_channel) == (scale, scale, crop, y_channel), name
+        assert p.source, name
+
+
+@pytest.mark.parametrize("name", sorted(evaluate.PRESETS))
+def test_each_preset_scores_a_folder_set_as_the_numpy_reference_of_its_protocol(name, tmp_path, monkeypatch):
+    scale = int(name[-1]) if name in SR_PRESETS else 1
+    crop, y_channel = (scale, True) if name in SR_PRESETS else SAME_SIZE_PROTOCOLS[name]
+    pairs = folder_set(tmp_path, scale, lq_suffix=f"x{scale}")
+    use_method(monkeypatch, Nearest(scale))
+    args = ["--preset", name, "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq"), "--lq-suffix", f"x{scale}", "--no-wandb"]
+    assert run(tmp_path, *args) == 0
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    assert [row["name"] for row in results["images"]] == ["a", "grey", "sub/b"]
+    for row in results["images"]:
+        gt, lq = pairs[row["name"]]
+        pred = nearest(lq, scale)
+        assert row["psnr"] == pytest.approx(ref_psnr(pred, gt, crop, y_channel), abs=1e-9)
+        assert row["ssim"] == pytest.approx(ref_ssim(pred, gt, crop, y_channel), abs=1e-9)
+        assert 5 < row["psnr"] < 40 and 0 < row["ssim"] < 1  # a real score, not a floor or a perfect match
+    assert results["mean"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in results["images"]]))
+    assert results["mean"]["ssim"] == pytest.approx(np.mean([r["ssim"] for r in results["images"]]))
+    assert results["protocol"]["crop_border"] == crop and results["protocol"]["y_channel"] == y_channel
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_without_lq_the_lr_images_are_matlab_bicubic_of_the_modcropped_gt(scale, tmp_path, monkeypatch):
+    pairs = folder_set(tmp_path, scale, grey=False)
+    model = use_method(monkeypatch, Nearest(scale))
+    assert run(tmp_path, "--preset", f"set14_x{scale}", "--gt", str(tmp_path / "gt"), "--no-wandb") == 0
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    assert "synthetic" in results["settings"]["lq"]
+    for lq_seen, row in zip(model.inputs, results["images"]):
+        gt = pairs[row["name"]][0]
+        expected = matlab_bicubic_lr(gt, scale)
+        got = np.rint(lq_seen[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        assert got.shape == (gt.shape[0] // scale, gt.shape[1] // scale, 3)
+        np.testing.assert_array_equal(got, expected)
+        assert row["lq"] == "synthetic"
+        assert row["psnr"] == pytest.approx(ref_psnr(nearest(expected, scale), gt, scale, True), abs=1e-9)
+
+
+def test_tiled_restoration_scores_as_whole_images_for_a_local_method(tmp_path, monkeypatch):
+    folder_set(tmp_path, 2, grey=False)
+    use_method(monkeypatch, Nearest(2))
+    common = ["--preset", "urban100_x2", "--gt", str(tmp_path / "gt"), "--no-wandb"]
+    assert run(tmp_path, *common) == 0
+    whole = json.loads((tmp_path / "out/results.json").read_text())
+    model = use_method(monkeypatch, Nearest(2))
+    assert run(tmp_path, *common, "--tile", "8", "--overlap", "4", "--tile-batch", "3") == 0
+    tiled = json.loads((tmp_path / "out/results.json").read_text())
+    assert max(x.shape[-1] for x in model.inputs) == 8  # it was cut into tiles
+    assert [r["psnr"] for r in tiled["images"]] == pytest.approx([r["psnr"] for r in whole["images"]], abs=1e-9)
+    assert tiled["settings"]["tile"] == 8
+
+
+def test_a_checkpoint_s_results_json_markdown_images_and_wandb_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    model = small_deqir(operator="sr2")
+    ckpt = save_checkpoint(model, tmp_path / "deqir.ckpt")
+    rng = np.random.default_rng(0)
+    gts = {"baby": smooth_image(rng, 25, 23), "bird": smooth_image(rng, 24, 26)}  # modcrop 2: 24 x 22, 24 x 26
+    for name, gt in gts.items():
+        save(tmp_path / "gt" / f"{name}.png", gt)
+        h, w = gt.shape[0] // 2, gt.shape[1] // 2
+        save(tmp_path / "lq" / f"{name}x2.png", smooth_image(rng, h, w))
+    out = tmp_path / "out"
+    status = evaluate.main(["--ckpt", str(ckpt), "--preset", "set5_x2", "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq"),
+                            "--lq-suffix", "x2", "--out", str(out), "--device", "cpu", "--save-images"])  # fmt: skip
+    assert status == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["preset"], results["method"], results["checkpoint"]) == ("set5_x2", "DeqIR", str(ckpt))
+    assert results["protocol"] | {"source": None} == {"name": "set5_x2", "task": "bicubic SR x2", "scale": 2, "modcrop": 2,
+                                                      "crop_border": 2, "y_channel": True, "source": None}  # fmt: skip
+    assert results["settings"]["ema"] is True and results["settings"]["tile"] == 0
+    for row in results["images"]:
+        gt = gts[row["name"]]
+        gt = gt[: gt.shape[0] - gt.shape[0] % 2, : gt.shape[1] - gt.shape[1] % 2]
+        lq = torch.from_numpy(np.array(Image.open(tmp_path / "lq" / f"{row['name']}x2.png"))).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            restored = to_uint8_hwc(model.restore(lq)[0].clamp(0, 1))
+        assert row["psnr"] == pytest.approx(ref_psnr(restored, gt, 2, True), abs=1e-6)
+        assert row["ssim"] == pytest.approx(ref_ssim(restored, gt, 2, True), abs=1e-6)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / f"{row['name']}.png")), restored)
+    mean = results["mean"]
+    text = (out / "results.md").read_text()
+    assert text.startswith("# set5_x2: DeqIR\n")
+    assert "PSNR/SSIM on Y (BT.601, MATLAB rgb2ycbcr), GT modcrop 2, 2 px border cropped" in text
+    for row in results["images"]:
+        assert f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} |" in text
+    assert text.rstrip().endswith(f"| **mean** | **{mean['psnr']:.2f}** | **{mean['ssim']:.4f}** |")
+    assert not [p for p in out.rglob(".*.tmp")]  # atomic writes leave no temporary file
+
+    (run_file,) = offline_runs(out / "wandb")
+    key = evaluate.WANDB_TABLE_KEY
+    (row,) = [r for r in history(run_file) if f"{key}/_type" in r]  # a logged table: nested keys of its file
+    assert row[f"{key}/_type"] == "table-file"
+    table = json.loads((run_file.parent / "files" / row[f"{key}/path"]).read_text())
+    assert table["columns"] == ["image", "psnr", "ssim"]
+    assert table["data"] == [[r["name"], r["psnr"], r["ssim"]] for r in results["images"]]
+    (run_record,) = [r.run for r in records(run_file) if r.WhichOneof("record_type") == "run"]
+    config = {item.key: json.loads(item.value_json) for item in run_record.config.update}  # given to wandb.init
+    assert (config["preset"], config["method"], config["protocol"]["crop_border"]) == ("set5_x2", "DeqIR", 2)
+    assert run_record.project == "ir-lightning"
+
+
+def test_errors_name_the_bad_preset_folder_or_file(tmp_path, monkeypatch, capsys):
+    folder_set(tmp_path, 4, lq_suffix="x4", grey=False)
+    use_method(monkeypatch, Nearest(4))
+    gt, lq = str(tmp_path / "gt"), str(tmp_path / "lq")
+
+    def error(*args: str) -> str:
+        assert run(tmp_path, *args, "--no-wandb") == 2
+        return capsys.readouterr().err
+
+    assert "--preset set5_x8: no such preset; presets: set5_x2, set5_x3, set5_x4" in error("--preset", "set5_x8", "--gt", gt)
+    assert f"--gt {tmp_path / 'nowhere'}: no such folder" in error("--preset", "set5_x4", "--gt", str(tmp_path / "nowhere"))
+    assert "--preset gopro (motion deblurring) needs --lq" in error("--preset", "gopro", "--gt", gt)
+    message = error("--preset", "set5_x4", "--gt", gt, "--lq", lq)  # names are babyx4-style, no --lq-suffix
+    assert f"no LQ image named like the GT {tmp_path / 'gt/a.png'}" in message and "--lq-suffix x4" in message
+    save(tmp_path / "lq/c_x4.png", np.zeros((8, 8, 3), np.uint8))
+    assert f"no GT image in {gt} for {tmp_path / 'lq/c_x4.png'}" in error("--preset", "set5_x4", "--gt", gt, "--lq", lq, "--lq-suffix", "x4")
+    (tmp_path / "lq/c_x4.png").unlink()
+    save(tmp_path / "lq/ax4.png", np.zeros((10, 8, 3), np.uint8))
+    message = error("--preset", "set5_x4", "--gt", gt, "--lq", lq, "--lq-suffix", "x4")
+    assert f"{tmp_path / 'lq/ax4.png'}: 10 x 8 pixels, but {tmp_path / 'gt/a.png'} cropped to a multiple of 4 is 36 x 32" in message
+    assert "must be 9 x 8" in message
+    assert "a: the restored image is (72, 68) but its GT is (36, 34)" in error("--preset", "set5_x2", "--gt", gt)  # an x4 model
+    save(tmp_path / "gt/tiny.png", np.zeros((18, 17, 3), np.uint8))  # 16 x 16 once modcropped, 8 x 8 after the crop
+    assert f"{tmp_path / 'gt/tiny.png'}: SSIM needs at least 11 x 11 pixels after cropping" in error("--preset", "set5_x4", "--gt", gt)
+    (tmp_path / "gt/tiny.png").unlink()
+    (tmp_path / "gt/a.png").write_bytes(b"not an image")
+    assert f"{tmp_path / 'gt/a.png'}: not an image file" in error("--preset", "set5_x4", "--gt", gt)
+    assert not (tmp_path / "out/results.json").exists()
+
+
+def test_the_cli_dispatches_evaluate(capsys):
+    from ir_lightning.cli import main
+
+    assert main(["evaluate", "--presets"]) == 0
+    listed = capsys.readouterr().out
+    assert "set5_x4" in listed and "rain100h" in listed
