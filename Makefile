@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench bench-rddm bench-diffir bench-da install clean
+.PHONY: demo test test-fast bench bench-rddm bench-diffir bench-da bench-deqir install clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ bench-diffir: $(STAMP)
 # needed); bench/da_alignment.py needs DA training checkpoints (see bench/README.md)
 bench-da: $(STAMP)
 	$(BIN)/python bench/da_slot_posterior.py
+
+# DeqIR: the joint fixed point's rounds with exact Gaussian priors (needs only the demo shards);
+# bench/deqir_parallel.py needs the demo prior (see bench/README.md)
+bench-deqir: $(STAMP)
+	test -f demo_out/shards/val-000000.tar || $(BIN)/ir-lightning demo --no-train
+	$(BIN)/python bench/deqir_gaussian_prior.py
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info

@@ -5,24 +5,27 @@ super-resolution by average pooling of the held-out demo photos (64 x 64 centre 
 
 - sequential: T serial rounds of one network call on one state each;
 - Picard and Anderson (m 5, lam 1e-3, beta 1, up to `--max-iter` iterations) to the relative residual
-  `--tol`: serial rounds = solver iterations, each one batched call over the T states.
+  `--tol`: serial rounds = solver iterations, each one batched call over the states not yet exact;
+  each with DDNM's plain split ("none") and with the spectral preconditioner (the module's default).
 
 Columns: serial rounds; total network evaluations (images through the network); peak memory of the
 restoration (resident set size in a fresh subprocess, minus the same process's size just before it
 starts); seconds on this CPU; the max-abs difference of the parallel result from the sequential one
-([-1, 1] scale) and the PSNR of each against the clean crop. Target (issue 7): the parallel solver
-reaches the tolerance in at most T / 4 serial rounds at T >= 50.
+([-1, 1] scale) and the PSNR of each against the clean crop; and, from a second run stopped after
+T / 4 rounds, how close its x_0 is to the sequential one (PSNR, inf = identical). Target (issue 7):
+the parallel solver reaches the tolerance in at most T / 4 serial rounds at T >= 50.
 
 Run from the repository root after training the demo prior:
     ir-lightning fit -c recipes/deqir_faces64.yaml -c recipes/demo/deqir_cpu.yaml
     python bench/deqir_parallel.py [--ckpt runs/deqir_demo/checkpoints/last.ckpt]
-It prints a markdown table; it asserts nothing. About 10 minutes on 2 idle cores (T = 100 dominates).
+It prints a markdown table; it asserts nothing. About 30 minutes on 2 idle cores (T = 100 dominates).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -41,7 +44,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def one_run(ckpt: str, n_steps: int, solver: str, tol: float, max_iter: int, shards: str, crop: int) -> dict:
+def one_run(ckpt: str, n_steps: int, sampler: str, tol: float, max_iter: int, shards: str, crop: int) -> dict:
     """Restore once in this process and return the figures (called in a subprocess per configuration)."""
     warnings.filterwarnings("ignore")
     from datamodules import ShardDataModule
@@ -49,7 +52,8 @@ def one_run(ckpt: str, n_steps: int, solver: str, tol: float, max_iter: int, sha
     from ir_lightning.metrics import RestorationMetrics
 
     model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
-    model.sample_steps, model.solver = n_steps, solver
+    solver, _, preconditioner = sampler.partition("+")
+    model.sample_steps, model.solver, model.preconditioner = n_steps, solver, preconditioner or "none"
     model.solver_options.update(tol=tol, max_iter=max_iter)
     data = ShardDataModule(train_shards=shards, val_shards=shards, val_crop_size=crop, num_workers=0)
     data.setup("validate")
@@ -81,10 +85,21 @@ def one_run(ckpt: str, n_steps: int, solver: str, tol: float, max_iter: int, sha
     }  # fmt: skip
 
 
-def run_in_subprocess(args: argparse.Namespace, n_steps: int, solver: str) -> dict:
-    command = [sys.executable, __file__, "--one", json.dumps([args.ckpt, n_steps, solver, args.tol, args.max_iter, args.shards, args.crop])]
+def run_in_subprocess(args: argparse.Namespace, n_steps: int, sampler: str, tol: float, max_iter: int) -> dict:
+    command = [sys.executable, __file__, "--one", json.dumps([args.ckpt, n_steps, sampler, tol, max_iter, args.shards, args.crop])]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def psnr_between(run: dict, reference: torch.Tensor) -> float:
+    """PSNR of a run's restoration against the sequential one, both in [0, 1]."""
+    mse = float(((torch.tensor(run["restored"]) - reference) ** 2).mean())
+    if not math.isfinite(mse):
+        return float("nan")  # the iterate overflowed: printed as "non-finite"
+    return float("inf") if mse == 0 else -10 * math.log10(mse)
+
+
+SAMPLERS = ("sequential", "picard", "anderson", "picard+spectral", "anderson+spectral")
 
 
 def main() -> None:
@@ -92,12 +107,16 @@ def main() -> None:
     parser.add_argument("--ckpt", default="runs/deqir_demo/checkpoints/last.ckpt")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--tol", type=float, default=1e-3)
-    parser.add_argument("--max-iter", type=int, default=30, help="solver iteration cap (default 30; the paper's 15)")
+    parser.add_argument("--max-iter", type=int, default=100, help="solver iteration cap (default 100; the paper's 15)")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS,
+                        help="sequential first: the others are compared with it; +spectral: preconditioned")  # fmt: skip
     parser.add_argument("--shards", default="demo_out/shards/val-000000.tar")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.samplers[0] != "sequential":
+        parser.error("--samplers must start with sequential, the reference the others are compared with")
     torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(one_run(*json.loads(args.one))))
@@ -107,19 +126,20 @@ def main() -> None:
     print(f"DeqIR parallel sampling, {args.ckpt}, x4 average-pooling SR of a {args.crop} x {args.crop} crop, "
           f"tol {args.tol:g}, torch {torch.__version__}, {args.threads} threads\n")  # fmt: skip
     print("| T | sampler | serial rounds | rounds / T | network evaluations | peak memory (MiB) | seconds | "
-          "max abs diff to sequential | PSNR (dB) | converged |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "max abs diff to sequential | PSNR (dB) | converged | x_0 after T/4 rounds vs sequential (dB) |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for n_steps in args.steps:
         reference = None
-        for solver in ("sequential", "picard", "anderson"):
-            r = run_in_subprocess(args, n_steps, solver)
+        for sampler in args.samplers:
+            r = run_in_subprocess(args, n_steps, sampler, args.tol, args.max_iter)
             restored = torch.tensor(r.pop("restored"))
             if reference is None:
                 reference = restored
             diff = float((restored - reference).abs().max()) * 2  # [0, 1] -> [-1, 1] scale
-            print(f"| {n_steps} | {solver} | {r['rounds']} | {r['rounds'] / n_steps:.2f} | {r['images']} | "
+            early = "" if sampler == "sequential" else f"{psnr_between(run_in_subprocess(args, n_steps, sampler, 1e-300, max(1, n_steps // 4)), reference):.1f}".replace("nan", "non-finite")
+            print(f"| {n_steps} | {sampler} | {r['rounds']} | {r['rounds'] / n_steps:.2f} | {r['images']} | "
                   f"{r['peak_mib']:.0f} | {r['seconds']:.1f} | {diff:.1e} | {r['psnr']:.2f} | "
-                  f"{'yes' if r['converged'] else 'no, residual %.1e' % r['residual']} |", flush=True)  # fmt: skip
+                  f"{'yes' if r['converged'] else 'no, residual %.1e' % r['residual']} | {early} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

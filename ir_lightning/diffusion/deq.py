@@ -38,14 +38,16 @@ next one. On the image content that the noise has not hidden yet (the strong, lo
 photo), a DDIM step is almost the identity on x_t; the x0-form split puts that identity in the update,
 so an error there crosses one step per iteration and is not damped. With the exact E[eps | x_t] of a
 Gaussian with the demo photos' spectrum as the network, Picard needs 21, 43 and 88 iterations at
-T = 25, 50 and 100 (a white spectrum, as in the tests, needs 8 and 15 at T = 25, 50). `precondition`
+T = 25, 50 and 100; with a white spectrum of the same variance (the tests' kind of prior) 8, 14 and 26
+(`bench/deqir_gaussian_prior.py`, which also shows the preconditioned counts). `precondition`
 moves the linear, identity-like part of the step into the drift: it makes a cheap surrogate chain's
 whole step the drift (`spectral_prior_eps`, a 1/f^2 Gaussian prior evaluated by FFT) and leaves only
 the network's departure from it in the update. The fixed point, the sequential chain, is unchanged.
 
 The chain builders below cover DDNM's range-null DDIM step on an unconditional eps-model (DeqIR's
-sampler), SR3's DDIM with eta = 0 and RDDM's eta = 0 sampler, and the preconditioning above. `phantom_loss` gives DEQ inversion its
-gradient; the optimisation loop (`methods.deqir.invert`) lives with the method, which owns optimizers.
+sampler), SR3's DDIM with eta = 0 and RDDM's eta = 0 sampler, and the preconditioning above.
+`phantom_loss` gives DEQ inversion its gradient; the optimisation loop (`methods.deqir.invert`) lives
+with the method, which owns optimizers.
 """
 
 from __future__ import annotations
