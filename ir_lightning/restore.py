@@ -130,6 +130,16 @@ def output_path(source: Path, root: Path, output: Path) -> Path:
     return output / Path(relative).with_suffix(".png")
 
 
+def check_distinct_outputs(files: list[Path], root: Path, output: Path) -> None:
+    """Two inputs that would write the same output (a.png and a.jpg) stop the command before any work."""
+    seen: dict[Path, Path] = {}
+    for source in files:
+        target = output_path(source, root, output)
+        if target in seen:
+            raise RestoreError(f"{seen[target]} and {source} would both be written to {target}; rename one")
+        seen[target] = source
+
+
 def restore_file(model: RestorationModule, source: Path, target: Path, args: argparse.Namespace, device: torch.device) -> None:
     """Read one image, restore it (tiled unless the method needs whole images), write it atomically."""
     image = read_image(source)
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RestoreError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
                                f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
         files = input_files(args.input)
+        check_distinct_outputs(files, args.input, args.output)
         model = load_method(args.ckpt, args, device)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)

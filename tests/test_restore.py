@@ -172,6 +172,15 @@ def test_bad_arguments_name_the_key_and_value(tmp_path, capsys, extra, message):
     assert message.format(ckpt=ckpt) in capsys.readouterr().err
 
 
+def test_inputs_that_would_share_an_output_are_refused_before_any_work(tmp_path, capsys):
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inputs / "b.png")  # beside b.jpg
+    assert main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
+    assert f"{inputs / 'b.jpg'} and {inputs / 'b.png'} would both be written to {tmp_path / 'out' / 'b.png'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_inputs_and_checkpoints_are_named(tmp_path, capsys):
     ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
     assert main(["--ckpt", str(ckpt), "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
