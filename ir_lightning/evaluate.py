@@ -19,6 +19,11 @@ unless `--no-ema`). Writes `<out>/results.json` (per-image and mean PSNR/SSIM, p
 checkpoint, method, settings) and `<out>/results.md` atomically, the per-image scores as a W&B table in
 an offline run under `<out>/wandb` (`--no-wandb` skips it), and with `--save-images` the restored
 images as `<out>/images/<name>.png`. Errors name the bad folder, preset or unmatched file; exit status 2.
+
+LPIPS (v0.1, AlexNet; `ir_lightning.perceptual`) is added when both `--lpips-backbone` (torchvision's
+`alexnet-owt-7be5be79.pth`) and `--lpips-linear` (the lpips package's `weights/v0.1/alex.pth`) name local
+files: on the same uint8-quantised, border-cropped images as PSNR/SSIM, always in RGB. Without them the
+results say "skipped (no weights given)": no weights are ever downloaded.
 """
 
 from __future__ import annotations
@@ -40,13 +45,15 @@ from tqdm import tqdm
 from ir_lightning.diffusion.operators import bicubic_matrix
 from ir_lightning.images import ImageFile, read_image, write_png
 from ir_lightning.io import atomic_write_text
-from ir_lightning.metrics import psnr_per_image, quantize, ssim_per_image
+from ir_lightning.metrics import crop_border, psnr_per_image, quantize, ssim_per_image
 from ir_lightning.methods.base import RestorationModule
+from ir_lightning.perceptual import LPIPS, LPIPSWeightsError
 from ir_lightning.restore import IMAGE_SUFFIXES, RestoreError, add_model_arguments, load_method
 from ir_lightning.tiling import restore_tiled
 
 WANDB_PROJECT = "ir-lightning"  # the project of the training runs (recipes' WandbLogger), so both sit together
 WANDB_TABLE_KEY = "eval/per_image"
+LPIPS_SKIPPED = "skipped (no weights given)"
 
 
 class EvaluateError(RestoreError):
@@ -252,13 +259,20 @@ def restore_image(model: RestorationModule, lq: Tensor, args: argparse.Namespace
     return restored[0].float().cpu()
 
 
-def score(restored: Tensor, gt: Tensor, protocol: Protocol) -> dict[str, float]:
-    """PSNR and SSIM of one image under the preset's protocol (the metric contract of `ir_lightning.metrics`)."""
+def score(restored: Tensor, gt: Tensor, protocol: Protocol, lpips: LPIPS | None = None) -> dict[str, float]:
+    """PSNR and SSIM of one image under the preset's protocol (the metric contract of `ir_lightning.metrics`),
+    and LPIPS when given: RGB, on the uint8-quantised images with the protocol's border cropped."""
     pred, target = restored[None], gt[None]
-    return {
+    scores = {
         "psnr": float(psnr_per_image(pred, target, protocol.crop_border, protocol.y_channel)[0]),
         "ssim": float(ssim_per_image(pred, target, protocol.crop_border, protocol.y_channel)[0]),
     }
+    if lpips is not None:
+        pred01, target01 = (crop_border(quantize(img), protocol.crop_border) / 255.0 for img in (pred, target))
+        device = lpips.shift.device
+        with torch.no_grad():
+            scores["lpips"] = float(lpips(pred01.to(device), target01.to(device))[0])
+    return scores
 
 
 def protocol_line(protocol: Protocol) -> str:
@@ -270,6 +284,12 @@ def protocol_line(protocol: Protocol) -> str:
 def markdown(results: dict[str, Any]) -> str:
     protocol = PRESETS[results["preset"]]
     mean = results["mean"]
+    with_lpips = "lpips" in mean
+    if with_lpips:
+        lpips_line = (f"- LPIPS (v0.1, AlexNet, RGB, same crop): mean {mean['lpips']:.4f}; backbone "
+                      f"`{results['lpips']['backbone']}`, linear layers `{results['lpips']['linear']}`")  # fmt: skip
+    else:
+        lpips_line = f"- LPIPS: {results['lpips']}"
     lines = [
         f"# {results['preset']}: {results['method']}",
         "",
@@ -278,12 +298,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"- protocol source: {protocol.source}",
         f"- LQ: {results['settings']['lq']}",
         f"- images: {len(results['images'])}; mean PSNR {mean['psnr']:.2f} dB, mean SSIM {mean['ssim']:.4f}",
+        lpips_line,
         "",
-        "| image | PSNR (dB) | SSIM |",
-        "|---|---:|---:|",
+        "| image | PSNR (dB) | SSIM |" + (" LPIPS |" if with_lpips else ""),
+        "|---|---:|---:|" + ("---:|" if with_lpips else ""),
     ]
-    lines += [f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} |" for row in results["images"]]
-    lines.append(f"| **mean** | **{mean['psnr']:.2f}** | **{mean['ssim']:.4f}** |")
+    for row in results["images"] + [{"name": "**mean**"} | mean]:
+        cells = [f"{row['psnr']:.2f}", f"{row['ssim']:.4f}"] + ([f"{row['lpips']:.4f}"] if with_lpips else [])
+        if row["name"] == "**mean**":
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append(f"| {row['name']} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -294,11 +318,12 @@ def log_to_wandb(results: dict[str, Any], out: Path) -> str:
     import wandb
 
     name = f"eval-{results['preset']}-{Path(results['checkpoint']).stem}"
-    config = {k: results[k] for k in ("preset", "protocol", "checkpoint", "method", "settings")}
+    config = {k: results[k] for k in ("preset", "protocol", "checkpoint", "method", "settings", "lpips")}
     run = wandb.init(project=WANDB_PROJECT, job_type="evaluate", name=name, dir=str(out), config=config)
     try:
-        table = wandb.Table(columns=["image", "psnr", "ssim"],
-                            data=[[row["name"], row["psnr"], row["ssim"]] for row in results["images"]])  # fmt: skip
+        metrics = [k for k in ("psnr", "ssim", "lpips") if k in results["mean"]]
+        table = wandb.Table(columns=["image", *metrics],
+                            data=[[row["name"], *(row[k] for k in metrics)] for row in results["images"]])  # fmt: skip
         run.log({WANDB_TABLE_KEY: table})
         run.summary.update({f"eval/{k}": v for k, v in results["mean"].items()})
         return str(Path(run.dir).parent)
@@ -320,6 +345,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--save-images", action="store_true", help="also write the restored images to <out>/images/")
     p.add_argument("--no-wandb", action="store_true", help="do not log the per-image table to W&B")
     p.add_argument("--presets", action="store_true", help="list the presets with their settings and exit")
+    p.add_argument("--lpips-backbone", type=Path, metavar="FILE",
+                   help="torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) for LPIPS; with --lpips-linear")
+    p.add_argument("--lpips-linear", type=Path, metavar="FILE",
+                   help="the lpips package's weights/v0.1/alex.pth; with --lpips-backbone (without both: LPIPS skipped)")
     add_model_arguments(p, default_tile=0)  # whole images by default, as the papers test
     return p
 
@@ -341,10 +370,24 @@ def check_arguments(args: argparse.Namespace) -> Protocol:
     if args.tile < 0 or args.tile_batch < 1 or (args.tile > 0 and not 0 <= args.overlap < args.tile):
         raise EvaluateError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
                             f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
+    if (args.lpips_backbone is None) != (args.lpips_linear is None):
+        given, needed = ("--lpips-backbone", "--lpips-linear") if args.lpips_linear is None else ("--lpips-linear", "--lpips-backbone")
+        raise EvaluateError(f"{given} needs {needed} too: LPIPS is built from both files")
     return protocol
 
 
-def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], model: RestorationModule, device: torch.device) -> dict[str, Any]:
+def load_lpips(args: argparse.Namespace, device: torch.device) -> LPIPS | None:
+    """The LPIPS network from the two local files, or None when they are not given (never downloaded)."""
+    if args.lpips_backbone is None:
+        return None
+    try:
+        return LPIPS.from_files(args.lpips_backbone, args.lpips_linear).to(device)
+    except LPIPSWeightsError as error:
+        raise EvaluateError(f"LPIPS weights: {error}") from error
+
+
+def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], model: RestorationModule, device: torch.device,
+             lpips: LPIPS | None = None) -> dict[str, Any]:  # fmt: skip
     """Restore and score every pair; the results as written to results.json."""
     rows = []
     for pair in tqdm(pairs, desc=f"evaluate {protocol.name} ({type(model).__name__})", unit="image"):
@@ -359,21 +402,23 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
                 f"does the checkpoint restore at the scale of {protocol.name} (x{protocol.scale})?"
             )
         try:
-            scores = score(restored, gt, protocol)
-        except ValueError as error:  # too small for the SSIM window once the border is cropped
+            scores = score(restored, gt, protocol, lpips)
+        except ValueError as error:  # too small for the SSIM (or LPIPS) window once the border is cropped
             raise EvaluateError(f"{pair.gt}: {first_line(error)}") from error
         rows.append({"name": pair.name, "gt": str(pair.gt), "lq": str(pair.lq) if pair.lq else "synthetic"} | scores)
         if args.save_images:
             like = ImageFile(rgb=gt, alpha=None, bit_depth=gt_file.bit_depth, grey=gt_file.grey)
             write_png(args.out / "images" / f"{pair.name}.png", restored, like)
-    mean = {k: math.fsum(row[k] for row in rows) / len(rows) for k in ("psnr", "ssim")}
+    mean = {k: math.fsum(row[k] for row in rows) / len(rows) for k in ("psnr", "ssim", "lpips") if k in rows[0]}
     lq = (f"{args.lq} (names + {args.lq_suffix!r})" if args.lq_suffix else str(args.lq)) if args.lq else (
         f"synthetic: MATLAB imresize(gt, 1/{protocol.scale}, 'bicubic') of the modcropped GT, rounded to 8 bits")  # fmt: skip
     settings = {"lq": lq, "gt": str(args.gt), "ema": not args.no_ema, "set": list(args.set), "steps": args.steps,
                 "sampler": args.sampler, "operator": args.operator, "tile": args.tile, "overlap": args.overlap,
                 "tile_batch": args.tile_batch}  # fmt: skip
+    lpips_info = {"backbone": str(args.lpips_backbone), "linear": str(args.lpips_linear), "version": "0.1 (AlexNet)",
+                  "protocol": "RGB, uint8-quantised, protocol border cropped"} if lpips is not None else LPIPS_SKIPPED  # fmt: skip
     return {"preset": protocol.name, "protocol": asdict(protocol), "checkpoint": str(args.ckpt),
-            "method": type(model).__name__, "settings": settings, "mean": mean, "images": rows}  # fmt: skip
+            "method": type(model).__name__, "settings": settings, "lpips": lpips_info, "mean": mean, "images": rows}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         protocol = check_arguments(args)
         pairs = pair_files(args.gt, args.lq, args.lq_suffix)
+        lpips = load_lpips(args, device)
         model = load_method(args.ckpt, args, device)
-        results = evaluate(args, protocol, pairs, model, device)
+        results = evaluate(args, protocol, pairs, model, device, lpips)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -396,5 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = log_to_wandb(results, args.out)
         print(f"W&B run: {run_dir}")
     mean = results["mean"]
-    print(f"{protocol.name}: {len(pairs)} images, PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f} -> {args.out / 'results.json'}")
+    lpips_text = f", LPIPS {mean['lpips']:.4f}" if "lpips" in mean else ""
+    scores = f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}{lpips_text}"
+    print(f"{protocol.name}: {len(pairs)} images, {scores} -> {args.out / 'results.json'}")
     return 0

@@ -303,3 +303,68 @@ def test_the_cli_dispatches_evaluate(capsys):
     assert main(["evaluate", "--presets"]) == 0
     listed = capsys.readouterr().out
     assert "set5_x4" in listed and "rain100h" in listed
+
+
+def test_lpips_from_local_weight_files_or_reported_as_skipped(tmp_path, monkeypatch, capsys):
+    from tests.test_perceptual import alexnet_state, as_numpy, lin_state, ref_lpips, weight_files
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    backbone, linear = weight_files(tmp_path / "weights")  # random weights in torchvision's and lpips' formats
+    rng = np.random.default_rng(3)
+    pairs = {}
+    for name, (h, w) in {"baby": (39, 36), "bird": (42, 40)}.items():  # modcrop 2 and 2 px cropped: >= 31 px left
+        gt = smooth_image(rng, h, w)[: h - h % 2, : w - w % 2]
+        lq = smooth_image(rng, gt.shape[0] // 2, gt.shape[1] // 2)
+        pairs[name] = (save(tmp_path / "gt" / f"{name}.png", gt), gt, save(tmp_path / "lq" / f"{name}.png", lq), lq)
+    use_method(monkeypatch, Nearest(2))
+    common = ["--preset", "set5_x2", "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq")]
+
+    def error(*args: str) -> str:
+        assert run(tmp_path, *common, *args, "--no-wandb") == 2
+        return capsys.readouterr().err
+
+    assert "--lpips-backbone needs --lpips-linear too" in error("--lpips-backbone", str(backbone))
+    assert "--lpips-linear needs --lpips-backbone too" in error("--lpips-linear", str(linear))
+    message = error("--lpips-backbone", str(linear), "--lpips-linear", str(backbone))  # the two files swapped
+    assert f"LPIPS weights: {linear}: not torchvision's AlexNet weights" in message and "missing keys features.0.weight" in message
+    assert not (tmp_path / "out/results.json").exists()
+
+    assert run(tmp_path, *common, "--lpips-backbone", str(backbone), "--lpips-linear", str(linear)) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["lpips"]["backbone"] == str(backbone) and results["lpips"]["linear"] == str(linear)
+    ref_backbone, ref_lins = as_numpy(alexnet_state(0)), as_numpy(lin_state(1))
+    for row in results["images"]:
+        _, gt, _, lq = pairs[row["name"]]
+        pred = nearest(lq, 2)
+        cropped = [img[2:-2, 2:-2].astype(np.float64).transpose(2, 0, 1) / 255 for img in (pred, gt)]
+        assert row["lpips"] == pytest.approx(ref_lpips(*cropped, ref_backbone, ref_lins), abs=1e-5)
+        assert row["psnr"] == pytest.approx(ref_psnr(pred, gt, 2, True), abs=1e-9)  # PSNR/SSIM as before
+    mean = results["mean"]
+    assert mean["lpips"] == pytest.approx(np.mean([r["lpips"] for r in results["images"]])) and mean["lpips"] > 0
+    text = (out / "results.md").read_text()
+    assert "| image | PSNR (dB) | SSIM | LPIPS |" in text and "skipped" not in text
+    assert f"- LPIPS (v0.1, AlexNet, RGB, same crop): mean {mean['lpips']:.4f}; backbone `{backbone}`" in text
+    for row in results["images"]:
+        assert f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['lpips']:.4f} |" in text
+    assert text.rstrip().endswith(f"| **mean** | **{mean['psnr']:.2f}** | **{mean['ssim']:.4f}** | **{mean['lpips']:.4f}** |")
+    (run_file,) = offline_runs(out / "wandb")
+    key = evaluate.WANDB_TABLE_KEY
+    (row,) = [r for r in history(run_file) if f"{key}/_type" in r]
+    table = json.loads((run_file.parent / "files" / row[f"{key}/path"]).read_text())
+    assert table["columns"] == ["image", "psnr", "ssim", "lpips"]
+    assert table["data"] == [[r["name"], r["psnr"], r["ssim"], r["lpips"]] for r in results["images"]]
+    assert f"LPIPS {mean['lpips']:.4f}" in capsys.readouterr().out
+
+    assert run(tmp_path, *common, "--no-wandb") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["lpips"] == "skipped (no weights given)"
+    assert all("lpips" not in row for row in results["images"]) and set(results["mean"]) == {"psnr", "ssim"}
+    text = (out / "results.md").read_text()
+    assert "- LPIPS: skipped (no weights given)\n" in text and "| image | PSNR (dB) | SSIM |\n" in text
+
+    save(tmp_path / "small/baby.png", pairs["baby"][1][:34, :34])  # 30 x 30 once 2 px are cropped
+    save(tmp_path / "small_lq/baby.png", pairs["baby"][3][:17, :17])
+    weights = ["--lpips-backbone", str(backbone), "--lpips-linear", str(linear)]
+    message = error("--gt", str(tmp_path / "small"), "--lq", str(tmp_path / "small_lq"), *weights)
+    assert f"{tmp_path / 'small/baby.png'}: LPIPS (AlexNet) needs images of at least 31 x 31 pixels, got 30 x 30" in message
