@@ -24,6 +24,12 @@ LPIPS (v0.1, AlexNet; `ir_lightning.perceptual`) is added when both `--lpips-bac
 `alexnet-owt-7be5be79.pth`) and `--lpips-linear` (the lpips package's `weights/v0.1/alex.pth`) name local
 files: on the same uint8-quantised, border-cropped images as PSNR/SSIM, always in RGB. Without them the
 results say "skipped (no weights given)": no weights are ever downloaded.
+
+FID (`ir_lightning.fid`: the TF Inception-v3 pool features, 2048-d) of the restored set against the GT set is
+added when `--fid-weights` names a local copy of torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`,
+on the same uint8-quantised, border-cropped RGB images; otherwise "skipped (no weights given)". FID on fewer
+than 2049 images (a 2048-d covariance of N images has rank N - 1 at most) is not comparable with the papers'
+numbers (computed on thousands of images); results.json and results.md then carry a warning saying so.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ir_lightning.diffusion.operators import bicubic_matrix
+from ir_lightning.fid import FEATURES, FULL_RANK_IMAGES, FIDWeightsError, InceptionFID
+from ir_lightning.fid import fid as frechet_inception_distance
 from ir_lightning.images import ImageFile, read_image, write_png
 from ir_lightning.io import atomic_write_text
 from ir_lightning.metrics import crop_border, psnr_per_image, quantize, ssim_per_image
@@ -54,6 +62,7 @@ from ir_lightning.tiling import restore_tiled
 WANDB_PROJECT = "ir-lightning"  # the project of the training runs (recipes' WandbLogger), so both sit together
 WANDB_TABLE_KEY = "eval/per_image"
 LPIPS_SKIPPED = "skipped (no weights given)"
+FID_SKIPPED = "skipped (no weights given)"
 
 
 class EvaluateError(RestoreError):
@@ -275,6 +284,32 @@ def score(restored: Tensor, gt: Tensor, protocol: Protocol, lpips: LPIPS | None 
     return scores
 
 
+def fid_features(network: InceptionFID, restored: Tensor, gt: Tensor, protocol: Protocol) -> tuple[Tensor, Tensor]:
+    """The 2048-d FID features of one restored image and its GT: RGB, uint8-quantised, protocol border cropped
+    (the images LPIPS sees)."""
+    device = next(network.parameters()).device
+    pred01, target01 = (crop_border(quantize(img[None]), protocol.crop_border) / 255.0 for img in (restored, gt))
+    with torch.no_grad():
+        return network(pred01.to(device))[0].cpu(), network(target01.to(device))[0].cpu()
+
+
+def fid_results(args: argparse.Namespace, restored: list[Tensor], gt: list[Tensor]) -> dict[str, Any]:
+    """The `fid`, `fid_weights` (and, for a small set, `fid_warning`) entries of results.json."""
+    if args.fid_weights is None:
+        return {"fid": FID_SKIPPED, "fid_weights": None}
+    count = len(restored)
+    if count < 2:
+        return {"fid": f"skipped (FID needs at least 2 images, got {count})", "fid_weights": str(args.fid_weights)}
+    value = frechet_inception_distance(torch.stack(restored), torch.stack(gt))
+    results: dict[str, Any] = {"fid": value, "fid_weights": str(args.fid_weights)}
+    if count < FULL_RANK_IMAGES:
+        results["fid_warning"] = (
+            f"FID on {count} images: a covariance of {FEATURES}-d features needs at least {FULL_RANK_IMAGES} images "
+            f"to be full rank, so this value is not comparable with papers' FID (computed on thousands of images)"
+        )
+    return results
+
+
 def protocol_line(protocol: Protocol) -> str:
     space = "Y (BT.601, MATLAB rgb2ycbcr)" if protocol.y_channel else "RGB"
     crop = f"GT modcrop {protocol.modcrop}, " if protocol.modcrop > 1 else ""
@@ -299,6 +334,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- LQ: {results['settings']['lq']}",
         f"- images: {len(results['images'])}; mean PSNR {mean['psnr']:.2f} dB, mean SSIM {mean['ssim']:.4f}",
         lpips_line,
+        fid_line(results),
+        *([f"- warning: {results['fid_warning']}"] if "fid_warning" in results else []),
         "",
         "| image | PSNR (dB) | SSIM |" + (" LPIPS |" if with_lpips else ""),
         "|---|---:|---:|" + ("---:|" if with_lpips else ""),
@@ -311,6 +348,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fid_line(results: dict[str, Any]) -> str:
+    if results["fid"] == FID_SKIPPED:  # worded apart from LPIPS's "skipped": a run with LPIPS alone reads clean
+        return "- FID: not computed (no --fid-weights given)"
+    if isinstance(results["fid"], str):
+        return f"- FID: {results['fid']}"
+    return (f"- FID (Inception-v3 pool features, restored vs GT set, RGB, same crop): {results['fid']:.4f}; "
+            f"weights `{results['fid_weights']}`")  # fmt: skip
+
+
 def log_to_wandb(results: dict[str, Any], out: Path) -> str:
     """The per-image scores as a W&B table (and the means in the run summary); returns the run's folder.
 
@@ -318,7 +364,7 @@ def log_to_wandb(results: dict[str, Any], out: Path) -> str:
     import wandb
 
     name = f"eval-{results['preset']}-{Path(results['checkpoint']).stem}"
-    config = {k: results[k] for k in ("preset", "protocol", "checkpoint", "method", "settings", "lpips")}
+    config = {k: results[k] for k in ("preset", "protocol", "checkpoint", "method", "settings", "lpips", "fid_weights")}
     run = wandb.init(project=WANDB_PROJECT, job_type="evaluate", name=name, dir=str(out), config=config)
     try:
         metrics = [k for k in ("psnr", "ssim", "lpips") if k in results["mean"]]
@@ -326,6 +372,7 @@ def log_to_wandb(results: dict[str, Any], out: Path) -> str:
                             data=[[row["name"], *(row[k] for k in metrics)] for row in results["images"]])  # fmt: skip
         run.log({WANDB_TABLE_KEY: table})
         run.summary.update({f"eval/{k}": v for k, v in results["mean"].items()})
+        run.summary.update({f"eval/{k}": results[k] for k in ("fid", "fid_warning") if k in results})
         return str(Path(run.dir).parent)
     finally:
         run.finish()
@@ -349,6 +396,8 @@ def parser() -> argparse.ArgumentParser:
                    help="torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) for LPIPS; with --lpips-linear")
     p.add_argument("--lpips-linear", type=Path, metavar="FILE",
                    help="the lpips package's weights/v0.1/alex.pth; with --lpips-backbone (without both: LPIPS skipped)")
+    p.add_argument("--fid-weights", type=Path, metavar="FILE",
+                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for FID (without it: FID skipped)")
     add_model_arguments(p, default_tile=0)  # whole images by default, as the papers test
     return p
 
@@ -386,10 +435,22 @@ def load_lpips(args: argparse.Namespace, device: torch.device) -> LPIPS | None:
         raise EvaluateError(f"LPIPS weights: {error}") from error
 
 
+def load_fid(args: argparse.Namespace, device: torch.device) -> InceptionFID | None:
+    """The FID Inception-v3 from the local file, or None when it is not given (never downloaded)."""
+    if args.fid_weights is None:
+        return None
+    try:
+        return InceptionFID.from_file(args.fid_weights).to(device)
+    except FIDWeightsError as error:
+        raise EvaluateError(f"FID weights: {error}") from error
+
+
 def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], model: RestorationModule, device: torch.device,
-             lpips: LPIPS | None = None) -> dict[str, Any]:  # fmt: skip
+             lpips: LPIPS | None = None, fid_network: InceptionFID | None = None) -> dict[str, Any]:  # fmt: skip
     """Restore and score every pair; the results as written to results.json."""
     rows = []
+    restored_features: list[Tensor] = []
+    gt_features: list[Tensor] = []
     for pair in tqdm(pairs, desc=f"evaluate {protocol.name} ({type(model).__name__})", unit="image"):
         gt_file, gt, lq = load_pair(pair, protocol)
         try:
@@ -406,6 +467,10 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
         except ValueError as error:  # too small for the SSIM (or LPIPS) window once the border is cropped
             raise EvaluateError(f"{pair.gt}: {first_line(error)}") from error
         rows.append({"name": pair.name, "gt": str(pair.gt), "lq": str(pair.lq) if pair.lq else "synthetic"} | scores)
+        if fid_network is not None:
+            features = fid_features(fid_network, restored, gt, protocol)
+            restored_features.append(features[0])
+            gt_features.append(features[1])
         if args.save_images:
             like = ImageFile(rgb=gt, alpha=None, bit_depth=gt_file.bit_depth, grey=gt_file.grey)
             write_png(args.out / "images" / f"{pair.name}.png", restored, like)
@@ -418,7 +483,8 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
     lpips_info = {"backbone": str(args.lpips_backbone), "linear": str(args.lpips_linear), "version": "0.1 (AlexNet)",
                   "protocol": "RGB, uint8-quantised, protocol border cropped"} if lpips is not None else LPIPS_SKIPPED  # fmt: skip
     return {"preset": protocol.name, "protocol": asdict(protocol), "checkpoint": str(args.ckpt),
-            "method": type(model).__name__, "settings": settings, "lpips": lpips_info, "mean": mean, "images": rows}  # fmt: skip
+            "method": type(model).__name__, "settings": settings, "lpips": lpips_info,
+            **fid_results(args, restored_features, gt_features), "mean": mean, "images": rows}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         protocol = check_arguments(args)
         pairs = pair_files(args.gt, args.lq, args.lq_suffix)
         lpips = load_lpips(args, device)
+        fid_network = load_fid(args, device)
         model = load_method(args.ckpt, args, device)
-        results = evaluate(args, protocol, pairs, model, device, lpips)
+        results = evaluate(args, protocol, pairs, model, device, lpips, fid_network)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -443,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"W&B run: {run_dir}")
     mean = results["mean"]
     lpips_text = f", LPIPS {mean['lpips']:.4f}" if "lpips" in mean else ""
-    scores = f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}{lpips_text}"
+    fid_text = f", FID {results['fid']:.4f}" if not isinstance(results["fid"], str) else ""
+    scores = f"PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}{lpips_text}{fid_text}"
     print(f"{protocol.name}: {len(pairs)} images, {scores} -> {args.out / 'results.json'}")
+    if "fid_warning" in results:
+        print(f"warning: {results['fid_warning']}", file=sys.stderr)
     return 0

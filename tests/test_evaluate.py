@@ -368,3 +368,58 @@ def test_lpips_from_local_weight_files_or_reported_as_skipped(tmp_path, monkeypa
     weights = ["--lpips-backbone", str(backbone), "--lpips-linear", str(linear)]
     message = error("--gt", str(tmp_path / "small"), "--lq", str(tmp_path / "small_lq"), *weights)
     assert f"{tmp_path / 'small/baby.png'}: LPIPS (AlexNet) needs images of at least 31 x 31 pixels, got 30 x 30" in message
+
+
+def test_fid_from_a_local_weight_file_or_reported_as_skipped(tmp_path, monkeypatch, capsys):
+    from ir_lightning.fid import InceptionFID
+    from tests.test_fid import inception_file
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    weights = inception_file(tmp_path / "weights")  # random weights in torch-fidelity's file format
+    rng = np.random.default_rng(4)
+    pairs = {}
+    for name, (h, w) in {"baby": (30, 26), "bird": (24, 34)}.items():
+        gt = smooth_image(rng, h, w)
+        pairs[name] = (save(tmp_path / "gt" / f"{name}.png", gt), gt, save(tmp_path / "lq" / f"{name}.png", gt[::2, ::2]), gt[::2, ::2])
+    use_method(monkeypatch, Nearest(2))
+    common = ["--preset", "set5_x2", "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq")]
+    out = tmp_path / "out"
+
+    assert run(tmp_path, *common, "--fid-weights", str(weights)) == 0
+    results = json.loads((out / "results.json").read_text())
+    # reference: the features of the 2 px-cropped uint8 images, and the Frechet distance of N = 2 samples in closed
+    # form: with centred samples X (N x D), S = X^T X / (N - 1) and tr((S1 S2)^(1/2)) is the nuclear norm of
+    # X1 X2^T / (N - 1) (the nonzero eigenvalues of S1 S2 are those of the N x N product)
+    network = InceptionFID.from_file(weights)
+    features = []
+    for name in sorted(pairs):
+        _, gt, _, lq = pairs[name]
+        batch = np.stack([nearest(lq, 2)[2:-2, 2:-2], gt[2:-2, 2:-2]]).transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            features.append(network(torch.from_numpy(batch).float() / 255).double().numpy())
+    restored, target = (np.stack([f[k] for f in features]) for k in (0, 1))
+    x1, x2 = restored - restored.mean(0), target - target.mean(0)
+    n = len(pairs)
+    expected = (np.sum((restored.mean(0) - target.mean(0)) ** 2) + (np.sum(x1**2) + np.sum(x2**2)) / (n - 1)
+                - 2 * np.linalg.norm(x1 @ x2.T, "nuc") / (n - 1))  # fmt: skip
+    assert results["fid"] == pytest.approx(expected, rel=1e-4) and results["fid"] > 0
+    assert results["fid_weights"] == str(weights)
+    assert results["fid_warning"].startswith("FID on 2 images: a covariance of 2048-d features needs at least 2049")
+    text = (out / "results.md").read_text()
+    assert f"- FID (Inception-v3 pool features, restored vs GT set, RGB, same crop): {results['fid']:.4f}; weights `{weights}`" in text
+    assert f"- warning: {results['fid_warning']}\n" in text
+    (run_file,) = offline_runs(out / "wandb")
+    summary = {i.key: json.loads(i.value_json) for r in records(run_file) if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update}  # fmt: skip
+    assert summary["eval/fid"] == pytest.approx(results["fid"]) and summary["eval/fid_warning"] == results["fid_warning"]
+    captured = capsys.readouterr()
+    assert f"FID {results['fid']:.4f}" in captured.out and "warning: FID on 2 images" in captured.err
+
+    assert run(tmp_path, *common, "--no-wandb") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["fid"] == "skipped (no weights given)" and "fid_warning" not in results
+    assert "- FID: not computed (no --fid-weights given)\n" in (out / "results.md").read_text()
+
+    bad = save(tmp_path / "not-inception.png", pairs["baby"][1])
+    assert run(tmp_path, *common, "--no-wandb", "--fid-weights", str(bad)) == 2
+    assert f"FID weights: {bad}: not a PyTorch weights file" in capsys.readouterr().err
