@@ -78,6 +78,9 @@ SolverCallback = Callable[[int, float], None]
 METHODS = ("anderson", "picard")
 """Valid values of `solve(method=...)`."""
 
+SOLVERS = ("sequential", *METHODS)
+"""Valid values of `run_chain(solver=...)` and of the methods' `solver` setting."""
+
 
 @dataclass(frozen=True)
 class Chain:
@@ -361,6 +364,18 @@ def _iterate(
     bar.close()
     result.x0 = result.states[-1]
     return result
+
+
+def run_chain(chain: Chain, x_T: Tensor, solver: str, tol: float = 1e-3, progress: bool = False) -> Tensor:
+    """x_0 of the chain from x_T: step after step (`sequential`), or as the joint fixed point by `anderson`
+    or `picard` with the default memory and mixing, to the relative residual `tol`, in at most T rounds
+    (the exact prefix makes T always enough). The conditional methods' `solver` setting (SR3's DDIM and
+    RDDM's eta = 0 sampler) runs through here."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+    if solver == "sequential":
+        return sequential(chain, x_T, progress)
+    return solve(chain, x_T, method=solver, tol=tol, max_iter=chain.n_steps, progress=progress).x0
 
 
 # ---------------------------------------------------------------------------------------------

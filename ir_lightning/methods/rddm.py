@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.diffusion.rddm import OBJECTIVES, ResidualSchedule, eps_from_res, q_sample, res_from_eps, sample
+from ir_lightning.diffusion.deq import SOLVERS, rddm_chain, run_chain
+from ir_lightning.diffusion.samplers import gaussian_like
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.methods.sr3 import to_signed, to_unit
 from lightning.pytorch.cli import OptimizerCallable
@@ -65,6 +67,10 @@ class RDDM(RestorationModule):
         schedule: the alpha and beta^2 schedules (`RDDMSchedule`).
         sample_steps: sampling steps at validation/test/predict (5 for raindrop, 2 for LOL).
         eta: 0 = deterministic (restoration), 1 = ancestral variance.
+        solver: how the eta = 0 sampler runs: "sequential" (step after step), or "anderson" / "picard": all
+            steps solved as one fixed point at once (`diffusion.deq`, DeqIR's parallel sampling; the same
+            result, in fewer serial rounds where a batch of steps costs one call).
+        solver_tolerance: the relative residual at which the parallel solver stops.
         loss: "l1" (the official code) or "l2", on each predicted output, summed.
         clip: clamp the predicted I_res (and a derived I_0) to [-1, 1] when sampling.
         scale: GT / LQ size ratio; an LQ smaller than the GT is upsampled bicubically to be I_in.
@@ -82,6 +88,8 @@ class RDDM(RestorationModule):
         schedule: RDDMSchedule = RDDMSchedule(),
         sample_steps: int = 5,
         eta: float = 0.0,
+        solver: Literal["sequential", "anderson", "picard"] = "sequential",
+        solver_tolerance: float = 1e-3,
         loss: Literal["l1", "l2"] = "l1",
         clip: bool = True,
         scale: int = 1,
@@ -98,6 +106,11 @@ class RDDM(RestorationModule):
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         if objective not in OBJECTIVES:
             raise ValueError(f"model.init_args.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"model.init_args.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        if solver != "sequential" and eta != 0:
+            raise ValueError(f"model.init_args.solver={solver} solves the eta = 0 sampler in parallel; got eta={eta}")
+        self.solver, self.solver_tolerance = solver, solver_tolerance
         if condition not in ("t", "coefficients"):
             raise ValueError(f"model.init_args.condition must be 't' or 'coefficients', got {condition!r}")
         self.objective, self.condition = objective, condition
@@ -198,6 +211,16 @@ class RDDM(RestorationModule):
         i_in = self.input_image({"lq": lq}, like)
         generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
         schedule = ResidualSchedule(self.on_device(self.schedule.alpha_bar, lq.device), self.on_device(self.schedule.beta_bar, lq.device))
+        if self.solver != "sequential" and self.eta == 0:
+            noise = gaussian_like(i_in, generator)  # as `sample` draws it: I_T = I_in + beta_bar_T noise
+            i_T = (i_in.double() + schedule.beta_bar[-1].item() * noise.double()).to(i_in.dtype)
+
+            def conditioned(i_t: Tensor, inputs: Tensor, alpha_bar: Tensor, beta_bar: Tensor, t: Tensor):
+                masks = None if mask is None else mask.repeat(i_t.shape[0] // mask.shape[0], 1, 1, 1)
+                return self.predictor(inputs, masks)(i_t, alpha_bar, beta_bar, t)
+
+            chain = rddm_chain(conditioned, i_in, schedule, self.sample_steps)
+            return to_unit(run_chain(chain, i_T, self.solver, self.solver_tolerance, progress))
         out = sample(self.predictor(i_in, mask), i_in, schedule, self.sample_steps, eta=self.eta,
                      generator=generator, progress=progress)  # fmt: skip
         return to_unit(out)

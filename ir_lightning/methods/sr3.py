@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.diffusion import gammas_from_betas, get_sampler, make_betas, noised_training_sample, respace
+from ir_lightning.diffusion.deq import SOLVERS, run_chain, sr3_ddim_chain
 from ir_lightning.methods.base import RestorationModule, adam
 from ir_lightning.nets.unet import UNet
 from lightning.pytorch.cli import OptimizerCallable
@@ -62,6 +63,10 @@ class SR3(RestorationModule):
         sample_steps: steps of the sampler when `inference_schedule` is None.
         sampler: "ddpm" (ancestral, the paper) or "ddim".
         eta: DDIM stochasticity (0 = deterministic).
+        solver: how DDIM with eta = 0 runs: "sequential" (step after step), or "anderson" / "picard": the
+            whole chain solved as one fixed point over all steps at once (`diffusion.deq`, DeqIR's parallel
+            sampling; the same result, in fewer serial rounds where a batch of steps costs one call).
+        solver_tolerance: the relative residual at which the parallel solver stops.
         loss: "l1" (the public code) or "l2" (the paper's p = 2) on the noise.
         clip_y0: clamp the predicted y0 to [-1, 1] at each sampling step.
         sample_seed: seed of the sampling noise at validation/test/predict, so the numbers of
@@ -78,6 +83,8 @@ class SR3(RestorationModule):
         sample_steps: int = 100,
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         eta: float = 0.0,
+        solver: Literal["sequential", "anderson", "picard"] = "sequential",
+        solver_tolerance: float = 1e-3,
         loss: Literal["l1", "l2"] = "l1",
         clip_y0: bool = True,
         sample_seed: int = 0,
@@ -100,6 +107,12 @@ class SR3(RestorationModule):
         # and DDP has nothing to broadcast; `on_device` moves them to the device where they are used
         self.train_gammas = train_schedule.gammas()
         self.set_sampling(sampler, sample_steps, eta)
+        if solver not in SOLVERS:
+            raise ValueError(f"model.init_args.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        if solver != "sequential" and (sampler != "ddim" or eta != 0):
+            raise ValueError(f"model.init_args.solver={solver} solves DDIM with eta = 0 in parallel; "
+                             f"got sampler={sampler!r}, eta={eta}")  # fmt: skip
+        self.solver, self.solver_tolerance = solver, solver_tolerance
         if inference_schedule is not None:
             self.inference_gammas = inference_schedule.gammas()
 
@@ -139,9 +152,16 @@ class SR3(RestorationModule):
         def eps_model(y_t: Tensor, level: Tensor) -> Tensor:
             return self.net(torch.cat([x, y_t.to(x.dtype)], dim=1), level.to(x.device))
 
+        gammas = self.on_device(self.inference_gammas, x.device)
+        if self.solver != "sequential" and self.sampler_name == "ddim" and self.eta == 0:
+            def conditioned(y_t: Tensor, level: Tensor, condition: Tensor) -> Tensor:
+                return self.net(torch.cat([condition, y_t.to(x.dtype)], dim=1), level.to(x.device))
+
+            chain = sr3_ddim_chain(conditioned, gammas, clip_y0=self.clip_y0, condition=x)
+            return to_unit(run_chain(chain, y_T, self.solver, self.solver_tolerance, progress))
         kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
         sampler = get_sampler(self.sampler_name)
         y0 = sampler(
-            eps_model, y_T, self.on_device(self.inference_gammas, x.device), generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
+            eps_model, y_T, gammas, generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
         )
         return to_unit(y0)

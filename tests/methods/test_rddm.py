@@ -94,3 +94,25 @@ def test_hyperparameters_load_with_weights_only(tmp_path):
     torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "h.ckpt")
     loaded = torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]
     assert RDDM(net=nn.Identity(), **loaded).schedule.n_steps == 30
+
+
+@pytest.mark.parametrize("solver", ["anderson", "picard"])
+def test_the_parallel_solver_restores_what_the_sequential_sampler_does(solver):
+    """solver=anderson|picard solves the eta = 0 sampler as one fixed point: the same image, with the mask
+    channel tiled along with the stacked steps."""
+    torch.manual_seed(0)
+    net = TwoUNets(**(SMALL | {"in_channels": 7}))
+    settings = dict(sample_steps=6, schedule=RDDMSchedule(n_steps=50), use_mask=True)
+    sequential = RDDM(net=net, **settings).eval()
+    parallel = RDDM(net=net, solver=solver, solver_tolerance=1e-7, **settings).eval()
+    lq, mask = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    expected = sequential.restore(lq, (16, 16), mask=mask)
+    batches: list[int] = []
+    hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    torch.testing.assert_close(parallel.restore(lq, (16, 16), mask=mask), expected, rtol=0, atol=1e-4)
+    hook.remove()
+    assert max(batches) > 2  # the parallel run evaluated several steps of the 2 images in one call
+    with pytest.raises(ValueError, match="solver=anderson solves the eta = 0 sampler in parallel; got eta=0.5"):
+        RDDM(net=net, solver="anderson", eta=0.5)
+    with pytest.raises(ValueError, match="solver must be one of sequential, anderson, picard, got 'newton'"):
+        RDDM(net=net, solver="newton")

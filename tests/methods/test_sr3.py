@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ir_lightning.methods.sr3 import SR3, NoiseSchedule, to_signed, to_unit
+from ir_lightning.nets.unet import UNet
 
 
 class NoiseOracle(nn.Module):
@@ -96,3 +97,21 @@ def test_training_names_a_missing_lq_and_a_scale_mismatch():
         model.training_loss({"gt": torch.rand(1, 3, 16, 16)})
     with pytest.raises(ValueError, match="x4"):
         model.training_loss({"gt": torch.rand(1, 3, 16, 16), "lq": torch.rand(1, 3, 8, 8)})
+
+
+@pytest.mark.parametrize("solver", ["anderson", "picard"])
+def test_the_parallel_solver_restores_what_ddim_does(solver):
+    """solver=anderson|picard solves DDIM (eta = 0) as one fixed point over all steps: the same image."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
+    settings = dict(scale=2, sampler="ddim", sample_steps=8, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05))
+    sequential = SR3(net=net, **settings).eval()
+    parallel = SR3(net=net, solver=solver, solver_tolerance=1e-7, **settings).eval()
+    lq = torch.rand(2, 3, 8, 8)
+    batches: list[int] = []
+    hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    torch.testing.assert_close(parallel.restore(lq), sequential.restore(lq), rtol=0, atol=1e-4)
+    hook.remove()
+    assert max(batches) > 2  # the parallel run evaluated several steps of the 2 images in one call
+    with pytest.raises(ValueError, match="solver=anderson solves DDIM with eta = 0 in parallel; got sampler='ddpm'"):
+        SR3(net=net, solver="anderson")
