@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import re
-import secrets
 import shutil
-import socket
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +38,9 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ir_lightning.io import host_tag as _host_tag
+from ir_lightning.io import temporary_path
 
 _TEMP_NAME = re.compile(r"^\..+\.partial-(?P<host>[A-Za-z0-9_]*)-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp$")
 # Errors from fsyncing a directory that mean "this filesystem does not do that", not "data lost".
@@ -74,9 +76,13 @@ def safe_load(load: Any, path: str | os.PathLike) -> Any:
     `UnsafeCheckpointError` naming the file and the reason. A missing file stays `FileNotFoundError`."""
     try:
         return load()
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # the unpickler's refusal, a truncated file, a file that is no checkpoint
+    except (pickle.UnpicklingError, EOFError, UnicodeDecodeError) as error:  # refused, or no pickle at all
+        raise UnsafeCheckpointError(
+            f"{path}: refused, not a checkpoint of this suite ({load_failure_reason(error)}); nothing in it was run"
+        ) from error
+    except RuntimeError as error:
+        if "PytorchStreamReader" not in str(error) and "zip archive" not in str(error):
+            raise  # a device or memory problem: not the file's fault
         raise UnsafeCheckpointError(
             f"{path}: refused, not a checkpoint of this suite ({load_failure_reason(error)}); nothing in it was run"
         ) from error
@@ -87,6 +93,11 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -
     return safe_load(lambda: torch.load(path, map_location=map_location, weights_only=True), path)
 
 
+def _on_cpu(storage: Any, location: str) -> Any:
+    """`map_location` that keeps every tensor on the CPU (Lightning's default for loading)."""
+    return storage
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` whose local saves are atomic and durable and whose loads never run code from
     the file (`weights_only=True`, whatever the caller asks); removing is Lightning's.
@@ -95,7 +106,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, map_location, weights_only=True), path)
+        location = map_location if map_location is not None else _on_cpu  # Lightning's default: tensors stay on the CPU
+        return safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, location, weights_only=True), path)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
@@ -151,7 +163,7 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
 def _save_atomically(checkpoint: dict[str, Any], target: Path) -> None:
     directory = target.parent
     previous_exists = target.exists()
-    temp = directory / f".{target.name}.partial-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    temp = temporary_path(target)
     sink: _RecordingWriter | None = None
     try:
         with _create_temp_file(temp) as file:
@@ -276,11 +288,6 @@ def _discard(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as error:  # do not hide the error that made us discard it
         warnings.warn(f"could not remove the temporary checkpoint file {path}: {error}")
-
-
-def _host_tag() -> str:
-    """This host's name as it appears in temporary file names (letters, digits and `_` only)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32]
 
 
 def _pid_alive(pid: int) -> bool:

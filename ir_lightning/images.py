@@ -18,7 +18,7 @@ import numpy as np
 import png
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from ir_lightning.io import atomic_writer
@@ -56,15 +56,20 @@ def read_image(path: str | os.PathLike) -> ImageFile:
     """Read an image file; raises OSError / ValueError (Pillow's UnidentifiedImageError is an OSError)."""
     data = Path(path).read_bytes()
     if png_bit_depth(data) == 16:
-        width, height, rows, info = png.Reader(bytes=data).asDirect()
-        planes = info["planes"]
-        pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+        try:
+            width, height, rows, info = png.Reader(bytes=data).asDirect()
+            planes = info["planes"]
+            pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+        except png.Error as error:  # a truncated or corrupt 16-bit PNG
+            raise ValueError(f"not a readable 16-bit PNG ({error})") from error
         return _split(pixels, has_alpha=info["alpha"], bit_depth=16)
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        image = ImageOps.exif_transpose(opened)  # as viewers show it: the PNG written carries no EXIF
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey outside PNG (TIFF)
             return _split(np.asarray(image).astype(np.uint16)[..., None], has_alpha=False, bit_depth=16)
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        # an alpha channel, or a transparent colour (tRNS) in a palette, grey or RGB image
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
         grey = image.mode in ("L", "LA", "1")
         mode = ("LA" if has_alpha else "L") if grey else ("RGBA" if has_alpha else "RGB")
         pixels = np.asarray(image.convert(mode))

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 
+def host_tag() -> str:
+    """This host's name as it appears in temporary file names (letters, digits and `_` only)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32]
+
+
+def temporary_path(target: Path) -> Path:
+    """`.<name>.partial-<host>-<pid>-<random>.tmp` beside `target`: who wrote it is in the name, so a
+    cleaner can tell a killed writer's leftover from a file being written
+    (`checkpoint_io.clean_stale_temp_files`)."""
+    return target.parent / f".{target.name}.partial-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write `path` through: a temporary file beside it (`.<name>.<random>.tmp`), flushed
-    to disk and renamed onto `path` when the block ends without an error, removed when it raises."""
+    """A binary file to write `path` through: a temporary file beside it (`temporary_path`), flushed to
+    disk and renamed onto `path` when the block ends without an error, removed when it raises. The file
+    gets the permissions a plain `open` would give (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temporary_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

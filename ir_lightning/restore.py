@@ -14,15 +14,14 @@ overlapping tiles of `--tile` input pixels, blended with a smooth window (`ir_li
 batches of `--tile-batch`, so memory does not grow with the image. It is written to
 `<output>/<its path relative to --input>.png` with the input's bit depth, grey-ness and alpha channel
 (copied untouched, or resized when the method changes the size), through a temporary file and a
-rename: an interrupted run leaves only complete images, and `--skip-existing` finishes it (removing
-the temporary files a killed run left). An input that cannot be read or restored is reported by name
+rename: an interrupted run leaves only complete images, and `--skip-existing` finishes it. Every start
+removes the temporary files of killed runs (not those of a run still writing). An input that cannot be read or restored is reported by name
 and skipped; the exit status is 1 when any input failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import itertools
 import sys
@@ -34,8 +33,9 @@ import yaml
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from ir_lightning.checkpoint_io import UnsafeCheckpointError, load_checkpoint_safely
+from ir_lightning.checkpoint_io import UnsafeCheckpointError, clean_stale_temp_files, load_checkpoint_safely
 from ir_lightning.images import read_image, write_png
+from ir_lightning import methods
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.tiling import restored_bands
 
@@ -54,11 +54,10 @@ def method_class(checkpoint: dict[str, Any], path: Path) -> type[RestorationModu
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
     if not isinstance(class_path, str) or "state_dict" not in checkpoint:
         raise RestoreError(f"{path}: not a checkpoint of this suite (no state_dict or hyper_parameters._class_path)")
+    # Look the class up among the suite's own methods: nothing the file names is imported (importing a
+    # module runs its code, which a checkpoint from the internet must not be able to trigger).
     module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as error:
-        raise RestoreError(f"{path}: its method {class_path!r} cannot be imported ({error})") from error
+    cls = getattr(methods, name, None) if module_name.startswith("ir_lightning.methods") else None
     if not (isinstance(cls, type) and issubclass(cls, RestorationModule)):
         raise RestoreError(f"{path}: its class {class_path!r} is not a method of this suite")
     return cls
@@ -160,11 +159,12 @@ def restore_file(model: RestorationModule, source: Path, target: Path, args: arg
 
 
 def remove_stale_temporaries(output: Path) -> int:
-    """Delete the temporary files (`.<name>.png.<random>.tmp`) that a killed run left; returns how many."""
-    stale = list(output.rglob(".*.png.*.tmp")) if output.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
+    """Delete the temporary files that killed runs left below `output` (their writer's process is gone;
+    a concurrent run's files in progress are kept); returns how many."""
+    if not output.is_dir():
+        return 0
+    folders = [output, *(p for p in output.rglob("*") if p.is_dir())]
+    return sum(len(clean_stale_temp_files(folder)) for folder in folders)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
     try:
-        if args.tile < 0 or args.tile_batch < 1 or not 0 <= args.overlap < max(args.tile, 1):
+        if args.tile < 0 or args.tile_batch < 1 or (args.tile > 0 and not 0 <= args.overlap < args.tile):
             raise RestoreError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
                                f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
         files = input_files(args.input)

@@ -308,3 +308,21 @@ def test_loading_refuses_a_pickle_that_would_run_code_even_when_asked_not_to_che
     assert AtomicCheckpointIO().load_checkpoint(good)["global_step"] == 3
     with pytest.raises(FileNotFoundError):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_loading_keeps_tensors_on_the_cpu_by_default(tmp_path, monkeypatch):
+    """Lightning's strategy passes no map_location: the default must stay Lightning's (the CPU), or every
+    DDP rank would load a GPU checkpoint onto cuda:0."""
+    path = tmp_path / "c.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, path)
+    seen = {}
+    load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    AtomicCheckpointIO().load_checkpoint(path)
+    assert seen["weights_only"] is True and callable(seen["map_location"])
+    assert seen["map_location"]("storage", "cuda:0") == "storage"

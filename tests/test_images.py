@@ -92,3 +92,16 @@ def test_a_file_that_is_no_image_raises(tmp_path):
     (tmp_path / "x.png").write_bytes(b"no image")
     with pytest.raises(OSError):
         read_image(tmp_path / "x.png")
+
+
+def test_exif_orientation_is_applied_and_a_transparent_colour_becomes_alpha(tmp_path):
+    pixels = RNG.integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif)
+    assert tuple(read_image(tmp_path / "phone.jpg").rgb.shape) == (3, 40, 20)  # as a viewer shows it
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "trns.png", transparency=(1, 2, 3))
+    image = read_image(tmp_path / "trns.png")
+    assert image.alpha is not None and image.alpha[0, 0] == 0 and image.alpha[1, 1] == 255

@@ -5,6 +5,7 @@ refused without running it."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import lightning
 import numpy as np
+import png
 import pytest
 import torch
 from PIL import Image
@@ -22,6 +24,7 @@ from ir_lightning.callbacks import to_uint8_hwc
 from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.methods.sr3 import NoiseSchedule
 from ir_lightning.nets.unet import UNet
+from ir_lightning.io import host_tag
 from ir_lightning.restore import main
 from ir_lightning.tiling import restore_tiled
 from tests.conftest import REPO
@@ -215,11 +218,14 @@ def test_a_killed_restore_leaves_only_complete_images_and_skip_existing_finishes
     for path in finished:  # every visible file is a whole image
         assert np.asarray(Image.open(path)).shape == (48, 48, 3)
     before = {path.name: path.read_bytes() for path in finished}
-    (out / ".29.png.x1y2z3.tmp").write_bytes(b"\x89PNG half")  # what a kill inside a write leaves
+    leftover = out / f".29.png.partial-{host_tag()}-{process.pid}-0a1b2c3d.tmp"  # what a kill inside a write leaves
+    leftover.write_bytes(b"\x89PNG half")
+    running = out / f".28.png.partial-{host_tag()}-{os.getpid()}-0a1b2c3d.tmp"  # a live writer's: kept
+    running.write_bytes(b"\x89PNG being written")
     done = subprocess.run([*command, "--skip-existing"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{30 - len(finished)} restored, {len(finished)} skipped (already there), 0 failed" in done.stdout
-    assert sorted(p.name for p in out.iterdir()) == [f"{i:02d}.png" for i in range(30)]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i:02d}.png" for i in range(30)] + [running.name])
     assert all((out / name).read_bytes() == data for name, data in before.items())
 
 
@@ -242,3 +248,28 @@ def test_large_images_are_restored_in_tiles_and_inpainting_whole(tmp_path, capsy
     np.testing.assert_array_equal(read(tmp_path / "whole/big.png"), expected(small_deqir(operator="inpaint_box"), inputs / "big.png"))
     assert main([*args, "--output", str(tmp_path / "x"), "--overlap", "16"]) == 2
     assert "0 <= --overlap < --tile" in capsys.readouterr().err
+
+
+def test_a_class_path_outside_the_suite_is_refused_without_importing_it(tmp_path, capsys):
+    model = small_deqir()
+    ckpt = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {"_class_path": "this.Anything"}}, ckpt)
+    assert "this" not in sys.modules
+    inputs = write_inputs(tmp_path / "in")
+    assert main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
+    assert "its class 'this.Anything' is not a method of this suite" in capsys.readouterr().err
+    assert "this" not in sys.modules  # importing it would have run its code
+
+
+def test_whole_images_with_tile_0_a_corrupt_16_bit_png_is_skipped_and_outputs_are_world_readable(tmp_path, capsys):
+    ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    (inputs / "broken.png").unlink()
+    buffer = io.BytesIO()
+    png.Writer(8, 8, greyscale=True, bitdepth=16).write(buffer, np.zeros((8, 8), np.uint16))
+    (inputs / "cut16.png").write_bytes(buffer.getvalue()[:60])  # a 16-bit PNG cut short
+    status = main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out"), "--tile", "0"])
+    assert status == 1 and f"error: {inputs / 'cut16.png'}: not a readable 16-bit PNG" in capsys.readouterr().err
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out/b.png").stat().st_mode & 0o777 == 0o666 & ~umask

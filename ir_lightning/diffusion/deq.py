@@ -290,8 +290,8 @@ def solve(
 ) -> SolveResult:
     """Solve X = G(X) for the chain from x_T (B x C x H x W) by Anderson acceleration or Picard iteration.
 
-    Each iteration evaluates G once (one batched network pass over T B images, split into calls of at
-    most `chunk_size` images); it stops when every batch element's relative residual is <= `tol`, or
+    Each iteration evaluates G once (one batched network pass over the states not yet exact, T - i + 1
+    at iteration i, split into calls of at most `chunk_size` images); it stops when every batch element's relative residual is <= `tol`, or
     after `max_iter` iterations. `init` (T x B x ...) is the first iterate, by default every state = x_T.
     The defaults are DeqIR's: m = 5, lam = 1e-3, beta = 1, tol = 1e-3, 15 iterations. A tqdm bar
     (`progress`) shows the residual per iteration. The iterations run without autograd (a graph
