@@ -51,12 +51,12 @@ from tqdm import tqdm
 from ir_lightning.diffusion.operators import bicubic_matrix
 from ir_lightning.fid import FEATURES, FULL_RANK_IMAGES, FIDWeightsError, InceptionFID
 from ir_lightning.fid import fid as frechet_inception_distance
-from ir_lightning.images import ImageFile, read_image, write_png
+from ir_lightning.images import IMAGE_SUFFIXES, ImageFile, image_files_below, read_image, write_png
 from ir_lightning.io import atomic_write_text
 from ir_lightning.metrics import crop_border, psnr_per_image, quantize, ssim_per_image
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.perceptual import LPIPS, LPIPSWeightsError
-from ir_lightning.restore import IMAGE_SUFFIXES, RestoreError, add_model_arguments, load_method
+from ir_lightning.restore import RestoreError, add_model_arguments, load_method
 from ir_lightning.tiling import restore_tiled
 
 WANDB_PROJECT = "ir-lightning"  # the project of the training runs (recipes' WandbLogger), so both sit together
@@ -164,7 +164,7 @@ def image_files(root: Path, flag: str) -> dict[str, Path]:
     if not root.is_dir():
         raise EvaluateError(f"{flag} {root}: no such folder")
     files: dict[str, Path] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in image_files_below(root):
         name = path.relative_to(root).with_suffix("").as_posix()
         if name in files:
             raise EvaluateError(f"{flag} {root}: two images named {name!r} ({files[name].name} and {path.name})")

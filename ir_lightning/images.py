@@ -24,6 +24,13 @@ from torch import Tensor
 from ir_lightning.io import atomic_writer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+"""The file suffixes `read_image` is asked to read (any case)."""
+
+
+def image_files_below(root: Path) -> list[Path]:
+    """Every image file below the folder `root` (recursively, by suffix), sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 @dataclass

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ir_lightning.checkpoint_io import load_failure_reason
+
 # The lpips package's ScalingLayer (v0.1): x in [-1, 1] becomes (x - shift) / scale, per RGB channel.
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -85,8 +87,9 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LPIPSWeightsError(f"{path}: not a PyTorch weights file that loads with weights_only=True ({reason})") from error
+        raise LPIPSWeightsError(
+            f"{path}: not a PyTorch weights file that loads with weights_only=True ({load_failure_reason(error)})"
+        ) from error
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise LPIPSWeightsError(f"{path}: expected a state dict (names -> tensors), found a {type(state).__name__}")
     return state

@@ -34,12 +34,11 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from ir_lightning.checkpoint_io import UnsafeCheckpointError, clean_stale_temp_files, load_checkpoint_safely
-from ir_lightning.images import read_image, write_png
+from ir_lightning.images import IMAGE_SUFFIXES, image_files_below, read_image, write_png
 from ir_lightning import methods
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.tiling import restored_bands
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
 """Shortcut flag -> the constructor arguments it sets, the first one the method has."""
 
@@ -118,7 +117,7 @@ def input_files(root: Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise RestoreError(f"--input {root}: no such file or folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files_below(root)
     if not files:
         raise RestoreError(f"--input {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files
