@@ -53,3 +53,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class UnsafeKeyError(ValueError):
+    """A sample key or file name from data that would not stay a plain name inside its output folder."""
+
+
+def checked_key(key: object, where: str) -> str:
+    """`key` (a sample key or file stem read from data: a shard member, a file name) if it names one file
+    inside a folder, else `UnsafeKeyError` naming `where` (e.g. "shard data/val-000000.tar").
+
+    Refused: anything but a non-empty string, `.` and `..`, and keys holding a path separator (`/`, `\\`),
+    which covers a leading `/`, or a NUL. A path built as `folder / f"{key}.png"` then stays in `folder`.
+    """
+    if not isinstance(key, str) or not key:
+        raise UnsafeKeyError(f"{where}: sample key {key!r} is not a non-empty string")
+    for bad, what in (("\0", "a NUL character"), ("/", "a '/'"), ("\\", "a '\\'")):
+        if bad in key:
+            raise UnsafeKeyError(f"{where}: sample key {key!r} holds {what}; a key must be a plain file name")
+    if key in (".", ".."):
+        raise UnsafeKeyError(f"{where}: sample key {key!r} names a folder, not a file")
+    return key
