@@ -15,6 +15,8 @@ method, so a caller (or a test) can replay the draw with an identically seeded g
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 
 import torch
@@ -49,10 +51,30 @@ def uniform(
 
 
 def check_range(name: str, value_range: tuple[float, float], lowest: float, highest: float) -> None:
-    """Raise ValueError unless ``lowest <= low <= high <= highest``."""
+    """Raise ValueError unless ``value_range`` is a pair of finite numbers with ``lowest <= low <= high <= highest``."""
+    if len(value_range) != 2 or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in value_range):
+        raise ValueError(f"{name} must be a (low, high) pair of finite numbers, got {value_range}")
     low, high = value_range
     if not lowest <= low <= high <= highest:
         raise ValueError(f"{name} must satisfy {lowest} <= low <= high <= {highest}, got {value_range}")
+
+
+def check_integer(name: str, value: object, minimum: int) -> None:
+    """Raise ValueError unless ``value`` is an integer (not a bool) ``>= minimum``; the message names ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_odd_size(name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is a positive odd integer (a kernel's side)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd integer, got {value!r}")
+
+
+def check_probability(name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is a number in [0, 1]."""
+    if not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
 
 
 class Degradation(ABC):
@@ -81,8 +103,7 @@ class BicubicDownsample(Degradation):
     """
 
     def __init__(self, scale: int = 4, antialias: bool = True) -> None:
-        if scale < 1:
-            raise ValueError(f"scale must be an integer >= 1, got {scale}")
+        check_integer("scale", scale, 1)
         self.scale = scale
         self.antialias = antialias
 
@@ -110,8 +131,7 @@ class GaussianBlur(Degradation):
         check_range("sigma", sigma, 0.0, float("inf"))
         if sigma[0] <= 0.0:
             raise ValueError(f"sigma must be positive, got {sigma}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        check_odd_size("kernel_size", kernel_size)
         self.sigma = tuple(sigma)
         self.kernel_size = kernel_size
 
@@ -135,8 +155,7 @@ class GaussianNoise(Degradation):
 
     def __init__(self, sigma: tuple[float, float] = (1.0, 30.0), gray_prob: float = 0.0) -> None:
         check_range("sigma", sigma, 0.0, float("inf"))
-        if not 0.0 <= gray_prob <= 1.0:
-            raise ValueError(f"gray_prob must be in [0, 1], got {gray_prob}")
+        check_probability("gray_prob", gray_prob)
         self.sigma = tuple(sigma)
         self.gray_prob = gray_prob
 
@@ -193,6 +212,9 @@ class Pipeline(Degradation):
     """
 
     def __init__(self, steps: list[Degradation], quantize: bool = True, clamp: bool = True) -> None:
+        for index, step in enumerate(steps):
+            if not callable(step):
+                raise ValueError(f"steps[{index}] must be a degradation (a callable), got {step!r}")
         self.steps = list(steps)
         self.quantize = quantize
         self.clamp = clamp

@@ -33,7 +33,7 @@ import torch
 from kornia.filters import filter2d, get_gaussian_kernel2d
 from torch import Tensor
 
-from ir_lightning.degradations.basic import PIXEL_LEVELS, Degradation, check_range, uniform
+from ir_lightning.degradations.basic import PIXEL_LEVELS, Degradation, check_odd_size, check_range, uniform
 
 
 class CameraNoise(Degradation):
@@ -78,9 +78,8 @@ class CameraNoise(Degradation):
         check_range("correlation", correlation, 0.0, float("inf"))
         if correlation[0] <= 0.0:
             raise ValueError(f"correlation must be positive (a white field needs no blur), got {correlation}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-        if gamma <= 0.0:
+        check_odd_size("kernel_size", kernel_size)
+        if not (math.isfinite(gamma) and gamma > 0.0):
             raise ValueError(f"gamma must be positive, got {gamma}")
         self.photons = tuple(photons)
         self.read_noise = tuple(read_noise)

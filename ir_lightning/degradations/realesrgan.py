@@ -34,6 +34,8 @@ from ir_lightning.degradations.basic import (
     RGB_CHANNELS,
     Degradation,
     GaussianNoise,
+    check_integer,
+    check_probability,
     check_range,
     uniform,
 )
@@ -233,13 +235,9 @@ class StageSettings(NamedTuple):
     jpeg_range: tuple[float, float]
 
 
-def _check_prob(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-
-
 def _check_weights(name: str, weights: tuple[float, ...], count: int) -> None:
-    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
+    finite = all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights)
+    if len(weights) != count or not finite or sum(weights) <= 0:
         raise ValueError(f"{name} must be {count} non-negative weights with a positive sum, got {weights}")
 
 
@@ -350,11 +348,11 @@ class RealESRGANDegradation(Degradation):
         # [resize + sinc] before JPEG rather than after (realesrgan_model.py)
         final_resize_first_prob: float = 0.5,
     ) -> None:
-        if not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
-        low, high = kernel_sizes
-        if not (1 <= low <= high and low % 2 == 1 and high % 2 == 1):
+        check_integer("scale", scale, 1)
+        odd = all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 == 1 for k in kernel_sizes)
+        if len(kernel_sizes) != 2 or not odd or kernel_sizes[0] > kernel_sizes[1]:
             raise ValueError(f"kernel_sizes must be odd sizes 1 <= low <= high, got {kernel_sizes}")
+        check_integer("sinc_small_below", sinc_small_below, 1)
         check_range("rotation_range", rotation_range, -float("inf"), float("inf"))
         for name, cutoff in (
             ("sinc_cutoff_small", sinc_cutoff_small),
@@ -367,7 +365,7 @@ class RealESRGANDegradation(Degradation):
             ("final_sinc_prob", final_sinc_prob),
             ("final_resize_first_prob", final_resize_first_prob),
         ):
-            _check_prob(name, prob)
+            check_probability(name, prob)
         self.scale = scale
         self.kernel_sizes = tuple(kernel_sizes)
         self.rotation_range = tuple(rotation_range)
@@ -429,7 +427,7 @@ class RealESRGANDegradation(Degradation):
         _check_weights("kernel_prob" + suffix, settings.kernel_prob, len(KERNEL_TYPES))
         _check_weights("resize_prob" + suffix, settings.resize_prob, len(RESIZE_DIRECTIONS))
         for name in ("sinc_prob", "gaussian_noise_prob", "gray_noise_prob"):
-            _check_prob(name + suffix, getattr(settings, name))
+            check_probability(name + suffix, getattr(settings, name))
         check_range("blur_sigma" + suffix, settings.blur_sigma, 0.0, float("inf"))
         if settings.blur_sigma[0] <= 0.0:
             raise ValueError(f"blur_sigma{suffix} must be positive, got {settings.blur_sigma}")
