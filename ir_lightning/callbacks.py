@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from ir_lightning.degradations import bicubic_upsample
-from ir_lightning.io import atomic_write_bytes
+from ir_lightning.io import atomic_write_bytes, checked_key
 from ir_lightning.metrics import quantize
 
 
@@ -178,6 +178,10 @@ class WandbSummaries(Callback):
 class PredictionWriter(BasePredictionWriter):
     """Writes each restored image of `predict` to `<output_dir>/<key>.png`, atomically.
 
+    A key is data (a shard member's name): one that is not a plain file name (`..`, `/`, `\\`, NUL)
+    stops the run with `UnsafeKeyError` before anything of its batch is written, so no file lands outside
+    `output_dir`. (The shard reader refuses such keys first, naming the shard.)
+
     Args:
         output_dir: folder for the restored images (created).
     """
@@ -188,6 +192,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx, dataloader_idx):
         keys = prediction.get("__key__") or [f"{batch_idx:06d}_{i}" for i in range(len(prediction["restored"]))]
+        keys = [checked_key(key, f"predict batch {batch_idx}") for key in keys]
         for key, img in zip(keys, prediction["restored"]):
             atomic_write_bytes(self.output_dir / f"{key}.png", png_bytes(img))
 

@@ -15,8 +15,11 @@ temporary file, keeps the previous checkpoint, and raises `CheckpointWriteError`
 much room was left. Remote URLs (s3://, gs://, ...) keep Lightning's implementation.
 
 Loading is Lightning's with `weights_only=True` forced (`safe_load`): a checkpoint whose pickle would run
-code or build arbitrary objects is refused before anything in it runs, with an error that says so and
-names the file. Every checkpoint of this suite loads that way.
+code or build arbitrary objects is refused before anything in it runs, and so is every other file that
+is no checkpoint of this suite (text, a shard, a truncated file, random bytes) and every checkpoint
+whose hyperparameters name a class outside the suite's allow-list (`check_checkpoint`,
+`ir_lightning.class_paths`): one `UnsafeCheckpointError` naming the file and the reason, never a
+traceback. Every checkpoint of this suite loads that way (`read_checkpoint`).
 
 A temporary file is named `.<target>.partial-<host>-<pid>-<random>.tmp`. A process killed with
 SIGKILL cannot remove its own; `clean_stale_temp_files` removes those whose process is gone and
@@ -27,9 +30,9 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import re
 import shutil
+import zipfile
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -59,38 +62,152 @@ class CheckpointWriteError(OSError):
 
 
 class UnsafeCheckpointError(ValueError):
-    """A file that `torch.load(weights_only=True)` refuses: not a checkpoint of this suite."""
+    """A file that is not a usable checkpoint of this suite: refused by `torch.load(weights_only=True)`,
+    not a checkpoint at all (text, a shard, truncated, random bytes), of another layout, or naming
+    classes outside the allow-list. The message is one line naming the file and the reason."""
+
+
+CheckpointError = UnsafeCheckpointError
+"""The one error class of every refused checkpoint (the older name says why it was introduced)."""
+
+RESUME_KEYS: tuple[str, ...] = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "global_step", "epoch")
+"""What a training checkpoint holds beyond the weights, and `fit --ckpt_path` needs to resume."""
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:",
+                 "In PyTorch 2.6", "You can use", "Re-running", "Do it only if", "weights_only=False")
+"""Where torch's general advice starts in a load error (never repeated: retrying with weights_only=False
+would run the file's code)."""
+
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (257, b"ustar", "a tar archive: a data shard, or torch's legacy .tar format, which cannot load safely"),
+    (0, b"\x89PNG", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"\x1f\x8b", "a gzip-compressed file"),
+    (0, b"{", "a JSON or other text file"),
+)
+"""(offset, bytes, what) of files that are recognisably something else than a checkpoint."""
 
 
 def load_failure_reason(error: Exception) -> str:
     """The informative line of a failed `torch.load(weights_only=True)`: the unpickler's reason (an
-    unsupported global, an opcode of a file that is no pickle) without torch's general advice around it."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(boilerplate)]
-    return (reasons or lines or [type(error).__name__])[0]
+    unsupported global, an opcode of a file that is no pickle) without torch's general advice around it
+    (never its suggestion to retry with weights_only=False: that would run the file's code)."""
+    for line in (line.strip() for line in str(error).splitlines()):
+        cut = min([line.find(marker) for marker in _TORCH_ADVICE if marker in line] + [len(line)])
+        reason = line[:cut].strip()
+        if reason:
+            return f"{type(error).__name__}: {reason}"
+    return type(error).__name__
+
+
+def what_else(path: str | os.PathLike) -> str | None:
+    """What a file is when it is recognisably no torch checkpoint (empty, a tar archive, an image, text,
+    neither a zip archive nor a pickle); None when it may be one (a zip archive or a pickle)."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "the file is empty"
+    for offset, magic, what in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return f"it is {what}"
+    if head.startswith(b"PK\x03\x04") or head[0] == 0x80:  # a zip archive, or a pickle of protocol 2 or later
+        return None
+    try:
+        head.decode("utf-8")
+        return "it is a text file"
+    except UnicodeDecodeError:
+        return "it is neither a zip archive nor a pickle"
+
+
+def _refusal(path: str | os.PathLike, reason: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(f"{path}: refused, not a checkpoint of this suite ({reason}); nothing in it was run")
 
 
 def safe_load(load: Any, path: str | os.PathLike) -> Any:
-    """`load()` (a `torch.load(..., weights_only=True)` of `path`), with a refusal turned into
-    `UnsafeCheckpointError` naming the file and the reason. A missing file stays `FileNotFoundError`."""
+    """`load()` (a `torch.load(..., weights_only=True)` of `path`), with every way a file can fail to be a
+    checkpoint (refused pickle, no pickle at all, truncated zip, legacy tar, random bytes) turned into
+    `UnsafeCheckpointError` naming the file and the reason. A missing file stays `FileNotFoundError`;
+    running out of memory, or a device error, stays what it is."""
     try:
         return load()
-    except (pickle.UnpicklingError, EOFError, UnicodeDecodeError) as error:  # refused, or no pickle at all
-        raise UnsafeCheckpointError(
-            f"{path}: refused, not a checkpoint of this suite ({load_failure_reason(error)}); nothing in it was run"
-        ) from error
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # a folder, no permission, an I/O error: the file cannot be read
+        raise UnsafeCheckpointError(f"{path}: cannot be read ({error.strerror or error})") from error
+    except MemoryError:
+        raise
     except RuntimeError as error:
-        if "PytorchStreamReader" not in str(error) and "zip archive" not in str(error):
+        if any(word in str(error) for word in ("CUDA", "out of memory", "device")) and "PytorchStreamReader" not in str(error):
             raise  # a device or memory problem: not the file's fault
-        raise UnsafeCheckpointError(
-            f"{path}: refused, not a checkpoint of this suite ({load_failure_reason(error)}); nothing in it was run"
-        ) from error
+        raise _refusal(path, load_failure_reason(error)) from error
+    except Exception as error:  # noqa: BLE001 - UnpicklingError, EOFError, KeyError, IndexError, struct.error, ...
+        raise _refusal(path, load_failure_reason(error)) from error
 
 
-def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)` with the errors of `safe_load`."""
-    return safe_load(lambda: torch.load(path, map_location=map_location, weights_only=True), path)
+def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` with the errors of `safe_load`, after a look at the file's first
+    bytes refuses what is recognisably something else (`what_else`). `mmap`: tensors are mapped, not read,
+    so looking at a large checkpoint's metadata is cheap (zip archives only; others are read)."""
+    kind = safe_load(lambda: what_else(path), path)
+    if kind is not None:
+        raise _refusal(path, kind)
+    mmap = mmap and _is_zip(path)
+    return safe_load(lambda: torch.load(path, map_location=map_location, weights_only=True, mmap=mmap), path)
+
+
+def check_settings(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise `UnsafeCheckpointError` naming the file unless its settings (`hyper_parameters`,
+    `datamodule_hyper_parameters`) are dicts of named settings in which every class path is allowed
+    (`ir_lightning.class_paths`): nothing they name is imported either way."""
+    from ir_lightning.class_paths import UntrustedClassPathError, check_class_paths
+
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        settings = checkpoint.get(key)
+        if settings is None:
+            continue
+        if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+            raise _refusal(path, f"its {key} are not a dict of named settings")
+        try:
+            check_class_paths(settings, str(path), where=key)
+        except UntrustedClassPathError as error:
+            raise UnsafeCheckpointError(str(error)) from error
+
+
+def check_checkpoint(checkpoint: Any, path: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
+    """`checkpoint` (a loaded file) if it is laid out as a checkpoint of this suite (a dict with a `state_dict`
+    of named tensors) and its settings pass `check_settings`; else `UnsafeCheckpointError` naming the file
+    and what is wrong. `resume`: it must also hold the training state `fit --ckpt_path` resumes."""
+    if not isinstance(checkpoint, dict):
+        raise _refusal(path, f"it holds a {type(checkpoint).__name__}, not a dict of weights and settings")
+    weights = checkpoint.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise _refusal(path, "no state_dict of named tensors")
+    check_settings(checkpoint, path)
+    if resume:
+        missing = [key for key in RESUME_KEYS if key not in checkpoint]
+        if missing:
+            raise UnsafeCheckpointError(
+                f"{path} holds weights only (no {', '.join(missing)}: an exported or imported checkpoint), so a run "
+                f"cannot resume from it; to start a new run from its weights, drop --ckpt_path and give "
+                f"--init_weights {path} (fit)"
+            )
+        if not isinstance(checkpoint["global_step"], int) or not isinstance(checkpoint["optimizer_states"], list):
+            raise _refusal(path, "its training state (global_step, optimizer_states) is malformed")
+    return checkpoint
+
+
+def _is_zip(path: str | os.PathLike) -> bool:
+    """Whether `path` reads as a zip archive (`zipfile.is_zipfile` raises on some broken central directories)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def read_checkpoint(path: str | os.PathLike, resume: bool = False, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint file of this suite, loaded without running or importing anything it names, and checked
+    (`check_checkpoint`); every failure is one `UnsafeCheckpointError` naming the file."""
+    return check_checkpoint(load_checkpoint_safely(path, mmap=mmap), path, resume=resume)
 
 
 def _on_cpu(storage: Any, location: str) -> Any:
@@ -107,7 +224,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         location = map_location if map_location is not None else _on_cpu  # Lightning's default: tensors stay on the CPU
-        return safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, location, weights_only=True), path)
+        checkpoint = safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, location, weights_only=True), path)
+        if isinstance(checkpoint, dict):
+            check_settings(checkpoint, path)
+        return checkpoint
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
@@ -146,7 +266,7 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
         if match is None or match["host"] != host:
             continue
         pid = int(match["pid"])
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         stale = directory / name
         try:
@@ -290,7 +410,7 @@ def _discard(path: Path) -> None:
         warnings.warn(f"could not remove the temporary checkpoint file {path}: {error}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if os.name == "nt":  # os.kill(pid, 0) terminates the process on Windows: never clean there
         return True
     try:

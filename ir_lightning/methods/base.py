@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from ir_lightning.checkpoint_io import check_checkpoint, read_checkpoint, safe_load
 from ir_lightning.methods.lr import LRSchedule, lr_factor
 from ir_lightning.metrics import RestorationMetrics
 
@@ -77,8 +79,12 @@ class RestorationModule(pl.LightningModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
-        if max_nonfinite_steps < 1:
-            raise ValueError(f"model.init_args.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        for name, value, minimum in (("max_nonfinite_steps", max_nonfinite_steps, 1), ("warmup_steps", warmup_steps, 0),
+                                     ("crop_border", crop_border, 0)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"model.init_args.{name} must be an integer >= {minimum}, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"model.init_args.{name} must be >= {minimum}, got {value}")
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -89,6 +95,39 @@ class RestorationModule(pl.LightningModule):
         self._base_seed: int | None = None
         self._generator: torch.Generator | None = None
         self._generator_step: int | None = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> RestorationModule:  # fmt: skip
+        """Lightning's `load_from_checkpoint`, after the file has been read safely and every class path in its
+        hyperparameters checked against the allow-list (`checkpoint_io.read_checkpoint`): a refused file
+        raises `UnsafeCheckpointError` naming it, before anything it names is imported. Always
+        `weights_only=True`."""
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            read_checkpoint(checkpoint_path, mmap=True)
+        else:  # a file object
+            start = checkpoint_path.tell()
+            check_checkpoint(safe_load(lambda: torch.load(checkpoint_path, map_location="cpu", weights_only=True),
+                                       "<file object>"), "<file object>")  # fmt: skip
+            checkpoint_path.seek(start)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs)
+
+    def load_initial_weights(self, checkpoint: dict[str, Any], source: str) -> None:
+        """Start training from a checkpoint's weights (its `state_dict`: the EMA weights of a training checkpoint,
+        the only ones of an export), keeping this module's fresh optimizer and step count. Submodules an export
+        left out (`exported_without`: used in training only) keep their fresh initialisation. Raises
+        ValueError naming `source` when the weights do not fit this module as configured."""
+        weights, own = checkpoint["state_dict"], self.state_dict()
+        left_out = tuple(f"{name}." for name in checkpoint.get("exported_without", ()))
+        unexpected = [key for key in weights if key not in own]
+        missing = [key for key in own if key not in weights and not key.startswith(left_out)]
+        mismatched = [f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}"
+                      for key in weights if key in own and weights[key].shape != own[key].shape]  # fmt: skip
+        if unexpected or missing or mismatched:
+            problems = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                        for label, keys in (("unexpected", unexpected), ("missing", missing), ("other shapes:", mismatched)) if keys]  # fmt: skip
+            raise ValueError(f"{source}: its weights do not fit {type(self).__name__} as the recipe builds it ({'; '.join(problems)})")
+        self.load_state_dict(weights, strict=False)
 
     def save_hyperparameters_as_plain_data(self, ignore: list[str]) -> None:
         """`save_hyperparameters`, with every dataclass value (a noise schedule) stored as its dict, so the

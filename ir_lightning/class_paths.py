@@ -1,0 +1,142 @@
+"""The class paths a file may name: checked before anything the file names is imported.
+
+A checkpoint's hyperparameters (and a weights file's metadata) are a config: `class_path` entries
+that jsonargparse imports and instantiates, and strings that it imports where a setting takes a class
+or a callable. Loading with `weights_only=True` keeps the pickle from running code, but importing a
+module runs that module's code, so a downloaded checkpoint naming `net: {class_path: this.Nope}`
+would run whatever `this` does. Every such name is therefore checked here first, against the
+suite's allow-list:
+
+- every class of the suite's methods, networks, losses, degradations and diffusion math (schedules), by
+  any path under those packages that reaches it (`ir_lightning.methods.SR3` and
+  `ir_lightning.methods.sr3.SR3` alike);
+- the optimizers of `torch.optim` and the schedulers of `torch.optim.lr_scheduler`;
+- Lightning's CLI instantiator, which the CLI records in every checkpoint.
+
+What is checked: the values of `class_path`, `_class_path` and `_instantiator` keys at any depth,
+and every other string that reads as a dotted import path whose first part is an installed module
+(`os.system`, `this.Nope`): a file name such as `weights.ckpt` is no import path, but a setting
+whose value is `test.ckpt` would name the standard library's `test` package and is refused (write
+`./test.ckpt`). A class path without dots is looked up by jsonargparse among classes already
+imported, never imported, and is allowed when it is the name of an allowed class.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import pkgutil
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+ALLOWED_PACKAGES: tuple[str, ...] = (
+    "ir_lightning.methods",
+    "ir_lightning.nets",
+    "ir_lightning.degradations",
+    "ir_lightning.diffusion",
+    "ir_lightning.losses",
+)
+"""The suite's packages (and modules) whose classes a file may name."""
+
+ALLOWED_INSTANTIATORS: tuple[str, ...] = ("lightning.pytorch.cli.instantiate_module",)
+"""Functions a checkpoint may name as the builder of its module (Lightning's CLI records this one)."""
+
+CLASS_PATH_KEYS: tuple[str, ...] = ("class_path", "_class_path", "_instantiator")
+"""Keys whose string value is imported as it stands."""
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+class UntrustedClassPathError(ValueError):
+    """A file names a class or module outside the allow-list; nothing it names was imported."""
+
+
+def _own_modules(package_name: str) -> Iterator[Any]:
+    """The package and every module below it (the suite's own code: importing it is safe)."""
+    package = importlib.import_module(package_name)
+    yield package
+    for info in pkgutil.walk_packages(getattr(package, "__path__", []), f"{package_name}."):
+        yield importlib.import_module(info.name)
+
+
+def _in_allowed_package(module_name: str) -> bool:
+    return any(module_name == p or module_name.startswith(f"{p}.") for p in ALLOWED_PACKAGES)
+
+
+@functools.cache
+def allowed_classes() -> dict[str, type]:
+    """Every class path a file may name -> the class it reaches (see the module docstring)."""
+    allowed: dict[str, type] = {}
+    for package_name in ALLOWED_PACKAGES:
+        for module in _own_modules(package_name):
+            for name, value in vars(module).items():
+                if isinstance(value, type) and _in_allowed_package(value.__module__):
+                    allowed[f"{module.__name__}.{name}"] = value
+    schedulers = torch.optim.lr_scheduler
+    for module, base in ((torch.optim, torch.optim.Optimizer), (schedulers, (schedulers.LRScheduler, schedulers.ReduceLROnPlateau))):
+        for name, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, base):
+                allowed[f"{module.__name__}.{name}"] = value
+                allowed[f"{value.__module__}.{value.__qualname__}"] = value
+    return allowed
+
+
+def allowed_class(path: str) -> type | None:
+    """The class an allowed class path names (nothing is imported), else None."""
+    return allowed_classes().get(path)
+
+
+def _bare_names() -> frozenset[str]:
+    return frozenset(cls.__name__ for cls in allowed_classes().values())
+
+
+def _is_allowed(path: str, key: str | None) -> bool:
+    if path in allowed_classes():
+        return True
+    if key == "_instantiator":
+        return path in ALLOWED_INSTANTIATORS
+    if "." not in path:  # jsonargparse resolves a bare name among imported classes only
+        return path in _bare_names()
+    return False
+
+
+def _imports_something(text: str) -> bool:
+    """Whether a string reads as a dotted import path of an installed module (found, not imported)."""
+    if not _DOTTED.fullmatch(text):
+        return False
+    try:
+        return importlib.util.find_spec(text.split(".", 1)[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def named_imports(tree: Any, where: str = "") -> Iterator[tuple[str, str, str | None]]:
+    """(location, string, key) of every string in a nested config that would be imported if parsed."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            location = f"{where}.{key}" if where else str(key)
+            if key in CLASS_PATH_KEYS:
+                yield location, value if isinstance(value, str) else repr(value), key
+            else:
+                yield from named_imports(value, location)
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from named_imports(value, f"{where}[{index}]")
+    elif isinstance(tree, str) and _imports_something(tree):
+        yield where, tree, None
+
+
+def check_class_paths(tree: Any, source: str, where: str = "hyper_parameters") -> None:
+    """Raise `UntrustedClassPathError` naming `source` and the setting when a nested config read from a
+    file names a class, function or module outside the allow-list (nothing is imported either way)."""
+    for location, path, key in named_imports(tree, where):
+        if not _is_allowed(path, key):
+            raise UntrustedClassPathError(
+                f"{source}: {location} names {path!r}, which is not a class of this suite (methods, networks, "
+                f"losses, degradations, schedules) nor a torch.optim optimizer or scheduler; refused before importing "
+                f"anything it names"
+            )
