@@ -13,6 +13,7 @@ This is the only module that reads the environment: W&B runs offline unless `WAN
 from __future__ import annotations
 
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,9 @@ import ir_lightning.methods  # noqa: F401  (registers the methods)
 from ir_lightning.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.io import atomic_write_text
 from ir_lightning.methods.base import RestorationModule
-from ir_lightning.preemption import SlurmRequeue, in_slurm_job, newest_checkpoint
+from ir_lightning.preemption import FinalCheckpoint, SlurmRequeue, in_slurm_job, newest_checkpoint
+from ir_lightning.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
+from ir_lightning.run_lock import RunLock
 
 DESCRIPTION = """\
 ir-lightning: diffusion-based image restoration with PyTorch Lightning.
@@ -52,6 +55,13 @@ RUN_DIR_HELP = """The run's directory: sets trainer.default_root_dir (preemption
 ModelCheckpoint (<run_dir>/checkpoints) and the save_dir of every WandbLogger, overriding the
 recipe. Two runs of one recipe with different run_dir never overwrite or resume each other.
 Applied after parsing: --print_config shows run_dir beside the recipe's own paths."""
+
+INIT_WEIGHTS_HELP = """fit only: start the run from the weights of this checkpoint (an exported, imported or training
+checkpoint of the same method and configuration; its EMA weights), with a fresh optimizer, schedule and
+step count. Ignored when the run resumes (--ckpt_path), whose checkpoint holds the weights."""
+
+TRACEBACK_VARIABLE = "IR_LIGHTNING_TRACEBACK"
+"""Set to 1 to see the traceback behind a one-line configuration error."""
 
 
 class ConfigSaver(SaveConfigCallback):
@@ -99,8 +109,16 @@ class IRLightningCLI(LightningCLI):
     """LightningCLI in subclass mode for the method and the data module, with:
 
     - `--run_dir DIR`: one switch that moves every output of a run (see RUN_DIR_HELP);
-    - `--ckpt_path auto`: resume from the run's newest checkpoint, or start afresh if it has none;
+    - `--ckpt_path auto`: resume from the run's furthest checkpoint, or start afresh if it has none;
+    - `--init_weights FILE`: start a fit from a checkpoint's weights without resuming its training state;
+    - a checkpoint given to `--ckpt_path` is read safely and checked (a checkpoint of this suite, of the
+      recipe's method and scale, resumable for fit) before its hyperparameters reach the parser, and
+      nothing it names outside the allow-list is imported (`ir_lightning.class_paths`);
+    - configuration errors (a constructor's check, a scale that contradicts the data) stop the run with
+      one line (`ConfigurationError`);
     - atomic checkpoint writes (`AtomicCheckpointIO`) unless the recipe brings its own checkpoint IO;
+    - a lock on the run's folders for the whole fit (`RunLock`), and the final state saved when training
+      ends after the last checkpoint (`FinalCheckpoint`);
     - under SLURM, `SlurmRequeue` in place of Lightning's signal handler.
     """
 
@@ -119,11 +137,33 @@ class IRLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=Optional[str], default=None, help=RUN_DIR_HELP)
+        parser.add_argument("--init_weights", type=Optional[str], default=None, help=INIT_WEIGHTS_HELP)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a `--ckpt_path` file before Lightning hands its hyperparameters to the parser, which would
+        import every class path in them (and let them replace the recipe's settings)."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            check_checkpoint_fits(path, self.config[subcommand].get("model"), resume=subcommand == "fit")
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("run_dir"):
             place_run(config, config.run_dir)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConfigurationError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a constructor refused a setting: say which, in one line
+            raise ConfigurationError(instantiation_failure(error)) from error
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand is not None and self.datamodule is not None:
+            check_scales(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -131,16 +171,49 @@ class IRLightningCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if in_slurm_job() and not any(isinstance(c, SlurmRequeue) for c in trainer.callbacks):
             trainer.callbacks.append(SlurmRequeue())
+        trainer.callbacks.insert(0, RunLock())  # first: before any callback writes into the run's folders
+        trainer.callbacks.append(FinalCheckpoint())
         return trainer
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
+        model_config = self.config[self.subcommand].get("model")
+        if self.trainer.global_rank == 0:  # before the logger starts a run; other ranks learn it in RunLock.setup
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, RunLock):
+                    callback.acquire(self.trainer)
         if config.get("ckpt_path") == "auto":
             found = newest_checkpoint(self.trainer)
             where = f"{self.trainer.default_root_dir} and the checkpoint folders"
             rank_zero_info(f"--ckpt_path auto: resuming from {found}" if found else
                            f"--ckpt_path auto: no checkpoint in {where}; starting afresh")
+            if found is not None:
+                check_checkpoint_fits(found, model_config, resume=True)
             config["ckpt_path"] = str(found) if found else None
+        if config.get("init_weights"):
+            if config.get("ckpt_path"):
+                rank_zero_info(f"--init_weights {config.init_weights} ignored: the run resumes from {config.ckpt_path}")
+                return
+            checkpoint = check_checkpoint_fits(config.init_weights, model_config, resume=False, flag="--init_weights")
+            try:
+                self.model.load_initial_weights(checkpoint, config.init_weights)
+            except ValueError as error:
+                raise ConfigurationError(str(error)) from error
+            rank_zero_info(f"--init_weights: starting from the weights of {config.init_weights}")
+
+
+def instantiation_failure(error: BaseException) -> str:
+    """One line for an error raised while the config's classes were built: the innermost error's message (a
+    constructor's own check names the key), after the class path of the entry that failed."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    class_paths = [m.group(1) for e in chain if (m := re.search(r"class_path='([\w.]+)'", str(e)))]
+    root = chain[-1]
+    message = " ".join(line.strip() for line in str(root).splitlines() if line.strip()) or type(root).__name__
+    if not isinstance(root, (ValueError, TypeError)):
+        message = f"{type(root).__name__}: {message} ({TRACEBACK_VARIABLE}=1 shows the traceback)"
+    return f"{class_paths[-1]}: {message}" if class_paths else message
 
 
 def place_run(config: Namespace, run_dir: str) -> None:
@@ -188,7 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     if words and words[0] in SUBCOMMANDS:
         module = __import__(SUBCOMMANDS[words[0]], fromlist=["main"])
         return int(module.main(words[1:]) or 0)
-    IRLightningCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    try:
+        check_config_files(words)
+        IRLightningCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    except ConfigurationError as error:
+        if os.environ.get(TRACEBACK_VARIABLE) == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,11 +21,13 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from ir_lightning.checkpoint_io import UnsafeCheckpointError, read_checkpoint
+from ir_lightning.run_checks import ConfigurationError
 
 HPC_CHECKPOINT = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 """Lightning's name for preemption checkpoints in the run directory (`trainer.default_root_dir`)."""
@@ -134,31 +136,68 @@ class SlurmRequeue(Callback):
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
-    """Where a run resumes from: the furthest of its HPC checkpoints (in `default_root_dir`) and of
-    the `last*.ckpt` of its ModelCheckpoint callbacks.
+    """Where a run resumes from: the furthest complete checkpoint among its HPC checkpoints (in
+    `default_root_dir`) and every `*.ckpt` in the folders of its ModelCheckpoint callbacks.
 
-    A preempted job left an HPC checkpoint; a job killed without warning (node failure,
-    `kill -9`) left only the periodic `last.ckpt`, possibly further than an old HPC checkpoint.
-    Furthest = highest `global_step`; at equal steps (both written at the same step) the HPC
-    checkpoint, then the most recently written.
+    A preempted job left an HPC checkpoint; a job killed without warning (node failure, `kill -9`)
+    left the periodic checkpoints, and a kill between ModelCheckpoint's two saves of one step leaves
+    `step<N>.ckpt` further than `last.ckpt`. Furthest = highest `global_step`; at equal steps the HPC
+    checkpoint, then the most recently written. A file that does not read as a checkpoint (truncated
+    by a copy, say) is passed over with a warning; if no file reads, `ConfigurationError` names them
+    all rather than silently starting afresh over them.
     """
     hpc = hpc_checkpoints(trainer.default_root_dir)
     candidates = list(hpc)
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and Path(callback.dirpath).is_dir():
-            candidates += [p for p in Path(callback.dirpath).glob(f"{callback.CHECKPOINT_NAME_LAST}*.ckpt")]
-    existing = [p for p in candidates if p.is_file()]
-    if not existing:
+            candidates += sorted(Path(callback.dirpath).glob(f"*{callback.FILE_EXTENSION}"))
+    steps = {path: _global_step(path) for path in dict.fromkeys(candidates) if path.is_file()}
+    unreadable = [str(path) for path, step in steps.items() if step is None]
+    readable = {path: step for path, step in steps.items() if step is not None}
+    if unreadable and readable:
+        rank_zero_warn(f"--ckpt_path auto passes over files that do not read as checkpoints: {', '.join(unreadable)}")
+    if unreadable and not readable:
+        raise ConfigurationError(
+            f"--ckpt_path auto: no checkpoint of this run reads ({', '.join(unreadable)}); move them away to start "
+            "afresh, or give --ckpt_path a file"
+        )
+    if not readable:
         return None
-    return max(existing, key=lambda p: (_global_step(p), p in hpc, p.stat().st_mtime_ns))
+    return max(readable, key=lambda p: (readable[p], p in hpc, p.stat().st_mtime_ns))
 
 
-def _global_step(path: Path) -> int:
-    """The checkpoint's `global_step`, read lazily (memory-mapped: the tensors are not read); -1 if unreadable."""
+def _global_step(path: Path) -> int | None:
+    """The checkpoint's `global_step`, read lazily (memory-mapped: the tensors are not read); None if the file
+    is not a checkpoint that reads."""
     try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
-    except Exception:  # noqa: BLE001 - a checkpoint we cannot read is the last choice, not an error here
-        return -1
+        step = read_checkpoint(path, mmap=True).get("global_step")
+    except (UnsafeCheckpointError, OSError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+class FinalCheckpoint(Checkpoint):
+    """Saves the state at the end of training when the last step is not in a checkpoint yet, into
+    `last.ckpt` in the folder of every ModelCheckpoint that has not saved it, so that the
+    steps after the last periodic save are not lost and `--ckpt_path auto` with a larger `max_steps`
+    goes on from the end. The IR-Lightning CLI adds it to every fit.
+
+    It is a `Checkpoint` callback, which Lightning runs after all others: the EMA callback has put
+    the average in place by then, as it has for ModelCheckpoint's own saves.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if any(isinstance(c, SlurmRequeue) and c.saved is not None for c in trainer.callbacks):
+            return  # preempted: the HPC checkpoint of this step is written, and SLURM's grace time is short
+        step = trainer.global_step
+        behind = [c for c in trainer.checkpoint_callbacks
+                  if isinstance(c, ModelCheckpoint) and c.dirpath and getattr(c, "_last_global_step_saved", -1) != step]  # fmt: skip
+        for folder in dict.fromkeys(Path(c.dirpath) for c in behind):
+            target = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+            trainer.save_checkpoint(target)
+            rank_zero_info(f"Training ended at step {step}, after the last checkpoint: saved {target}")
+        for callback in behind:
+            callback._last_global_step_saved = step  # Lightning's record of its last save: no second save of this step
 
 
 def in_slurm_job() -> bool:
