@@ -11,6 +11,8 @@ A preset yields :class:`PresetSample` records: a key, the GT path, the LQ path (
 sets such as DIV2K or FFHQ), the split and, for ISTD, the shadow mask. They are read with
 :func:`ir_lightning.shards.pair_samples` and written with :func:`ir_lightning.shards.write_shards`,
 the same code as the folder mode (``--gt``/``--lq``), so a shard from a preset is like any other.
+As there, a split whose shards ``--out`` already holds is refused before anything is written, unless
+``--overwrite`` replaces those sets.
 
 Split names: ``train``; ``val`` for a data set's own validation set (DIV2K, DF2K, FFHQ); ``test``
 for its test set (GoPro, LOL, ISTD, RealBlur, SPA); ``test-<name>`` where one download holds several
@@ -42,6 +44,7 @@ from ir_lightning.shards import (
     check_key,
     human_bytes,
     pair_samples,
+    refuse_existing_shards,
     sanitise_key,
     split_keys,
     write_shards,
@@ -516,7 +519,7 @@ def _split_rank(split: str) -> tuple[int, str]:
 def _check_keys(name: str, samples: list[PresetSample]) -> None:
     by_key: dict[tuple[str, str], list[str]] = {}
     for sample in samples:
-        check_key(sample.key)
+        check_key(sample.key, f"preset {name!r}: {sample.lq or sample.gt}")
         by_key.setdefault((sample.split, sample.key), []).append(str(sample.lq or sample.gt))
     clashes = [
         f"{' and '.join(paths)} -> {key} ({split})" for (split, key), paths in sorted(by_key.items()) if len(paths) > 1
@@ -575,13 +578,15 @@ def run_preset(args: argparse.Namespace) -> int:
     val_keys = [key.strip() for key in args.val_keys.split(",") if key.strip()] if args.val_keys else None
     splits = by_split(collect_preset(args.preset, args.root))
     splits = hold_out_val(splits, args.val_count, args.val_fraction, val_keys, args.seed)
+    names = {split: f"{args.prefix}-{split}" if args.prefix else split for split in splits}
+    if not args.overwrite:
+        refuse_existing_shards(args.out, names.values())
     results = {}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         for split, samples in splits.items():
-            name = f"{args.prefix}-{split}" if args.prefix else split
             results[split] = write_shards(
-                preset_shard_samples(samples), args.out, name, args.maxcount, args.maxsize,
+                preset_shard_samples(samples), args.out, names[split], args.maxcount, args.maxsize,
                 progress=not args.no_progress, total=len(samples),
             )
     print(preset_summary(results))

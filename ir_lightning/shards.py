@@ -12,11 +12,16 @@ Three layers, usable on their own:
   it PNG bytes made in memory. Every image member is fully decoded once with PIL as a check and
   a sample with an unreadable image is skipped with a warning. Each shard is written under a
   hidden temporary name and renamed into place when complete, so a crash never leaves a
-  truncated file under a final ``.tar`` name.
+  truncated file under a final ``.tar`` name. Into a folder that already holds shards of the
+  prefix, the new set is written into a hidden staging folder beside them and swapped in only
+  when complete (each file renamed over its old namesake, the old shards beyond the new count
+  deleted), so the prefix's pattern names exactly one data set and a crash keeps the old set whole.
 - :func:`collect_pairs` matches clean (GT) and degraded (LQ) files of two folders by stem and
   :func:`pair_samples` reads them as samples; :func:`split_keys` draws a reproducible
   validation split.
-- :func:`main` is the command line on top of both.
+- :func:`main` is the command line on top of both. It refuses, before writing anything, to write
+  a prefix of which ``--out`` already holds shards (a ``train-*.tar`` glob would mix two data sets)
+  unless ``--overwrite`` asks to replace that set.
 
 Example::
 
@@ -31,6 +36,7 @@ import io
 import os
 import random
 import re
+import shutil
 import sys
 import tarfile
 import warnings
@@ -40,6 +46,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+
+from ir_lightning.io import UnsafeKeyError, checked_key, host_tag
 
 IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 """File extensions taken as images, both when listing folders and when checking members."""
@@ -133,11 +141,20 @@ def write_shards(
     A new shard starts when adding the next sample would make the current one hold more than
     ``maxcount`` samples or make its file larger than ``maxsize`` bytes; a single sample larger
     than ``maxsize`` gets a shard of its own. ``total`` only sizes the progress bar.
-    Raises :class:`ShardError` for a key with a dot, an empty key, a repeated key or a bad member name.
+    Shards of ``prefix`` already in ``out_dir`` are replaced by the new set once it is complete
+    (:func:`_swap_in`); until then they stay untouched.
+    Raises :class:`ShardError` for a key that is not a plain name without dots, a repeated key or a
+    bad member name.
     """
     _check_limits(prefix, maxcount, maxsize)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(out_dir, prefix)
+    old = existing_shards(out_dir, prefix)
+    staging = out_dir / f".{prefix}.staging-{host_tag()}-{os.getpid()}" if old else None
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier process with our pid
+        staging.mkdir()
     stats, seen, writer = ShardStats(), set(), None
     try:
         for sample in tqdm(samples, total=total, disable=not progress, desc=prefix, unit="sample"):
@@ -150,7 +167,7 @@ def write_shards(
                 _commit(writer, stats)
                 writer = None
             if writer is None:
-                writer = _ShardWriter(shard_path(out_dir, prefix, stats.shards))
+                writer = _ShardWriter(shard_path(staging or out_dir, prefix, stats.shards))
             writer.add(members, size)
             stats.samples += 1
         if writer is not None:
@@ -158,10 +175,60 @@ def write_shards(
     except BaseException:
         if writer is not None:
             writer.abort()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    if staging is not None:
+        _swap_in(staging, out_dir, stats, old)
     stats.pattern = shard_pattern(out_dir, prefix, stats.shards)
-    _warn_stale_shards(out_dir, prefix, stats.shards)
     return stats
+
+
+def existing_shards(out_dir: Path, prefix: str) -> list[Path]:
+    """The ``prefix-NNNNNN.tar`` files in ``out_dir``, sorted (none if the folder does not exist)."""
+    pattern = re.compile(rf"{re.escape(prefix)}-\d{{{SHARD_DIGITS}}}\.tar")
+    if not Path(out_dir).is_dir():
+        return []
+    return sorted(path for path in Path(out_dir).iterdir() if pattern.fullmatch(path.name))
+
+
+def refuse_existing_shards(out_dir: Path, prefixes: Iterable[str]) -> None:
+    """Raise :class:`ShardError` naming the folder, the prefix and a few of its files when ``out_dir``
+    already holds shards of one of ``prefixes``: new shards beside them would mix two data sets."""
+    for prefix in prefixes:
+        old = [path.name for path in existing_shards(out_dir, prefix)]
+        if old:
+            shown = ", ".join(old[:3]) + (f" and {len(old) - 3} more" if len(old) > 3 else "")
+            raise ShardError(
+                f"--out {out_dir} already holds shards with the prefix {prefix!r} ({shown}); new shards beside "
+                "them would mix two data sets under one pattern: choose another --out or --prefix, or pass "
+                "--overwrite to replace that set"
+            )
+
+
+def _swap_in(staging: Path, out_dir: Path, stats: ShardStats, old: list[Path]) -> None:
+    """Move the complete new set from ``staging`` into ``out_dir`` (each file renamed over its old
+    namesake), delete the old shards it does not replace, then the staging folder."""
+    for path in stats.paths:
+        os.replace(path, out_dir / path.name)
+    stats.paths = [out_dir / path.name for path in stats.paths]
+    kept = {path.name for path in stats.paths}
+    for path in old:
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
+    staging.rmdir()
+
+
+def _remove_dead_staging(out_dir: Path, prefix: str) -> None:
+    """Delete the staging folders of ``prefix`` that killed runs on this host left in ``out_dir``."""
+    pattern = re.compile(rf"\.{re.escape(prefix)}\.staging-{re.escape(host_tag())}-(\d+)")
+    for path in out_dir.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir():
+            from ir_lightning.checkpoint_io import pid_alive  # imports torch: only once a staging folder is found
+
+            if not pid_alive(int(match.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def shard_path(out_dir: Path, prefix: str, index: int) -> Path:
@@ -238,7 +305,7 @@ def _archive_bytes(content: int) -> int:
 
 def _tar_members(sample: ShardSample, seen: set[str]) -> list[tuple[tarfile.TarInfo, bytes]]:
     """Check the key and member names, then build one tar header per file: ``key.name``."""
-    check_key(sample.key)
+    check_key(sample.key, f"sample from {', '.join(sample.sources.values())}" if sample.sources else "sample")
     if sample.key in seen:
         raise ShardError(f"key {sample.key!r} occurs twice; keys must be unique")
     seen.add(sample.key)
@@ -252,10 +319,15 @@ def _tar_members(sample: ShardSample, seen: set[str]) -> list[tuple[tarfile.TarI
     return members
 
 
-def check_key(key: str) -> None:
-    """Raise :class:`ShardError` unless ``key`` is a non-empty string without dots."""
-    if not key or "." in key:
-        raise ShardError(f"bad sample key {key!r}: keys must be non-empty and contain no '.'")
+def check_key(key: str, where: str = "sample") -> None:
+    """Raise :class:`ShardError` naming ``where`` the key came from unless ``key`` is a plain file name
+    (:func:`ir_lightning.io.checked_key`: no ``/``, ``\\``, NUL, ``..``) without dots."""
+    try:
+        checked_key(key, where)
+    except UnsafeKeyError as error:
+        raise ShardError(str(error)) from None
+    if "." in key:
+        raise ShardError(f"{where}: bad sample key {key!r}: keys must be non-empty and contain no '.'")
 
 
 def _all_images_decode(sample: ShardSample) -> bool:
@@ -294,17 +366,6 @@ def _check_limits(prefix: str, maxcount: int, maxsize: int) -> None:
         raise ShardError(f"maxcount and maxsize must be positive, got {maxcount} and {maxsize}")
 
 
-def _warn_stale_shards(out_dir: Path, prefix: str, shards: int) -> None:
-    """Warn about ``prefix-NNNNNN.tar`` files beyond the ones just written (left by an earlier run)."""
-    pattern = re.compile(rf"{re.escape(prefix)}-(\d{{{SHARD_DIGITS}}})\.tar")
-    stale = sorted(
-        path.name for path in out_dir.iterdir()
-        if (match := pattern.fullmatch(path.name)) and int(match.group(1)) >= shards
-    )
-    if stale:
-        warnings.warn(f"{len(stale)} older shards left in {out_dir}, outside the new pattern: {_listing(stale)}")
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading folders
 
@@ -319,7 +380,7 @@ def collect_pairs(
     """Match the images of ``gt_dir`` with those of ``lq_dir`` by relative path without extension.
 
     ``lq_suffix`` is stripped from LQ stems first (DIV2K names its x4 inputs ``0001x4.png``).
-    Keys are the relative paths without extension, with ``/`` and ``.`` turned into ``_``.
+    Keys are the relative paths without extension, with ``/``, ``\\`` and ``.`` turned into ``_``.
     Hidden files and folders (names starting with a dot) are ignored. Raises :class:`ShardError`
     for a missing folder, no images, unmatched files on either side, or two files with one key.
     Returns the pairs sorted by key.
@@ -337,8 +398,9 @@ def collect_pairs(
 
 
 def sanitise_key(stem: str) -> str:
-    """Sample key of a relative path without extension: ``/`` and ``.`` become ``_``."""
-    return stem.replace("/", "_").replace(".", "_")
+    """Sample key of a relative path without extension: ``/``, ``\\``, ``.`` and NUL become ``_``, so the
+    key is a plain file name (:func:`check_key`)."""
+    return re.sub(r"[/\\.\0]", "_", stem)
 
 
 def _index_images(folder: Path, exts: tuple[str, ...], recursive: bool, suffix: str) -> dict[str, Path]:
@@ -529,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with a split: NAME-train-* and NAME-val-*")
     parser.add_argument("--recursive", action="store_true",
                         help="also search sub-folders; keys come from relative paths, e.g. a/0001 -> a_0001")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the shards of the same prefix already in --out (removed once the new set is "
+                        "complete; without it such a folder is refused)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     from ir_lightning.shard_presets import PRESETS  # builds on this module, so imported late
 
@@ -565,10 +630,13 @@ def _run(args: argparse.Namespace) -> int:
     val_keys = [key.strip() for key in args.val_keys.split(",") if key.strip()] if args.val_keys else None
     train, val = split_keys([pair.key for pair in pairs], args.val_count, args.val_fraction, val_keys, args.seed)
     by_key = {pair.key: pair for pair in pairs}
+    splits = _named_splits(args.prefix, train, val)
+    if not args.overwrite:
+        refuse_existing_shards(args.out, [split for split, _ in splits])
     results = {}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        for split, keys in _named_splits(args.prefix, train, val):
+        for split, keys in splits:
             chosen = [by_key[key] for key in keys]
             results[split] = write_shards(
                 pair_samples(chosen), args.out, split, args.maxcount, args.maxsize,

@@ -114,11 +114,11 @@ def test_maxsize_packs_greedily_to_the_byte_limit(tmp_path: Path) -> None:
     assert len(oversized) == 1 and len(read_back(str(oversized[0]))) == 1
 
 
-def test_older_shards_outside_the_new_pattern_are_warned_about(tmp_path: Path) -> None:
+def test_older_shards_of_the_prefix_are_replaced_by_the_new_set(tmp_path: Path) -> None:
     write_shards(tiny_samples(3), tmp_path, "train", maxcount=1, progress=False)
-    with pytest.warns(UserWarning, match=r"2 older shards .*train-000001\.tar, train-000002\.tar"):
-        stats = write_shards(tiny_samples(1), tmp_path, "train", progress=False)
+    stats = write_shards(tiny_samples(1), tmp_path, "train", progress=False)
     assert stats.pattern == str(tmp_path / "train-000000.tar")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["train-000000.tar"]  # no old shard, no staging
 
 
 def test_bad_keys_are_rejected(tmp_path: Path) -> None:
