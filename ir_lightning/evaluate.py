@@ -18,7 +18,9 @@ The method is read from the checkpoint (as `ir-lightning restore` does, `weights
 unless `--no-ema`). Writes `<out>/results.json` (per-image and mean PSNR/SSIM, preset, protocol,
 checkpoint, method, settings) and `<out>/results.md` atomically, the per-image scores as a W&B table in
 an offline run under `<out>/wandb` (`--no-wandb` skips it), and with `--save-images` the restored
-images as `<out>/images/<name>.png`. Errors name the bad folder, preset or unmatched file; exit status 2.
+images as `<out>/images/<name>.png` (`<name>` keeps the GT's sub-folders); an `--out` whose images would
+land on or among the --gt/--lq images (symlinks resolved) is refused before any work. Errors name the bad
+folder, preset or unmatched file; exit status 2.
 
 LPIPS (v0.1, AlexNet; `ir_lightning.perceptual`) is added when both `--lpips-backbone` (torchvision's
 `alexnet-owt-7be5be79.pth`) and `--lpips-linear` (the lpips package's `weights/v0.1/alex.pth`) name local
@@ -51,12 +53,12 @@ from tqdm import tqdm
 from ir_lightning.diffusion.operators import bicubic_matrix
 from ir_lightning.fid import FEATURES, FULL_RANK_IMAGES, FIDWeightsError, InceptionFID
 from ir_lightning.fid import fid as frechet_inception_distance
-from ir_lightning.images import IMAGE_SUFFIXES, ImageFile, image_files_below, read_image, write_png
+from ir_lightning.images import IMAGE_SUFFIXES, ImageFile, image_files_below, lands_in, output_image_path, read_image, write_png
 from ir_lightning.io import atomic_write_text
 from ir_lightning.metrics import crop_border, psnr_per_image, quantize, ssim_per_image
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.perceptual import LPIPS, LPIPSWeightsError
-from ir_lightning.restore import RestoreError, add_model_arguments, load_method
+from ir_lightning.restore import RestoreError, add_model_arguments, load_method, size_problem
 from ir_lightning.tiling import restore_tiled
 
 WANDB_PROJECT = "ir-lightning"  # the project of the training runs (recipes' WandbLogger), so both sit together
@@ -200,6 +202,27 @@ def pair_files(gt_root: Path, lq_root: Path | None, lq_suffix: str) -> list[Pair
     if stray:
         raise EvaluateError(f"--lq {lq_root}: no GT image in {gt_root} for {_listed(stray)} (--lq-suffix {lq_suffix!r})")
     return [Pair(name, path, by_gt_name[name]) for name, path in gts.items()]
+
+
+def image_target(out: Path, pair: Pair) -> Path:
+    """Where `--save-images` writes the restored `pair`: `<out>/images/<name>.png`, checked to stay there."""
+    try:
+        return output_image_path(out / "images", Path(f"{pair.name}.png"), f"--gt {pair.gt}")
+    except ValueError as error:
+        raise EvaluateError(str(error)) from error
+
+
+def check_image_targets(out: Path, pairs: list[Pair], inputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an `--out` whose saved images would replace or join the input images
+    (`--out` equal to or inside `--gt`/`--lq`, or `--gt` being `<out>/images`)."""
+    folders = {flag: folder for flag, folder in inputs.items() if folder is not None}
+    for pair in pairs:
+        target = image_target(out, pair)
+        hit = lands_in(target, folders.values())
+        if hit is not None:
+            flag = next(flag for flag, folder in folders.items() if folder == hit)
+            raise EvaluateError(f"--out {out} would write {target} inside {flag} {hit}: the inputs would be overwritten "
+                                f"or scored again; choose an --out outside {hit}")  # fmt: skip
 
 
 def modcrop(img: Tensor, modulo: int) -> Tensor:
@@ -456,7 +479,8 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
         try:
             restored = restore_image(model, lq, args, device)
         except (RuntimeError, ValueError) as error:  # out of memory, a size the network cannot take, ...
-            raise EvaluateError(f"{pair.lq or pair.gt}: restoring failed ({first_line(error)})") from error
+            reason = size_problem(model, lq.shape[-2], lq.shape[-1], args.tile, device) or f"restoring failed ({first_line(error)})"
+            raise EvaluateError(f"{pair.lq or f'{pair.gt} (its bicubic LQ)'}: {reason}") from error
         if restored.shape != gt.shape:
             raise EvaluateError(
                 f"{pair.name}: the restored image is {tuple(restored.shape[-2:])} but its GT is {tuple(gt.shape[-2:])}: "
@@ -473,7 +497,7 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
             gt_features.append(features[1])
         if args.save_images:
             like = ImageFile(rgb=gt, alpha=None, bit_depth=gt_file.bit_depth, grey=gt_file.grey)
-            write_png(args.out / "images" / f"{pair.name}.png", restored, like)
+            write_png(image_target(args.out, pair), restored, like)
     mean = {k: math.fsum(row[k] for row in rows) / len(rows) for k in ("psnr", "ssim", "lpips") if k in rows[0]}
     lq = (f"{args.lq} (names + {args.lq_suffix!r})" if args.lq_suffix else str(args.lq)) if args.lq else (
         f"synthetic: MATLAB imresize(gt, 1/{protocol.scale}, 'bicubic') of the modcropped GT, rounded to 8 bits")  # fmt: skip
@@ -496,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         protocol = check_arguments(args)
         pairs = pair_files(args.gt, args.lq, args.lq_suffix)
+        if args.save_images:
+            check_image_targets(args.out, pairs, {"--gt": args.gt, "--lq": args.lq})
         lpips = load_lpips(args, device)
         fid_network = load_fid(args, device)
         model = load_method(args.ckpt, args, device)

@@ -3,7 +3,8 @@ does not see: the bit depth (8 or 16), whether the image was grey, and its alpha
 
 PNG files of 16 bits are read with pypng (Pillow reads 16-bit colour PNGs as 8 bits); every other input
 (8-bit PNG, JPEG, WebP, BMP, TIFF, palette images) goes through Pillow. Outputs are PNGs written by
-pypng row by row, so a restored image is never held whole as a float array.
+pypng row by row, so a restored image is never held whole as a float array. Where an output goes is
+decided here too (`output_image_path`, `lands_in`): inside its output folder, never onto an input.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from ir_lightning.io import atomic_writer
+from ir_lightning.io import atomic_writer, checked_key
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -29,8 +30,37 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def image_files_below(root: Path) -> list[Path]:
-    """Every image file below the folder `root` (recursively, by suffix), sorted."""
+    """Every image file below the folder `root` (recursively, by suffix), sorted. Symlinked files are
+    listed (under the link's own path); symlinked folders are not entered."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def output_image_path(folder: Path, relative: Path, where: str) -> Path:
+    """`folder/<relative with suffix .png>` for an image found at `relative` below an input folder.
+
+    Every part of `relative` must be a plain name (`ir_lightning.io.checked_key`, naming `where`), and the
+    file must land inside `folder` once the symlinks on its way are resolved (a sub-folder of `folder` that
+    is a link to elsewhere is refused); raises ValueError otherwise.
+    """
+    for part in relative.parts:
+        checked_key(part, where)
+    target = folder / relative.with_suffix(".png")
+    if not resolved(target).is_relative_to(folder.resolve()):
+        raise ValueError(f"{where}: its output {target} would be written outside {folder} (a symlinked folder on the way)")
+    return target
+
+
+def resolved(path: Path) -> Path:
+    """Where writing `path` creates its file: its folder with symlinks resolved, plus its name (a link at
+    `path` itself is replaced by the atomic rename, not written through)."""
+    return path.parent.resolve() / path.name
+
+
+def lands_in(target: Path, inputs: Iterable[Path]) -> Path | None:
+    """The first of `inputs` (files or folders) that writing `target` would replace or add a file to,
+    symlinks resolved on both sides; None when it touches none of them."""
+    real = resolved(target)
+    return next((source for source in inputs if real.is_relative_to(source.resolve())), None)
 
 
 @dataclass

@@ -16,7 +16,15 @@ batches of `--tile-batch`, so memory does not grow with the image. It is written
 (copied untouched, or resized when the method changes the size), through a temporary file and a
 rename: an interrupted run leaves only complete images, and `--skip-existing` finishes it. Every start
 removes the temporary files of killed runs (not those of a run still writing). An input that cannot be read or restored is reported by name
-and skipped; the exit status is 1 when any input failed.
+and skipped; the exit status is 1 when any input failed. An image smaller than the checkpoint restores
+(a U-Net pads by reflection, which needs a few pixels) is named with its size and the smallest size.
+
+Before any work, with exit status 2: an output that would replace an input or land inside the --input
+folder (--output equal to or inside --input, compared with symlinks resolved; its outputs would be
+restored again by the next run), a file name that is not a plain name (`ir_lightning.io.checked_key`),
+and an output path that a symlinked folder would lead outside --output. --input inside --output is
+allowed: an output can land on an input only where a sub-folder repeats the input's own path, and
+that case is refused by the same rule.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import inspect
 import itertools
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +43,19 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from ir_lightning.checkpoint_io import UnsafeCheckpointError, clean_stale_temp_files, load_checkpoint_safely
-from ir_lightning.images import IMAGE_SUFFIXES, image_files_below, read_image, write_png
+from ir_lightning.images import IMAGE_SUFFIXES, image_files_below, lands_in, output_image_path, read_image, write_png
 from ir_lightning import methods
 from ir_lightning.methods.base import RestorationModule
-from ir_lightning.tiling import restored_bands
+from ir_lightning.tiling import restored_bands, smallest_side
 
 SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
 """Shortcut flag -> the constructor arguments it sets, the first one the method has."""
+
+
+SMALLEST_SIDE_TRIED = 64
+"""A failed image with a side below this is checked against the smallest size the checkpoint restores."""
+
+_smallest_sides: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its smallest side (or None)
 
 
 class RestoreError(Exception):
@@ -124,15 +139,25 @@ def input_files(root: Path) -> list[Path]:
 
 
 def output_path(source: Path, root: Path, output: Path) -> Path:
-    relative = source.name if root.is_file() else source.relative_to(root).as_posix()
-    return output / Path(relative).with_suffix(".png")
+    """`<output>/<source's path relative to --input>.png`, checked by `images.output_image_path`."""
+    relative = Path(source.name) if root.is_file() else source.relative_to(root)
+    try:
+        return output_image_path(output, relative, f"--input {source}")
+    except ValueError as error:
+        raise RestoreError(str(error)) from error
 
 
-def check_distinct_outputs(files: list[Path], root: Path, output: Path) -> None:
-    """Two inputs that would write the same output (a.png and a.jpg) stop the command before any work."""
+def check_outputs(files: list[Path], root: Path, output: Path) -> None:
+    """Stop the command before any work when an output would replace an input or land inside the --input
+    folder (the same folder, or --output inside --input: the next run would restore its own outputs), or
+    two inputs would write the same output (a.png and a.jpg). Symlinks are resolved before comparing."""
     seen: dict[Path, Path] = {}
     for source in files:
         target = output_path(source, root, output)
+        if lands_in(target, [root]) is not None:
+            where = "over the input" if root.is_file() else "inside --input"
+            raise RestoreError(f"--output {output} would write {target} {where} {root}: inputs would be overwritten "
+                               f"or restored again; choose an --output outside {root}")  # fmt: skip
         if target in seen:
             raise RestoreError(f"{seen[target]} and {source} would both be written to {target}; rename one")
         seen[target] = source
@@ -147,14 +172,44 @@ def restore_file(model: RestorationModule, source: Path, target: Path, args: arg
         return model.restore(lq, None, **kwargs).clamp(0, 1)
 
     lq = image.rgb[None].to(device)
-    with torch.no_grad():
-        if args.tile > 0 and model.tileable:  # bands leave as soon as they are final: written row by row
-            bands = restored_bands(restore, lq, args.tile, args.overlap, args.tile_batch, progress=True)
-            first = next(bands)
-            scale = first[1].shape[-1] // lq.shape[-1]
-            write_png(target, itertools.chain([first], bands), image, (lq.shape[-2] * scale, lq.shape[-1] * scale))
-        else:
-            write_png(target, restore(lq)[0], image)
+    try:
+        with torch.no_grad():
+            if args.tile > 0 and model.tileable:  # bands leave as soon as they are final: written row by row
+                bands = restored_bands(restore, lq, args.tile, args.overlap, args.tile_batch, progress=True)
+                first = next(bands)
+                scale = first[1].shape[-1] // lq.shape[-1]
+                write_png(target, itertools.chain([first], bands), image, (lq.shape[-2] * scale, lq.shape[-1] * scale))
+            else:
+                write_png(target, restore(lq)[0], image)
+    except (RuntimeError, ValueError) as error:  # a padding error of torch, ...: say so if the image is too small
+        problem = size_problem(model, lq.shape[-2], lq.shape[-1], args.tile, device)
+        if problem is None:
+            raise
+        raise ValueError(problem) from error
+
+
+def size_problem(model: RestorationModule, height: int, width: int, tile: int, device: torch.device) -> str | None:
+    """Why restoring an image of height x width pixels failed when it is smaller than the smallest image the
+    checkpoint restores (`tiling.smallest_side`, found once per model), as one line naming both sizes; None
+    when its size is not the reason."""
+    tiled = tile > 0 and model.tileable
+    side = min(height, width, tile) if tiled else min(height, width)
+    if side >= SMALLEST_SIDE_TRIED:
+        return None
+    if model not in _smallest_sides:
+        def restore(lq: torch.Tensor) -> torch.Tensor:
+            return model.restore(lq, None)
+
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, 1, 1, device=device)
+            _smallest_sides[model] = smallest_side(restore, probe, SMALLEST_SIDE_TRIED)
+    smallest = _smallest_sides[model]
+    if smallest is None or side >= smallest:
+        return None
+    minimum = f"{smallest} x {smallest} pixels"
+    if min(height, width) >= smallest:
+        return f"--tile {tile} is below the smallest tile this {type(model).__name__} checkpoint restores ({minimum})"
+    return f"{height} x {width} pixels is too small: this {type(model).__name__} checkpoint restores images of at least {minimum}"
 
 
 def remove_stale_temporaries(output: Path) -> int:
@@ -202,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RestoreError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
                                f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
         files = input_files(args.input)
-        check_distinct_outputs(files, args.input, args.output)
+        check_outputs(files, args.input, args.output)
         model = load_method(args.ckpt, args, device)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)

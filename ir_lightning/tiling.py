@@ -13,6 +13,11 @@ beyond; along an edge on the image border it is 1. So in every overlap the two w
 (no seam when tiles disagree, as stochastic samplers' tiles do), and a pixel closer than `overlap / 4`
 to a tile's inner edge never counts: when the network's receptive field reaches at most `overlap / 4`
 input pixels from the output pixel, tiled and whole-image restoration agree to rounding.
+
+Tiles are clipped to the image: a 20000 x 16 image is cut into 256 x 16 tiles, never padded to 256 x 256.
+An image (or tile) below the smallest size a method takes (a U-Net pads by reflection to a multiple of
+its down-sampling factor, which needs more pixels than the padding) fails; `smallest_side` finds that
+size by trying, so that the error can say it.
 """
 
 from __future__ import annotations
@@ -137,3 +142,16 @@ def _window(y: int, x: int, th: int, tw: int, height: int, width: int, overlap: 
     rows = profile(th * scale, overlap * scale, ramp_start=y > 0, ramp_end=y + th < height, dtype=dtype)
     cols = profile(tw * scale, overlap * scale, ramp_start=x > 0, ramp_end=x + tw < width, dtype=dtype)
     return rows[:, None] * cols[None, :]
+
+
+def smallest_side(restore: RestoreFn, like: Tensor, limit: int) -> int | None:
+    """The smallest n for which `restore` takes an n x n image of `like`'s channels, dtype and device (tried
+    n = 1, 2, ..., `limit`), or None when it takes none of them. Any size from the first that works on is
+    taken to work too, as it does for reflection padding to a multiple and for blur kernels."""
+    for n in range(1, limit + 1):
+        try:
+            restore(like.new_full((1, like.shape[1], n, n), 0.5))
+        except (RuntimeError, ValueError):
+            continue
+        return n
+    return None
