@@ -162,7 +162,7 @@ class IRLightningCLI(LightningCLI):
             raise ConfigurationError(instantiation_failure(error)) from error
 
     def after_instantiate_classes(self) -> None:
-        if self.subcommand is not None and self.datamodule is not None:
+        if self.datamodule is not None:
             check_scales(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -42,14 +42,18 @@ import yaml
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from ir_lightning.checkpoint_io import UnsafeCheckpointError, clean_stale_temp_files, load_checkpoint_safely
+from ir_lightning.checkpoint_io import UnsafeCheckpointError, clean_stale_temp_files, read_checkpoint
+from ir_lightning.class_paths import allowed_class
 from ir_lightning.images import IMAGE_SUFFIXES, image_files_below, lands_in, output_image_path, read_image, write_png
-from ir_lightning import methods
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.tiling import restored_bands, smallest_side
 
 SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
 """Shortcut flag -> the constructor arguments it sets, the first one the method has."""
+
+
+MESSAGE_LIMIT = 400
+"""Characters of a library's error message quoted in one line (a state_dict mismatch lists every key)."""
 
 
 SMALLEST_SIDE_TRIED = 64
@@ -63,15 +67,14 @@ class RestoreError(Exception):
 
 
 def method_class(checkpoint: dict[str, Any], path: Path) -> type[RestorationModule]:
-    """The method a checkpoint of this suite was trained with, from its hyperparameters' `_class_path`."""
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    """The method a checkpoint of this suite was trained with, from its hyperparameters' `_class_path`,
+    looked up in the allow-list: nothing the file names is imported (importing a module runs its code,
+    which a checkpoint from the internet must not be able to trigger)."""
+    hparams = checkpoint.get("hyper_parameters")
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
-    if not isinstance(class_path, str) or "state_dict" not in checkpoint:
-        raise RestoreError(f"{path}: not a checkpoint of this suite (no state_dict or hyper_parameters._class_path)")
-    # Look the class up among the suite's own methods: nothing the file names is imported (importing a
-    # module runs its code, which a checkpoint from the internet must not be able to trigger).
-    module_name, _, name = class_path.rpartition(".")
-    cls = getattr(methods, name, None) if module_name.startswith("ir_lightning.methods") else None
+    if not isinstance(class_path, str):
+        raise RestoreError(f"{path}: not a checkpoint of this suite (no hyper_parameters._class_path)")
+    cls = allowed_class(class_path)
     if not (isinstance(cls, type) and issubclass(cls, RestorationModule)):
         raise RestoreError(f"{path}: its class {class_path!r} is not a method of this suite")
     return cls
@@ -100,11 +103,13 @@ def restoring_settings(cls: type[RestorationModule], args: argparse.Namespace) -
 
 
 def load_method(path: Path, args: argparse.Namespace, device: torch.device) -> RestorationModule:
-    """The checkpoint's method with the requested settings and weights, in eval mode on `device`."""
+    """The checkpoint's method with the requested settings and weights, in eval mode on `device`. Every way
+    the file can fail (not a checkpoint, unsafe, of a class outside the suite, weights that do not fit)
+    is one `RestoreError` naming it."""
     if not path.is_file():
         raise RestoreError(f"--ckpt {path}: no such file")
     try:
-        checkpoint = load_checkpoint_safely(path)
+        checkpoint = read_checkpoint(path)
     except UnsafeCheckpointError as error:
         raise RestoreError(str(error)) from error
     cls = method_class(checkpoint, path)
@@ -113,16 +118,19 @@ def load_method(path: Path, args: argparse.Namespace, device: torch.device) -> R
     settings = restoring_settings(cls, args)
     try:
         model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **settings)
-    except (TypeError, ValueError, KeyError, RuntimeError, argparse.ArgumentError) as error:
-        # a bad setting (the method's own check, or the type check of the CLI's instantiator), or weights
-        # that do not fit the method's networks
-        reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        raise RestoreError(f"{path}: {reason}") from error
-    if args.no_ema:
-        trained = checkpoint.get("current_model_state")
-        if trained is None:
-            raise RestoreError(f"--no-ema: {path} holds only one set of weights (exported, or trained without EMA)")
-        model.load_state_dict(trained)
+        if args.no_ema:
+            trained = checkpoint.get("current_model_state")
+            if trained is None:
+                raise RestoreError(f"--no-ema: {path} holds only one set of weights (exported, or trained without EMA)")
+            model.load_state_dict(trained)
+    except RestoreError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - a bad setting (the method's own check, or the CLI's type check), or
+        # weights or settings of the file that do not fit the method: whatever it is, one line naming the file
+        reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        raise RestoreError(f"{path}: {reason if len(reason) <= MESSAGE_LIMIT else reason[:MESSAGE_LIMIT] + ' ...'}") from error
     return model.to(device).eval()
 
 

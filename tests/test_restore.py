@@ -257,7 +257,7 @@ def test_a_class_path_outside_the_suite_is_refused_without_importing_it(tmp_path
     assert "this" not in sys.modules
     inputs = write_inputs(tmp_path / "in")
     assert main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
-    assert "its class 'this.Anything' is not a method of this suite" in capsys.readouterr().err
+    assert "hyper_parameters._class_path names 'this.Anything', which is not a class of this suite" in capsys.readouterr().err
     assert "this" not in sys.modules  # importing it would have run its code
 
 
