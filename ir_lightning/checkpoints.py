@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ir_lightning.checkpoint_io import read_checkpoint
 from ir_lightning.io import atomic_write_bytes
 
 KEPT = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "global_step", "epoch")
@@ -24,8 +25,8 @@ KEPT = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_ver
 
 def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict[str, int]:
     """Writes the restoring part of checkpoint `src` to `dst` (atomically); returns sizes in bytes."""
-    checkpoint = torch.load(src, map_location="cpu", weights_only=True)
-    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+    checkpoint = read_checkpoint(src)  # refused, naming the file, unless a checkpoint of this suite
+    if "hyper_parameters" not in checkpoint:
         raise ValueError(f"{src} is not a Lightning checkpoint of this suite (no state_dict/hyper_parameters)")
     slim = {k: checkpoint[k] for k in KEPT if k in checkpoint}
     dropped = list(checkpoint.get("training_only", ()))  # e.g. a diffusion network that only shaped the loss

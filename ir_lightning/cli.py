@@ -211,7 +211,7 @@ def instantiation_failure(error: BaseException) -> str:
     class_paths = [m.group(1) for e in chain if (m := re.search(r"class_path='([\w.]+)'", str(e)))]
     root = chain[-1]
     message = " ".join(line.strip() for line in str(root).splitlines() if line.strip()) or type(root).__name__
-    if not isinstance(root, (ValueError, TypeError)):
+    if not isinstance(root, (ValueError, TypeError, OSError)):
         message = f"{type(root).__name__}: {message} ({TRACEBACK_VARIABLE}=1 shows the traceback)"
     return f"{class_paths[-1]}: {message}" if class_paths else message
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ir_lightning.checkpoint_io import read_checkpoint
 from ir_lightning.diffusion.prior import noised_start, prior_gammas, reverse_chain
 from ir_lightning.losses import GANLoss, PerceptualLoss
 from ir_lightning.methods.base import RestorationModule, adam
@@ -435,14 +436,12 @@ class DiffIRGAN(DiffIRS2):
 
 
 def read_weights(path: str | Path, argument: str, hint: str) -> dict[str, Tensor]:
-    """The EMA weights (`state_dict`) of one of our checkpoints, read without running pickled code."""
+    """The EMA weights (`state_dict`) of one of our checkpoints, read without running or importing anything it
+    names (`checkpoint_io.read_checkpoint`: a file that is no checkpoint of the suite is refused naming it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{argument}: {path} does not exist ({hint})")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise Stage1CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    return checkpoint["state_dict"]  # the EMA weights, where the EMA callback ran
+    return read_checkpoint(path)["state_dict"]  # the EMA weights, where the EMA callback ran
 
 
 class _Phased(LRSchedule):
