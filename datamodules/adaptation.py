@@ -126,6 +126,12 @@ class AdaptationDataModule(pl.LightningDataModule):
 
     def __init__(self, synthetic: ShardDataModule, real: ShardDataModule, real_key_prefix: str = "real_") -> None:
         super().__init__()
+        for name, child in (("synthetic", synthetic), ("real", real)):
+            if not isinstance(child, ShardDataModule):
+                raise ValueError(f"data.{name} must be a datamodules.ShardDataModule, got {child!r}")
+        if not isinstance(real_key_prefix, str) or not real_key_prefix:
+            raise ValueError(f"data.real_key_prefix must be a non-empty string, got {real_key_prefix!r}: the real "
+                             "members would overwrite the synthetic")  # fmt: skip
         if synthetic.steps_per_epoch != real.steps_per_epoch:
             raise ValueError(
                 f"data.synthetic.steps_per_epoch ({synthetic.steps_per_epoch}) and data.real.steps_per_epoch "
@@ -142,8 +148,6 @@ class AdaptationDataModule(pl.LightningDataModule):
                 f"data.synthetic sets {', '.join(unread)}, but evaluation reads the real domain only: move them to "
                 "data.real (or drop them)"
             )
-        if not real_key_prefix:
-            raise ValueError("data.real_key_prefix must not be empty: the real members would overwrite the synthetic")
         self.synthetic, self.real, self.real_key_prefix = synthetic, real, real_key_prefix
         self._train_streams: DomainStreams | None = None
 

@@ -3,10 +3,14 @@
 A shard sample is ``<key>.gt.png`` (or ``.jpg``/``.jpeg``/``.webp``), optionally ``<key>.lq.*``
 (paired data), ``<key>.mask.png`` and ``<key>.meta.json``; with ``require_gt=False`` a training
 sample may hold ``lq.*`` alone (real degraded images without a clean target: SIDD noisy, SPA rainy,
-RealBlur blurry used unpaired), cropped and flipped like clean-only samples. A batch is a dict
+RealBlur blurry used unpaired), cropped and flipped like clean-only samples. Keys become file names
+downstream, so a key that is not a plain file name (``..``, a ``/``, a NUL) is refused by name. Which
+images a training sample must hold, and which of the shards' images training ignores, follows from
+the configuration (``TrainLayout``: ``require_gt``, ``require_lq``, ``degradation``), never from the
+data. A batch is a dict
 with float tensors in [0, 1] of shape ``B x C x H x W`` (``gt``, ``lq``, ``mask`` with C = 1),
 ``__key__`` (list of str), ``meta`` (list of dict, when the samples carry ``meta.json``) and
-``n_skipped`` (0-dim int64: samples the worker dropped since its previous batch).
+``n_skipped`` (0-dim int64: samples and shard draws the worker dropped since its previous batch).
 
 Training is a stream of ``steps_per_epoch`` batches per epoch, so all DDP ranks run the same number
 of steps whatever the shard sizes. In epoch ``e`` every (rank, worker) draws its own seeded sequence
@@ -15,15 +19,21 @@ scaled to the GT grid, so the two stay aligned), flips and rotates, shuffles in 
 inside the worker. Every random draw is a function of (seed, rank, epoch, worker) and of the position
 in the stream, never of process ids or the clock, so the loader can be checkpointed as two numbers
 (epoch, batches taken) and a resumed run replays the epoch up to that point in its workers and then
-continues with exactly the batches an uninterrupted run would have seen. Validation, test and predict read every sample once, in order, and
-split samples (not shards) across ranks. Synthetic degradations run on the device in
+continues with exactly the batches an uninterrupted run would have seen. In training a bad sample or
+shard (corrupt, unreadable, empty, an unsafe key) is skipped and counted, and ``max_consecutive_skips``
+in a row stop the run. Validation, test and predict read every sample once, in order, and split
+samples (not shards) across ranks; there any data error stops the run with a message naming the
+shard and, where there is one, the sample key, and an empty set is an error. Streamed shards
+(``http(s)://``, ``pipe:``) are read with a stall timeout and retries (``datamodules.streams``), and
+loader workers die with their parent process. Synthetic degradations run on the device in
 ``on_after_batch_transfer``; loader workers only decode and crop.
 """
 
+import functools
 import glob
 import itertools
-import math
 import json
+import math
 import os
 import re
 import warnings
@@ -38,10 +48,12 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ir_lightning.degradations import Pipeline
+from datamodules.streams import ExitWithParent, ShardOpener, TarSamples
+from ir_lightning.degradations import Pipeline, check_integer
+from ir_lightning.io import UnsafeKeyError, checked_key
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 """Member extensions read as images, in the order they are looked for (all that ``ir_lightning.shards`` writes)."""
@@ -76,8 +88,23 @@ STAGE_SHARDS: dict[str, tuple[str, ...]] = {
 """Shard arguments each Lightning stage reads; the first one of each stage is required."""
 
 
+BRIEF_LIST = 5
+"""Shard URLs an error message lists before it says how many more there are."""
+
+
 class ImageTooSmall(ValueError):
     """A sample's image is smaller than the crop."""
+
+
+class MissingImage(ValueError):
+    """A training sample lacks an image that the configuration asks for."""
+
+
+def brief(urls: Iterable[str]) -> str:
+    """The first few of ``urls`` as a list, and how many more there are."""
+    urls = list(urls)
+    more = f" and {len(urls) - BRIEF_LIST} more" if len(urls) > BRIEF_LIST else ""
+    return f"{urls[:BRIEF_LIST]}{more}"
 
 
 def expand_shards(shards: str | list[str], argument: str) -> list[str]:
@@ -144,27 +171,42 @@ def _member(raw: dict[str, Any], name: str) -> bytes | None:
     return None
 
 
-def decode_sample(raw: dict[str, Any], require_gt: bool) -> dict[str, Any]:
-    """Decode a raw webdataset sample into ``__key__``, images ``(pixels, peak)`` and ``meta``.
+def sample_name(sample: dict[str, Any]) -> str:
+    """``sample '<key>' of shard '<url>'`` for a raw or decoded sample (both carry ``__key__`` and ``__url__``)."""
+    return f"sample {sample['__key__']!r} of shard {sample.get('__url__', '<unknown>')!r}"
 
-    Raises ValueError naming the sample and its shard when ``gt`` is missing (and required), or
-    when the sample has neither ``gt`` nor ``lq``.
+
+def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+    """Decode a raw webdataset sample into ``__key__``, ``__url__``, images ``(pixels, peak)`` and ``meta``.
+
+    Every error names the sample and its shard: a key that is not a plain file name (UnsafeKeyError,
+    since keys become file names downstream, e.g. ``predict``'s ``<key>.png``), a member that does not
+    decode, a sample with neither ``gt`` nor ``lq``.
     """
-    sample: dict[str, Any] = {"__key__": raw["__key__"]}
-    where = f"sample {raw['__key__']!r} of shard {raw.get('__url__', '<unknown>')!r}"
+    url = raw.get("__url__", "<unknown>")
+    sample: dict[str, Any] = {"__key__": checked_key(raw["__key__"], f"shard {url!r}"), "__url__": url}
     members = sorted(name for name in raw if not name.startswith("__"))
     for name in IMAGE_NAMES:
         data = _member(raw, name)
         if data is not None:
-            sample[name] = decode_image(data, channels=1 if name == "mask" else 3)
+            sample[name] = _decoded(data, name, raw)
     if "meta.json" in raw:
-        sample["meta"] = json.loads(raw["meta.json"])
-    if require_gt and "gt" not in sample:
-        raise ValueError(f"{where} has no gt image (members: {members}); LQ-only training data needs "
-                         "data.require_gt: false")
+        try:
+            sample["meta"] = json.loads(raw["meta.json"])
+        except ValueError as error:
+            raise ValueError(f"{sample_name(raw)}: its meta.json is not JSON ({error})") from error
     if "gt" not in sample and "lq" not in sample:
-        raise ValueError(f"{where} has neither a gt nor an lq image (members: {members})")
+        raise ValueError(f"{sample_name(raw)} has neither a gt nor an lq image (members: {members})")
     return sample
+
+
+def _decoded(data: bytes, name: str, raw: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """``decode_image`` of member ``name``; a failure raises ValueError naming the sample and its shard."""
+    try:
+        return decode_image(data, channels=1 if name == "mask" else 3)
+    except Exception as error:  # noqa: BLE001 - PIL raises many kinds; all mean "not a readable image"
+        detail = "not an image file PIL can read" if isinstance(error, UnidentifiedImageError) else repr(error)
+        raise ValueError(f"{sample_name(raw)}: its {name} image does not decode: {detail}") from error
 
 
 def _grid(sample: dict[str, Any], scale: int) -> tuple[int, int, int]:
@@ -181,7 +223,7 @@ def _grid(sample: dict[str, Any], scale: int) -> tuple[int, int, int]:
             big_h, big_w = sample[name][0].shape[:2]
             if (big_h // scale, big_w // scale) != (height, width):
                 sizes = f"{name} is {big_h}x{big_w} but lq is {height}x{width}"
-                raise ValueError(f"sample {sample['__key__']!r}: {sizes} at scale {scale}")
+                raise ValueError(f"{sample_name(sample)}: {sizes} at scale {scale}")
     return height, width, scale
 
 
@@ -201,7 +243,7 @@ def crop(sample: dict[str, Any], top: int, left: int, size: int, unit: int) -> d
 def _check_fits(sample: dict[str, Any], height: int, width: int, cells: int) -> None:
     """Raise ImageTooSmall unless a crop of ``cells`` grid cells fits in ``height x width``."""
     if height < cells or width < cells:
-        raise ImageTooSmall(f"sample {sample['__key__']!r}: {height}x{width} grid is smaller than the crop ({cells})")
+        raise ImageTooSmall(f"{sample_name(sample)}: {height}x{width} grid is smaller than the crop ({cells})")
 
 
 def random_crop(sample: dict[str, Any], size: int, scale: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -235,10 +277,12 @@ def dihedral(sample: dict[str, Any], mirror: bool, quarter_turns: int) -> dict[s
 
 
 class SkipCounter:
-    """Counts samples a training worker dropped; a webdataset ``handler`` that never re-raises.
+    """Counts what a training worker dropped (samples, and shard draws that gave no sample); a webdataset
+    ``handler`` that never re-raises.
 
-    ``take()`` returns the count since its previous call (one per batch). After
-    ``max_consecutive`` skips without a good sample in between the data is declared broken.
+    ``take()`` returns the count since its previous call (one per batch). After ``max_consecutive``
+    skips without a good sample in between the data is declared broken, with an error that names the
+    last failure and every shard seen to hold no sample.
     """
 
     def __init__(self, max_consecutive: int) -> None:
@@ -246,17 +290,30 @@ class SkipCounter:
         self.since_batch = 0
         self.consecutive = 0
         self.warned: set[str] = set()
+        self.empty_shards: dict[str, None] = {}  # an ordered set
 
     def skip(self, error: BaseException, kind: str = "corrupt") -> bool:
         """Count one dropped sample or shard; warn on the first of each ``kind``; True = go on."""
         self.since_batch += 1
         self.consecutive += 1
+        self.warn_once(kind, f"skipping {kind} training data (warned once per worker): {error!r}")
+        if self.consecutive > self.max_consecutive:
+            empty = f"; shards with no sample: {brief(self.empty_shards)}" if self.empty_shards else ""
+            raise RuntimeError(f"{self.consecutive} training shard draws or samples in a row gave no sample "
+                               f"(data.max_consecutive_skips: {self.max_consecutive}); last error: {error!r}"
+                               f"{empty}") from error  # fmt: skip
+        return True
+
+    def empty_shard(self, url: str) -> bool:
+        """Count a shard draw that gave no sample (a tar without members, or none named ``<key>.<ext>``)."""
+        self.empty_shards[url] = None
+        return self.skip(ValueError(f"shard {url!r} holds no sample"), kind="empty shard")
+
+    def warn_once(self, kind: str, message: str) -> None:
+        """Warn with ``message`` unless a warning of ``kind`` was already given."""
         if kind not in self.warned:
             self.warned.add(kind)
-            warnings.warn(f"skipping {kind} training data (warned once per worker): {error!r}"[:500], stacklevel=2)
-        if self.consecutive > self.max_consecutive:
-            raise RuntimeError(f"{self.consecutive} training samples in a row failed; last error: {error!r}") from error
-        return True
+            warnings.warn(message[:500], stacklevel=3)
 
     def good(self) -> None:
         """Record a sample that decoded and cropped."""
@@ -320,13 +377,86 @@ class ShardDraws(IterableDataset):
             yield {"url": self.urls[int(rng.integers(len(self.urls)))]}
 
 
-class TrainSamples:
-    """Pipeline stage in a worker: decode, random crop, flip and rotate; skip and count bad samples.
+@dataclass(frozen=True)
+class TrainLayout:
+    """The images a training sample must hold and those of the shards that training ignores, decided by
+    the configuration, never by the data: ``required`` and ``ignored`` map an image name to the reason.
 
-    The first good sample fixes the members a sample has (e.g. gt + lq); a later sample that lacks
-    one (a sample cut short by a truncated shard) is skipped too. ``require_gt=False`` admits
-    LQ-only samples (a sample with neither image is still skipped and counted).
+    - ``gt`` is required with ``require_gt``; without it (an LQ-only stream) the shards' ``gt`` is ignored.
+    - ``lq`` is required with ``require_lq`` true and in an LQ-only stream; it is ignored with
+      ``require_lq`` false, or left at None when a ``degradation`` makes it on the device (so every
+      sample is used). Else (None, no degradation: paired data sets and gt-only methods such as RDDM
+      generation or DeqIR's prior both look like this) the shards' ``lq`` is used as they hold it, and
+      ``alike`` names it: samples with and without it in one stream stop training with an error that
+      asks for ``data.require_lq``, instead of a guess from the first sample.
+    - ``mask`` and ``meta`` are not part of it: only the method knows whether it reads a mask (RDDM's
+      ``model.use_mask``); ``Collate`` keeps a mask when every sample of the batch has one.
     """
+
+    required: dict[str, str]
+    ignored: dict[str, str]
+    alike: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, require_gt: bool, require_lq: bool | None, degradation: Pipeline | None) -> "TrainLayout":
+        required, ignored, alike = {}, {}, ()
+        if require_gt:
+            required["gt"] = "data.require_gt is true: LQ-only training data needs data.require_gt: false"
+        else:
+            ignored["gt"] = "data.require_gt is false (an LQ-only stream)"
+        if require_lq is False:
+            ignored["lq"] = "data.require_lq is false"
+        elif require_lq:
+            required["lq"] = "data.require_lq is true"
+        elif not require_gt:
+            required["lq"] = "an LQ-only stream (data.require_gt: false) trains on the shards' lq"
+        elif degradation is not None:
+            ignored["lq"] = "data.degradation makes lq"
+        else:
+            alike = ("lq",)
+        return cls(required, ignored, alike)
+
+    def check_alike(self, sample: dict[str, Any], seen: dict[tuple[str, bool], str]) -> None:
+        """Raise ValueError when ``sample`` holds an ``alike`` image that an earlier sample lacked, or the
+        reverse; ``seen`` maps ``(name, present)`` to the first sample of each kind (updated here)."""
+        for name in self.alike:
+            seen.setdefault((name, name in sample), sample_name(sample))
+            if (name, name not in sample) in seen:
+                with_it, without = seen[(name, True)], seen[(name, False)]
+                raise ValueError(
+                    f"the training shards mix samples with and without {name} ({with_it} has one, {without} has "
+                    f"none) and data.require_{name} is not set: set it to true to skip samples without {name}, or "
+                    f"to false to ignore the shards' {name} (a data.degradation also makes it)"
+                )
+
+    def select(self, raw: dict[str, Any], skips: SkipCounter) -> dict[str, Any]:
+        """``raw`` without its ignored images (warned once per worker); MissingImage if it lacks a required one."""
+        checked_key(raw["__key__"], f"shard {raw.get('__url__', '<unknown>')!r}")  # an unsafe key first
+        members = sorted(name for name in raw if not name.startswith("__"))
+        has_image = any(_member(raw, name) is not None for name in ("gt", "lq"))  # else decode_sample says so
+        for name, reason in self.required.items():
+            if has_image and _member(raw, name) is None:
+                raise MissingImage(f"{sample_name(raw)} has no {name} image (members: {members}); {reason}")
+        kept = dict(raw)
+        for name, reason in self.ignored.items():
+            dropped = [member for member in members if member.split(".")[0] == name]
+            if dropped:
+                skips.warn_once(f"ignored {name}", f"training ignores the shards' {name} images (warned once per "
+                                                   f"worker): {reason}; first seen in {sample_name(raw)}")  # fmt: skip
+                for member in dropped:
+                    del kept[member]
+        return kept
+
+
+SKIP_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (ImageTooSmall, "too small"), (MissingImage, "incomplete"), (UnsafeKeyError, "unsafe key"),
+)  # fmt: skip
+"""How a training worker names the bad samples it skips, by error class (else "corrupt")."""
+
+
+class TrainSamples:
+    """Pipeline stage in a worker: select the images of ``layout``, decode, random crop, flip and rotate;
+    skip and count bad samples (undecodable, too small, lacking a required image, an unsafe key)."""
 
     def __init__(
         self,
@@ -336,33 +466,28 @@ class TrainSamples:
         rot90: bool,
         seeds: StreamSeed,
         skips: SkipCounter,
-        require_gt: bool = True,
+        layout: TrainLayout,
     ) -> None:
         self.crop_size, self.scale, self.flip, self.rot90 = crop_size, scale, flip, rot90
-        self.seeds, self.skips, self.require_gt = seeds, skips, require_gt
+        self.seeds, self.skips, self.layout = seeds, skips, layout
+        self.seen: dict[tuple[str, bool], str] = {}
 
     def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         rng = self.seeds.rng(CROP_DRAWS)
-        layout: frozenset[str] | None = None
         for raw in raws:
             try:
-                sample = self.transform(raw, rng)
-                members = frozenset(sample) - {"__key__"}
-                layout = members if layout is None else layout
-                if members != layout:
-                    raise ValueError(f"sample {raw['__key__']!r} has {sorted(members)}, expected {sorted(layout)}")
-            except ImageTooSmall as error:
-                self.skips.skip(error, kind="too small")
-                continue
+                sample = self.transform(self.layout.select(raw, self.skips), rng)
             except Exception as error:  # noqa: BLE001 - any bad sample is counted, never fatal
-                self.skips.skip(error)
+                kind = next((name for kind, name in SKIP_KINDS if isinstance(error, kind)), "corrupt")
+                self.skips.skip(error, kind=kind)
                 continue
+            self.layout.check_alike(sample, self.seen)  # a configuration question: raises, never skips
             self.skips.good()
             yield sample
 
     def transform(self, raw: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Decode, crop, then apply a random element of the flips/rotations allowed."""
-        sample = random_crop(decode_sample(raw, require_gt=self.require_gt), self.crop_size, self.scale, rng)
+        sample = random_crop(decode_sample(raw), self.crop_size, self.scale, rng)
         mirror = self.flip and bool(rng.integers(2))  # P(mirror) = 1/2
         quarter_turns = int(rng.integers(4)) if self.rot90 else 0  # uniform over 0, 90, 180, 270 degrees
         return dihedral(sample, mirror, quarter_turns)
@@ -385,31 +510,36 @@ class EvalShare:
     """Pipeline stage: keep this rank's samples (index % world_size == rank), in order.
 
     Inside a loader with several workers, each worker keeps every ``num_workers``-th block of
-    ``batch_size`` samples, so the DataLoader's round-robin over workers restores the order.
+    ``batch_size`` samples, so the DataLoader's round-robin over workers restores the order. Every rank
+    and worker reads every sample before taking its share, so one that sees no sample at all knows
+    the set is empty: it raises ValueError naming ``shards`` (the argument and its URLs).
     """
 
-    def __init__(self, rank: int, world_size: int, batch_size: int) -> None:
-        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+    def __init__(self, rank: int, world_size: int, batch_size: int, shards: str = "the shards") -> None:
+        self.rank, self.world_size, self.batch_size, self.shards = rank, world_size, batch_size, shards
 
     def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        mine = itertools.islice(raws, self.rank, None, self.world_size)
-        for index, raw in enumerate(mine):
-            if (index // self.batch_size) % num_workers == worker:
+        seen = 0
+        for seen, raw in enumerate(raws, start=1):
+            index, rank = divmod(seen - 1, self.world_size)
+            if rank == self.rank and (index // self.batch_size) % num_workers == worker:
                 yield raw
+        if seen == 0:
+            raise ValueError(f"{self.shards} hold no sample: the evaluation set is empty")
 
 
 class EvalSamples:
     """Pipeline stage: decode, resize (if ``resize``) or centre-crop (if ``crop_size``); errors name
-    the sample and raise."""
+    the sample and its shard, and raise."""
 
     def __init__(self, crop_size: int | None, scale: int, resize: int | None = None) -> None:
         self.crop_size, self.scale, self.resize = crop_size, scale, resize
 
     def __call__(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for raw in raws:
-            sample = decode_sample(raw, require_gt=False)
+            sample = decode_sample(raw)
             if self.resize is not None:
                 sample = resize_sample(sample, self.resize, self.scale)
             elif self.crop_size is not None:
@@ -441,22 +571,33 @@ def resize_sample(sample: dict[str, Any], size: int, scale: int) -> dict[str, An
 
 
 class Collate:
-    """Stack a list of samples into a batch dict; ``n_skipped`` comes from the worker's counter."""
+    """Stack a list of samples into a batch dict; ``n_skipped`` comes from the worker's counter.
+
+    The samples must hold the same of ``gt`` and ``lq``. A batch has ``mask`` when all its samples
+    have one (else the masks are dropped, warned once per worker) and ``meta`` when any has one
+    (``{}`` for the others).
+    """
 
     def __init__(self, skips: SkipCounter) -> None:
         self.skips = skips
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        members = set(samples[0])
         keys = [sample["__key__"] for sample in samples]
-        if any(set(sample) != members for sample in samples):
-            raise ValueError(f"samples {keys} do not all have the same members")
+        images = [name for name in ("gt", "lq") if name in samples[0]]
+        if any([name for name in ("gt", "lq") if name in sample] != images for sample in samples):
+            shards = brief(dict.fromkeys(sample.get("__url__", "<unknown>") for sample in samples))
+            raise ValueError(f"samples {keys} of shards {shards} do not all have the same images (gt, lq)")
+        with_mask = [sample for sample in samples if "mask" in sample]
+        if with_mask and len(with_mask) < len(samples):
+            self.skips.warn_once("mixed masks", f"dropping the masks of batch {keys}: only some of its samples "
+                                                "have one (warned once per worker)")  # fmt: skip
+        elif with_mask:
+            images.append("mask")
         batch: dict[str, Any] = {"__key__": keys}
-        for name in IMAGE_NAMES:
-            if name in members:
-                batch[name] = self._stack([to_unit_tensor(sample[name]) for sample in samples], name, keys)
-        if "meta" in members:
-            batch["meta"] = [sample["meta"] for sample in samples]
+        for name in images:
+            batch[name] = self._stack([to_unit_tensor(sample[name]) for sample in samples], name, keys)
+        if any("meta" in sample for sample in samples):
+            batch["meta"] = [sample.get("meta", {}) for sample in samples]
         batch["n_skipped"] = torch.tensor(self.skips.take(), dtype=torch.int64)
         return batch
 
@@ -586,7 +727,8 @@ class ShardDataModule(pl.LightningDataModule):
     Args:
         train_shards: training shards: a brace pattern (``data/train-{000000..000009}.tar``), a
             local path, a glob, an ``https://`` URL, a ``pipe:`` command (``pipe:aws s3 cp
-            s3://bucket/x.tar -``), or a list of these. Read with replacement, endlessly.
+            s3://bucket/x.tar -``), or a list of these. Read with replacement, endlessly; a shard draw
+            that gives no sample (an empty tar) is skipped and counted like a bad sample.
         val_shards: validation shards, same forms; None = no validation loader.
         test_shards: test shards, same forms.
         predict_shards: predict shards, same forms; their samples may hold ``lq`` without ``gt``.
@@ -603,8 +745,9 @@ class ShardDataModule(pl.LightningDataModule):
             epoch's stream is seeded by its number; resuming mid-epoch rebuilds that epoch's batches
             up to the checkpoint in the loader workers (loading only, no training) before training
             goes on, so keep an epoch to a few minutes of loading.
-        num_workers: loader worker processes per device (0 = decode in the main process).
-        shuffle_buffer: training samples (decoded crops) held per worker for shuffling; < 2 = off.
+        num_workers: loader worker processes per device (0 = decode in the main process). On Linux a
+            worker is killed when the process that started it dies.
+        shuffle_buffer: training samples (decoded crops) held per worker for shuffling; 0 or 1 = off.
         flip: mirror training crops left-right with probability 1/2.
         rot90: rotate training crops by a uniform multiple of 90 degrees (with ``flip``: a uniform
             element of the 8 symmetries of the square).
@@ -615,8 +758,9 @@ class ShardDataModule(pl.LightningDataModule):
             same every epoch.
         persistent_workers: keep val/test/predict workers alive between epochs (only when
             ``num_workers > 0``); the training stream keeps its workers for the whole fit.
-        max_consecutive_skips: training samples or shards that may fail in a row (corrupt,
-            undecodable, smaller than the crop) before the data is declared broken.
+        max_consecutive_skips: training samples or shard draws that may fail in a row (corrupt,
+            undecodable, smaller than the crop, lacking an image, an unsafe key, an unreadable or empty
+            shard) before the data is declared broken (the error names the empty shards).
         val_resize: resize every val/test/predict image to this side (GT; a smaller LQ to
             ``val_resize // scale``) instead of cropping: the fixed-size protocol of papers that
             score resized images (RDDM's official code: 256). None = no resizing.
@@ -624,8 +768,22 @@ class ShardDataModule(pl.LightningDataModule):
             degraded data without clean targets, for unpaired training such as
             ``datamodules.AdaptationDataModule``'s real stream): they are cropped on their own grid
             to ``crop_size // scale`` pixels, the LQ crop a paired sample would give, and flipped
-            and rotated like clean-only samples. A sample with neither ``gt`` nor ``lq`` is skipped
-            and counted in ``n_skipped`` either way.
+            and rotated like clean-only samples; training then ignores the shards' ``gt`` and needs
+            ``lq``. A sample that lacks an image training needs is skipped and counted in
+            ``n_skipped``, with a warning that names the image and the setting that asks for it.
+        require_lq: training samples must hold ``lq`` (True: others are skipped and counted), or
+            training ignores the shards' ``lq`` (False: gt-only training, e.g. RDDM generation or
+            DeqIR's prior). None: ignored when ``degradation`` makes ``lq`` (warned once per worker, so
+            every sample is used), required in an LQ-only stream (``require_gt: false``), else used as
+            the shards hold it, which must be alike: a stream that mixes samples with and without
+            ``lq`` stops with an error naming one of each and asking for this setting.
+        read_timeout: seconds an ``http(s)://`` or ``pipe:`` shard may send no byte before its read
+            fails (a ``pipe:`` command is then killed); also the HTTP connection timeout.
+        retries: retries of an ``http(s)://`` or ``pipe:`` shard read after a transient failure (refused
+            or reset connection, HTTP 5xx, a stall, a failed command), after waits of 1, 2, 4, ... s
+            (at most 30); a retry continues at the byte where the failed read stopped. Then the read
+            fails with an error naming the URL: a skipped shard in training, the end of the run in
+            validation, test and predict.
 
     Attributes:
         train_sizes: a hook, not an argument: ``epoch -> (crop_size, batch_size)`` of that epoch's
@@ -658,9 +816,23 @@ class ShardDataModule(pl.LightningDataModule):
         max_consecutive_skips: int = 1000,
         val_resize: int | None = None,
         require_gt: bool = True,
+        require_lq: bool | None = None,
+        read_timeout: float = 120.0,
+        retries: int = 3,
     ) -> None:
         super().__init__()
         _check_sizes(crop_size, scale, val_crop_size, seed)
+        for argument, value, minimum in (
+            ("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+            ("steps_per_epoch", steps_per_epoch, 1), ("num_workers", num_workers, 0),
+            ("shuffle_buffer", shuffle_buffer, 0), ("max_consecutive_skips", max_consecutive_skips, 0),
+            ("retries", retries, 0),
+        ):  # fmt: skip
+            check_integer(f"data.{argument}", value, minimum)
+        if isinstance(read_timeout, bool) or not (isinstance(read_timeout, (int, float)) and 0 < read_timeout < math.inf):
+            raise ValueError(f"data.read_timeout must be a number of seconds > 0, got {read_timeout!r}")
+        if not require_gt and require_lq is False:
+            raise ValueError("data.require_gt and data.require_lq are both false: a training sample would need no image")
         self.shards = {
             "train_shards": train_shards,
             "val_shards": val_shards,
@@ -676,7 +848,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.flip, self.rot90, self.seed = flip, rot90, seed
         self.degradation = degradation
         self.max_consecutive_skips = max_consecutive_skips
-        self.require_gt = require_gt
+        self.require_gt, self.require_lq = require_gt, require_lq
+        self.layout = TrainLayout.of(require_gt, require_lq, degradation)
+        self.opener = ShardOpener(read_timeout, retries)
         self.rank, self.world_size = 0, 1
         self.urls: dict[str, list[str]] = {}
         self._train_epochs: StepsPerEpoch | None = None
@@ -714,10 +888,13 @@ class ShardDataModule(pl.LightningDataModule):
         skips = SkipCounter(self.max_consecutive_skips)
         sizes = self.train_sizes
         crop_size, batch_size = (self.crop_size, self.batch_size) if sizes is None else sizes(epoch)
+        if sizes is not None:
+            _check_sizes(crop_size, self.scale, None, self.seed)
+            check_integer(f"the batch size of data.train_sizes({epoch})", batch_size, 1)
         return wds.DataPipeline(
             ShardDraws(urls, seeds),
-            wds.tarfile_to_samples(handler=skips.skip),
-            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.require_gt),
+            TarSamples(self.opener, functools.partial(skips.skip, kind="corrupt or unreadable shard"), skips.empty_shard),
+            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.layout),
             WorkerShuffle(self.shuffle_buffer, seeds),
             Batches(batch_size, Collate(skips), partial=False, skip=skip),
         )
@@ -729,16 +906,17 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"data.{argument} is not set")
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
-            wds.tarfile_to_samples(),
-            EvalShare(self.rank, self.world_size, self.val_batch_size),
+            TarSamples(self.opener, wds.reraise_exception),
+            EvalShare(self.rank, self.world_size, self.val_batch_size, f"data.{argument} {brief(urls)}"),
             EvalSamples(self.val_crop_size, self.scale, self.val_resize),
             Batches(self.val_batch_size, Collate(SkipCounter(0)), partial=True),
         )
 
     def _loader(self, dataset: wds.DataPipeline, persistent: bool) -> wds.WebLoader:
-        """A WebLoader over a dataset that already yields batches."""
+        """A WebLoader over a dataset that already yields batches; its workers die with this process."""
         keep = persistent and self.num_workers > 0
-        return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=keep)
+        return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=keep,
+                             worker_init_fn=ExitWithParent())  # fmt: skip
 
     def train_dataloader(self) -> StepsPerEpoch:
         """``steps_per_epoch`` batches per epoch, each epoch's stream seeded by its number; resumable."""
