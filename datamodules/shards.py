@@ -829,10 +829,12 @@ class ShardDataModule(pl.LightningDataModule):
             ("retries", retries, 0),
         ):  # fmt: skip
             check_integer(f"data.{argument}", value, minimum)
-        if isinstance(read_timeout, bool) or not (isinstance(read_timeout, (int, float)) and 0 < read_timeout < math.inf):
+        seconds = isinstance(read_timeout, (int, float)) and not isinstance(read_timeout, bool)
+        if not (seconds and 0 < read_timeout < math.inf):
             raise ValueError(f"data.read_timeout must be a number of seconds > 0, got {read_timeout!r}")
         if not require_gt and require_lq is False:
-            raise ValueError("data.require_gt and data.require_lq are both false: a training sample would need no image")
+            raise ValueError("data.require_gt and data.require_lq are both false: a training sample would need no "
+                             "image")
         self.shards = {
             "train_shards": train_shards,
             "val_shards": val_shards,
@@ -893,7 +895,8 @@ class ShardDataModule(pl.LightningDataModule):
             check_integer(f"the batch size of data.train_sizes({epoch})", batch_size, 1)
         return wds.DataPipeline(
             ShardDraws(urls, seeds),
-            TarSamples(self.opener, functools.partial(skips.skip, kind="corrupt or unreadable shard"), skips.empty_shard),
+            TarSamples(self.opener, functools.partial(skips.skip, kind="corrupt or unreadable shard"),
+                       skips.empty_shard),
             TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.layout),
             WorkerShuffle(self.shuffle_buffer, seeds),
             Batches(batch_size, Collate(skips), partial=False, skip=skip),

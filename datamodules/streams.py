@@ -240,7 +240,8 @@ class RetryingStream:
 
     def _wait_or_raise(self, error: Exception) -> None:
         if not is_transient(error) or self.failures >= self.retries:
-            tries = f"after {self.failures + 1} tries (data.retries: {self.retries})" if self.failures else "(not retried)"
+            tries = f"after {self.failures + 1} tries (data.retries: {self.retries})"
+            tries = tries if self.failures else "(not retried)"
             raise ShardReadError(f"shard {self.url!r}: {describe(error, self.timeout)} at byte {self.position} "
                                  f"{tries}") from error  # fmt: skip
         self.failures += 1
