@@ -18,6 +18,7 @@ with the process that started them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import functools
@@ -32,6 +33,7 @@ import sys
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
@@ -175,8 +177,14 @@ class HTTPStream:
 
 def open_http(url: str, offset: int, timeout: float) -> Stream:
     """``url`` from byte ``offset`` on (a ``Range`` request; bytes dropped if the server ignores it);
-    ``timeout`` bounds the connection and every read (a stall raises TimeoutError)."""
+    ``timeout`` bounds the connection and every read (a stall raises TimeoutError). Credentials in the
+    URL (``https://user:password@host/...``, as curl took them) are sent as HTTP basic authentication."""
     headers = {"Range": f"bytes={offset}-"} if offset else {}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)  # noqa: S310
     stream = HTTPStream(response)
     if offset and response.status != http.HTTPStatus.PARTIAL_CONTENT:

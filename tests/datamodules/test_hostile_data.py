@@ -309,6 +309,7 @@ class FlakyShardHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
         server = self.server
         server.requests.append(self.headers.get("Range"))
+        server.authorizations.append(self.headers.get("Authorization"))
         data = server.shard
         if len(server.requests) == 1 and server.first == "503":
             self.send_error(503, "try again")
@@ -330,7 +331,7 @@ class FlakyShardHandler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def flaky_server(shard: bytes, first: str, ranges: bool = False) -> Iterator[http.server.HTTPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyShardHandler)
-    server.shard, server.first, server.ranges, server.requests = shard, first, ranges, []
+    server.shard, server.first, server.ranges, server.requests, server.authorizations = shard, first, ranges, [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -375,6 +376,16 @@ def test_a_transient_failure_is_retried_and_every_sample_arrives_once(tmp_path, 
     assert len(server.requests) == 2
     resumed_at = server.requests[1]
     assert (resumed_at is None) if first == "503" else (resumed_at is not None and resumed_at != "bytes=0-")
+
+
+def test_credentials_in_an_http_url_are_sent_as_basic_authentication(tmp_path):
+    """curl took ``http://user:password@host/...``; the urllib reader must too (base64 of "reader:s3cr%t")."""
+    write_shard(tmp_path / "val-000000.tar", ["a0", "a1"], seed=4)
+    with flaky_server((tmp_path / "val-000000.tar").read_bytes(), first="none") as server:
+        url = f"http://reader:s3cr%25t@127.0.0.1:{server.server_address[1]}/val-000000.tar"
+        with deadline(20):
+            assert val_keys(module(tmp_path, val_shards=url)) == ["a0", "a1"]
+    assert server.authorizations == ["Basic cmVhZGVyOnMzY3IldA=="]
 
 
 def test_a_stalled_pipe_is_killed_and_named(tmp_path):
