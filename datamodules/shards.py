@@ -29,7 +29,6 @@ loader workers die with their parent process. Synthetic degradations run on the 
 ``on_after_batch_transfer``; loader workers only decode and crop.
 """
 
-import functools
 import glob
 import itertools
 import json
@@ -53,6 +52,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from datamodules.streams import ExitWithParent, ShardOpener, TarSamples
 from ir_lightning.degradations import Pipeline, check_integer
+from ir_lightning.errors import ConfigurationError, DataError
 from ir_lightning.io import UnsafeKeyError, checked_key
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
@@ -90,6 +90,21 @@ STAGE_SHARDS: dict[str, tuple[str, ...]] = {
 
 BRIEF_LIST = 5
 """Shard URLs an error message lists before it says how many more there are."""
+
+
+UNREACHABLE_SHARDS_LIMIT = 8
+"""Distinct training shards in a row that may stay unreachable through their retries before the stream
+stops (fewer when the stream has fewer shards): a source that is down fails the run in minutes, while a
+single bad shard among good ones is only skipped."""
+
+
+class MissingShards(ConfigurationError, FileNotFoundError):
+    """A local shard pattern matches no file (named): one line, exit status 2."""
+
+
+class StreamStopped(DataError, RuntimeError):
+    """A training stream gave no sample for ``max_consecutive_skips`` tries, or none of its shards could be
+    read: the data is broken (the message names the shards)."""
 
 
 class ImageTooSmall(ValueError):
@@ -132,10 +147,10 @@ def _local_or_remote(url: str, pattern: str, argument: str) -> list[str]:
     if GLOB_MAGIC.search(url):
         matches = sorted(glob.glob(url))
         if not matches:
-            raise FileNotFoundError(f"{argument}: pattern {pattern!r} matches no file (glob {url!r})")
+            raise MissingShards(f"{argument}: pattern {pattern!r} matches no file (glob {url!r})")
         return matches
     if not os.path.isfile(url):
-        raise FileNotFoundError(f"{argument}: pattern {pattern!r} matches no file (first missing: {url!r})")
+        raise MissingShards(f"{argument}: pattern {pattern!r} matches no file (first missing: {url!r})")
     return [url]
 
 
@@ -194,9 +209,9 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
         try:
             sample["meta"] = json.loads(raw["meta.json"])
         except ValueError as error:
-            raise ValueError(f"{sample_name(raw)}: its meta.json is not JSON ({error})") from error
+            raise DataError(f"{sample_name(raw)}: its meta.json is not JSON ({error})") from error
     if "gt" not in sample and "lq" not in sample:
-        raise ValueError(f"{sample_name(raw)} has neither a gt nor an lq image (members: {members})")
+        raise DataError(f"{sample_name(raw)} has neither a gt nor an lq image (members: {members})")
     return sample
 
 
@@ -206,7 +221,7 @@ def _decoded(data: bytes, name: str, raw: dict[str, Any]) -> tuple[np.ndarray, f
         return decode_image(data, channels=1 if name == "mask" else 3)
     except Exception as error:  # noqa: BLE001 - PIL raises many kinds; all mean "not a readable image"
         detail = "not an image file PIL can read" if isinstance(error, UnidentifiedImageError) else repr(error)
-        raise ValueError(f"{sample_name(raw)}: its {name} image does not decode: {detail}") from error
+        raise DataError(f"{sample_name(raw)}: its {name} image does not decode: {detail}") from error
 
 
 def _grid(sample: dict[str, Any], scale: int) -> tuple[int, int, int]:
@@ -223,7 +238,7 @@ def _grid(sample: dict[str, Any], scale: int) -> tuple[int, int, int]:
             big_h, big_w = sample[name][0].shape[:2]
             if (big_h // scale, big_w // scale) != (height, width):
                 sizes = f"{name} is {big_h}x{big_w} but lq is {height}x{width}"
-                raise ValueError(f"{sample_name(sample)}: {sizes} at scale {scale}")
+                raise DataError(f"{sample_name(sample)}: {sizes} at scale {scale}")
     return height, width, scale
 
 
@@ -285,12 +300,14 @@ class SkipCounter:
     last failure and every shard seen to hold no sample.
     """
 
-    def __init__(self, max_consecutive: int) -> None:
+    def __init__(self, max_consecutive: int, shards: int | None = None) -> None:
         self.max_consecutive = max_consecutive
         self.since_batch = 0
         self.consecutive = 0
         self.warned: set[str] = set()
         self.empty_shards: dict[str, None] = {}  # an ordered set
+        self.unreachable: dict[str, None] = {}  # distinct shards unreachable since the last good sample
+        self.unreachable_limit = min(shards or UNREACHABLE_SHARDS_LIMIT, UNREACHABLE_SHARDS_LIMIT)
 
     def skip(self, error: BaseException, kind: str = "corrupt") -> bool:
         """Count one dropped sample or shard; warn on the first of each ``kind``; True = go on."""
@@ -299,10 +316,22 @@ class SkipCounter:
         self.warn_once(kind, f"skipping {kind} training data (warned once per worker): {error!r}")
         if self.consecutive > self.max_consecutive:
             empty = f"; shards with no sample: {brief(self.empty_shards)}" if self.empty_shards else ""
-            raise RuntimeError(f"{self.consecutive} training shard draws or samples in a row gave no sample "
+            raise StreamStopped(f"{self.consecutive} training shard draws or samples in a row gave no sample "
                                f"(data.max_consecutive_skips: {self.max_consecutive}); last error: {error!r}"
                                f"{empty}") from error  # fmt: skip
         return True
+
+    def shard_failed(self, error: BaseException) -> bool:
+        """Count a shard draw that failed (a broken tar, or a streamed shard that stayed unreachable through
+        its retries). When ``unreachable_limit`` distinct shards in a row could not be fetched at all, the
+        source is down: stop now, naming them, instead of after ``max_consecutive`` slow draws."""
+        url = getattr(error, "url", None)
+        if getattr(error, "unreachable", False) and url is not None:
+            self.unreachable[url] = None
+            if len(self.unreachable) >= self.unreachable_limit:
+                raise StreamStopped(f"{len(self.unreachable)} training shards in a row could not be read, retries "
+                                    f"included: {brief(self.unreachable)}; last error: {error}") from error  # fmt: skip
+        return self.skip(error, kind="corrupt or unreadable shard")
 
     def empty_shard(self, url: str) -> bool:
         """Count a shard draw that gave no sample (a tar without members, or none named ``<key>.<ext>``)."""
@@ -318,6 +347,7 @@ class SkipCounter:
     def good(self) -> None:
         """Record a sample that decoded and cropped."""
         self.consecutive = 0
+        self.unreachable.clear()
 
     def take(self) -> int:
         """Skips since the previous call."""
@@ -527,7 +557,7 @@ class EvalShare:
             if rank == self.rank and (index // self.batch_size) % num_workers == worker:
                 yield raw
         if seen == 0:
-            raise ValueError(f"{self.shards} hold no sample: the evaluation set is empty")
+            raise DataError(f"{self.shards} hold no sample: the evaluation set is empty")
 
 
 class EvalSamples:
@@ -887,7 +917,7 @@ class ShardDataModule(pl.LightningDataModule):
         if urls is None:
             raise ValueError("data.train_shards is required for training")
         seeds = StreamSeed(self.seed, self.rank, epoch, skip)
-        skips = SkipCounter(self.max_consecutive_skips)
+        skips = SkipCounter(self.max_consecutive_skips, shards=len(set(urls)))
         sizes = self.train_sizes
         crop_size, batch_size = (self.crop_size, self.batch_size) if sizes is None else sizes(epoch)
         if sizes is not None:
@@ -895,8 +925,7 @@ class ShardDataModule(pl.LightningDataModule):
             check_integer(f"the batch size of data.train_sizes({epoch})", batch_size, 1)
         return wds.DataPipeline(
             ShardDraws(urls, seeds),
-            TarSamples(self.opener, functools.partial(skips.skip, kind="corrupt or unreadable shard"),
-                       skips.empty_shard),
+            TarSamples(self.opener, skips.shard_failed, skips.empty_shard),
             TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.layout),
             WorkerShuffle(self.shuffle_buffer, seeds),
             Batches(batch_size, Collate(skips), partial=False, skip=skip),

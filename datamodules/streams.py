@@ -41,6 +41,8 @@ from typing import Any, Protocol
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
+from ir_lightning.errors import DataError
+
 PR_SET_PDEATHSIG = 1
 """prctl option (linux/prctl.h): the signal the calling process gets when its parent thread dies."""
 
@@ -63,8 +65,12 @@ READ_CHUNK = 1 << 16
 """Bytes asked of a pipe per read when the caller asks for everything."""
 
 
-class ShardReadError(OSError):
-    """A shard could not be read (named in the message): unreachable, stalled, truncated, not a tar."""
+class ShardReadError(DataError, OSError):
+    """A shard could not be read (named in the message): unreachable, stalled, truncated, not a tar.
+    ``unreachable``: its bytes could not be fetched at all, retries included (not a broken tar)."""
+
+    url: str | None = None
+    unreachable = False
 
 
 class Stream(Protocol):
@@ -250,8 +256,9 @@ class RetryingStream:
         if not is_transient(error) or self.failures >= self.retries:
             tries = f"after {self.failures + 1} tries (data.retries: {self.retries})"
             tries = tries if self.failures else "(not retried)"
-            raise ShardReadError(f"shard {self.url!r}: {describe(error, self.timeout)} at byte {self.position} "
-                                 f"{tries}") from error  # fmt: skip
+            failure = ShardReadError(f"shard {self.url!r}: {describe(error, self.timeout)} at byte {self.position} {tries}")
+            failure.url, failure.unreachable = self.url, True
+            raise failure from error
         self.failures += 1
         time.sleep(min(RETRY_BACKOFF_S * 2 ** (self.failures - 1), MAX_BACKOFF_S))
 

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 import datamodules  # noqa: F401  (registers the data modules as subclasses for `class_path`)
 import ir_lightning.methods  # noqa: F401  (registers the methods)
 from ir_lightning.checkpoint_io import AtomicCheckpointIO
+from ir_lightning.errors import DataError
 from ir_lightning.io import atomic_write_text
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.preemption import FinalCheckpoint, SlurmRequeue, in_slurm_job, newest_checkpoint
@@ -264,12 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_config_files(words)
         IRLightningCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-    except ConfigurationError as error:
+    except ConfigurationError as error:  # a DataError too: a setting, a file or the data is wrong
         if os.environ.get(TRACEBACK_VARIABLE) == "1":
             raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return 1 if isinstance(error, DataError) else 2
     return 0
+
+
+def user_message(error: BaseException) -> str:
+    """The message of a configuration or data error, also when a loader worker raised it: torch re-raises a
+    worker's error in the main process with the worker's traceback as its message, whose last line is
+    `<module>.<class>: <the message>`."""
+    text = str(error).strip()
+    if "DataLoader worker" not in text.splitlines()[0]:
+        return text
+    last = text.splitlines()[-1]
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last[len(name):] if last.startswith(name) else last
 
 
 if __name__ == "__main__":

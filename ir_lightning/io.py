@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from ir_lightning.errors import DataError
+
 
 def host_tag() -> str:
     """This host's name as it appears in temporary file names (letters, digits and `_` only)."""
@@ -55,7 +57,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-class UnsafeKeyError(ValueError):
+class UnsafeKeyError(DataError):
     """A sample key or file name from data that would not stay a plain name inside its output folder."""
 
 

@@ -22,13 +22,10 @@ import yaml
 
 from ir_lightning.checkpoint_io import UnsafeCheckpointError, read_checkpoint
 from ir_lightning.class_paths import allowed_class
+from ir_lightning.errors import ConfigurationError
 
 CONFIG_FLAGS: tuple[str, ...] = ("-c", "--config")
 """The flags that name a config file on the command line."""
-
-
-class ConfigurationError(ValueError):
-    """A setting, or a file a setting names, is wrong: printed in one line, no traceback, exit status 2."""
 
 
 def config_files(argv: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +25,8 @@ from torch import nn
 from datamodules import ShardDataModule
 from ir_lightning import run_lock
 from ir_lightning.checkpoint_io import AtomicCheckpointIO
-from ir_lightning.cli import instantiation_failure, main
+from datamodules.shards import StreamStopped
+from ir_lightning.cli import instantiation_failure, main, user_message
 from ir_lightning.degradations import BicubicDownsample, Pipeline
 from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.methods.sr3 import SR3
@@ -251,6 +253,49 @@ def test_init_weights_loads_an_exports_weights_and_refuses_ones_that_do_not_fit(
                            norm_groups=4), train_schedule=fresh.hparams.train_schedule, operator="sr2")  # fmt: skip
     with pytest.raises(ValueError, match=r"^export.ckpt: its weights do not fit DeqIR as the recipe builds it \(other shapes:"):
         wider.load_initial_weights(export, "export.ckpt")
+
+
+def test_a_data_error_raised_in_a_loader_worker_reaches_the_user_as_its_own_line():
+    """torch re-raises a worker's error with the worker's traceback as the message; the user sees the error."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        try:
+            raise StreamStopped("51 training shard draws or samples in a row gave no sample; shards with no sample: ['e.tar']")
+        except StreamStopped:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+    except StreamStopped as error:
+        assert "Traceback" in str(error) or "Original" in str(error)
+        assert user_message(error) == "51 training shard draws or samples in a row gave no sample; shards with no sample: ['e.tar']"
+    assert user_message(ConfigurationError("data.batch_size must be >= 1, got 0")) == "data.batch_size must be >= 1, got 0"
+
+
+@pytest.mark.slow
+def test_training_on_empty_shards_with_workers_ends_in_one_line_and_leaves_no_process(sr_shards, tmp_path):
+    empty = tmp_path / "empty-000000.tar"
+    tarfile.open(empty, "w").close()
+    before = set(psutil_children())
+    proc = run(["fit", *RECIPE, f"--data.init_args.train_shards={empty}", f"--data.init_args.val_shards={sr_shards['val']}",
+                "--data.init_args.num_workers=2", "--data.init_args.max_consecutive_skips=50"], tmp_path, check=False)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and errors == [
+        f"error: 51 training shard draws or samples in a row gave no sample (data.max_consecutive_skips: 50); last error: "
+        f"ValueError(\"shard '{empty}' holds no sample\"); shards with no sample: ['{empty}']"], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert set(psutil_children()) == before
+
+
+def psutil_children() -> list[int]:
+    """Pids of this process's children (from /proc: no psutil needed)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 # --- point 15: YAML errors name the file -----------------------------------------------------------------------

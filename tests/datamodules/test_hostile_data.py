@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from datamodules import AdaptationDataModule, ShardDataModule
-from datamodules.shards import Collate, SkipCounter
+from datamodules.shards import Collate, SkipCounter, StreamStopped
 from datamodules.streams import ShardReadError
 from ir_lightning.degradations import (
     JPEG,
@@ -360,6 +360,42 @@ def test_a_refused_connection_is_retried_then_named(tmp_path):
     with deadline(20), pytest.raises(ShardReadError, match=rf"shard '{url}': .*Connection refused.* after 2 tries"):
         val_keys(datamodule)
     assert 0.9 < time.monotonic() - start < 5  # one back-off of 1 s
+
+
+def test_a_training_source_that_is_down_stops_after_its_shards_stay_unreachable(tmp_path):
+    """Every training shard refused (retries included): the stream stops after one draw of each distinct
+    shard (at most UNREACHABLE_SHARDS_LIMIT), naming them, not after max_consecutive_skips slow draws."""
+    urls = [f"http://127.0.0.1:{free_port()}/train-{i:06d}.tar" for i in range(3)]
+    datamodule = module(tmp_path, train_shards=urls, retries=0, num_workers=0, max_consecutive_skips=1000)
+    start = time.monotonic()
+    with deadline(30), warnings.catch_warnings(), pytest.raises(StreamStopped) as stopped:
+        warnings.simplefilter("ignore")
+        batches_of(datamodule.train_dataset(), 1)
+    assert str(stopped.value).startswith("3 training shards in a row could not be read, retries included: ")
+    assert all(url in str(stopped.value) for url in urls)
+    assert time.monotonic() - start < 10
+
+
+def test_unreachable_shards_between_good_samples_are_only_skipped():
+    """Two shards of a stream of two refused in turn, each followed by a good sample: skipped and counted.
+    Refused one after the other with no good sample between: the source is down, the stream stops."""
+    refusals = []
+    for name in ("a", "b"):
+        refused = ShardReadError(f"shard 'http://x/{name}.tar': refused")
+        refused.url, refused.unreachable = f"http://x/{name}.tar", True
+        refusals.append(refused)
+    broken_tar = ShardReadError("shard 'http://x/c.tar' at member 'k.gt.png': ReadError")  # fetched, not a tar
+    counter = SkipCounter(max_consecutive=100, shards=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for refused in refusals * 5:
+            counter.shard_failed(refused)
+            counter.shard_failed(broken_tar)
+            counter.good()
+        assert counter.take() == 20
+        counter.shard_failed(refusals[0])
+        with pytest.raises(StreamStopped, match=r"^2 training shards in a row could not be read.*a\.tar.*b\.tar"):
+            counter.shard_failed(refusals[1])
 
 
 @pytest.mark.parametrize(("first", "ranges"), [("503", False), ("cut", False), ("cut", True)])
