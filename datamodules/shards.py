@@ -130,7 +130,7 @@ def expand_shards(shards: str | list[str], argument: str) -> list[str]:
     """
     patterns = [shards] if isinstance(shards, str) else list(shards)
     if not patterns:
-        raise ValueError(f"{argument} is an empty list: give at least one shard pattern")
+        raise ConfigurationError(f"{argument} is an empty list: give at least one shard pattern")
     urls: list[str] = []
     for pattern in patterns:
         for url in braceexpand.braceexpand(pattern):
@@ -447,13 +447,13 @@ class TrainLayout:
         return cls(required, ignored, alike)
 
     def check_alike(self, sample: dict[str, Any], seen: dict[tuple[str, bool], str]) -> None:
-        """Raise ValueError when ``sample`` holds an ``alike`` image that an earlier sample lacked, or the
+        """Raise DataError when ``sample`` holds an ``alike`` image that an earlier sample lacked, or the
         reverse; ``seen`` maps ``(name, present)`` to the first sample of each kind (updated here)."""
         for name in self.alike:
             seen.setdefault((name, name in sample), sample_name(sample))
             if (name, name not in sample) in seen:
                 with_it, without = seen[(name, True)], seen[(name, False)]
-                raise ValueError(
+                raise DataError(
                     f"the training shards mix samples with and without {name} ({with_it} has one, {without} has "
                     f"none) and data.require_{name} is not set: set it to true to skip samples without {name}, or "
                     f"to false to ignore the shards' {name} (a data.degradation also makes it)"
@@ -616,7 +616,7 @@ class Collate:
         images = [name for name in ("gt", "lq") if name in samples[0]]
         if any([name for name in ("gt", "lq") if name in sample] != images for sample in samples):
             shards = brief(dict.fromkeys(sample.get("__url__", "<unknown>") for sample in samples))
-            raise ValueError(f"samples {keys} of shards {shards} do not all have the same images (gt, lq)")
+            raise DataError(f"samples {keys} of shards {shards} do not all have the same images (gt, lq)")
         with_mask = [sample for sample in samples if "mask" in sample]
         if with_mask and len(with_mask) < len(samples):
             self.skips.warn_once("mixed masks", f"dropping the masks of batch {keys}: only some of its samples "
@@ -635,7 +635,7 @@ class Collate:
     def _stack(images: list[torch.Tensor], name: str, keys: list[str]) -> torch.Tensor:
         """Stack into ``B x C x H x W``, with a hint when whole images differ in size."""
         if len({image.shape for image in images}) > 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{name} images of {keys} differ in size; set data.val_crop_size or data.val_batch_size: 1"
             )
         return torch.stack(images)
@@ -894,7 +894,7 @@ class ShardDataModule(pl.LightningDataModule):
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         required, *optional = STAGE_SHARDS[stage]
         if self.shards[required] is None:
-            raise ValueError(f"data.{required} is required for stage {stage!r}")
+            raise ConfigurationError(f"data.{required} is required for stage {stage!r}")
         for argument in (required, *optional):
             if self.shards[argument] is not None:
                 self.urls[argument] = expand_shards(self.shards[argument], f"data.{argument}")
@@ -915,7 +915,7 @@ class ShardDataModule(pl.LightningDataModule):
         """This rank's endless, per-worker batched training pipeline of ``epoch``, minus its first ``skip`` batches."""
         urls = self._urls("train_shards")
         if urls is None:
-            raise ValueError("data.train_shards is required for training")
+            raise ConfigurationError("data.train_shards is required for training")
         seeds = StreamSeed(self.seed, self.rank, epoch, skip)
         skips = SkipCounter(self.max_consecutive_skips, shards=len(set(urls)))
         sizes = self.train_sizes
@@ -935,7 +935,7 @@ class ShardDataModule(pl.LightningDataModule):
         """This rank's share of ``argument``'s samples, once each, in order, batched."""
         urls = self._urls(argument)
         if urls is None:
-            raise ValueError(f"data.{argument} is not set")
+            raise ConfigurationError(f"data.{argument} is not set")
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
             TarSamples(self.opener, wds.reraise_exception),

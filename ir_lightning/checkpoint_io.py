@@ -32,16 +32,18 @@ import errno
 import os
 import re
 import shutil
-import zipfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
+from lightning.pytorch.core.saving import CHECKPOINT_PAST_HPARAMS_KEYS
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ir_lightning.errors import ConfigurationError
 from ir_lightning.io import host_tag as _host_tag
 from ir_lightning.io import temporary_path
 
@@ -61,14 +63,16 @@ class CheckpointWriteError(OSError):
         self.path = path
 
 
-class UnsafeCheckpointError(ValueError):
-    """A file that is not a usable checkpoint of this suite: refused by `torch.load(weights_only=True)`,
+class UnsafeCheckpointError(ConfigurationError):
+    """A file that is not a usable checkpoint of this suite (a `ConfigurationError`: the command line prints it
+    in one line): refused by `torch.load(weights_only=True)`,
     not a checkpoint at all (text, a shard, truncated, random bytes), of another layout, or naming
     classes outside the allow-list. The message is one line naming the file and the reason."""
 
 
-CheckpointError = UnsafeCheckpointError
-"""The one error class of every refused checkpoint (the older name says why it was introduced)."""
+SETTINGS_KEYS: tuple[str, ...] = ("hyper_parameters", "datamodule_hyper_parameters", *CHECKPOINT_PAST_HPARAMS_KEYS)
+"""Where a checkpoint keeps settings that Lightning hands to a constructor (the older keys are still merged
+into the hyperparameters when a module loads)."""
 
 RESUME_KEYS: tuple[str, ...] = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "global_step", "epoch")
 """What a training checkpoint holds beyond the weights, and `fit --ckpt_path` needs to resume."""
@@ -157,11 +161,11 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu", m
 
 def check_settings(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """Raise `UnsafeCheckpointError` naming the file unless its settings (`hyper_parameters`,
-    `datamodule_hyper_parameters`) are dicts of named settings in which every class path is allowed
+    `datamodule_hyper_parameters` and Lightning's older keys) are dicts of named settings in which every class path is allowed
     (`ir_lightning.class_paths`): nothing they name is imported either way."""
     from ir_lightning.class_paths import UntrustedClassPathError, check_class_paths
 
-    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+    for key in SETTINGS_KEYS:
         settings = checkpoint.get(key)
         if settings is None:
             continue
@@ -225,8 +229,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         location = map_location if map_location is not None else _on_cpu  # Lightning's default: tensors stay on the CPU
         checkpoint = safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, location, weights_only=True), path)
-        if isinstance(checkpoint, dict):
-            check_settings(checkpoint, path)
+        if not isinstance(checkpoint, dict):
+            raise _refusal(path, f"it holds a {type(checkpoint).__name__}, not a dict of weights and settings")
+        check_settings(checkpoint, path)
         return checkpoint
 
     def save_checkpoint(

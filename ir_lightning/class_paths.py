@@ -14,8 +14,9 @@ suite's allow-list:
 - Lightning's CLI instantiator, which the CLI records in every checkpoint.
 
 What is checked: the values of `class_path`, `_class_path` and `_instantiator` keys at any depth,
-and every other string that reads as a dotted import path whose first part is an installed module
-(`os.system`, `this.Nope`): a file name such as `weights.ckpt` is no import path, but a setting
+strings that a YAML reader turns into a config (jsonargparse reads a string setting as YAML, so
+`"{class_path: this.Nope}"` is one), and every other string that reads as a dotted import path whose
+first part is an installed module (`os.system`, `this.Nope`): a file name such as `weights.ckpt` is no import path, but a setting
 whose value is `test.ckpt` would name the standard library's `test` package and is refused (write
 `./test.ckpt`). A class path without dots is looked up by jsonargparse among classes already
 imported, never imported, and is allowed when it is the name of an allowed class.
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import yaml
 
 ALLOWED_PACKAGES: tuple[str, ...] = (
     "ir_lightning.methods",
@@ -114,6 +116,17 @@ def _imports_something(text: str) -> bool:
         return False
 
 
+def _as_config(text: str) -> Any:
+    """What a YAML reader makes of `text` (jsonargparse parses string settings as YAML or JSON, so
+    `"{class_path: x.Y}"` is a config); the text itself when it is no YAML."""
+    if not any(mark in text for mark in ":[{-"):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def named_imports(tree: Any, where: str = "") -> Iterator[tuple[str, str, str | None]]:
     """(location, string, key) of every string in a nested config that would be imported if parsed."""
     if isinstance(tree, dict):
@@ -126,8 +139,12 @@ def named_imports(tree: Any, where: str = "") -> Iterator[tuple[str, str, str | 
     elif isinstance(tree, (list, tuple)):
         for index, value in enumerate(tree):
             yield from named_imports(value, f"{where}[{index}]")
-    elif isinstance(tree, str) and _imports_something(tree):
-        yield where, tree, None
+    elif isinstance(tree, str):
+        parsed = _as_config(tree)
+        if isinstance(parsed, (dict, list)):  # jsonargparse reads a string setting as YAML: a config in text
+            yield from named_imports(parsed, where)
+        elif _imports_something(tree):
+            yield where, tree, None
 
 
 def check_class_paths(tree: Any, source: str, where: str = "hyper_parameters") -> None:

@@ -35,7 +35,7 @@ from ir_lightning.io import atomic_write_text
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.preemption import FinalCheckpoint, SlurmRequeue, in_slurm_job, newest_checkpoint
 from ir_lightning.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
-from ir_lightning.run_lock import RunLock
+from ir_lightning.run_lock import RunLock, lock_before_fit
 
 DESCRIPTION = """\
 ir-lightning: diffusion-based image restoration with PyTorch Lightning.
@@ -179,7 +179,7 @@ class IRLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         model_config = self.config[self.subcommand].get("model")
-        if self.trainer.global_rank == 0:  # before the logger starts a run; other ranks learn it in RunLock.setup
+        if lock_before_fit(self.trainer):  # before the logger starts a run; other ranks learn it in RunLock.setup
             for callback in self.trainer.callbacks:
                 if isinstance(callback, RunLock):
                     callback.acquire(self.trainer)
@@ -278,9 +278,10 @@ def user_message(error: BaseException) -> str:
     worker's error in the main process with the worker's traceback as its message, whose last line is
     `<module>.<class>: <the message>`."""
     text = str(error).strip()
-    if "DataLoader worker" not in text.splitlines()[0]:
-        return text
-    last = text.splitlines()[-1]
+    lines = text.splitlines()
+    if not lines or "DataLoader worker" not in lines[0]:
+        return text or type(error).__name__
+    last = lines[-1]
     name = f"{type(error).__module__}.{type(error).__qualname__}: "
     return last[len(name):] if last.startswith(name) else last
 

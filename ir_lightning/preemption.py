@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ir_lightning.checkpoint_io import UnsafeCheckpointError, read_checkpoint
-from ir_lightning.run_checks import ConfigurationError
+from ir_lightning.errors import ConfigurationError
 
 HPC_CHECKPOINT = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 """Lightning's name for preemption checkpoints in the run directory (`trainer.default_root_dir`)."""
@@ -142,8 +142,8 @@ def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
     A preempted job left an HPC checkpoint; a job killed without warning (node failure, `kill -9`)
     left the periodic checkpoints, and a kill between ModelCheckpoint's two saves of one step leaves
     `step<N>.ckpt` further than `last.ckpt`. Furthest = highest `global_step`; at equal steps the HPC
-    checkpoint, then the most recently written. A file that does not read as a checkpoint (truncated
-    by a copy, say) is passed over with a warning; if no file reads, `ConfigurationError` names them
+    checkpoint, then the most recently written. A file that does not read as a checkpoint to resume
+    (truncated by a copy, say, or an export) is passed over with a warning; if no file reads, `ConfigurationError` names them
     all rather than silently starting afresh over them.
     """
     hpc = hpc_checkpoints(trainer.default_root_dir)
@@ -155,10 +155,10 @@ def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
     unreadable = [str(path) for path, step in steps.items() if step is None]
     readable = {path: step for path, step in steps.items() if step is not None}
     if unreadable and readable:
-        rank_zero_warn(f"--ckpt_path auto passes over files that do not read as checkpoints: {', '.join(unreadable)}")
+        rank_zero_warn(f"--ckpt_path auto passes over files that are no resumable checkpoints: {', '.join(unreadable)}")
     if unreadable and not readable:
         raise ConfigurationError(
-            f"--ckpt_path auto: no checkpoint of this run reads ({', '.join(unreadable)}); move them away to start "
+            f"--ckpt_path auto: no checkpoint of this run reads as one to resume ({', '.join(unreadable)}); move them away to start "
             "afresh, or give --ckpt_path a file"
         )
     if not readable:
@@ -168,9 +168,9 @@ def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
 
 def _global_step(path: Path) -> int | None:
     """The checkpoint's `global_step`, read lazily (memory-mapped: the tensors are not read); None if the file
-    is not a checkpoint that reads."""
+    is not a checkpoint that reads and holds a training state to resume (an export does not)."""
     try:
-        step = read_checkpoint(path, mmap=True).get("global_step")
+        step = read_checkpoint(path, resume=True, mmap=True).get("global_step")
     except (UnsafeCheckpointError, OSError):
         return None
     return step if isinstance(step, int) else None

@@ -109,7 +109,7 @@ def load_method(path: Path, args: argparse.Namespace, device: torch.device) -> R
     if not path.is_file():
         raise RestoreError(f"--ckpt {path}: no such file")
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, mmap=True)  # tensors mapped, not read: Lightning loads the weights
     except UnsafeCheckpointError as error:
         raise RestoreError(str(error)) from error
     cls = method_class(checkpoint, path)

@@ -31,7 +31,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ir_lightning.checkpoint_io import pid_alive
-from ir_lightning.run_checks import ConfigurationError
+from ir_lightning.errors import ConfigurationError
 
 LOCK_NAME = ".ir-lightning.lock"
 """The lock file in each locked folder."""
@@ -92,6 +92,8 @@ class FolderLock:
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise self._locked(held_by) from None
             if error.errno in _NO_FLOCK:
+                if not held_by:  # the empty file this attempt created: not a holder's
+                    self.path.unlink(missing_ok=True)
                 return False
             raise
         os.ftruncate(fd, 0)
@@ -142,6 +144,16 @@ class FolderLock:
             self._owns_file = False
 
 
+def lock_before_fit(trainer: pl.Trainer) -> bool:
+    """Whether the lock may be taken before `fit` on this process: it is rank 0 and no other rank runs yet
+    (one process, or Lightning will launch the others). Ranks started outside (SLURM tasks, torchrun) would
+    wait in the process group for a rank 0 that stopped early: they learn of a refusal in `setup`."""
+    if trainer.global_rank != 0:
+        return False
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return trainer.world_size == 1 or environment is None or not environment.creates_processes_externally
+
+
 def run_folders(trainer: pl.Trainer) -> list[Path]:
     """The folders a fit writes checkpoints into: the run directory, then every ModelCheckpoint's folder
     (each once; the run directory first, so that a refusal names it)."""
@@ -159,10 +171,12 @@ class RunLock(Callback):
     """Locks the run's folders for the whole of `fit` (see the module docstring). `RunDirectoryLocked` (a
     `ConfigurationError`) stops a second run before it writes.
 
-    The IR-Lightning CLI adds it to every fit and calls `acquire` on rank 0 before `fit` starts, so that a
-    refused run has not yet created its logger's run (Lightning creates it before any callback's
-    `setup`); `setup` locks what is left (a checkpoint folder resolved at setup) and tells every DDP
-    rank whether rank 0 holds the lock.
+    The IR-Lightning CLI adds it to every fit and, where no other rank has started yet (one process, or
+    Lightning launching the others itself), calls `acquire` before `fit` starts, so that a refused run
+    has not yet created its logger's run (Lightning creates it before any callback's `setup`). `setup`
+    (and `on_fit_start`, for a checkpoint folder that ModelCheckpoint resolves in its own setup) lock
+    what is left on rank 0 and tell every DDP rank whether rank 0 holds the lock, so that ranks started
+    by SLURM or torchrun stop together.
     """
 
     def __init__(self) -> None:
@@ -185,8 +199,13 @@ class RunLock(Callback):
         self.locks += taken
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self._acquire_on_rank_zero(trainer)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._acquire_on_rank_zero(trainer)  # checkpoint folders that ModelCheckpoint resolved in its own setup
+
+    def _acquire_on_rank_zero(self, trainer: pl.Trainer) -> None:
         refusal = None
         if trainer.is_global_zero:
             try:
@@ -197,6 +216,10 @@ class RunLock(Callback):
         refusal = trainer.strategy.broadcast(refusal)
         if refusal is not None:
             raise RunDirectoryLocked(refusal)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (a spawned process's) holds no lock: the descriptors are this process's."""
+        return {**self.__dict__, "locks": []}
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._release()

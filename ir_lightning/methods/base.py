@@ -115,10 +115,11 @@ class RestorationModule(pl.LightningModule):
     def load_initial_weights(self, checkpoint: dict[str, Any], source: str) -> None:
         """Start training from a checkpoint's weights (its `state_dict`: the EMA weights of a training checkpoint,
         the only ones of an export), keeping this module's fresh optimizer and step count. Submodules an export
-        left out (`exported_without`: used in training only) keep their fresh initialisation. Raises
+        left out (`exported_without`, where this method declares them `TRAINING_ONLY`) keep their fresh
+        initialisation. Raises
         ValueError naming `source` when the weights do not fit this module as configured."""
         weights, own = checkpoint["state_dict"], self.state_dict()
-        left_out = tuple(f"{name}." for name in checkpoint.get("exported_without", ()))
+        left_out = tuple(f"{name}." for name in checkpoint.get("exported_without", ()) if name in self.TRAINING_ONLY)
         unexpected = [key for key in weights if key not in own]
         missing = [key for key in own if key not in weights and not key.startswith(left_out)]
         mismatched = [f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}"
