@@ -312,6 +312,27 @@ def psutil_children() -> list[int]:
     return pids
 
 
+@pytest.mark.slow
+def test_an_export_cannot_resume_a_run_but_starts_one_with_init_weights(sr_shards, tmp_path):
+    """As a user types it: `fit --ckpt_path EXPORT` stops in one line that says to use --init_weights; with
+    `--init_weights EXPORT` (and a learning rate of 0, so that training leaves the weights alone) the run's
+    trained weights are the export's, bit for bit."""
+    words = ["fit", *RECIPE, *data_args(sr_shards)]
+    run([*words, "--run_dir", "runs/a", "--trainer.max_steps=2"], tmp_path)
+    run(["export", "runs/a/checkpoints/last.ckpt", "export.ckpt"], tmp_path)
+    refused = run([*words, "--run_dir", "runs/b", "--ckpt_path", "export.ckpt"], tmp_path, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: --ckpt_path export.ckpt holds weights only (no optimizer_states, lr_schedulers, loops: an exported or "
+        "imported checkpoint), so a run cannot resume from it; to start a new run from its weights, drop --ckpt_path "
+        "and give --init_weights export.ckpt (fit)")
+    run([*words, "--run_dir", "runs/b", "--init_weights", "export.ckpt", "--trainer.max_steps=1",
+         "--model.init_args.optimizer.init_args.lr=0"], tmp_path)  # fmt: skip
+    exported = torch.load(tmp_path / "export.ckpt", weights_only=True)["state_dict"]
+    trained = torch.load(tmp_path / "runs/b/checkpoints/last.ckpt", weights_only=True)["current_model_state"]
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in exported)
+
+
 # --- point 15: YAML errors name the file -----------------------------------------------------------------------
 
 
