@@ -81,6 +81,12 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, loaded once (before a fork: a child of a threaded process should not dlopen)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """On Linux, have the kernel SIGKILL this process when its parent dies, and exit at once if the
     parent (``parent_pid``, recorded before the fork or spawn) is already gone. A no-op elsewhere.
@@ -90,8 +96,7 @@ def die_with_parent(parent_pid: int) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:  # the parent died before the prctl took effect
         os._exit(1)
@@ -121,8 +126,11 @@ class PipeStream:
 
     def __init__(self, command: str, timeout: float) -> None:
         self.command, self.timeout = command, timeout
+        if sys.platform.startswith("linux"):
+            _libc()  # loaded here, in this process, not in the forked child
         self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,  # noqa: S602 - pipe: is a command
-                                        preexec_fn=functools.partial(_own_group_and_die_with, os.getpid()))  # fmt: skip
+                                        start_new_session=True,  # a group of its own: close() kills all it starts
+                                        preexec_fn=functools.partial(die_with_parent, os.getpid()))  # fmt: skip
         self.fd = self.process.stdout.fileno()
 
     def read(self, size: int = -1) -> bytes:
@@ -146,13 +154,6 @@ class PipeStream:
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.process.stdout.close()
-
-
-def _own_group_and_die_with(parent_pid: int) -> None:
-    """In a pipe command's process before it runs: a process group of its own (so that ``close`` can kill
-    all it starts) and death with the worker that started it."""
-    os.setpgid(0, 0)
-    die_with_parent(parent_pid)
 
 
 def _skip_bytes(stream: Stream, count: int) -> None:
