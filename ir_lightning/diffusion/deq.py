@@ -110,7 +110,10 @@ class SolveResult:
     `states` is T x B x C x H x W with states[k] = s_{k+1} (states[-1] = x_0 = `x0`), taken from the
     last evaluation of G, so the scan's consistency (and DDNM's A x_0 = y) holds even when the solver
     stopped early. `residuals[i]` is the worst relative residual |G(X) - X| / |G(X)| over the batch at
-    iteration i + 1; `network_evaluations` counts calls to `chain.update` (one per iteration unless
+    iteration i + 1. `stopped_by` says why the iterations ended: `"tolerance"` (the last residual is <= tol),
+    `"exact"` (every state is the sequential chain's, which takes T iterations whatever the mixing did: the
+    bound, not convergence of the method) or `"max_iter"` (neither). `converged` is true for the first two:
+    the states solve the system, to the tolerance or exactly. `network_evaluations` counts calls to `chain.update` (one per iteration unless
     `chunk_size` splits it) and `network_images` the images they took (states already exact are not
     re-evaluated, so iteration i takes T - i + 1 states of B images; the sequential chain takes T B).
     """
@@ -120,6 +123,7 @@ class SolveResult:
     residuals: list[float] = field(default_factory=list)
     iterations: int = 0
     converged: bool = False
+    stopped_by: str = "max_iter"
     network_evaluations: int = 0
     network_images: int = 0
 
@@ -352,7 +356,7 @@ def _iterate(
         if callback is not None:
             callback(iteration, residual)
         if residual <= tol or exact == n_steps:  # all T states exact: f is the sequential chain
-            result.converged = True
+            result.converged, result.stopped_by = True, "tolerance" if residual <= tol else "exact"
             break
         if method == "picard":
             x = f
@@ -366,16 +370,20 @@ def _iterate(
     return result
 
 
-def run_chain(chain: Chain, x_T: Tensor, solver: str, tol: float = 1e-3, progress: bool = False) -> Tensor:
-    """x_0 of the chain from x_T: step after step (`sequential`), or as the joint fixed point by `anderson`
-    or `picard` with the default memory and mixing, to the relative residual `tol`, in at most T rounds
-    (the exact prefix makes T always enough). The conditional methods' `solver` setting (SR3's DDIM and
-    RDDM's eta = 0 sampler) runs through here."""
+def run_chain(
+    chain: Chain, x_T: Tensor, solver: str, tol: float = 1e-3, progress: bool = False
+) -> tuple[Tensor, SolveResult | None]:
+    """(x_0, the solve) of the chain from x_T: step after step (`sequential`, no solve), or as the joint
+    fixed point by `anderson` or `picard` with the default memory and mixing, to the relative residual
+    `tol`, in at most T rounds (the exact prefix makes T always enough; the result's `stopped_by` says
+    whether the tolerance or that bound ended it). The conditional methods' `solver` setting (SR3's DDIM
+    and RDDM's eta = 0 sampler) runs through here."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
     if solver == "sequential":
-        return sequential(chain, x_T, progress)
-    return solve(chain, x_T, method=solver, tol=tol, max_iter=chain.n_steps, progress=progress).x0
+        return sequential(chain, x_T, progress), None
+    result = solve(chain, x_T, method=solver, tol=tol, max_iter=chain.n_steps, progress=progress)
+    return result.x0, result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class RestorationModule(pl.LightningModule):
     seed, the rank and the step, so a resumed run draws what an uninterrupted one would have.
     """
 
+    last_solve: Any = None
+    """The last restoration's joint fixed-point solve (`diffusion.deq.SolveResult`: residuals, iterations,
+    `stopped_by`) for a method whose parallel solver ran; None after a sequential restoration."""
+
     def __init__(
         self,
         optimizer: OptimizerCallable = adam,

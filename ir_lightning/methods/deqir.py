@@ -118,7 +118,6 @@ class DeqIR(RestorationModule):
         self.solver_options = {"m": memory, "lam": regularisation, "beta": mixing, "tol": tolerance,
                                "max_iter": max_iterations, "chunk_size": chunk_size}  # fmt: skip
         self.sample_seed = sample_seed
-        self.last_solve: Any = None  # the last restoration's solver result (residuals per iteration)
 
     # --- the prior -------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -187,6 +186,9 @@ class DeqIR(RestorationModule):
         stage = None if self._trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
         if self.last_solve is not None and stage is not None:  # predict may not log
             self.log(f"{stage}/solver_iterations", float(self.last_solve.iterations), batch_size=gt.shape[0])
+            # 1 when the residual met the tolerance, 0 when the iteration cap or the T bound ended the solve
+            by_tolerance = float(self.last_solve.stopped_by == "tolerance")
+            self.log(f"{stage}/solver_stopped_by_tolerance", by_tolerance, batch_size=gt.shape[0])
         return restored
 
 

@@ -158,7 +158,9 @@ class SR3(RestorationModule):
                 return self.net(torch.cat([condition, y_t.to(x.dtype)], dim=1), level.to(x.device))
 
             chain = sr3_ddim_chain(conditioned, gammas, clip_y0=self.clip_y0, condition=x)
-            return to_unit(run_chain(chain, y_T, self.solver, self.solver_tolerance, progress))
+            y0, self.last_solve = run_chain(chain, y_T, self.solver, self.solver_tolerance, progress)
+            return to_unit(y0)
+        self.last_solve = None
         kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
         sampler = get_sampler(self.sampler_name)
         y0 = sampler(

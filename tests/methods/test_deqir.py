@@ -41,20 +41,28 @@ def test_respaced_timesteps_run_from_the_noisiest_to_zero():
     assert bool((steps[1:] < steps[:-1]).all())
 
 
-@pytest.mark.parametrize("preconditioner", ["spectral", "none"])
-@pytest.mark.parametrize("solver", ["anderson", "picard"])
+@pytest.mark.parametrize(("solver", "preconditioner", "tolerance", "error"),
+                         [("anderson", "spectral", 1e-4, 5e-4), ("picard", "spectral", 1e-4, 5e-4),
+                          ("anderson", "none", 1e-3, 5e-3)])  # fmt: skip
 @pytest.mark.parametrize("operator", ["sr2", "inpaint_box"])
-def test_parallel_restoration_equals_the_sequential_chain(operator, solver, preconditioner):
-    model = tiny(operator=operator, solver=solver, preconditioner=preconditioner, sample_steps=10,
-                 tolerance=1e-5, max_iterations=25)  # fmt: skip  # float32: ~1e-6 is the floor
-    gt = torch.rand(2, 3, 16, 16)
+def test_parallel_restoration_equals_the_sequential_chain(operator, solver, preconditioner, tolerance, error):
+    """The joint fixed point is the sequential chain, reached by the solver's tolerance in fewer rounds than
+    the T = 25 steps (after T rounds every state is exact whatever the solver did, so a solve ended by that
+    bound would not test the solver). Measured on this untrained prior: spectral 14-23 rounds; without the
+    preconditioner only Anderson at 1e-3 stops before T (23 rounds; Picard needs all 25)."""
+    n_steps = 25
+    model = tiny(operator=operator, solver=solver, preconditioner=preconditioner, sample_steps=n_steps,
+                 tolerance=tolerance, max_iterations=n_steps)  # fmt: skip
+    gt = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     lq = model.operator_for((16, 16)).forward(gt)
     parallel = model.restore(lq, (16, 16))
-    assert model.last_solve.converged
-    assert model.last_solve.iterations <= 10  # after k iterations the first k states are exact: at most T
+    solved = model.last_solve
+    assert solved.stopped_by == "tolerance" and solved.iterations < n_steps, (solved.stopped_by, solved.iterations)
+    assert solved.residuals[-1] <= tolerance
     model.solver = "sequential"
     sequential = model.restore(lq, (16, 16))
-    assert (parallel - sequential).abs().max() < 1e-4
+    assert model.last_solve is None
+    assert (parallel - sequential).abs().max() < error
 
 
 def test_restoration_keeps_the_observed_pixels_of_an_inpainting():

@@ -101,17 +101,22 @@ def test_training_names_a_missing_lq_and_a_scale_mismatch():
 
 @pytest.mark.parametrize("solver", ["anderson", "picard"])
 def test_the_parallel_solver_restores_what_ddim_does(solver):
-    """solver=anderson|picard solves DDIM (eta = 0) as one fixed point over all steps: the same image."""
+    """solver=anderson|picard solves DDIM (eta = 0) as one fixed point over all steps: the same image,
+    reached by the solver's tolerance in fewer rounds than steps (after T rounds every state is exact
+    whatever the solver did, so a solve ended by that bound would not test the solver; measured: Anderson
+    13 rounds, Picard 13, of 25)."""
     torch.manual_seed(0)
     net = UNet(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
-    settings = dict(scale=2, sampler="ddim", sample_steps=8, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05))
+    settings = dict(scale=2, sampler="ddim", sample_steps=25, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05))
     sequential = SR3(net=net, **settings).eval()
-    parallel = SR3(net=net, solver=solver, solver_tolerance=1e-7, **settings).eval()
+    parallel = SR3(net=net, solver=solver, solver_tolerance=1e-5, **settings).eval()
     lq = torch.rand(2, 3, 8, 8)
     batches: list[int] = []
     hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    torch.testing.assert_close(parallel.restore(lq), sequential.restore(lq), rtol=0, atol=1e-4)
+    torch.testing.assert_close(parallel.restore(lq), sequential.restore(lq), rtol=0, atol=5e-4)
     hook.remove()
+    assert parallel.last_solve.stopped_by == "tolerance" and parallel.last_solve.iterations < 25
+    assert sequential.last_solve is None
     assert max(batches) > 2  # the parallel run evaluated several steps of the 2 images in one call
     with pytest.raises(ValueError, match="solver=anderson solves DDIM with eta = 0 in parallel; got sampler='ddpm'"):
         SR3(net=net, solver="anderson")
