@@ -88,6 +88,58 @@ def test_alpha_is_resized_with_a_super_resolved_image_and_grey_stays_grey(tmp_pa
     np.testing.assert_array_equal(back[..., 0], np.rint(restored.mean(0).numpy() * 255).astype(np.uint8))
 
 
+def keys_bicubic(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """The n_out x n_in matrix of bicubic resampling as `_resized_alpha` documents it (torch's bicubic):
+    Keys' cubic convolution with a = -0.75, pixel centres at (i + 0.5) n_in / n_out - 0.5 (half-pixel),
+    taps beyond the border replicating the edge pixel. Written here in float64, independently of torch."""
+    matrix = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        source = (i + 0.5) * n_in / n_out - 0.5
+        left = int(np.floor(source))
+        for tap in range(left - 1, left + 3):
+            d = abs(source - tap)
+            weight = (a + 2) * d**3 - (a + 3) * d**2 + 1 if d <= 1 else a * (d**3 - 5 * d**2 + 8 * d - 4)
+            matrix[i, min(max(tap, 0), n_in - 1)] += weight
+    return matrix
+
+
+@pytest.mark.parametrize("size", [(32, 48), (24, 30)])  # x4 (SR) and a non-integer, non-uniform scale
+@pytest.mark.parametrize(("bit_depth", "grey"), [(8, False), (8, True), (16, False), (16, True)])
+def test_a_varying_alpha_is_resized_bicubically_and_clamped(tmp_path, bit_depth, grey, size):
+    """A gradient alpha with sharp opaque and transparent blocks, resized with the image: bicubic
+    (Keys, a = -0.75) as an independent float64 reference computes it, clamped to [0, peak], rounded.
+
+    The code resizes in float32 and the reference in float64 (they differ by < 0.04 of a 16-bit step), and
+    a ramp of integers hits exact ties (k + 0.5) that each may round either way: so the two must be equal
+    wherever the reference is clearly off a tie, and one step apart at most where it is on one."""
+    peak, dtype = (1 << bit_depth) - 1, np.uint8 if bit_depth == 8 else np.uint16
+    height, width = 8, 12
+    alpha = np.rint(peak * np.arange(width) / (width - 1) * np.ones((height, 1))).astype(dtype)
+    alpha[2:6, 1:4] = peak  # an opaque block on the transparent side: overshoot above peak, and below 0
+    alpha[4:, 8:11] = 0  # a transparent block on the opaque side
+    colour = RNG.integers(0, peak + 1, (height, width, 1 if grey else 3), dtype=dtype)
+    pixels = np.concatenate([colour, alpha[..., None]], axis=-1)
+    path = tmp_path / "a.png"
+    if bit_depth == 8:
+        Image.fromarray(pixels).save(path)
+    else:
+        path.write_bytes(pypng_bytes(pixels, alpha=True))
+    image = read_image(path)
+    restored = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    data = encode_png(restored, image)
+    back = np.asarray(Image.open(io.BytesIO(data))) if bit_depth == 8 else pypng_pixels(data)
+    assert back.shape == (*size, 2 if grey else 4)
+
+    exact = keys_bicubic(height, size[0]) @ alpha.astype(np.float64) @ keys_bicubic(width, size[1]).T
+    assert exact.min() < -0.1 * peak and exact.max() > 1.1 * peak  # the clamp is exercised on both sides
+    expected = np.rint(exact.clip(0, peak))
+    resized = back[..., -1].astype(np.int64)
+    off_tie = np.abs(exact.clip(0, peak) % 1 - 0.5) > 0.05  # 0.05: above float32's error here (< 0.04)
+    assert off_tie.mean() > 0.9  # 6 to 9 % of the pixels lie within 0.05 of a tie
+    np.testing.assert_array_equal(resized[off_tie], expected[off_tie])
+    assert np.abs(resized - expected).max() <= 1
+
+
 def test_a_file_that_is_no_image_raises(tmp_path):
     (tmp_path / "x.png").write_bytes(b"no image")
     with pytest.raises(OSError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 from typing import Optional
 
@@ -11,6 +13,7 @@ import torch
 from jsonargparse import ArgumentParser
 from kornia.filters import gaussian_blur2d
 from PIL import Image
+from skimage import data as skimage_data
 
 from ir_lightning.degradations import (
     JPEG,
@@ -199,6 +202,44 @@ def test_jpeg_quality_orders_psnr() -> None:
     assert psnr(out_10, img) < psnr(out_90, img) < psnr_100
     for out in (out_90, out_10):
         assert out.shape == img.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+@functools.cache
+def astronaut_crops() -> np.ndarray:
+    """Three 96 x 96 crops of skimage's astronaut photo (flag and hair, face, suit): N x H x W x 3 uint8."""
+    photo = skimage_data.astronaut()
+    return np.stack([photo[top : top + 96, left : left + 96] for top, left in [(0, 0), (96, 160), (256, 256)]])
+
+
+def pillow_jpeg(images: np.ndarray, quality: int, subsampling: int = 2) -> torch.Tensor:
+    """A libjpeg round trip through Pillow (subsampling 2 = 4:2:0, 0 = 4:4:4): N x 3 x H x W in [0, 1]."""
+    decoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
+        decoded.append(np.asarray(Image.open(buffer).convert("RGB")))
+    return torch.from_numpy(np.stack(decoded).transpose(0, 3, 1, 2).copy()).float() / 255
+
+
+@pytest.mark.parametrize("quality", [30, 50, 75, 95])
+def test_jpeg_is_close_to_libjpeg_at_the_same_quality_and_chroma_subsampling(quality: int) -> None:
+    """kornia's codec is not bit-exact with libjpeg (float DCT, smooth rounding), but at the same quality
+    and 4:2:0 it is far closer to Pillow's round trip than to Pillow's at 0.9 q, q -/+ 3 or 4:4:4.
+
+    Measured (PSNR ours vs Pillow, dB): same q 40.7 / 42.5 / 43.5 / 45.3 at q 30 / 50 / 75 / 95; the nearest
+    rival, q -/+ 3, is 3.3 to 5.4 dB below, 0.9 q 5.1 to 7.5 dB below, 4:4:4 6.6 to 7.0 dB below."""
+    crops = astronaut_crops()
+    ours = JPEG((float(quality), float(quality)))(torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float() / 255)
+    same = psnr(ours, pillow_jpeg(crops, quality))
+    assert same > 39.0
+    rivals = {
+        "0.9 q": pillow_jpeg(crops, round(0.9 * quality)),
+        "q - 3": pillow_jpeg(crops, quality - 3),
+        "q + 3": pillow_jpeg(crops, quality + 3),
+        "4:4:4": pillow_jpeg(crops, quality, subsampling=0),
+    }
+    for name, rival in rivals.items():
+        assert same > psnr(ours, rival) + 1.5, name
 
 
 def test_jpeg_odd_size_gray_and_channel_check() -> None:
