@@ -1,11 +1,14 @@
 """FID from a local weight file: the Frechet distance matches closed forms and scipy's matrix square root,
 the network's keys and shapes are those of torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`
-(written out below), its resize is TensorFlow 1's bilinear, its features are 2048-d and deterministic, bad
-files are refused by file and key, and nothing reaches the network."""
+(written out below), its resize is TensorFlow 1's bilinear, its features are 2048-d and deterministic and, with
+fixed random weights, those torch-fidelity's own network computes (recorded once in tests/fixtures), bad files
+are refused by file and key, and nothing reaches the network."""
 
 from __future__ import annotations
 
+import json
 import socket
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +246,94 @@ def test_no_network_access(weights, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     network = InceptionFID.from_file(weights)
     assert network(torch.rand(1, 3, 300, 20)).shape == (1, 2048)  # any size
+
+
+# --- the network against the reference implementation -----------------------------------------------------------
+# tests/fixtures/fid_reference_features.npz holds the 2048-d features that torch-fidelity's own network
+# (FeatureExtractorInceptionV3, feature "2048") computed for `reference_images` with `reference_weights`; the
+# .json beside it says which commit, how, and when (tests/fixtures/record_fid_reference.py wrote both). The stage
+# compared is the whole path from a uint8 image to the pool features: both resize with TF1's bilinear, map levels
+# by (x - 128) / 128, run the graph and average the 8 x 8 map (torch-fidelity is given the uint8 levels, ours the
+# same levels / 255, which its quantisation maps back to the same levels).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_FEATURES = FIXTURES / "fid_reference_features.npz"
+REFERENCE_SEED = 2015
+# H x W: both sides upscaled; the graph's own size (no resize); width shrunk and height upscaled
+REFERENCE_SIZES = ((64, 48), (299, 299), (37, 410))
+# Ours agree with the recorded features to float32 rounding: bit for bit on one thread (as recorded), within
+# 2e-7 of the largest feature on two; the float32 path itself is off float64 by 5e-7 of it. The breaks this
+# tolerance guards against are far larger (difference relative to the largest feature, measured):
+# Mixed_7c pooling by average 0.3, batch-norm eps 1e-5 300, average pools counting padding 0.07, torch's
+# half-pixel bilinear resize 0.01, levels centred at 127.5 0.004.
+REFERENCE_TOLERANCE = 1e-4
+
+
+def reference_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator for the tensors of one layer (or image): each layer's draws do not depend on the others'."""
+    return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+
+
+def reference_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Random weights in the file's format (fc included) whose activations stay of order one through the 17 blocks
+    with the graph's batch-norm eps 1e-3, and whose features depend strongly on that eps: each layer's running_var
+    is drawn small, uniform in [1e-4, 1e-2], and its He-scaled convolution is scaled per output channel by
+    sqrt(running_var + 1e-3), so that the graph's batch norm maps it to order one (with eps 1e-5 the channels of
+    small variance are amplified up to 3.3 times, layer after layer)."""
+    shapes = file_format()
+    state = {}
+    for key in (key for key in shapes if key.endswith(".conv.weight")):
+        layer = key.removesuffix(".conv.weight")
+        g = reference_generator(seed, layer)
+        out, c_in, kh, kw = shapes[key]
+        variance = 1e-4 + (1e-2 - 1e-4) * torch.rand(out, generator=g)
+        scale = (variance + 1e-3).sqrt()
+        he = (2.0 / (c_in * kh * kw)) ** 0.5
+        state[key] = torch.randn(shapes[key], generator=g) * he * scale[:, None, None, None]
+        state[f"{layer}.bn.weight"] = 0.8 + 0.4 * torch.rand(out, generator=g)
+        state[f"{layer}.bn.bias"] = 0.1 * torch.randn(out, generator=g)
+        state[f"{layer}.bn.running_mean"] = 0.1 * scale * torch.randn(out, generator=g)
+        state[f"{layer}.bn.running_var"] = variance
+    g = reference_generator(seed, "fc")
+    state["fc.weight"] = torch.randn(FC_SHAPES["fc.weight"], generator=g) * FC_SHAPES["fc.weight"][1] ** -0.5
+    state["fc.bias"] = 0.1 * torch.randn(FC_SHAPES["fc.bias"], generator=g)
+    return state
+
+
+def reference_images(seed: int) -> list[torch.Tensor]:
+    """One 1 x 3 x H x W uint8 image of random levels for each of REFERENCE_SIZES."""
+    return [
+        torch.randint(0, 256, (1, 3, h, w), generator=reference_generator(seed, f"image {h}x{w}"), dtype=torch.uint8)
+        for h, w in REFERENCE_SIZES
+    ]
+
+
+def checksums(weights: dict[str, torch.Tensor], images: list[torch.Tensor]) -> np.ndarray:
+    """Sums (float64) of the weights, their absolute values and the images' levels: they tell a change of torch's
+    random streams (the inputs are no longer those recorded) from a change of the network."""
+    total = sum(float(v.sum(dtype=torch.float64)) for v in weights.values())
+    absolute = sum(float(v.abs().sum(dtype=torch.float64)) for v in weights.values())
+    return np.array([total, absolute, *(float(image.sum(dtype=torch.float64)) for image in images)])
+
+
+def test_features_are_those_of_the_reference_implementation(tmp_path):
+    recorded = np.load(REFERENCE_FEATURES)
+    note = json.loads(REFERENCE_FEATURES.with_suffix(".json").read_text())
+    assert int(recorded["seed"]) == REFERENCE_SEED and [tuple(s) for s in recorded["sizes"]] == list(REFERENCE_SIZES)
+    assert note["repository"] == "toshas/torch-fidelity" and len(note["commit"]) == 40
+    weights, images = reference_weights(REFERENCE_SEED), reference_images(REFERENCE_SEED)
+    np.testing.assert_allclose(
+        checksums(weights, images), recorded["checksums"], rtol=1e-9,
+        err_msg="the weights or images are not those recorded (torch's CPU random streams changed?): re-record",
+    )  # fmt: skip
+    path = tmp_path / "weights-inception-reference.pth"
+    torch.save(weights, path)
+    network = InceptionFID.from_file(path)
+    for image, expected in zip(images, torch.from_numpy(recorded["features"]), strict=True):
+        features = network(image.float() / 255)[0]
+        scale = float(expected.abs().max())
+        assert scale > 1.0  # order-one features: neither vanished nor exploded
+        difference = float((features - expected).abs().max())
+        assert difference <= REFERENCE_TOLERANCE * scale, (
+            f"{tuple(image.shape[2:])} image: features differ from torch-fidelity's by up to {difference:.3g} "
+            f"({difference / scale:.3g} of the largest feature, {scale:.3g})"
+        )
