@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench bench-rddm bench-diffir bench-da bench-deqir install clean
+.PHONY: demo test test-fast mutants bench bench-rddm bench-diffir bench-da bench-deqir install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Mutation check (not in CI): named one-line breaks of the code (tests/mutants.py), each applied to a
+# scratch copy; the fast tests that claim to check the line must fail. MUTANTS_ARGS="--jobs 2", "--only fid".
+MUTANTS_ARGS ?=
+mutants: $(STAMP)
+	$(BIN)/python tests/mutants.py $(MUTANTS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from datamodules import AdaptationDataModule, ShardDataModule
+from datamodules.adaptation import DomainStreams
 from ir_lightning.degradations import CameraNoise, GaussianNoise, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -459,3 +460,13 @@ def ddp_probe(shard_dir: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     ddp_probe(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def test_the_combined_batch_counts_the_samples_both_streams_skipped():
+    """n_skipped (what the run logs) is the two streams' sum; real_n_skipped keeps the real share."""
+    synthetic = [{"gt": torch.zeros(1), "n_skipped": torch.tensor(n)} for n in (0, 2, 5)]
+    real = [{"lq": torch.ones(1), "n_skipped": torch.tensor(n)} for n in (1, 1, 7)]
+    batches = list(DomainStreams(synthetic, real, "real_"))
+    assert [int(b["n_skipped"]) for b in batches] == [1, 3, 12]
+    assert [int(b["real_n_skipped"]) for b in batches] == [1, 1, 7]
+    assert all(set(b) == {"gt", "n_skipped", "real_lq", "real_n_skipped"} for b in batches)
