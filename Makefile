@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast mutants bench bench-rddm bench-diffir bench-da bench-deqir install clean
+.PHONY: demo test test-fast mutants bench bench-restore bench-rddm bench-diffir bench-da bench-deqir install clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/ddp.py
+
+# the restore's own memory from 512^2 to 8192^2 (a fresh process per size) and narrow vs square tiles
+bench-restore: $(STAMP)
+	$(BIN)/python bench/restore_throughput.py
+	$(BIN)/python bench/restore_narrow.py
 
 bench-rddm: $(STAMP)
 	$(BIN)/python bench/rddm_steps.py

@@ -23,21 +23,28 @@ Lightning's DDP strategy wraps a LightningModule (forward = the training loss). 
    1 MiB first bucket). Also timed: one `dist.all_reduce` of a flat float32 buffer as large as
    all the gradients, with nothing else running.
 
-Every figure is the median over `--steps` timed steps after `--warmup` steps (DDP re-buckets the
-gradients in the order they became ready after the first step); a step of several processes
-lasts as long as its slowest rank. The CPU seconds a process used per wall second of its steps
-(all its threads, gloo's included) show when other jobs took the cores: about 1 per thread on
-an idle machine, less when the process waited to be scheduled.
+The setups run interleaved: inside a launch every setup's model and optimizer exist at once and
+one round is one step of each (in reverse order every other round; before every step the ranks
+meet at a barrier, untimed, so that one setup's imbalance does not leak into the next). The
+one-process and the multi-process launches alternate `--repeats` times (1 n, n 1, 1 n, ...).
+Every figure is a median over the timed steps (`--steps` per launch after `--warmup`; DDP
+re-buckets the gradients in the order they became ready after the first step) with its min - max;
+a step of several processes lasts as long as its slowest rank. Pairs: DDP against independent
+processes, step by step (the same round); the scaling ratios, launch by launch (the medians of
+one-process and multi-process launches next to each other). A verdict is given only when every
+pair agrees, else "no clear difference" (bench/timing.py). The CPU seconds a process used per wall
+second of its steps (all its threads, gloo's included) show when other jobs took the cores: about
+1 per thread on an idle machine, less when the process waited to be scheduled.
 
-Run from the repository root: `python bench/ddp.py` (`--help` for the settings). It prints
-markdown tables for bench/README.md, the command line and the machine facts. It asserts nothing.
+Run from the repository root: `python bench/ddp.py` (about 3 minutes on 2 idle cores; `--repeats 6`
+for a tighter spread; `--help` for the settings). It prints markdown tables for bench/README.md,
+the command line and the machine facts. It asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import socket
 import statistics
@@ -59,7 +66,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ir_lightning.methods.sr3 import SR3
 from ir_lightning.nets.unet import UNet
-from train_step import machine_facts  # bench/ is on sys.path when this file runs as a script
+from timing import (  # bench/ is on sys.path when this file runs as a script
+    RoundRobin,
+    Spread,
+    compare,
+    differences,
+    load_after_line,
+    machine_facts,
+    ratios,
+    to_stderr,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sr3_x4.yaml"
@@ -227,37 +243,61 @@ class AllReduceTimer:
         return allreduce_hook(process_group, bucket).then(done)
 
 
-def train_steps(setup: Setup, demo: DemoConfig, args: argparse.Namespace, rank: int) -> dict[str, Any]:
-    """Run one setup on this rank; returns the times of every step and of every bucket all-reduce."""
-    torch.set_num_threads(setup.threads)
-    module: nn.Module = TrainingLoss(build_method(demo, args.seed))
-    timer = AllReduceTimer() if setup.timed_hook else None
-    if setup.sync:
-        module = DistributedDataParallel(module, bucket_cap_mb=setup.bucket_cap_mb)
-        if timer is not None:
-            module.register_comm_hook(None, timer.hook)
-    module.train()
-    optimizer = torch.optim.Adam(module.parameters(), **demo.adam)
-    batches = synthetic_batches(
-        min(args.warmup + args.steps, 4), args.batch_size, demo.crop_size, demo.method["scale"], args.seed + rank
-    )
-    if dist.is_initialized():
-        dist.barrier()
-    steps = []
-    for step in range(args.warmup + args.steps):
-        if timer is not None:
-            timer.step = step
+class SetupRun:
+    """One setup on this rank: its own module (seeded: every setup and rank starts from the same weights),
+    optimizer and batches; `step()` runs one training step and records its times."""
+
+    def __init__(self, setup: Setup, demo: DemoConfig, args: argparse.Namespace, rank: int) -> None:
+        torch.set_num_threads(setup.threads)
+        self.setup, self.demo = setup, demo
+        module: nn.Module = TrainingLoss(build_method(demo, args.seed))
+        self.timer = AllReduceTimer() if setup.timed_hook else None
+        if setup.sync:
+            module = DistributedDataParallel(module, bucket_cap_mb=setup.bucket_cap_mb)
+            if self.timer is not None:
+                module.register_comm_hook(None, self.timer.hook)
+        self.module = module.train()
+        self.optimizer = torch.optim.Adam(module.parameters(), **demo.adam)
+        self.batches = synthetic_batches(
+            min(args.warmup + args.steps, 4), args.batch_size, demo.crop_size, demo.method["scale"], args.seed + rank
+        )
+        self.steps: list[dict[str, float]] = []
+
+    def step(self) -> float:
+        index = len(self.steps)
+        if self.timer is not None:
+            self.timer.step = index
         start, cpu_start = time.perf_counter(), time.process_time()
-        optimizer.zero_grad(set_to_none=True)
-        loss = module(batches[step % len(batches)])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.module(self.batches[index % len(self.batches)])
         loss.backward()  # under DDP it returns once every bucket is reduced and copied back
         backward_end = time.perf_counter()
-        if demo.gradient_clip_val:
-            nn.utils.clip_grad_norm_(module.parameters(), demo.gradient_clip_val)  # the recipe's clipping
-        optimizer.step()
+        if self.demo.gradient_clip_val:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.demo.gradient_clip_val)  # the recipe's clipping
+        self.optimizer.step()
         end, cpu_end = time.perf_counter(), time.process_time()
-        steps.append({"start": start, "backward_end": backward_end, "end": end, "cpu": cpu_end - cpu_start})
-    return {"steps": steps, "buckets": timer.calls if timer is not None else []}
+        self.steps.append({"start": start, "backward_end": backward_end, "end": end, "cpu": cpu_end - cpu_start})
+        return end - start
+
+    def record(self) -> dict[str, Any]:
+        return {"steps": self.steps, "buckets": self.timer.calls if self.timer is not None else []}
+
+
+def train_interleaved(setups: list[Setup], demo: DemoConfig, args: argparse.Namespace, rank: int) -> list[dict[str, Any]]:
+    """Every setup's steps, interleaved round by round (RoundRobin), the ranks aligned by a barrier before
+    each step; returns each setup's record."""
+    runs = {str(index): SetupRun(setup, demo, args, rank) for index, setup in enumerate(setups)}
+
+    def before_each(name: str) -> None:
+        torch.set_num_threads(runs[name].setup.threads)
+        if dist.is_initialized():
+            dist.barrier()
+
+    robin = RoundRobin({name: run.step for name, run in runs.items()}, warmup=args.warmup, before_each=before_each,
+                       self_timed=True)  # fmt: skip
+    for _ in range(args.warmup + args.steps):
+        robin.run_round()
+    return [run.record() for run in runs.values()]
 
 
 def time_flat_all_reduce(numel: int, repeats: int) -> list[float]:
@@ -278,7 +318,7 @@ def worker(rank: int, world_size: int, setups: list[Setup], args: argparse.Names
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        result: dict[str, Any] = {"runs": [train_steps(setup, demo, args, rank) for setup in setups]}
+        result: dict[str, Any] = {"runs": train_interleaved(setups, demo, args, rank)}
         if world_size > 1:
             numel = sum(p.numel() for p in build_method(demo, args.seed).parameters() if p.requires_grad)
             result["flat_all_reduce"] = time_flat_all_reduce(numel, args.flat_repeats)
@@ -304,25 +344,34 @@ def launch(world_size: int, setups: list[Setup], args: argparse.Namespace) -> li
 # --- figures ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Figures:
-    """One setup's figures over the timed steps (medians; a step lasts as long as its slowest rank)."""
+    """One setup's timed steps over all its launches (a step lasts as long as its slowest rank).
+
+    `step_seconds[i]` pairs with the same index of every other setup of the same launches (the same round);
+    `launch_medians[k]` is launch k's median step.
+    """
 
     setup: Setup
     step_seconds: list[float]
-    cpu_share: float  # CPU seconds of a process (all its threads) / wall seconds, median over steps and ranks
+    launch_medians: list[float]
+    cpu_shares: list[float]  # CPU seconds of a process (all its threads) / wall seconds, per step and rank
     batch_size: int
     buckets: int | None = None
     bucket_mib: list[float] | None = None
-    in_flight_ms: float | None = None  # union of the buckets' all-reduce intervals
-    summed_ms: float | None = None  # sum of the buckets' all-reduce durations
-    tail_ms: float | None = None  # backward after the last bucket's launch
+    in_flight: list[float] | None = None  # per step and rank: union of the buckets' all-reduce intervals (s)
+    in_flight_share: list[float] | None = None  # the same / the step's seconds
+    summed: list[float] | None = None  # per step and rank: sum of the buckets' all-reduce durations (s)
+    tails: list[float] | None = None  # per step and rank: backward after the last bucket's launch (s)
 
     @property
-    def median(self) -> float:
-        return statistics.median(self.step_seconds)
+    def steps(self) -> Spread:
+        return Spread.of(self.step_seconds)
 
     @property
-    def images_per_second(self) -> float:
-        return self.setup.processes * self.batch_size / self.median
+    def cpu_share(self) -> float:
+        return statistics.median(self.cpu_shares)
+
+    def images_per_second(self, seconds: float) -> float:
+        return self.setup.processes * self.batch_size / seconds
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -335,66 +384,85 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def figures(setup: Setup, ranks: list[dict[str, Any]], warmup: int, batch_size: int) -> Figures:
-    timed = [run["steps"][warmup:] for run in ranks]
-    step_seconds = [max(s["end"] - s["start"] for s in per_rank) for per_rank in zip(*timed)]
-    cpu_share = statistics.median(s["cpu"] / (s["end"] - s["start"]) for per_rank in timed for s in per_rank)
+def figures(setup: Setup, launches: list[list[dict[str, Any]]], warmup: int, batch_size: int) -> Figures:
+    """`launches[k][r]`: this setup's record on rank r in launch k."""
+    step_seconds, launch_medians, cpu_shares = [], [], []
+    in_flight, shares, summed, tails, counts = [], [], [], [], []
+    last_step: list[dict[str, Any]] = []
+    for ranks in launches:
+        timed = [run["steps"][warmup:] for run in ranks]
+        seconds = [max(s["end"] - s["start"] for s in per_rank) for per_rank in zip(*timed)]
+        step_seconds += seconds
+        launch_medians.append(statistics.median(seconds))
+        cpu_shares += [s["cpu"] / (s["end"] - s["start"]) for per_rank in timed for s in per_rank]
+        if not setup.timed_hook:
+            continue
+        for offset, step in enumerate(range(warmup, warmup + len(seconds))):
+            for rank in ranks:
+                calls = [c for c in rank["buckets"] if c["step"] == step]
+                intervals = [(c["start"], c["end"]) for c in calls]
+                in_flight.append(union_seconds(intervals))
+                shares.append(in_flight[-1] / seconds[offset])
+                summed.append(sum(end - start for start, end in intervals))
+                tails.append(rank["steps"][step]["backward_end"] - max(start for start, _ in intervals))
+                counts.append(len(calls))
+        last_step = [c for c in ranks[0]["buckets"] if c["step"] == warmup + len(seconds) - 1]
     if not setup.timed_hook:
-        return Figures(setup, step_seconds, cpu_share, batch_size)
-    in_flight, summed, tails, counts = [], [], [], []
-    for step in range(warmup, warmup + len(step_seconds)):
-        for rank in ranks:
-            calls = [c for c in rank["buckets"] if c["step"] == step]
-            intervals = [(c["start"], c["end"]) for c in calls]
-            in_flight.append(union_seconds(intervals))
-            summed.append(sum(end - start for start, end in intervals))
-            tails.append(rank["steps"][step]["backward_end"] - max(start for start, _ in intervals))
-            counts.append(len(calls))
-    last_step = [c for c in ranks[0]["buckets"] if c["step"] == warmup + len(step_seconds) - 1]
+        return Figures(setup, step_seconds, launch_medians, cpu_shares, batch_size)
     return Figures(
-        setup,
-        step_seconds,
-        cpu_share,
-        batch_size,
+        setup, step_seconds, launch_medians, cpu_shares, batch_size,
         buckets=max(counts),
         bucket_mib=[c["bytes"] / MIB for c in sorted(last_step, key=lambda c: c["start"])],
-        in_flight_ms=1e3 * statistics.median(in_flight),
-        summed_ms=1e3 * statistics.median(summed),
-        tail_ms=1e3 * statistics.median(tails),
-    )
+        in_flight=in_flight, in_flight_share=shares, summed=summed, tails=tails,
+    )  # fmt: skip
+
+
+def scaling(run: Figures, baseline: Figures) -> Spread:
+    """images/s of `run` / images/s of `baseline`, launch by launch (adjacent launches form the pairs)."""
+    return Spread.of(run.images_per_second(r) / baseline.images_per_second(b)
+                     for r, b in zip(run.launch_medians, baseline.launch_medians))  # fmt: skip
+
+
+def versus(run: Figures, baseline: Figures) -> str:
+    return "1x (the baseline)" if run is baseline else scaling(run, baseline).text(unit="x")
 
 
 def throughput_table(runs: list[Figures], baseline: Figures, all_cores: Figures) -> list[str]:
     lines = [
-        "| run | processes x threads | s/step (median) | fastest - slowest | CPU s / wall s per process | images/s "
-        f"| vs 1 x {baseline.setup.threads} | vs 1 x {all_cores.setup.threads} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | processes x threads | s/step, median (min - max) | CPU s / wall s per process | images/s (median step) "
+        f"| vs 1 x {baseline.setup.threads}, per launch pair | vs 1 x {all_cores.setup.threads}, per launch pair |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         lines.append(
-            f"| {run.setup.label} | {run.setup.processes} x {run.setup.threads} | {run.median:.3f} "
-            f"| {min(run.step_seconds):.3f} - {max(run.step_seconds):.3f} | {run.cpu_share:.2f} "
-            f"| {run.images_per_second:.1f} "
-            f"| {run.images_per_second / baseline.images_per_second:.2f}x "
-            f"| {run.images_per_second / all_cores.images_per_second:.2f}x |"
+            f"| {run.setup.label} | {run.setup.processes} x {run.setup.threads} | {run.steps.text('.3f')} "
+            f"| {run.cpu_share:.2f} | {run.images_per_second(run.steps.median):.1f} "
+            f"| {versus(run, baseline)} | {versus(run, all_cores)} |"
         )
     return lines
 
 
 def all_reduce_table(runs: list[Figures]) -> list[str]:
     lines = [
-        "| DDP buckets | buckets / step | bucket sizes (MiB, first launched first) | s/step (median) | CPU s / wall s "
-        "| all-reduce in flight (ms/step) | share of step | sum over buckets (ms) | backward after last launch (ms) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| DDP buckets | buckets / step | bucket sizes (MiB, first launched first) | s/step, median (min - max) "
+        "| CPU s / wall s | all-reduce in flight (ms/step) | share of step | sum over buckets (ms) "
+        f"| backward after last launch (ms) | s/step / the {bucket_label(runs[0].setup.bucket_cap_mb)} run's, per round |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in runs:
-        assert run.in_flight_ms is not None and run.bucket_mib is not None  # timed runs only
+        if run is runs[0]:
+            versus_first = "1x (the baseline)"
+        else:
+            per_round = ratios(run.step_seconds, runs[0].step_seconds)
+            versus_first = f"{per_round.text(unit='x')}, {compare(per_round)}"
+        assert run.in_flight is not None and run.bucket_mib is not None  # timed runs only
+        assert run.in_flight_share is not None and run.summed is not None and run.tails is not None
         sizes = ", ".join(f"{size:.2f}" for size in run.bucket_mib)
+        milliseconds = lambda values: Spread.of(1e3 * value for value in values).text(".1f")  # noqa: E731
         lines.append(
-            f"| {bucket_label(run.setup.bucket_cap_mb)} | {run.buckets} | {sizes} | {run.median:.3f} "
-            f"| {run.cpu_share:.2f} "
-            f"| {run.in_flight_ms:.1f} | {run.in_flight_ms / 1e3 / run.median:.1%} | {run.summed_ms:.1f} "
-            f"| {run.tail_ms:.1f} |"
+            f"| {bucket_label(run.setup.bucket_cap_mb)} | {run.buckets} | {sizes} | {run.steps.text('.3f')} "
+            f"| {run.cpu_share:.2f} | {milliseconds(run.in_flight)} | {Spread.of(run.in_flight_share).text('.1%')} "
+            f"| {milliseconds(run.summed)} | {milliseconds(run.tails)} | {versus_first} |"
         )
     return lines
 
@@ -419,8 +487,14 @@ def build_parser(demo: DemoConfig) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python bench/ddp.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per run, at least 1 (default 2)")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per run; medians are reported (default 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per launch, at least 1 (default 2)")
+    parser.add_argument(
+        "--steps", type=int, default=6, help="timed rounds (one step of every setup) per launch (default 6)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3,
+        help="launches of the 1-process and of the multi-process setups, alternating (default 3)",
+    )  # fmt: skip
     parser.add_argument(
         "--batch-size", type=int, default=demo.batch_size,
         help=f"GT crops per process and step (default {demo.batch_size}, the demo recipe's)",
@@ -446,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = load_demo_config()
     parser = build_parser(demo)
     args = parser.parse_args(argv)
-    for name in ("warmup", "steps", "batch_size", "threads", "flat_repeats"):
+    for name in ("warmup", "steps", "repeats", "batch_size", "threads", "flat_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.processes < 2:
@@ -465,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum(p.numel() for p in parameters) / 1e6:.2f} M parameters in {len(parameters)} tensors, "
         f"gradients {gradient_bytes / MIB:.2f} MiB float32; Adam {demo.adam}, gradient clipping "
         f"{demo.gradient_clip_val}; batch {args.batch_size} per process of {demo.crop_size}x{demo.crop_size} GT / "
-        f"{low}x{low} LQ (random); median of {args.steps} steps after {args.warmup} warm-up"
+        f"{low}x{low} LQ (random); {args.repeats} launches of each kind, alternating, each {args.steps} interleaved "
+        f"rounds after {args.warmup} warm-up"
     )
     print("\n".join(header), flush=True)
 
@@ -476,40 +551,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     multi += [Setup(f"{n} processes, DDP gloo, timed hook", n, t, sync=True, bucket_cap_mb=cap, timed_hook=True)
               for cap in args.bucket_caps]  # fmt: skip
-    print(f"timing 1 process ({len(single)} runs) ...", file=sys.stderr, flush=True)
-    single_ranks = launch(1, single, args)
-    print(f"timing {n} processes ({len(multi)} runs) ...", file=sys.stderr, flush=True)
-    multi_ranks = launch(n, multi, args)
+    single_launches: list[list[dict[str, Any]]] = []
+    multi_launches: list[list[dict[str, Any]]] = []
+    for repeat in range(args.repeats):
+        kinds = [(1, single, single_launches), (n, multi, multi_launches)]
+        for world_size, setups, results in kinds[::-1] if repeat % 2 else kinds:
+            to_stderr(f"launch {repeat + 1} of {args.repeats}: {world_size} process(es), {len(setups)} setups ...")
+            results.append(launch(world_size, setups, args))
 
-    runs = [
-        figures(setup, [ranks["runs"][index] for ranks in results], args.warmup, args.batch_size)
-        for setups, results in ((single, single_ranks), (multi, multi_ranks))
-        for index, setup in enumerate(setups)
-    ]
-    baseline, all_cores, ddp, independent = runs[:4]
-    timed = runs[4:]
-    flat = [max(per_rank) for per_rank in zip(*(ranks["flat_all_reduce"] for ranks in multi_ranks))]
-    flat_ms = 1e3 * statistics.median(flat)
+    def setup_figures(setups: list[Setup], launches: list[list[dict[str, Any]]]) -> list[Figures]:
+        return [figures(setup, [[ranks["runs"][index] for ranks in results] for results in launches],
+                        args.warmup, args.batch_size) for index, setup in enumerate(setups)]  # fmt: skip
 
-    lines = ["", *throughput_table(runs[:4], baseline, all_cores), ""]
+    baseline, all_cores = setup_figures(single, single_launches)
+    ddp, independent, *timed = setup_figures(multi, multi_launches)
+    flat = [max(per_rank) for results in multi_launches for per_rank in zip(*(r["flat_all_reduce"] for r in results))]
+    flat_ms = Spread.of(1e3 * value for value in flat)
+
+    lines = ["", *throughput_table([baseline, all_cores, ddp, independent], baseline, all_cores), ""]
     lines.append(
-        f"- scaling ratio ({n}-process images/s / 1-process images/s), {t} thread(s) per process: "
-        f"{ddp.images_per_second / baseline.images_per_second:.2f} (ideal {n}); "
-        f"against 1 process with {t * n} thread(s): {ddp.images_per_second / all_cores.images_per_second:.2f}"
+        f"- scaling ratio ({n}-process images/s / 1-process images/s, launch by launch), {t} thread(s) per process: "
+        f"{scaling(ddp, baseline).text()} (ideal {n}); against 1 process with {t * n} thread(s): "
+        f"{scaling(ddp, all_cores).text()}"
     )
+    gap = differences(ddp.step_seconds, independent.step_seconds)
+    gap_share = Spread.of((d - i) / d for d, i in zip(ddp.step_seconds, independent.step_seconds))
+    verdict = compare(ratios(ddp.step_seconds, independent.step_seconds), "DDP faster", "DDP slower")
     lines.append(
-        f"- DDP step - independent step: {1e3 * (ddp.median - independent.median):.0f} ms "
-        f"({(ddp.median - independent.median) / ddp.median:.1%} of the DDP step): what synchronising the gradients adds"
-    )
+        f"- what synchronising the gradients costs, two measures of the same run: (a) DDP step - independent step, "
+        f"round by round ({len(gap.values)} pairs): {Spread.of(1e3 * v for v in gap.values).text('.0f', ' ms')}, "
+        f"{gap_share.text('.1%')} of the DDP step ({verdict}); (b) the time with an all-reduce in flight, timed by "
+        "the hook in the DDP runs of the table below (per step and rank), as a share of the step: "
+        + "; ".join(f"{bucket_label(run.setup.bucket_cap_mb)} {Spread.of(run.in_flight_share or [0]).text('.1%')}"
+                    for run in timed)
+        + ". (b) leaves out what (a) also counts: waiting for the other rank, gloo's threads taking the cores "
+        "of the backward, DDP's copies into and out of the buckets"
+    )  # fmt: skip
     lines += ["", *all_reduce_table(timed), ""]
     lines.append(
         f"- one dist.all_reduce of a flat float32 buffer of {gradient_bytes / MIB:.2f} MiB (all the gradients), "
-        f"nothing else running: {flat_ms:.1f} ms (median of {args.flat_repeats}; "
-        f"{gradient_bytes / MIB / (flat_ms / 1e3):.0f} MiB/s of gradients); "
-        f"{flat_ms / 1e3 / ddp.median:.1%} of the DDP step"
+        f"nothing else running: {flat_ms.text('.1f', ' ms')} ({args.flat_repeats} per launch; "
+        f"{gradient_bytes / MIB / (flat_ms.median / 1e3):.0f} MiB/s of gradients at the median); "
+        f"{flat_ms.median / 1e3 / ddp.steps.median:.1%} of the median DDP step"
     )
-    load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
-    lines += ["", f"- load average after the runs: {load} (1/5/15 min)"]
+    lines += ["", load_after_line()]
     print("\n".join(lines))
     return 0
 

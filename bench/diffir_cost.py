@@ -11,14 +11,15 @@ sampling step at the output's full size. This script measures, for one 256 x 256
 3. RDDM (`RDDM.restore`), 5 steps, the same U-Net with two output heads (`TwoHeadUNet`).
 
 For each: parameters of the networks that restoration runs; multiply-adds of the whole
-restoration (every network call of the sampler, counted by `torch.utils.flop_counter.
-FlopCounterMode`, which counts FLOPs = 2 x MACs of convolutions, matrix products and attention,
-not of normalisations, activations or other element-wise work); the number of network calls;
-seconds on this CPU. DiffIR's seconds are the median of `--runs` restorations after one warm-up;
-for SR3 and RDDM one network call is timed (median of `--runs` after one warm-up) and the whole
-sampler once. The whole SR3 sampler is timed in the same run that counts its multiply-adds
-(timing it twice would double the script's longest part); the counter's overhead is shown by
-RDDM's sampler, timed once with the counter and once without.
+restoration, counted by `torch.utils.flop_counter.FlopCounterMode` (FLOPs = 2 x MACs of
+convolutions, matrix products and attention, not of normalisations, activations or other
+element-wise work): DiffIR's whole restoration under the counter; for SR3 and RDDM one network call
+under the counter times the calls the sampler makes (a forward hook counts them and checks that
+every call has the same input shapes, so the product is the whole sampler's count); the number of
+network calls; seconds on this CPU, never under the counter. The three restorations run
+interleaved, `--rounds` rounds of DiffIR, RDDM, SR3 (reversed every other round) after a warm-up
+(one DiffIR restoration and one call of each U-Net); each round gives the ratios to DiffIR's seconds
+of the same round, shown as the median with its min - max (bench/timing.py).
 
 For reference, without timing: SR3 with the U-Net of recipes/sr3_x4.yaml (the paper's 64 -> 256
 setting), RDDM with the two U-Nets of recipes/rddm_sr_x4.yaml, and DiffIR on a 256 x 256 LQ
@@ -28,20 +29,17 @@ arithmetic) times the number of calls the sampler makes.
 All in float32, eval mode, under `torch.no_grad`, on 2 torch threads, with seeded weights and
 inputs (the cost does not depend on the weights: untrained networks do the same arithmetic).
 
-Run from the repository root: `python bench/diffir_cost.py` (about 3 minutes on 2 idle cores;
-`--quick`: under a minute, 2 steps of SR3 and of RDDM, one timed run each). It prints markdown
+Run from the repository root: `python bench/diffir_cost.py` (about 3 minutes on 2 idle cores, most
+of it SR3's 50 steps, twice; `--rounds 4` for a tighter spread; `--quick`: under a minute, 2 steps
+of SR3 and of RDDM, one round). It prints markdown
 tables for bench/README.md, the command line and the machine facts. It asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
-import os
-import platform
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,7 +57,16 @@ from ir_lightning.methods import RDDM, SR3, DiffIRS2
 from ir_lightning.nets.diffir import IPR_DIM
 from ir_lightning.nets.rddm import TwoHeadUNet
 from ir_lightning.nets.unet import UNet
-from train_step import machine_line  # bench/ is on sys.path when this file runs as a script
+from timing import (  # bench/ is on sys.path when this file runs as a script
+    Spread,
+    cpu_share_line,
+    interleave,
+    load_after_line,
+    machine_facts,
+    ratios,
+    seconds_list,
+    to_stderr,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFFIR_RECIPE = ROOT / "recipes" / "diffir_s2_realsr_x4.yaml"
@@ -148,23 +155,20 @@ def n_parameters(*modules: nn.Module) -> int:
     return sum(p.numel() for module in modules for p in module.parameters())
 
 
-# --- timing ---------------------------------------------------------------------------------------
-def seconds(fn: Callable[[], Any], runs: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of `runs` calls of `fn` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+# --- calls ----------------------------------------------------------------------------------------
+class CallCounter:
+    """Counts the calls of a network and the input shapes of each (a forward pre-hook; costs nothing that
+    shows in seconds)."""
 
+    def __init__(self, net: nn.Module) -> None:
+        self.shapes: list[tuple[tuple[int, ...], ...]] = []
+        self.handle = net.register_forward_pre_hook(self.called)
 
-def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+    def called(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.shapes.append(tuple(tuple(a.shape) for a in args if isinstance(a, Tensor)))
+
+    def calls_since(self, start: int) -> list[tuple[tuple[int, ...], ...]]:
+        return self.shapes[start:]
 
 
 # --- the recipes ------------------------------------------------------------------------------------
@@ -218,42 +222,60 @@ class Row:
     params: int
     calls: str
     macs: int
-    seconds: float | None  # the whole restoration
-    how: str  # how `seconds` was measured
-    call_seconds: float | None = None  # one network call (median)
+    seconds: list[float] | None = None  # the whole restoration, round by round (None: not timed)
+    n_calls: int = 0  # network calls of one restoration (samplers)
 
 
-def measure_diffir(lq: Tensor, args: argparse.Namespace) -> tuple[Row, Count, DiffIRS2]:
+@dataclass
+class Method:
+    """One restoration to count and time: `restore()` returns the restored image."""
+
+    row: Row
+    restore: Callable[[], Tensor]
+    counter: CallCounter | None = None  # samplers: the U-Net's calls
+
+
+def diffir_method(lq: Tensor, args: argparse.Namespace) -> tuple[Method, Count, DiffIRS2]:
+    """DiffIR stage 2, its MACs counted over one whole restoration (after one warm-up restoration)."""
     model = build_diffir(args.seed)
     networks = {"DIRformer": model.restorer, "CPEN_S2": model.cpen_s2, "IPR denoiser": model.denoiser}
-    restore = functools.partial(model.restore, lq)
+
+    def restore() -> Tensor:
+        return model.restore(lq)
+
     restore()  # warm-up
     with counting(networks) as count:
         out = restore()
     check_output(out, "DiffIR")
-    times = seconds(restore, args.runs, warmup=0)
     calls = ", ".join(f"{name} x{n}" for name, n in count.calls.items())
-    how = f"median of {args.runs} restorations ({', '.join(f'{t:.2f}' for t in times)})"
     row = Row(f"DiffIR S2 ({model.gammas.numel()} prior steps)", "DIRformer + CPEN_S2 + IPR denoiser",
-              n_parameters(*networks.values()), calls, count.macs, statistics.median(times), how)  # fmt: skip
-    return row, count, model
+              n_parameters(*networks.values()), calls, count.macs)  # fmt: skip
+    return Method(row, restore), count, model
 
 
-def measure_sampler(label: str, network: str, net: nn.Module, restore: Callable[[], Tensor],
-                    one_call: Callable[[], Tensor], args: argparse.Namespace,
-                    timed_apart: bool) -> tuple[Row, float, float | None]:  # fmt: skip
-    """Time one call of `net`, then count (and time) the whole sampler; `timed_apart`: time it again without
-    the counter. Returns the row, the seconds of the counted run and those of the uncounted one."""
-    call_times = seconds(one_call, args.runs)
+def sampler_method(label: str, network: str, net: nn.Module, restore: Callable[[], Tensor],
+                   one_call: Callable[[], Tensor]) -> Method:  # fmt: skip
+    """A sampler whose every step calls `net` once: one call counted (after one warm-up call); the calls of
+    the whole sampler are counted by a hook when it runs (`finish_sampler` multiplies)."""
+    one_call()  # warm-up
     with counting({"U-Net": net}) as count:
-        out, counted_seconds = timed(restore)
-    check_output(out, label)
-    apart = timed(restore)[1] if timed_apart else None
-    how = "whole sampler once" if apart is not None else "whole sampler once, during the MAC count"
-    how += f"; one call: median of {args.runs} ({', '.join(f'{t:.2f}' for t in call_times)})"
-    row = Row(label, network, n_parameters(net), f"U-Net x{count.calls['U-Net']}", count.macs,
-              apart if apart is not None else counted_seconds, how, statistics.median(call_times))  # fmt: skip
-    return row, counted_seconds, apart
+        one_call()
+    row = Row(label, network, n_parameters(net), "", count.macs)  # per call until finish_sampler
+    return Method(row, restore, CallCounter(net))
+
+
+def finish_sampler(method: Method, call_shape: tuple[tuple[int, ...], ...], rounds: int) -> None:
+    """The sampler's calls per restoration (from its hook) and its MACs = calls x one call's MACs, after
+    checking that every call had the shapes of the counted one."""
+    assert method.counter is not None
+    shapes = method.counter.shapes
+    if len(shapes) % rounds or any(shape != call_shape for shape in shapes):
+        raise SystemExit(f"bench/diffir_cost.py: {method.row.label}: {len(shapes)} calls in {rounds} restorations, "
+                         f"shapes {sorted(set(shapes))}; expected the same number each time, all {call_shape}")  # fmt: skip
+    method.row.n_calls = len(shapes) // rounds
+    method.row.calls = f"U-Net x{method.row.n_calls}"
+    method.row.macs *= method.row.n_calls
+    method.counter.handle.remove()
 
 
 def check_output(out: Tensor, label: str) -> None:
@@ -271,12 +293,12 @@ def describe_unet(recipe: Path) -> str:
 
 def reference_rows(sr3_steps: int, rddm_steps: int, prior_steps: int) -> list[Row]:
     """Counted on the meta device: one call of each network times the calls the sampler makes."""
-    size, how = LQ_SIZE * SCALE, "not timed; MACs = 1 call x calls"
+    size = LQ_SIZE * SCALE
     rows = []
     for label, recipe, steps in ((f"SR3 DDIM {sr3_steps}, recipe net", SR3_RECIPE, sr3_steps),
                                  (f"RDDM {rddm_steps} steps, recipe net", RDDM_RECIPE, rddm_steps)):  # fmt: skip
         params, macs = meta_call_macs(recipe_net(recipe, "model.init_args.net"), (1, 6, size, size), (1,))
-        rows.append(Row(label, describe_unet(recipe), params, f"net x{steps}", macs * steps, None, how))
+        rows.append(Row(label, describe_unet(recipe), params, f"net x{steps}", macs * steps))
     big = 4 * LQ_SIZE  # an LQ 4 times larger a side: 1024 x 1024 out
     restorer = meta_call_macs(recipe_net(DIFFIR_RECIPE, "model.init_args.restorer"), (1, 3, big, big), (1, IPR_DIM))
     cpen_s2 = meta_call_macs(recipe_net(DIFFIR_RECIPE, "model.init_args.cpen_s2"), (1, 3, big, big))
@@ -284,7 +306,7 @@ def reference_rows(sr3_steps: int, rddm_steps: int, prior_steps: int) -> list[Ro
     rows.append(Row(
         f"DiffIR S2, LQ {big} x {big} -> {big * SCALE} x {big * SCALE}", "DIRformer + CPEN_S2 + IPR denoiser",
         restorer[0] + cpen_s2[0] + denoiser[0], f"DIRformer x1, CPEN_S2 x1, IPR denoiser x{prior_steps}",
-        restorer[1] + cpen_s2[1] + prior_steps * denoiser[1], None, "not timed; MACs = the network calls",
+        restorer[1] + cpen_s2[1] + prior_steps * denoiser[1],
     ))  # fmt: skip
     return rows
 
@@ -296,83 +318,90 @@ def giga(macs: int) -> str:
 
 def table(rows: list[Row], baseline: Row) -> list[str]:
     lines = [
-        "| method | networks | parameters | network calls | MACs (G) | MACs / DiffIR | s / image | s / DiffIR "
-        "| s / network call | how the seconds were measured |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| method | networks | parameters | network calls | MACs (G) | MACs / DiffIR | s / image, median (min - max) "
+        "| s / DiffIR's s, per round | s / network call (median) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        secs = f"{row.seconds:.2f}" if row.seconds is not None else ""
-        ratio = f"{row.seconds / baseline.seconds:.1f}x" if row.seconds is not None and baseline.seconds else ""
-        call = f"{row.call_seconds:.2f}" if row.call_seconds is not None else ""
+        secs = ratio = call = ""
+        if row.seconds is not None and baseline.seconds is not None:
+            secs = Spread.of(row.seconds).text()
+            ratio = "1x (the baseline)" if row is baseline else ratios(row.seconds, baseline.seconds).text(".1f", "x")
+            call = f"{Spread.of(row.seconds).median / row.n_calls:.2f}" if row.n_calls else ""
         lines.append(
             f"| {row.label} | {row.network} | {row.params / 1e6:.1f} M | {row.calls} | {giga(row.macs)} "
-            f"| {row.macs / baseline.macs:.1f}x | {secs} | {ratio} | {call} | {row.how} |"
+            f"| {row.macs / baseline.macs:.1f}x | {secs} | {ratio} | {call} |"
         )
     return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5,
-                        help="timed DiffIR restorations and timed single network calls (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="timed rounds, each one restoration of DiffIR, RDDM and SR3, interleaved (default 2)")
     parser.add_argument("--sr3-steps", type=int, default=50, help="DDIM steps of SR3")
     parser.add_argument("--rddm-steps", type=int, default=5, help="sampling steps of RDDM")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the LQ image")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: --runs 1, 2 steps of SR3 and RDDM, samplers timed only while counted")
+    parser.add_argument("--quick", action="store_true", help="smoke run: --rounds 1, 2 steps of SR3 and RDDM")
     return parser  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.runs, args.sr3_steps, args.rddm_steps = 1, 2, 2
-    if args.runs < 1 or args.sr3_steps < 1 or args.rddm_steps < 1:
-        raise SystemExit("bench/diffir_cost.py: --runs, --sr3-steps and --rddm-steps must be at least 1")
+        args.rounds, args.sr3_steps, args.rddm_steps = 1, 2, 2
+    if args.rounds < 1 or args.sr3_steps < 1 or args.rddm_steps < 1:
+        raise SystemExit("bench/diffir_cost.py: --rounds, --sr3-steps and --rddm-steps must be at least 1")
     torch.set_num_threads(args.threads)
     header = [
         "## DiffIR inference cost (bench/diffir_cost.py)", "",
         f"- command: `{shlex.join(['python', *sys.argv])}`",
-        machine_line(),
-        f"- software: Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"intra-op threads, CPU capability {torch.backends.cpu.get_cpu_capability()}); float32, eval, no_grad",
-        f"- one image: LQ {LQ_SIZE} x {LQ_SIZE} -> {LQ_SIZE * SCALE} x {LQ_SIZE * SCALE} (x{SCALE}), batch 1",
+        *machine_facts("float32, eval, no_grad"),
+        f"- one image: LQ {LQ_SIZE} x {LQ_SIZE} -> {LQ_SIZE * SCALE} x {LQ_SIZE * SCALE} (x{SCALE}), batch 1; "
+        f"{args.rounds} interleaved rounds of DiffIR, RDDM, SR3; seconds never under the MAC counter",
     ]  # fmt: skip
     print("\n".join(header), flush=True)
     torch.manual_seed(args.seed)
     lq = torch.rand(1, 3, LQ_SIZE, LQ_SIZE, generator=torch.Generator().manual_seed(args.seed))
     size = LQ_SIZE * SCALE
     with torch.no_grad():
-        start = time.perf_counter()
-        diffir, diffir_count, diffir_model = measure_diffir(lq, args)
-        print(f"  DiffIR measured ({time.perf_counter() - start:.0f} s)", flush=True)
+        diffir, diffir_count, diffir_model = diffir_method(lq, args)
 
         torch.manual_seed(args.seed)
         sr3 = SR3(net=UNet(**comparable_unet(norm_groups=32)), scale=SCALE).eval()
         sr3.set_sampling("ddim", args.sr3_steps)
         x = torch.rand(1, 6, size, size)
         level = torch.full((1,), 0.5)
-        start = time.perf_counter()
-        sr3_row, _, _ = measure_sampler(
-            f"SR3 DDIM {args.sr3_steps}", "UNet, comparable width", sr3.net, lambda: sr3.restore(lq),
-            lambda: sr3.net(x, level), args, timed_apart=False,
-        )  # fmt: skip
-        print(f"  SR3 measured ({time.perf_counter() - start:.0f} s)", flush=True)
+        call_shape = (tuple(x.shape), tuple(level.shape))
+        sr3_method = sampler_method(f"SR3 DDIM {args.sr3_steps}", "UNet, comparable width", sr3.net,
+                                    lambda: sr3.restore(lq), lambda: sr3.net(x, level))  # fmt: skip
 
         torch.manual_seed(args.seed)
         rddm = RDDM(net=TwoHeadUNet(**comparable_unet(norm_groups=8)), scale=SCALE, sample_steps=args.rddm_steps).eval()
+        rddm_method = sampler_method(f"RDDM {args.rddm_steps} steps", "TwoHeadUNet, comparable width", rddm.net,
+                                     lambda: rddm.restore(lq, None), lambda: rddm.net(x, level))  # fmt: skip
+        methods = {"DiffIR": diffir, "RDDM": rddm_method, "SR3": sr3_method}
+        outputs: dict[str, Tensor] = {}
+
+        def case(name: str) -> Callable[[], None]:
+            return lambda: outputs.__setitem__(name, methods[name].restore())
+
         start = time.perf_counter()
-        rddm_row, rddm_counted, rddm_apart = measure_sampler(
-            f"RDDM {args.rddm_steps} steps", "TwoHeadUNet, comparable width", rddm.net, lambda: rddm.restore(lq, None),
-            lambda: rddm.net(x, level), args, timed_apart=not args.quick,
-        )  # fmt: skip
-        print(f"  RDDM measured ({time.perf_counter() - start:.0f} s)", flush=True)
+        robin = interleave({name: case(name) for name in methods}, rounds=args.rounds, warmup=0, progress=to_stderr)
+        to_stderr(f"timed rounds: {time.perf_counter() - start:.0f} s")
+        for name, method in methods.items():
+            check_output(outputs[name], name)
+            method.row.seconds = robin.seconds[name]
+        for method in (sr3_method, rddm_method):
+            finish_sampler(method, call_shape, args.rounds)
         references = reference_rows(args.sr3_steps, args.rddm_steps, diffir_model.gammas.numel())
 
+    diffir_row, sr3_row, rddm_row = diffir.row, sr3_method.row, rddm_method.row
     unet_params, unet_call = meta_call_macs(lambda: UNet(**comparable_unet()), (1, 6, size, size), (1,))
-    lines = ["", *table([diffir, sr3_row, rddm_row], diffir), "", "For reference (counted, not timed):", "",
-             *table(references, diffir), ""]  # fmt: skip
+    lines = ["", *table([diffir_row, sr3_row, rddm_row], diffir_row), "",
+             "Seconds round by round: " + "; ".join(f"{name} {seconds_list(robin.seconds[name])}" for name in methods)
+             + ".", "", "For reference (counted, not timed):", "", *table(references, diffir_row), ""]  # fmt: skip
     by_size = sorted(diffir_count.macs_by_network.items(), key=lambda item: -item[1])
     shares = ", ".join(f"{name} {giga(macs)} G ({macs / diffir_count.macs:.2%})" for name, macs in by_size)
     cpen_s1 = n_parameters(diffir_model.cpen_s1)
@@ -381,25 +410,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({cpen_s1 / 1e6:.2f} M), the stage-1 teacher that only training runs.",
         f"- Comparable U-Net: `UNet({', '.join(f'{k}={v}' for k, v in COMPARABLE_UNET.items())})`, "
         f"{unet_params / 1e6:.1f} M parameters, {giga(unet_call)} G MACs a call on the meta device; "
-        f"SR3's whole-sampler count / calls = {giga(sr3_row.macs // args.sr3_steps)} G, RDDM's = "
-        f"{giga(rddm_row.macs // args.rddm_steps)} G (RDDM's second head adds 3 output channels to the last conv).",
+        f"counted on the CPU: SR3's call {giga(sr3_row.macs // sr3_row.n_calls)} G, RDDM's "
+        f"{giga(rddm_row.macs // rddm_row.n_calls)} G (RDDM's second head adds 3 output channels to the last conv).",
+        f"- MACs per second (median seconds): DiffIR {diffir_row.macs / 1e9 / Spread.of(diffir_row.seconds or [1]).median:.1f} G/s, "
+        f"SR3's sampler {sr3_row.macs / 1e9 / Spread.of(sr3_row.seconds or [1]).median:.1f} G/s, "
+        f"RDDM's {rddm_row.macs / 1e9 / Spread.of(rddm_row.seconds or [1]).median:.1f} G/s.",
     ]  # fmt: skip
-    if rddm_apart is not None:
-        lines.append(
-            f"- Counter overhead: RDDM's whole sampler took {rddm_counted:.2f} s while counted and {rddm_apart:.2f} s "
-            f"without the counter ({rddm_counted / rddm_apart - 1:+.1%}); SR3's seconds come from its counted run."
-        )
-    else:
-        lines.append("- --quick: RDDM's and SR3's whole-sampler seconds come from their counted runs.")
     at_paper_size = references[-1]
+    sr3_ratio = ratios(sr3_row.seconds or [], diffir_row.seconds or [])
+    rddm_ratio = ratios(rddm_row.seconds or [], diffir_row.seconds or [])
     lines += [
         f"- Paper (real SR): DiffIR {PAPER_DIFFIR_TMACS} T MACs against LDM's {PAPER_LDM_TMACS} T "
         f"({PAPER_LDM_TMACS / PAPER_DIFFIR_TMACS:.0f}x). Our count for DiffIR: {at_paper_size.macs / 1e12:.2f} T "
-        f"on a {4 * LQ_SIZE} x {4 * LQ_SIZE} LQ, {diffir.macs / 1e12:.3f} T on the {LQ_SIZE} x {LQ_SIZE} LQ above.",
-        f"- Against DiffIR, here: SR3 DDIM {args.sr3_steps} {sr3_row.macs / diffir.macs:.0f}x the MACs and "
-        f"{sr3_row.seconds / diffir.seconds:.0f}x the seconds; RDDM {args.rddm_steps} steps "
-        f"{rddm_row.macs / diffir.macs:.0f}x the MACs and {rddm_row.seconds / diffir.seconds:.1f}x the seconds.",
-        f"- load average after the runs: {' / '.join(f'{value:.2f}' for value in os.getloadavg())} (1/5/15 min)",
+        f"on a {4 * LQ_SIZE} x {4 * LQ_SIZE} LQ, {diffir_row.macs / 1e12:.3f} T on the {LQ_SIZE} x {LQ_SIZE} LQ above.",
+        f"- Against DiffIR, here: SR3 DDIM {args.sr3_steps} {sr3_row.macs / diffir_row.macs:.0f}x the MACs and "
+        f"{sr3_ratio.text('.1f', 'x')} the seconds; RDDM {args.rddm_steps} steps "
+        f"{rddm_row.macs / diffir_row.macs:.0f}x the MACs and {rddm_ratio.text('.1f', 'x')} the seconds "
+        f"(per round: median (min - max) over {args.rounds} rounds).",
+        cpu_share_line(robin, torch.get_num_threads()),
+        load_after_line(),
     ]
     print("\n".join(lines))
     return 0
