@@ -36,6 +36,8 @@ def test_demo_overlay_trains_the_prior_and_restores_in_parallel(tmp_path, sr_sha
     rows = [row for run_dir in offline_runs(tmp_path / "runs/deqir_demo") for row in history(run_dir)]
     solved = [row for row in rows if "val/solver_iterations" in row]
     assert solved and 1 <= solved[-1]["val/solver_iterations"] <= 8  # the overlay's cap
+    stopped = solved[-1]["val/solver_stopped_by_tolerance"]  # 1 when the tolerance ended the solve, else 0
+    assert stopped == 1.0 or (stopped == 0.0 and solved[-1]["val/solver_iterations"] == 5)  # else T = 5 did
     assert any(row.get("val/psnr", 0) > 0 for row in rows)
     done = run(["validate", *DEQIR, *data_args(sr_shards), f"--ckpt_path={last}",
                 "--model.init_args.operator=inpaint_box", "--model.init_args.solver=sequential"], tmp_path)  # fmt: skip

@@ -113,9 +113,10 @@ class SolveResult:
     iteration i + 1. `stopped_by` says why the iterations ended: `"tolerance"` (the last residual is <= tol),
     `"exact"` (every state is the sequential chain's, which takes T iterations whatever the mixing did: the
     bound, not convergence of the method) or `"max_iter"` (neither). `converged` is true for the first two:
-    the states solve the system, to the tolerance or exactly. `network_evaluations` counts calls to `chain.update` (one per iteration unless
-    `chunk_size` splits it) and `network_images` the images they took (states already exact are not
-    re-evaluated, so iteration i takes T - i + 1 states of B images; the sequential chain takes T B).
+    the states solve the system, to the tolerance or exactly. `network_evaluations` counts calls to
+    `chain.update` (one per iteration unless `chunk_size` splits it) and `network_images` the images they
+    took (states already exact are not re-evaluated, so iteration i takes T - i + 1 states of B images; the
+    sequential chain takes T B).
     """
 
     x0: Tensor
