@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ from ir_lightning.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.errors import DataError
 from ir_lightning.io import atomic_write_text
 from ir_lightning.methods.base import RestorationModule
+from ir_lightning.packaged import resolve_configs
 from ir_lightning.preemption import FinalCheckpoint, SlurmRequeue, in_slurm_job, newest_checkpoint
 from ir_lightning.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
 from ir_lightning.run_lock import RunLock, lock_before_fit
@@ -40,7 +42,8 @@ from ir_lightning.run_lock import RunLock, lock_before_fit
 DESCRIPTION = """\
 ir-lightning: diffusion-based image restoration with PyTorch Lightning.
 
-Run a recipe:        ir-lightning fit -c recipes/sr3_x4.yaml
+Run a recipe:        ir-lightning fit -c recipes/sr3_x4.yaml   (or -c sr3_x4: the recipe installed with the
+                     package; `ir-lightning recipes` lists them)
 Overlay a recipe:    ir-lightning fit -c recipes/sr3_x4.yaml -c recipes/demo/sr3_x4_cpu.yaml
 Resume a run:        ir-lightning fit -c <same recipes> --ckpt_path auto   (newest of last.ckpt and
                      the preemption checkpoints; or give a checkpoint's path)
@@ -49,7 +52,8 @@ See every setting:   ir-lightning fit -c recipes/sr3_x4.yaml --print_config
 SLURM:               sbatch slurm/train.sbatch <recipes and overrides>; ir-lightning sweep --help
 Restore images:      ir-lightning restore --ckpt CKPT --input FILE_OR_DIR --output DIR
 Score a test set:    ir-lightning evaluate --ckpt CKPT --preset set5_x4 --gt DIR [--lq DIR] --out DIR
-Other commands:      ir-lightning shards --help | export --help | restore --help | demo --help
+Other commands:      ir-lightning shards --help | export --help | restore --help | demo --help | recipes
+Version:             ir-lightning --version
 """
 
 RUN_DIR_HELP = """The run's directory: sets trainer.default_root_dir (preemption checkpoints), the dirpath of every
@@ -252,6 +256,7 @@ SUBCOMMANDS = {
     "restore": "ir_lightning.restore",
     "evaluate": "ir_lightning.evaluate",
     "sweep": "ir_lightning.sweep",
+    "recipes": "ir_lightning.packaged",
 }
 
 
@@ -259,12 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ir-lightning` and `lightning` console scripts."""
     words = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network, unless the user asks for it
+    if words[:1] in (["--version"], ["-V"]):
+        print(f"ir-lightning {version('ir-lightning')}")
+        return 0
     if words and words[0] in SUBCOMMANDS:
         module = __import__(SUBCOMMANDS[words[0]], fromlist=["main"])
         return int(module.main(words[1:]) or 0)
+    words = resolve_configs(words)  # `-c sr3_x4`: an installed recipe, unless such a file exists here
+    if argv is None:
+        sys.argv[1:] = words  # LightningCLI reads sys.argv itself (and warns when given both)
     try:
         check_config_files(words)
-        IRLightningCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+        IRLightningCLI(args=None if argv is None else words)
     except ConfigurationError as error:  # a DataError too: a setting, a file or the data is wrong
         if os.environ.get(TRACEBACK_VARIABLE) == "1":
             raise

@@ -25,11 +25,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ir_lightning.degradations import bicubic_upsample
+from ir_lightning.packaged import RECIPES
 from ir_lightning.shards import ShardSample, write_shards
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "sr3_x4.yaml"
-OVERLAY = REPO / "recipes" / "demo" / "sr3_x4_cpu.yaml"
+RECIPE = RECIPES / "sr3_x4.yaml"  # installed with the package (ir_lightning/packaged.py)
+OVERLAY = RECIPES / "demo" / "sr3_x4_cpu.yaml"
 SHIPPED_CKPT = Path(__file__).resolve().parent / "assets" / "sr3_x4_demo.ckpt"
 
 # scikit-image's bundled photos (no download). Held out: never in a training shard.
@@ -42,11 +42,21 @@ SCALE = 4
 VAL_CROP = 256
 
 
+def skimage_data():
+    """`skimage.data`, the demo's photos; without scikit-image, an error that says which extra installs it."""
+    try:
+        import skimage.data
+    except ModuleNotFoundError as error:
+        raise SystemExit(
+            "error: the demo's photos come from scikit-image, which is not installed: "
+            "pip install 'ir-lightning[demo]' (or pip install scikit-image)"
+        ) from error
+    return skimage.data
+
+
 def photo_png(name: str) -> bytes:
     """One scikit-image photo as RGB PNG bytes (grey replicated, alpha dropped)."""
-    import skimage.data
-
-    array = np.asarray(getattr(skimage.data, name)())
+    array = np.asarray(getattr(skimage_data(), name)())
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     if array.ndim == 2:
@@ -57,9 +67,7 @@ def photo_png(name: str) -> bytes:
 
 
 def stereo_pngs() -> list[tuple[str, bytes]]:
-    import skimage.data
-
-    left, right, _ = skimage.data.stereo_motorcycle()
+    left, right, _ = skimage_data().stereo_motorcycle()
     out = []
     for key, array in (("motorcycle_left", left), ("motorcycle_right", right)):
         buffer = io.BytesIO()
@@ -90,7 +98,7 @@ def train(patterns: dict[str, str], out: Path, steps: int) -> Path:
         f"--data.init_args.train_shards={Path(patterns['train']).resolve()}",
         f"--data.init_args.val_shards={Path(patterns['val']).resolve()}",
     ]  # fmt: skip
-    print("  $ " + " ".join(cmd[2:]).replace(str(REPO) + "/", ""), flush=True)
+    print("  $ " + " ".join(cmd[2:]).replace(str(RECIPES) + "/", ""), flush=True)  # installed recipes by name
     subprocess.run(cmd, check=True, cwd=out)
     return out / "runs" / "sr3_x4_demo" / "checkpoints" / "last.ckpt"
 
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--train-steps", type=int, default=200, help="steps of the short training run (default 200)")
     parser.add_argument("--no-train", action="store_true", help="skip the short training run")
+    parser.add_argument("--no-eval", action="store_true", help="skip restoring and scoring the held-out photos")
     parser.add_argument(
         "--eval-trained", action="store_true", help="also restore the held-out photos with the model just trained"
     )
@@ -189,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[2/4] Training SR3 x4 for {args.train_steps} steps on the CPU (the real command):")
         trained = train(patterns, out, args.train_steps)
 
+    if args.no_eval:
+        print(f"Demo finished in {time.perf_counter() - started:.0f} s (--no-eval: nothing restored)")
+        return 0
     print(f"[3/4] Restoring the held-out photos (LR {VAL_CROP // SCALE}x{VAL_CROP // SCALE} -> {VAL_CROP}x{VAL_CROP})")
     batches = held_out_batches(patterns["val"])
     shipped = load_sr3(args.checkpoint)

@@ -33,10 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ir_lightning.io import atomic_write_text
+from ir_lightning.packaged import SLURM
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 ALTERNATIVES = re.compile(r"\{\{(.*?)\}\}")
-ARRAY_SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "array.sbatch"
+ARRAY_SCRIPT = SLURM / "array.sbatch"  # installed with the package (ir_lightning/packaged.py)
 
 
 class SweepError(ValueError):
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-parallel", type=int, default=None, help="at most this many tasks at once (%%N)")
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("SWEEP_ROOT", "runs/sweeps")),
                         help="where the tasks file and the run directories go (default: $SWEEP_ROOT or runs/sweeps)")
-    parser.add_argument("--script", type=Path, default=ARRAY_SCRIPT, help="the array batch script")
+    parser.add_argument("--script", type=Path, default=ARRAY_SCRIPT, help=f"the array batch script (default: {ARRAY_SCRIPT}, installed with the package)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="an extra sbatch option, e.g. --sbatch=--gpus-per-node=4 (repeatable)")
     args = parser.parse_args(argv)

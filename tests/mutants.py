@@ -190,8 +190,11 @@ def scratch_copy(destination: Path) -> None:
                             check=True, capture_output=True).stdout.decode().split("\0")  # fmt: skip
     for name in filter(None, listed):
         source = ROOT / name
-        if source.is_file():
+        if source.is_symlink() or source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():  # e.g. ir_lightning/recipes -> ../recipes: the copy's own folder
+            os.symlink(os.readlink(source), destination / name)
+        elif source.is_file():
             shutil.copy2(source, destination / name)
 
 

@@ -1,0 +1,88 @@
+"""The recipes and SLURM batch scripts installed with the package, and `ir-lightning recipes`.
+
+`recipes/` and `slurm/` live at the top of the checkout; `ir_lightning/recipes` and `ir_lightning/slurm` are
+links to them, so a wheel (and a non-editable `pip install .`) carries copies inside the package and every
+command finds them wherever the package is installed. A config on the command line may name a recipe
+instead of a file: `-c sr3_x4` (or `-c demo/sr3_x4_cpu`, `-c recipes/sr3_x4.yaml`) reads the installed
+recipe when no such file exists where the command runs; a file that exists always wins.
+
+    ir-lightning recipes                 # every installed recipe, with its first comment line
+    ir-lightning fit -c sr3_x4 -c demo/sr3_x4_cpu --data.init_args.train_shards=...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+RECIPES = PACKAGE / "recipes"
+"""The installed recipes: one YAML per (method, task), CPU overlays under demo/."""
+SLURM = PACKAGE / "slurm"
+"""The installed batch scripts: train.sbatch, array.sbatch."""
+CONFIG_FLAGS = ("-c", "--config")
+
+
+def recipe_names() -> list[str]:
+    """Names of the installed recipes, relative to the recipe folder, without `.yaml` (`sr3_x4`, `demo/...`)."""
+    return sorted(path.relative_to(RECIPES).with_suffix("").as_posix() for path in RECIPES.rglob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path | None:
+    """The installed recipe a config argument names (`sr3_x4`, `sr3_x4.yaml`, `recipes/sr3_x4.yaml`), or None."""
+    stem = name.removeprefix("recipes/").removesuffix(".yaml")
+    candidate = RECIPES / f"{stem}.yaml"
+    return candidate if stem and ".." not in Path(stem).parts and candidate.is_file() else None
+
+
+def resolve_configs(argv: list[str]) -> list[str]:
+    """The command line with every config that is not a file here but names an installed recipe replaced by
+    that recipe's path (`-c NAME`, `--config NAME`, `--config=NAME`)."""
+    resolved = list(argv)
+    for index, word in enumerate(resolved):
+        if word in CONFIG_FLAGS and index + 1 < len(resolved):
+            resolved[index + 1] = _resolved(resolved[index + 1])
+        elif word.startswith("--config="):
+            resolved[index] = "--config=" + _resolved(word.split("=", 1)[1])
+    return resolved
+
+
+def _resolved(name: str) -> str:
+    if Path(name).exists():
+        return name
+    recipe = recipe_path(name)
+    return str(recipe) if recipe is not None else name
+
+
+def summary(path: Path) -> str:
+    """The recipe's first comment line (what it reproduces), without the leading '#'."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ir-lightning recipes",
+        description="List the recipes installed with the package. Give a name to `-c` (`ir-lightning fit -c "
+        "sr3_x4 -c demo/sr3_x4_cpu ...`) to use one, or --path NAME to print its file (to copy and edit).",
+    )
+    parser.add_argument("--path", metavar="NAME", help="print the file of this recipe and exit")
+    args = parser.parse_args(argv)
+    if args.path is not None:
+        recipe = recipe_path(args.path)
+        if recipe is None:
+            parser.error(f"no installed recipe {args.path!r}; the recipes are: {', '.join(recipe_names())}")
+        print(recipe)
+        return 0
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    print(f"{len(names)} recipes in {RECIPES}:")
+    for name in names:
+        print(f"  {name:<{width}}  {summary(RECIPES / f'{name}.yaml')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
