@@ -1,5 +1,5 @@
 """`python -m ir_lightning ...` is `ir-lightning ...`."""
 
-from ir_lightning.cli import main
+from ir_lightning.entry import main
 
 raise SystemExit(main())

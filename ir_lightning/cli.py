@@ -16,7 +16,6 @@ import os
 import re
 import sys
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 import datamodules  # noqa: F401  (registers the data modules as subclasses for `class_path`)
 import ir_lightning.methods  # noqa: F401  (registers the methods)
+from ir_lightning import entry
 from ir_lightning.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.errors import DataError
 from ir_lightning.io import atomic_write_text
@@ -249,33 +249,20 @@ def _raw_formatter():
     return Formatter
 
 
-SUBCOMMANDS = {
-    "shards": "ir_lightning.shards",
-    "demo": "ir_lightning.demo",
-    "export": "ir_lightning.checkpoints",
-    "restore": "ir_lightning.restore",
-    "evaluate": "ir_lightning.evaluate",
-    "sweep": "ir_lightning.sweep",
-    "recipes": "ir_lightning.packaged",
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ir-lightning` and `lightning` console scripts."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network, unless the user asks for it
-    if words[:1] in (["--version"], ["-V"]):
-        print(f"ir-lightning {version('ir-lightning')}")
-        return 0
-    if words and words[0] in SUBCOMMANDS:
-        module = __import__(SUBCOMMANDS[words[0]], fromlist=["main"])
-        return int(module.main(words[1:]) or 0)
+    """The console scripts' entry point (`ir_lightning.entry.main`): kept here for `ir_lightning.cli:main`."""
+    return entry.main(argv)
+
+
+def run_lightning(words: list[str], from_sys_argv: bool) -> int:
+    """fit / validate / test / predict with the suite's LightningCLI; configuration and data errors become one
+    line on stderr (exit 2 and 1). `from_sys_argv`: the words are sys.argv[1:], which LightningCLI reads itself."""
     words = resolve_configs(words)  # `-c sr3_x4`: an installed recipe, unless such a file exists here
-    if argv is None:
+    if from_sys_argv:
         sys.argv[1:] = words  # LightningCLI reads sys.argv itself (and warns when given both)
     try:
         check_config_files(words)
-        IRLightningCLI(args=None if argv is None else words)
+        IRLightningCLI(args=None if from_sys_argv else words)
     except ConfigurationError as error:  # a DataError too: a setting, a file or the data is wrong
         if os.environ.get(TRACEBACK_VARIABLE) == "1":
             raise

@@ -97,3 +97,13 @@ def test_a_wheel_installed_outside_the_checkout_finds_its_recipes_and_scripts(tm
     out = run("demo", "--train-steps", "2", "--no-eval", "--out", "demo_out")
     assert "fit -c sr3_x4.yaml -c demo/sr3_x4_cpu.yaml" in out and "nothing restored" in out
     assert (work / "demo_out/runs/sr3_x4_demo/checkpoints/last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("words", [["--version"], ["recipes"], ["sweep", "--help"], ["shards", "--help"]])
+def test_commands_that_need_no_lightning_do_not_import_it(words):
+    """The entry point dispatches these before anything imports Lightning (or torch), so they start at once."""
+    code = ("import sys\nfrom ir_lightning.entry import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('lightning', 'torch', 'jsonargparse') if m in sys.modules)\n"
+            "print('heavy:', heavy, file=sys.stderr)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, *words], capture_output=True, text=True, timeout=60, check=True)
+    assert "heavy: []" in done.stderr, done.stderr[-2000:]
