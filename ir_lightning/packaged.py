@@ -31,8 +31,10 @@ def recipe_names() -> list[str]:
 def recipe_path(name: str) -> Path | None:
     """The installed recipe a config argument names (`sr3_x4`, `sr3_x4.yaml`, `recipes/sr3_x4.yaml`), or None."""
     stem = name.removeprefix("recipes/").removesuffix(".yaml")
+    if not stem or Path(stem).is_absolute() or ".." in Path(stem).parts:  # only names inside the recipe folder
+        return None
     candidate = RECIPES / f"{stem}.yaml"
-    return candidate if stem and ".." not in Path(stem).parts and candidate.is_file() else None
+    return candidate if candidate.is_file() else None
 
 
 def resolve_configs(argv: list[str]) -> list[str]:

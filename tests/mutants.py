@@ -230,8 +230,10 @@ def check_break(item: Break, copy: Path, threads: int | None) -> Outcome:
     finally:
         target.write_text(original)
     seconds = time.monotonic() - start
-    if code == 1 or code == -1:  # tests failed (or a test hung past the limit)
-        return Outcome(item.name, "caught", first_failure(output) if code == 1 else output, seconds)
+    if code == 1:  # a test failed (a hanging test fails too: pytest-timeout stops it)
+        return Outcome(item.name, "caught", first_failure(output), seconds)
+    if code == -1:  # the whole run outlived TIMEOUT_S: nothing says a test caught the break
+        return Outcome(item.name, "ERROR", output, seconds)
     if code == 0:
         return Outcome(item.name, "MISSED", f"{' '.join(item.tests)} pass", seconds)
     if code == 5:

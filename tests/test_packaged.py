@@ -33,6 +33,8 @@ def test_a_config_names_an_installed_recipe_unless_such_a_file_exists_here(tmp_p
             "-c", "../recipes/sr3_x4", "--model.init_args.scale=4"]  # fmt: skip
     assert packaged.resolve_configs(argv) == ["fit", "-c", sr3, "--config", sr3, f"--config={overlay}", "-c", "nope",
                                               "-c", "../recipes/sr3_x4", "--model.init_args.scale=4"]  # fmt: skip
+    (tmp_path / "elsewhere.yaml").write_text("trainer: {}\n")
+    assert packaged.recipe_path(str(tmp_path / "elsewhere")) is None  # an absolute name is no installed recipe
     (tmp_path / "sr3_x4").write_text("trainer: {}\n")  # a file of that name here wins
     assert packaged.resolve_configs(["-c", "sr3_x4"]) == ["-c", "sr3_x4"]
 

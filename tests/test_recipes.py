@@ -46,3 +46,8 @@ def test_every_cpu_overlay_parses_on_the_recipe_it_names(name, capsys, tmp_path,
     overlay = yaml.safe_load((RECIPES / "demo" / f"{name}.yaml").read_text())
     scalars = {key: value for key, value in overlay.get("trainer", {}).items() if isinstance(value, (int, float, str))}
     assert scalars and all(printed["trainer"][key] == value for key, value in scalars.items()), scalars
+
+
+def test_recipes_live_where_the_tests_and_the_package_data_look():
+    """Recipes at the top or in demo/ only: setup.cfg's package_data and the globs above cover those two."""
+    assert {path.parent for path in RECIPES.rglob("*.yaml")} == {RECIPES, RECIPES / "demo"}

@@ -71,8 +71,16 @@ class RestorationModule(pl.LightningModule):
     """
 
     last_solve: Any = None
-    """The last restoration's joint fixed-point solve (`diffusion.deq.SolveResult`: residuals, iterations,
-    `stopped_by`) for a method whose parallel solver ran; None after a sequential restoration."""
+    """The report of the last restoration's joint fixed-point solve (`diffusion.deq.SolveResult`: residuals,
+    iterations, `stopped_by`, counts; its `states` and `x0` emptied) for a method whose parallel solver
+    ran; None after a sequential restoration. Set by `remember_solve`."""
+
+    def remember_solve(self, result: Any) -> None:
+        """Keep `result`'s report as `last_solve`, without its T states: they would hold T images' memory
+        (on the model's device) until the next restoration."""
+        if result is not None:
+            result = dataclasses.replace(result, x0=result.x0.new_empty(0), states=result.states.new_empty(0))
+        self.last_solve = result
 
     def __init__(
         self,

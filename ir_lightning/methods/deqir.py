@@ -163,15 +163,16 @@ class DeqIR(RestorationModule):
             return self.net(x, alpha_bars[t].sqrt().to(x.dtype))
 
         chain = ddnm_chain(eps_model, operator, y, alpha_bars, timesteps, self.eta, noises)
+        self.remember_solve(None)  # the previous report goes before this restoration's memory is taken
         if self.solver == "sequential":
             x0 = sequential(chain, x_T, progress=progress)
-            self.last_solve = None
         else:
             if self.preconditioner == "spectral":
                 gaussian = spectral_prior_eps(alpha_bars, self.prior_variance)
                 chain = precondition(chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.eta, noises))
-            self.last_solve = solve(chain, x_T, method=self.solver, progress=progress, **self.solver_options)
-            x0 = self.last_solve.x0
+            result = solve(chain, x_T, method=self.solver, progress=progress, **self.solver_options)
+            x0 = result.x0
+            self.remember_solve(result)
         return to_unit(x0)
 
     def _restore_batch(self, batch: dict[str, Any]) -> Tensor:

@@ -220,9 +220,11 @@ class RDDM(RestorationModule):
                 return self.predictor(inputs, masks)(i_t, alpha_bar, beta_bar, t)
 
             chain = rddm_chain(conditioned, i_in, schedule, self.sample_steps)
-            x0, self.last_solve = run_chain(chain, i_T, self.solver, self.solver_tolerance, progress)
+            self.remember_solve(None)  # the previous report goes before this solve's memory is taken
+            x0, result = run_chain(chain, i_T, self.solver, self.solver_tolerance, progress)
+            self.remember_solve(result)
             return to_unit(x0)
-        self.last_solve = None
+        self.remember_solve(None)
         out = sample(self.predictor(i_in, mask), i_in, schedule, self.sample_steps, eta=self.eta,
                      generator=generator, progress=progress)  # fmt: skip
         return to_unit(out)

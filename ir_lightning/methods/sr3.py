@@ -158,9 +158,11 @@ class SR3(RestorationModule):
                 return self.net(torch.cat([condition, y_t.to(x.dtype)], dim=1), level.to(x.device))
 
             chain = sr3_ddim_chain(conditioned, gammas, clip_y0=self.clip_y0, condition=x)
-            y0, self.last_solve = run_chain(chain, y_T, self.solver, self.solver_tolerance, progress)
+            self.remember_solve(None)  # the previous report goes before this solve's memory is taken
+            y0, result = run_chain(chain, y_T, self.solver, self.solver_tolerance, progress)
+            self.remember_solve(result)
             return to_unit(y0)
-        self.last_solve = None
+        self.remember_solve(None)
         kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
         sampler = get_sampler(self.sampler_name)
         y0 = sampler(

@@ -116,6 +116,7 @@ def test_the_parallel_solver_restores_what_ddim_does(solver):
     torch.testing.assert_close(parallel.restore(lq), sequential.restore(lq), rtol=0, atol=5e-4)
     hook.remove()
     assert parallel.last_solve.stopped_by == "tolerance" and parallel.last_solve.iterations < 25
+    assert parallel.last_solve.states.numel() == 0  # the report keeps no state images alive between restorations
     assert sequential.last_solve is None
     assert max(batches) > 2  # the parallel run evaluated several steps of the 2 images in one call
     with pytest.raises(ValueError, match="solver=anderson solves DDIM with eta = 0 in parallel; got sampler='ddpm'"):
