@@ -151,18 +151,21 @@ class Spread:
         return f"{self.median:{fmt}}{unit} ({self.low:{fmt}} - {self.high:{fmt}}{unit})"
 
 
+def _pairs(first: Sequence[float], second: Sequence[float]) -> zip:
+    """The i-th values of two cases side by side (pairs: the same round)."""
+    if len(first) != len(second):
+        raise ValueError(f"unpaired: {len(first)} against {len(second)} values")
+    return zip(first, second)
+
+
 def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Spread:
     """Per-pair ratios numerator_i / denominator_i (pairs: the same round)."""
-    if len(numerators) != len(denominators):
-        raise ValueError(f"unpaired: {len(numerators)} against {len(denominators)} values")
-    return Spread.of(n / d for n, d in zip(numerators, denominators))
+    return Spread.of(n / d for n, d in _pairs(numerators, denominators))
 
 
 def differences(minuends: Sequence[float], subtrahends: Sequence[float]) -> Spread:
     """Per-pair differences a_i - b_i."""
-    if len(minuends) != len(subtrahends):
-        raise ValueError(f"unpaired: {len(minuends)} against {len(subtrahends)} values")
-    return Spread.of(a - b for a, b in zip(minuends, subtrahends))
+    return Spread.of(a - b for a, b in _pairs(minuends, subtrahends))
 
 
 def compare(time_ratios: Spread, faster: str = "faster", slower: str = "slower") -> str:

@@ -13,6 +13,7 @@ recipe when no such file exists where the command runs; a file that exists alway
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -37,15 +38,22 @@ def recipe_path(name: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def config_arguments(argv: list[str]) -> Iterator[tuple[int, str, str]]:
+    """(index, prefix, config) of every config on a command line: `-c F`, `--config F` (the word after the
+    flag, prefix "") and `--config=F` (the same word, prefix "--config=")."""
+    for index, word in enumerate(argv):
+        if word in CONFIG_FLAGS and index + 1 < len(argv):
+            yield index + 1, "", argv[index + 1]
+        elif word.startswith("--config="):
+            yield index, "--config=", word.split("=", 1)[1]
+
+
 def resolve_configs(argv: list[str]) -> list[str]:
     """The command line with every config that is not a file here but names an installed recipe replaced by
     that recipe's path (`-c NAME`, `--config NAME`, `--config=NAME`)."""
     resolved = list(argv)
-    for index, word in enumerate(resolved):
-        if word in CONFIG_FLAGS and index + 1 < len(resolved):
-            resolved[index + 1] = _resolved(resolved[index + 1])
-        elif word.startswith("--config="):
-            resolved[index] = "--config=" + _resolved(word.split("=", 1)[1])
+    for index, prefix, config in config_arguments(argv):
+        resolved[index] = prefix + _resolved(config)
     return resolved
 
 

@@ -23,27 +23,14 @@ import yaml
 from ir_lightning.checkpoint_io import UnsafeCheckpointError, read_checkpoint
 from ir_lightning.class_paths import allowed_class
 from ir_lightning.errors import ConfigurationError
-
-CONFIG_FLAGS: tuple[str, ...] = ("-c", "--config")
-"""The flags that name a config file on the command line."""
-
-
-def config_files(argv: list[str]) -> list[str]:
-    """The config files named on a command line (`-c F`, `--config F`, `--config=F`)."""
-    files = []
-    for index, word in enumerate(argv):
-        if word in CONFIG_FLAGS and index + 1 < len(argv):
-            files.append(argv[index + 1])
-        elif word.startswith("--config="):
-            files.append(word.split("=", 1)[1])
-    return files
+from ir_lightning.packaged import config_arguments
 
 
 def check_config_files(argv: list[str]) -> None:
     """Raise `ConfigurationError` naming the file, line and column of the first config file that is not
     valid YAML (jsonargparse reports it as `"<unicode string>"`, without the file). Missing files are left
     to the parser, which names them."""
-    for name in config_files(argv):
+    for _, _, name in config_arguments(argv):
         path = Path(name)
         if not path.is_file():
             continue
