@@ -4,8 +4,8 @@ The eps-model is the exact posterior mean E[eps | x_t] of a stationary Gaussian 
 FFT: either with the power spectrum measured on 64 x 64 crops of the demo's training photos, or with
 a white spectrum of the same pixel variance (the tests' kind of prior). The chain is DDNM's x4
 average-pooling SR of one held-out 64 x 64 demo crop, DDIM over the DDPM linear schedule, eta 0,
-float64. For T in {10, 25, 50, 100} it prints the iterations Picard and Anderson (m 5, lam 1e-3,
-beta 1) need to DeqIR's tolerance (relative residual 1e-3), with DDNM's plain split and with the
+float64. For T in {10, 25, 50, 100} it prints the iterations Picard and Anderson (memory 5, regularisation 1e-3,
+mixing 1) need to DeqIR's tolerance (relative residual 1e-3), with DDNM's plain split and with the
 spectral preconditioner (`deq.precondition` around `deq.spectral_prior_eps`, which assumes a 1/f^2
 spectrum of variance 0.25, not the measured one).
 
@@ -26,9 +26,9 @@ import warnings
 import torch
 
 from datamodules import ShardDataModule
-from ir_lightning.diffusion.deq import ddnm_chain, precondition, sequential, solve, spectral_prior_eps
+from ir_lightning.diffusion.deq import SolverSettings, ddnm_chain, precondition, sequential, solve, spectral_prior_eps
 from ir_lightning.diffusion.operators import make_operator
-from ir_lightning.methods.deqir import respaced_timesteps
+from ir_lightning.diffusion.schedules import respaced_timesteps
 from ir_lightning.methods.sr3 import NoiseSchedule
 
 
@@ -88,7 +88,7 @@ def main() -> None:
             cells = []
             for candidate in (chain, precondition(chain, surrogate)):
                 for method in ("picard", "anderson"):
-                    result = solve(candidate, x_T, method=method, tol=1e-3, max_iter=n_steps)
+                    result = solve(candidate, x_T, SolverSettings(method, tolerance=1e-3))  # at most T iterations
                     error = float((result.x0 - reference).abs().max())
                     cells.append(f"{result.iterations} ({error:.0e})")
             print(f"| {name} | {n_steps} | {' | '.join(cells)} | {time.perf_counter() - start:.0f} |", flush=True)

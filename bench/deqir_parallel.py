@@ -4,7 +4,7 @@ For the DDNM chain of a trained DeqIR prior (default: the demo's, `recipes/demo/
 super-resolution by average pooling of the held-out demo photos (64 x 64 centre crops, one image):
 
 - sequential: T serial rounds of one network call on one state each;
-- Picard and Anderson (m 5, lam 1e-3, beta 1, up to `--max-iter` iterations) to the relative residual
+- Picard and Anderson (memory 5, regularisation 1e-3, mixing 1, up to `--max-iter` iterations) to the relative residual
   `--tol`: serial rounds = solver iterations, each one batched call over the states not yet exact;
   each with DDNM's plain split ("none") and with the spectral preconditioner (the module's default).
 
@@ -24,6 +24,7 @@ It prints a markdown table; it asserts nothing. About 30 minutes on 2 idle cores
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
@@ -48,13 +49,15 @@ def one_run(ckpt: str, n_steps: int, sampler: str, tol: float, max_iter: int, sh
     """Restore once in this process and return the figures (called in a subprocess per configuration)."""
     warnings.filterwarnings("ignore")
     from datamodules import ShardDataModule
+    from ir_lightning.diffusion.deq import SolverSettings
     from ir_lightning.methods.deqir import DeqIR
     from ir_lightning.metrics import RestorationMetrics
 
     model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
     solver, _, preconditioner = sampler.partition("+")
-    model.sample_steps, model.solver, model.preconditioner = n_steps, solver, preconditioner or "none"
-    model.solver_options.update(tol=tol, max_iter=max_iter)
+    settings = SolverSettings(solver) if solver == "sequential" else SolverSettings(solver, tolerance=tol, max_iter=max_iter)
+    model.sampling = dataclasses.replace(model.sampling, steps=n_steps, solver=settings)
+    model.preconditioner = preconditioner or "none"
     data = ShardDataModule(train_shards=shards, val_shards=shards, val_crop_size=crop, num_workers=0)
     data.setup("validate")
     gt = next(iter(data.val_dataloader()))["gt"]
@@ -71,12 +74,11 @@ def one_run(ckpt: str, n_steps: int, sampler: str, tol: float, max_iter: int, sh
     model.net.forward = counting  # type: ignore[method-assign]
     before = rss_mib()
     start = time.perf_counter()
-    restored = model.restore(lq, tuple(gt.shape[-2:]))
+    restored, result = model.restoration(lq, size=tuple(gt.shape[-2:]))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     metric = RestorationMetrics(crop_border=0, y_channel=False)
     metric.update(restored, gt)
-    result = model.last_solve
     return {
         "rounds": calls["rounds"], "images": calls["images"], "peak_mib": peak - before, "seconds": seconds,
         "psnr": float(metric.compute()["psnr"]), "iterations": result.iterations if result else n_steps,

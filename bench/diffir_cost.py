@@ -53,7 +53,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ir_lightning.methods import RDDM, SR3, DiffIRS2
+from ir_lightning.methods import RDDM, SR3, DiffIRS2, Sampling
 from ir_lightning.nets.diffir import IPR_DIM
 from ir_lightning.nets.rddm import TwoHeadUNet
 from ir_lightning.nets.unet import UNet
@@ -206,8 +206,8 @@ def build_diffir(seed: int) -> DiffIRS2:
     torch.manual_seed(seed)
     names = ("restorer", "cpen_s1", "cpen_s2", "denoiser")
     nets = {name: recipe_net(DIFFIR_RECIPE, f"model.init_args.{name}")() for name in names}
-    n_steps = int(recipe_entry(DIFFIR_RECIPE, "model.init_args.n_steps"))
-    return DiffIRS2(**nets, n_steps=n_steps, scale=SCALE).eval()
+    prior_schedule = recipe_entry(DIFFIR_RECIPE, "model.init_args.prior_schedule")
+    return DiffIRS2(**nets, prior_schedule=prior_schedule, scale=SCALE).eval()
 
 
 def comparable_unet(**overrides: Any) -> dict[str, Any]:
@@ -378,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     lambda: sr3.restore(lq), lambda: sr3.net(x, level))  # fmt: skip
 
         torch.manual_seed(args.seed)
-        rddm = RDDM(net=TwoHeadUNet(**comparable_unet(norm_groups=8)), scale=SCALE, sample_steps=args.rddm_steps).eval()
+        rddm = RDDM(net=TwoHeadUNet(**comparable_unet(norm_groups=8)), scale=SCALE, sampling=Sampling(steps=args.rddm_steps)).eval()
         rddm_method = sampler_method(f"RDDM {args.rddm_steps} steps", "TwoHeadUNet, comparable width", rddm.net,
-                                     lambda: rddm.restore(lq, None), lambda: rddm.net(x, level))  # fmt: skip
+                                     lambda: rddm.restore(lq), lambda: rddm.net(x, level))  # fmt: skip
         methods = {"DiffIR": diffir, "RDDM": rddm_method, "SR3": sr3_method}
         outputs: dict[str, Tensor] = {}
 

@@ -36,9 +36,11 @@ import torch
 import webdataset
 
 from datamodules import ShardDataModule
-from datamodules.shards import decode_image, random_crop, to_unit_tensor
+from datamodules.decode import decode_image, to_unit_tensor
+from datamodules.format import ShardSample
+from datamodules.transforms import random_crop
+from datamodules.writer import write_shards
 from ir_lightning.demo import TRAIN_PHOTOS, photo_png, stereo_pngs
-from ir_lightning.shards import ShardSample, write_shards
 from timing import (  # bench/ is on sys.path when this file runs as a script
     Spread,
     against_target,

@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def rddm_at(steps: int):
         def restore(lq):
-            rddm.sample_steps = steps
-            return rddm.restore(lq, None)
+            rddm.sampling = rddm.sampling.replaced(steps=steps)
+            return rddm.restore(lq)
         return restore
 
     def sr3_at(steps: int):
         def restore(lq):
-            sr3.set_sampling("ddim", steps)
-            return sr3.restore(lq, None)
+            sr3.sampling = sr3.sampling.replaced(sampler="ddim", steps=steps)
+            return sr3.restore(lq)
         return restore
 
     restorers = {f"RDDM, {n} step{'s' if n > 1 else ''}": rddm_at(n) for n in (1, 2, 5, 10)}

@@ -48,7 +48,8 @@ def main() -> None:
     header = ["## Narrow against square inputs (bench/restore_narrow.py)", "",
               f"- command: `{shlex.join(['python', *sys.argv])}`", *machine_facts()]  # fmt: skip
     print("\n".join(header), flush=True)
-    model = SR3.load_from_checkpoint(CKPT, map_location="cpu", weights_only=True, sample_steps=args.steps).eval()
+    model = SR3.load_from_checkpoint(CKPT, map_location="cpu", weights_only=True).eval()
+    model.sampling = model.sampling.replaced(steps=args.steps)
     calls: dict[str, list[tuple[int, ...]]] = {}
 
     def case(name: str) -> None:

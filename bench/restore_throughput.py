@@ -18,7 +18,7 @@ what `ir-lightning restore` does, with the command's own functions (`ir_lightnin
    arrays) and not torch's tensors nor Pillow's image buffers: a check of what it can and cannot see,
    not the restore's memory (its seconds are not used).
 
-The default checkpoint is a Denoising-as-Adaptation restorer (the paper's residual U-Net, width 32, random
+The default checkpoint is a Denoising-as-Adaptation restorer (a residual U-Net, width 16, depth 3, random
 weights: speed and memory do not depend on training), one network pass per tile, output the size of the
 input. The shipped SR3 x4 demo (`--ckpt ir_lightning/assets/sr3_x4_demo.ckpt --extra --sampler ddim
 --steps 1`) would make a 32768^2 output from an 8192^2 input and take hours on a CPU; it is not the default.
@@ -129,15 +129,21 @@ def child(args: argparse.Namespace) -> dict[str, float]:
 
 # --- the parent -------------------------------------------------------------------------------------
 def restorer_checkpoint(path: Path) -> Path:
-    """A checkpoint of a Denoising-as-Adaptation restorer with its default network and random weights."""
+    """A checkpoint of a Denoising-as-Adaptation restorer (a `ResidualUNet`, width 16, depth 3) with random
+    weights, laid out as the CLI writes one: the networks as class paths, rebuilt by its instantiator. D is
+    left out of the weights, as `ir-lightning export` does (restoring never runs it)."""
     import lightning
 
     from ir_lightning.methods import DenoisingAsAdaptation
+    from ir_lightning.nets.restorer import ResidualUNet
 
+    networks = {"restorer": {"class_path": "ir_lightning.nets.restorer.ResidualUNet", "init_args": {"width": 16, "depth": 3}},
+                "diffusion": {"class_path": "ir_lightning.nets.unet.UNet", "init_args": {"in_channels": 9}}}  # fmt: skip
     torch.manual_seed(0)
-    model = DenoisingAsAdaptation()
-    hparams = dict(model.hparams) | {"_class_path": "ir_lightning.methods.DenoisingAsAdaptation"}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
+    model = DenoisingAsAdaptation(restorer=ResidualUNet(width=16, depth=3), diffusion=torch.nn.Identity())
+    hparams = dict(model.hparams) | networks | {"_class_path": "ir_lightning.methods.DenoisingAsAdaptation",
+                                                "_instantiator": "lightning.pytorch.cli.instantiate_module"}  # fmt: skip
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "exported_without": ["diffusion"],
                 "pytorch-lightning_version": lightning.__version__}, path)  # fmt: skip
     return path
 
@@ -234,7 +240,7 @@ def main() -> None:
               f"- command: `{shlex.join(['python', *sys.argv])}`", *machine_facts()]  # fmt: skip
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        label = args.ckpt.name if args.ckpt else "a random-weight DenoisingAsAdaptation restorer (residual U-Net, width 32)"
+        label = args.ckpt.name if args.ckpt else "a random-weight DenoisingAsAdaptation restorer (residual U-Net, width 16, depth 3)"
         args.ckpt = args.ckpt or restorer_checkpoint(tmp / "restorer.ckpt")
         header.append(f"- restore: {' '.join([label, *args.extra])}, tile {args.tile}, overlap {args.overlap}, {args.tile_batch} tiles per "
                       f"call; warm-up image {args.warmup_size}^2; one fresh process per size and pass, {args.repeats} passes "

@@ -17,7 +17,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from datamodules.shards import ShardDataModule, StepsPerEpoch
+from datamodules.shard_datamodule import ShardDataModule
+from datamodules.stream import StepsPerEpoch
 
 REAL_TRAINING_MEMBERS: tuple[str, ...] = ("lq", "__key__", "meta", "n_skipped")
 """Members of a real training batch that reach the method; ``gt`` and ``mask`` (the GT grid) never do."""

@@ -126,10 +126,12 @@ class ImageGridLogger(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx=0):
         if trainer.sanity_checking or not isinstance(outputs, dict) or "restored" not in outputs:
             return
+        shown = outputs.get("lq")  # the method's input (a training-free method measures it from the GT)
+        shown = batch["lq"] if shown is None else shown
         for i in range(outputs["restored"].shape[0]):
             if len(self.rows) >= self.n_images:
                 return
-            row = comparison_row(batch["lq"][i], outputs["restored"][i], batch["gt"][i] if "gt" in batch else None)
+            row = comparison_row(shown[i], outputs["restored"][i], batch["gt"][i] if "gt" in batch else None)
             self.rows.append(row.cpu())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-import datamodules  # noqa: F401  (registers the data modules as subclasses for `class_path`)
+from datamodules import AdaptationDataModule, ShardDataModule  # noqa: F401  (registers the subclasses)
 import ir_lightning.methods  # noqa: F401  (registers the methods)
 from ir_lightning import entry
 from ir_lightning.checkpoint_io import AtomicCheckpointIO

@@ -5,7 +5,7 @@
    -c recipes/demo/sr3_x4_cpu.yaml`), to show that training works.
 3. Restores the held-out photos (256x256 centre crops, LR 64x64 made by bicubic down-sampling)
    with the small checkpoint shipped in the package, which the same recipe trained for longer
-   (README: "The demo checkpoint"); `--eval-trained` adds the model just trained.
+   (docs/demo.md: "The demo checkpoint"); `--eval-trained` adds the model just trained.
 4. Prints PSNR/SSIM (Y channel, crop 4, per image then averaged) for bicubic and SR3, and writes
    a PNG with LR | bicubic | SR3 | HR side by side.
 """
@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.packaged import RECIPES
-from ir_lightning.shards import ShardSample, write_shards
+from datamodules.format import ShardSample
+from datamodules.writer import write_shards
 
 RECIPE = RECIPES / "sr3_x4.yaml"  # installed with the package (ir_lightning/packaged.py)
 OVERLAY = RECIPES / "demo" / "sr3_x4_cpu.yaml"
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = args.out
     if not args.checkpoint.is_file():
-        print(f"error: checkpoint {args.checkpoint} not found (see README: The demo checkpoint)", file=sys.stderr)
+        print(f"error: checkpoint {args.checkpoint} not found (see docs/demo.md: The demo checkpoint)", file=sys.stderr)
         return 2
     print(f"[1/4] Shards from scikit-image's photos -> {out / 'shards'} (held out: {', '.join(HELD_OUT_PHOTOS)})")
     patterns = build_shards(out / "shards")
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[3/4] Restoring the held-out photos (LR {VAL_CROP // SCALE}x{VAL_CROP // SCALE} -> {VAL_CROP}x{VAL_CROP})")
     batches = held_out_batches(patterns["val"])
     shipped = load_sr3(args.checkpoint)
-    restorers = {"bicubic": bicubic, f"SR3 (shipped, {shipped.sampler_name}, {len(shipped.inference_gammas)} steps)": shipped.restore}
+    restorers = {"bicubic": bicubic, f"SR3 (shipped, {shipped.sampling.sampler}, {len(shipped.inference_gammas)} steps)": shipped.restore}
     if trained is not None and args.eval_trained:
         restorers[f"SR3 (this run, {args.train_steps} steps)"] = load_sr3(trained).restore
     scores, images = evaluate(batches, restorers)

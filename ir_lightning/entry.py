@@ -13,7 +13,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 SUBCOMMANDS = {
-    "shards": "ir_lightning.shards",
+    "shards": "ir_lightning.commands.shards",
     "demo": "ir_lightning.demo",
     "export": "ir_lightning.checkpoints",
     "restore": "ir_lightning.restore",

@@ -37,7 +37,6 @@ numbers (computed on thousands of images); results.json and results.md then carr
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -50,10 +49,11 @@ from PIL import UnidentifiedImageError
 from torch import Tensor
 from tqdm import tqdm
 
+from datamodules.folders import images_by_stem, pair_by_stem, suffix_rule
 from ir_lightning.diffusion.operators import bicubic_matrix
 from ir_lightning.fid import FEATURES, FULL_RANK_IMAGES, FIDWeightsError, InceptionFID
 from ir_lightning.fid import fid as frechet_inception_distance
-from ir_lightning.images import IMAGE_SUFFIXES, ImageFile, image_files_below, lands_in, output_image_path, read_image, write_png
+from ir_lightning.images import IMAGE_SUFFIXES, ImageFile, lands_in, output_image_path, read_image, write_png
 from ir_lightning.io import atomic_write_text
 from ir_lightning.metrics import crop_border, psnr_per_image, quantize, ssim_per_image
 from ir_lightning.methods.base import RestorationModule
@@ -165,15 +165,14 @@ def image_files(root: Path, flag: str) -> dict[str, Path]:
     """The image files below `root` by name (relative path without extension); a name used twice is an error."""
     if not root.is_dir():
         raise EvaluateError(f"{flag} {root}: no such folder")
-    files: dict[str, Path] = {}
-    for path in image_files_below(root):
-        name = path.relative_to(root).with_suffix("").as_posix()
-        if name in files:
-            raise EvaluateError(f"{flag} {root}: two images named {name!r} ({files[name].name} and {path.name})")
-        files[name] = path
-    if not files:
+    groups = images_by_stem(root)
+    twice = min(((paths[1], paths[0], name) for name, paths in groups.items() if len(paths) > 1), default=None)
+    if twice is not None:  # the first second file met in listing order
+        second, first, name = twice
+        raise EvaluateError(f"{flag} {root}: two images named {name!r} ({first.name} and {second.name})")
+    if not groups:
         raise EvaluateError(f"{flag} {root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    return {name: paths[0] for name, paths in groups.items()}
 
 
 def _listed(paths: list[Path], limit: int = 5) -> str:
@@ -186,22 +185,13 @@ def pair_files(gt_root: Path, lq_root: Path | None, lq_suffix: str) -> list[Pair
     gts = image_files(gt_root, "--gt")
     if lq_root is None:
         return [Pair(name, path, None) for name, path in gts.items()]
-    lqs = image_files(lq_root, "--lq")
-    by_gt_name: dict[str, Path] = {}
-    stray: list[Path] = []
-    for name, path in lqs.items():
-        if lq_suffix and not name.endswith(lq_suffix):
-            stray.append(path)
-            continue
-        by_gt_name[name[: len(name) - len(lq_suffix)]] = path
-    stray += [path for name, path in by_gt_name.items() if name not in gts]
-    missing = [path for name, path in gts.items() if name not in by_gt_name]
-    if missing:
+    pairing = pair_by_stem(gts, image_files(lq_root, "--lq"), suffix_rule(lq_suffix))
+    if pairing.lonely_gt:
         hint = "" if lq_suffix else " (LQ names such as 'babyx4.png' for 'baby.png' need --lq-suffix x4)"
-        raise EvaluateError(f"--lq {lq_root}: no LQ image named like the GT {_listed(missing)}{hint}")
-    if stray:
-        raise EvaluateError(f"--lq {lq_root}: no GT image in {gt_root} for {_listed(stray)} (--lq-suffix {lq_suffix!r})")
-    return [Pair(name, path, by_gt_name[name]) for name, path in gts.items()]
+        raise EvaluateError(f"--lq {lq_root}: no LQ image named like the GT {_listed(pairing.lonely_gt)}{hint}")
+    if pairing.lonely_lq:
+        raise EvaluateError(f"--lq {lq_root}: no GT image in {gt_root} for {_listed(pairing.lonely_lq)} (--lq-suffix {lq_suffix!r})")
+    return [Pair(pair.gt_stem, pair.gt, pair.lq) for pair in pairing.pairs]
 
 
 def image_target(out: Path, pair: Pair) -> Path:
@@ -277,10 +267,9 @@ def restore_image(model: RestorationModule, lq: Tensor, args: argparse.Namespace
     """The method's restoration of one LQ image (3 x h x w) on `device`, clamped to [0, 1]; tiled when asked
     and allowed. As in `ir-lightning restore`, the method picks the output size from its own scale (no GT
     size is passed), so a checkpoint of another scale than the preset's shows as a size mismatch."""
-    kwargs = {"progress": True} if "progress" in inspect.signature(model.restore).parameters else {}
 
     def restore(tiles: Tensor) -> Tensor:
-        return model.restore(tiles, None, **kwargs).clamp(0, 1)
+        return model.restore(tiles, progress=True)
 
     with torch.no_grad():
         batch = lq[None].to(device)

@@ -22,17 +22,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from datamodules.folders import image_files_below  # noqa: F401  (the one folder listing, re-exported)
+from datamodules.format import IMAGE_SUFFIXES  # noqa: F401  (the one list of image types: what `read_image` reads)
 from ir_lightning.io import atomic_writer, checked_key
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-"""The file suffixes `read_image` is asked to read (any case)."""
-
-
-def image_files_below(root: Path) -> list[Path]:
-    """Every image file below the folder `root` (recursively, by suffix), sorted. Symlinked files are
-    listed (under the link's own path); symlinked folders are not entered."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def output_image_path(folder: Path, relative: Path, where: str) -> Path:

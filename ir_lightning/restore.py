@@ -7,7 +7,8 @@ The method is read from the checkpoint (its `_class_path`), never re-typed; `--m
 The checkpoint is loaded with `weights_only=True`, so loading it runs no code from the file. The EMA
 weights (the checkpoint's `state_dict`) are used unless `--no-ema` asks for the trained ones. Any
 setting of the method's constructor can be changed for restoring with `--set KEY=VALUE` (the value
-is read as YAML); `--steps`, `--sampler` and `--operator` are shortcuts for the usual ones.
+is read as YAML; a dotted KEY such as `sampling.solver.tolerance` changes one field of a setting);
+`--steps`, `--sampler` and `--operator` are shortcuts for the usual ones.
 
 Each input (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bits; grey, RGB, with or without alpha) is restored in
 overlapping tiles of `--tile` input pixels, blended with a smooth window (`ir_lightning.tiling`), in
@@ -30,7 +31,8 @@ that case is refused by the same rule.
 from __future__ import annotations
 
 import argparse
-import inspect
+import copy
+import dataclasses
 import itertools
 import sys
 import weakref
@@ -48,8 +50,8 @@ from ir_lightning.images import IMAGE_SUFFIXES, image_files_below, lands_in, out
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.tiling import restored_bands, smallest_side
 
-SHORTCUTS = {"steps": ("sample_steps",), "sampler": ("sampler", "solver"), "operator": ("operator",)}
-"""Shortcut flag -> the constructor arguments it sets, the first one the method has."""
+SOLVER_NAMES = ("sequential", "anderson", "picard")
+"""`--sampler` values that choose the solver (`sampling.solver.method`); others choose `sampling.sampler`."""
 
 
 MESSAGE_LIMIT = 400
@@ -80,25 +82,62 @@ def method_class(checkpoint: dict[str, Any], path: Path) -> type[RestorationModu
     return cls
 
 
-def restoring_settings(cls: type[RestorationModule], args: argparse.Namespace) -> dict[str, Any]:
-    """The constructor arguments to override, from `--set` and the shortcut flags, checked by name."""
-    accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-    settings: dict[str, Any] = {}
+def shortcut_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    """(flag, dotted setting, value) for the shortcut flags given."""
+    chosen = []
+    if args.steps is not None:
+        chosen.append(("--steps", "sampling.steps", args.steps))
+    if args.sampler is not None:
+        field = "sampling.solver.method" if args.sampler in SOLVER_NAMES else "sampling.sampler"
+        chosen.append(("--sampler", field, args.sampler))
+    if args.operator is not None:
+        chosen.append(("--operator", "operator", args.operator))
+    return chosen
+
+
+def check_fields(flag: str, default: Any, top: str, fields: list[str]) -> None:
+    """Refuse a dotted setting that names no field of the setting's dataclass (`default`, the constructor's)."""
+    node, path = default, top
+    for name in fields:
+        if not dataclasses.is_dataclass(node):
+            raise RestoreError(f"{flag}: {path} has no fields to set")
+        names = [field.name for field in dataclasses.fields(node)]
+        if name not in names:
+            raise RestoreError(f"{flag}: {path} has no field {name!r}; its fields: {', '.join(names)}")
+        node, path = getattr(node, name), f"{path}.{name}"
+
+
+def restoring_settings(cls: type[RestorationModule], hparams: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The constructor arguments to override, from `--set` and the shortcut flags, checked by name; a dotted
+    name changes one field of a setting, on the checkpoint's value (`hparams`, in this version's names)."""
+    parameters = cls.setting_parameters()
+    accepted = list(parameters)
+    changes: list[tuple[str, str, Any]] = []
     for item in args.set:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise RestoreError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sample_steps=50")
-        if key not in accepted:
-            raise RestoreError(f"--set {key}: {cls.__name__} has no such setting; its settings: {', '.join(accepted)}")
-        settings[key] = yaml.safe_load(text)
-    for flag, candidates in SHORTCUTS.items():
-        value = getattr(args, flag)
-        if value is None:
+            raise RestoreError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampling.steps=50")
+        changes.append((f"--set {key}", key, yaml.safe_load(text)))
+    settings: dict[str, Any] = {}
+    for flag, key, value in [*changes, *shortcut_settings(args)]:
+        top, *fields = key.split(".")
+        if top not in accepted:
+            what = "such" if flag.startswith("--set") else key
+            raise RestoreError(f"{flag}: {cls.__name__} has no {what} setting; its settings: {', '.join(accepted)}")
+        if not fields:
+            settings[top] = value
             continue
-        key = next((name for name in candidates if name in accepted), None)
-        if key is None:
-            raise RestoreError(f"--{flag}: {cls.__name__} has no {' or '.join(candidates)} setting")
-        settings[key] = value
+        current = settings.get(top, copy.deepcopy(hparams.get(top)))
+        if not isinstance(current, dict):
+            raise RestoreError(f"{flag}: {cls.__name__}'s {top} has no fields to set")
+        check_fields(flag, parameters[top].default, top, fields)
+        node = current
+        for name in fields[:-1]:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise RestoreError(f"{flag}: {'.'.join([top, *fields[:-1]])} has no fields to set")
+        node[fields[-1]] = value
+        settings[top] = current
     return settings
 
 
@@ -115,7 +154,8 @@ def load_method(path: Path, args: argparse.Namespace, device: torch.device) -> R
     cls = method_class(checkpoint, path)
     if args.method is not None and args.method.lower() != cls.__name__.lower():
         raise RestoreError(f"--method {args.method}: {path} holds a {cls.__name__} checkpoint")
-    settings = restoring_settings(cls, args)
+    hparams = cls.upgrade_hyperparameters(checkpoint.get("hyper_parameters") or {})
+    settings = restoring_settings(cls, hparams, args)
     try:
         model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **settings)
         if args.no_ema:
@@ -174,10 +214,8 @@ def check_outputs(files: list[Path], root: Path, output: Path) -> None:
 def restore_file(model: RestorationModule, source: Path, target: Path, args: argparse.Namespace, device: torch.device) -> None:
     """Read one image, restore it (tiled unless the method needs whole images), write it atomically."""
     image = read_image(source)
-    kwargs = {"progress": True} if "progress" in inspect.signature(model.restore).parameters else {}
-
     def restore(lq: torch.Tensor) -> torch.Tensor:
-        return model.restore(lq, None, **kwargs).clamp(0, 1)
+        return model.restore(lq, progress=True)
 
     lq = image.rgb[None].to(device)
     try:
@@ -206,7 +244,7 @@ def size_problem(model: RestorationModule, height: int, width: int, tile: int, d
         return None
     if model not in _smallest_sides:
         def restore(lq: torch.Tensor) -> torch.Tensor:
-            return model.restore(lq, None)
+            return model.restore(lq)
 
         with torch.no_grad():
             probe = torch.zeros(1, 3, 1, 1, device=device)
@@ -245,10 +283,12 @@ def parser() -> argparse.ArgumentParser:
 def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
     """The options that choose how a checkpoint restores, shared by `restore` and `evaluate`."""
     p.add_argument("--method", help="check that the checkpoint holds this method (e.g. deqir); it is never needed")
-    p.add_argument("--steps", type=int, help="sampling steps (sets sample_steps)")
-    p.add_argument("--sampler", help="sampler or solver: SR3 ddpm|ddim, DeqIR sequential|anderson|picard")
+    p.add_argument("--steps", type=int, help="sampling steps (sets sampling.steps)")
+    p.add_argument("--sampler", help="sampler (sampling.sampler: ddpm|ddim) or solver (sampling.solver.method: "
+                   "sequential|anderson|picard)")
     p.add_argument("--operator", help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of the method (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other setting of the method; KEY may be dotted: sampling.solver.tolerance=1e-4 (repeatable)")
     p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA weights")
     p.add_argument("--tile", type=int, default=default_tile,
                    help=f"tile side in input pixels (default {default_tile}; 0: whole images)")  # fmt: skip

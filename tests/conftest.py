@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ir_lightning.shards import ShardSample, write_shards
+from datamodules.format import ShardSample
+from datamodules.writer import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

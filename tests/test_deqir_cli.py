@@ -32,7 +32,7 @@ def test_demo_overlay_trains_the_prior_and_restores_in_parallel(tmp_path, sr_sha
     ckpt = load(last)
     assert ckpt["global_step"] == 4
     assert ckpt["hyper_parameters"]["_class_path"] == "ir_lightning.methods.DeqIR"
-    assert ckpt["hyper_parameters"]["operator"] == "sr4" and ckpt["hyper_parameters"]["solver"] == "anderson"
+    assert ckpt["hyper_parameters"]["operator"] == "sr4" and ckpt["hyper_parameters"]["sampling"]["solver"]["method"] == "anderson"
     rows = [row for run_dir in offline_runs(tmp_path / "runs/deqir_demo") for row in history(run_dir)]
     solved = [row for row in rows if "val/solver_iterations" in row]
     assert solved and 1 <= solved[-1]["val/solver_iterations"] <= 8  # the overlay's cap
@@ -40,7 +40,7 @@ def test_demo_overlay_trains_the_prior_and_restores_in_parallel(tmp_path, sr_sha
     assert stopped == 1.0 or (stopped == 0.0 and solved[-1]["val/solver_iterations"] == 5)  # else T = 5 did
     assert any(row.get("val/psnr", 0) > 0 for row in rows)
     done = run(["validate", *DEQIR, *data_args(sr_shards), f"--ckpt_path={last}",
-                "--model.init_args.operator=inpaint_box", "--model.init_args.solver=sequential"], tmp_path)  # fmt: skip
+                "--model.init_args.operator=inpaint_box", "--model.init_args.sampling.solver.method=sequential"], tmp_path)  # fmt: skip
     assert "val/psnr" in done.stdout + done.stderr
     restore_files_with_the_checkpoint(last, tmp_path)
 
@@ -55,7 +55,9 @@ def restore_files_with_the_checkpoint(ckpt, tmp_path):
                 "--method", "deqir", "--operator", "sr4", "--sampler", "picard"], tmp_path)  # fmt: skip
     assert "2 restored, 0 skipped (already there), 0 failed" in done.stdout
     assert "deq picard" in done.stderr  # the solver's progress bar, per iteration
-    model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, operator="sr4", solver="picard").eval()
+    sampling = DeqIR.upgrade_hyperparameters(torch.load(ckpt, weights_only=True)["hyper_parameters"])["sampling"]
+    sampling["solver"]["method"] = "picard"
+    model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, operator="sr4", sampling=sampling).eval()
     for i, image in enumerate(pixels):
         with torch.no_grad():
             expected = to_uint8_hwc(model.restore(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0])
@@ -66,4 +68,4 @@ def restore_files_with_the_checkpoint(ckpt, tmp_path):
 
 def test_recipe_parses(tmp_path):
     done = run(["fit", "-c", str(REPO / "recipes/deqir_faces64.yaml"), "--print_config"], tmp_path)
-    assert "ir_lightning.methods.DeqIR" in done.stdout and "solver: anderson" in done.stdout
+    assert "ir_lightning.methods.DeqIR" in done.stdout and "method: anderson" in done.stdout

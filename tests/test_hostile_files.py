@@ -16,14 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.format import ShardError, ShardSample
+from datamodules.writer import write_shards
 from ir_lightning import evaluate
+from ir_lightning.commands.shards import main as shards
 from ir_lightning.io import host_tag
 from ir_lightning.restore import main as restore
-from ir_lightning.shards import ShardError, ShardSample, main as shards, write_shards
 from ir_lightning.tiling import restored_bands
 from tests.test_evaluate import Nearest, use_method
 from tests.test_restore import save_checkpoint, small_deqir
-from tests.test_shard_presets import gopro
+from tests.datamodules.test_presets import gopro
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

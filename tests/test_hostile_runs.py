@@ -25,10 +25,11 @@ from torch import nn
 from datamodules import ShardDataModule
 from ir_lightning import run_lock
 from ir_lightning.checkpoint_io import AtomicCheckpointIO
-from datamodules.shards import StreamStopped
+from datamodules.stages import StreamStopped
 from ir_lightning.cli import instantiation_failure, main, user_message
 from ir_lightning.degradations import BicubicDownsample, Pipeline
 from ir_lightning.methods.deqir import DeqIR
+from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.sr3 import SR3
 from ir_lightning.nets.unet import UNet
 from ir_lightning.preemption import FinalCheckpoint, newest_checkpoint
@@ -217,7 +218,7 @@ def test_instantiation_failure_reads_the_innermost_error_and_the_failing_class()
 
 
 def test_a_scale_that_contradicts_the_degradation_or_the_paired_shards_stops_before_training():
-    model = SR3(net=UNet(**TINY_UNET), scale=4, sample_steps=2)
+    model = SR3(net=UNet(**TINY_UNET), scale=4, sampling=Sampling(steps=2))
     check_scales(model, ShardDataModule(crop_size=32, scale=4, degradation=Pipeline([BicubicDownsample(4)])))
     with pytest.raises(ConfigurationError, match=r"^data.degradation reduces a 32 crop by 2, but model.init_args.scale is 4$"):
         check_scales(model, ShardDataModule(crop_size=32, scale=4, degradation=Pipeline([BicubicDownsample(2)])))

@@ -35,9 +35,10 @@ NET = {"class_path": "ir_lightning.nets.unet.UNet",
                      "attn_levels": [], "dropout": 0.0, "norm_groups": 4}}  # fmt: skip
 
 
-def small_deqir(seed: int = 0, **kwargs) -> DeqIR:
+def small_deqir(seed: int = 0, steps: int = 3, solver: str = "sequential", **kwargs) -> DeqIR:
     torch.manual_seed(seed)
-    settings = dict(train_schedule=SCHEDULE, operator="sr2", sample_steps=3, solver="sequential") | kwargs
+    sampling = DeqIR.DEFAULT_SAMPLING.replaced(steps=steps, solver={"method": solver})
+    settings = dict(train_schedule=SCHEDULE, operator="sr2", sampling=sampling) | kwargs
     return DeqIR(net=UNet(**NET["init_args"]), **settings).eval()
 
 
@@ -102,7 +103,7 @@ def test_settings_reach_the_method(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(inputs / "x.png")
     args = ["--ckpt", str(ckpt), "--input", str(inputs / "x.png"), "--device", "cpu"]
     assert main([*args, "--output", str(tmp_path / "o1"), "--operator", "sr4", "--steps", "2", "--sampler", "picard"]) == 0
-    changed = small_deqir(operator="sr4", sample_steps=2, solver="picard")  # the same weights: seed 0
+    changed = small_deqir(operator="sr4", steps=2, solver="picard")  # the same weights: seed 0
     np.testing.assert_array_equal(read(tmp_path / "o1/x.png"), expected(changed, inputs / "x.png"))
     assert read(tmp_path / "o1/x.png").shape == (32, 32, 3)
     assert main([*args, "--output", str(tmp_path / "o2"), "--set", "operator=colorization"]) == 0
@@ -164,9 +165,13 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_p
     ("extra", "message"),
     [(["--method", "sr3"], "--method sr3: {ckpt} holds a DeqIR checkpoint"),
      (["--set", "sample_step=5"], "--set sample_step: DeqIR has no such setting; its settings: net, "),
-     (["--set", "sample_steps"], "--set 'sample_steps': expected KEY=VALUE"),
+     (["--set", "sampling.steps"], "--set 'sampling.steps': expected KEY=VALUE"),
+     (["--set", "sampling.stepz=5"], "--set sampling.stepz: sampling has no field 'stepz'; its fields: steps, sampler, eta, seed"),
+     (["--set", "sampling.solver.tol=0.1"], "--set sampling.solver.tol: sampling.solver has no field 'tol'; its fields: method, memory, "),
+     (["--set", "operator.name=sr4"], "--set operator.name: DeqIR's operator has no fields to set"),
+     (["--steps", "0"], "sampling.steps must be an integer >= 1, got 0"),
      (["--operator", "sr"], "unknown operator 'sr'"),
-     (["--set", "solver=newton"], "module.solver\": Expected a typing.Literal['sequential', 'anderson', 'picard']. Got value: newton")],
+     (["--set", "sampling.solver.method=newton"], "Got value: newton")],
 )  # fmt: skip
 def test_bad_arguments_name_the_key_and_value(tmp_path, capsys, extra, message):
     ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
@@ -198,7 +203,7 @@ def test_missing_inputs_and_checkpoints_are_named(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_killed_restore_leaves_only_complete_images_and_skip_existing_finishes_it(tmp_path):
-    ckpt = save_checkpoint(small_deqir(sample_steps=30), tmp_path / "deqir.ckpt")
+    ckpt = save_checkpoint(small_deqir(steps=30), tmp_path / "deqir.ckpt")
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     pixels = np.random.default_rng(3).integers(0, 256, (30, 24, 24, 3), dtype=np.uint8)

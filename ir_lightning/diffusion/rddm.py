@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ir_lightning.diffusion.samplers import gaussian_like
-from ir_lightning.diffusion.schedules import gammas_from_betas, make_betas
+from ir_lightning.diffusion.schedules import gammas_from_betas, make_betas, respaced_timesteps
 
 SHAPES = ("decreased", "increased", "average")
 """Shapes of the per-step weights: linearly decreasing, linearly increasing (each to the power
@@ -116,10 +116,11 @@ class ResidualSchedule:
         return self.alpha_bar[index].to(t.device), self.beta_bar[index].to(t.device)
 
     def sampling_times(self, n_steps: int) -> Tensor:
-        """`n_steps` + 1 integer times from T down to 0, evenly spaced (T .. 0 when n_steps = T)."""
+        """`n_steps` + 1 integer times from T down to 0, evenly spaced (`respaced_timesteps` of the T + 1
+        times 0..T; T .. 0 when n_steps = T)."""
         if not 1 <= n_steps <= self.n_steps:
             raise ValueError(f"sampling steps must lie in [1, {self.n_steps}], got {n_steps}")
-        return torch.linspace(self.n_steps, 0, n_steps + 1, dtype=torch.float64).round().long()
+        return respaced_timesteps(self.n_steps + 1, n_steps + 1)
 
 
 def q_sample(i_0: Tensor, i_res: Tensor, alpha_bar: Tensor, beta_bar: Tensor, noise: Tensor) -> Tensor:
@@ -166,22 +167,26 @@ def res_from_eps(i_t: Tensor, i_in: Tensor, eps: Tensor, alpha_bar: Tensor, beta
 def ddim_step(
     i_t: Tensor, res_hat: Tensor, eps_hat: Tensor, coeff_t: tuple[Tensor, Tensor], coeff_s: tuple[Tensor, Tensor],
     eta: float = 0.0, noise: Tensor | None = None,
-) -> Tensor:  # fmt: skip
-    """One generalised DDIM step t -> s:
-    I_s = I_t - (alpha_bar_t - alpha_bar_s) I_res_hat - (beta_bar_t - sqrt(beta_bar_s^2 - sigma^2)) eps_hat + sigma z,
-    sigma^2 = eta (beta_bar_t^2 - beta_bar_s^2) beta_bar_s^2 / beta_bar_t^2 (eta = 1: the posterior's variance)."""
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One generalised DDIM step t -> s per sample (coefficients (B,) each): (I_s, I_0_hat).
+
+        I_0_hat = I_t - alpha_bar_t I_res_hat - beta_bar_t eps_hat                  (the forward process solved)
+        I_s = I_t - (alpha_bar_t - alpha_bar_s) I_res_hat - (beta_bar_t - sqrt(beta_bar_s^2 - sigma^2)) eps_hat
+              + sigma z,
+        sigma^2 = eta (beta_bar_t^2 - beta_bar_s^2) beta_bar_s^2 / beta_bar_t^2   (eta = 1: the posterior's variance)
+
+    with z = `noise` (None: no noise term). s = 0 (alpha_bar_s = beta_bar_s = 0) lands on I_0_hat.
+    """
     (a_t, b_t), (a_s, b_s) = coeff_t, coeff_s
     b2_t, b2_s = b_t.double() ** 2, b_s.double() ** 2
     sigma2 = eta * (b2_t - b2_s) * b2_s / b2_t.clamp_min(torch.finfo(torch.float64).tiny)
     keep = (b2_s - sigma2).clamp_min(0.0).sqrt()
-    out = (
-        i_t.double()
-        - _column(a_t.double() - a_s.double(), i_t) * res_hat.double()
-        - _column(b_t.double() - keep, i_t) * eps_hat.double()
-    )
+    res, eps = res_hat.double(), eps_hat.double()
+    i_0_hat = i_t.double() - _column(a_t, i_t) * res - _column(b_t, i_t) * eps
+    out = i_t.double() - _column(a_t.double() - a_s.double(), i_t) * res - _column(b_t.double() - keep, i_t) * eps
     if eta > 0 and noise is not None:
         out = out + _column(sigma2.sqrt(), i_t) * noise.double()
-    return out.to(i_t.dtype)
+    return out.to(i_t.dtype), i_0_hat.to(i_t.dtype)
 
 
 def sample(
@@ -195,7 +200,7 @@ def sample(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Restore from I_in in `n_steps` steps of the schedule (T .. 0, evenly spaced).
+    """Restore from I_in by `ddim_step` at `n_steps` times of the schedule (T .. 0, `sampling_times`).
 
     Starts from I_T = I_in + beta_bar_T * noise (`noise` given, else drawn from `generator`);
     eta = 0 is deterministic; with eta = 1 and n_steps = T each step draws from the posterior
@@ -214,7 +219,7 @@ def sample(
         coeff_t, coeff_s = schedule.at(t), schedule.at(s)
         res_hat, eps_hat = predict(i_t, *coeff_t, t)
         z = gaussian_like(i_t, generator) if eta > 0 and k < n_steps - 1 else None
-        i_t = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta, z)
+        i_t, _ = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta, z)
     return i_t
 
 
@@ -249,7 +254,7 @@ def sample_path(predict: Predictor, i_in: Tensor, path: Tensor, noise: Tensor) -
         coeff_t = (path[k, 0].expand(batch), path[k, 1].expand(batch))
         coeff_s = (path[k + 1, 0].expand(batch), path[k + 1, 1].expand(batch))
         res_hat, eps_hat = predict(i_t, *coeff_t, None)
-        i_t = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s)
+        i_t, _ = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s)
     return i_t
 
 

@@ -1,6 +1,10 @@
 """Samplers for eps-predicting networks conditioned on the noise level sqrt(gamma) (SR3).
 
-Every sampler has the signature
+A sampler is a step function, `ddim_step` or `ddpm_step`: (y_t, eps_hat, gamma_t, gamma_prev, ...) ->
+(y_prev, y0_hat), with per-sample levels of shape (B,), so the rows of one batch may sit at different steps
+(the fixed-point solver of `ir_lightning.diffusion.deq` evaluates many steps in one call). The loops
+`ddim_sample` and `ddpm_sample` and the chains of `deq.chains` are built on these steps. Every loop has the
+signature
 
     sampler(model, y_T, gammas, *, generator=None, clip_y0=True, callback=None, progress=False)
 
@@ -27,6 +31,10 @@ from ir_lightning.diffusion.gaussian import per_sample, posterior, predict_eps_f
 Model = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor], None]
 Sampler = Callable[..., Tensor]
+X0Hook = Callable[[Tensor], Tensor]
+"""`hook(y0_hat) -> y0_hat`: a change of the predicted clean image inside a step (DDNM's projection)."""
+Step = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], tuple[Tensor, Tensor]]
+"""`step(y_t, eps_hat, gamma_t, gamma_prev, noise) -> (y_prev, y0_hat)`, what `_sample` loops over."""
 
 
 def inference_levels(gammas: Tensor, device: torch.device) -> Tensor:
@@ -44,17 +52,117 @@ def _steps(n_steps: int, progress: bool, name: str) -> Iterable[int]:
     return tqdm(range(n_steps - 1, -1, -1), total=n_steps, desc=name, disable=not progress)
 
 
-def predicted_y0(model: Model, y_t: Tensor, gamma_t: Tensor, clip_y0: bool) -> Tensor:
-    """y0_hat from the network's eps_hat at level gamma_t (per sample, float64), optionally clamped."""
-    eps_hat = model(y_t, gamma_t.sqrt().to(torch.float32))
-    y0_hat = predict_y0_from_eps(y_t, gamma_t, eps_hat)
-    return y0_hat.clamp(-1.0, 1.0) if clip_y0 else y0_hat
-
-
 def gaussian_like(y: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like y, drawn only from `generator`."""
     device = generator.device if generator is not None else y.device
     return torch.randn(y.shape, generator=generator, dtype=y.dtype, device=device).to(y.device)
+
+
+def _predicted_y0(y_t: Tensor, eps_hat: Tensor, gamma_t: Tensor, clip_y0: bool) -> Tensor:
+    """y0_hat = (y_t - sqrt(1 - gamma_t) eps_hat) / sqrt(gamma_t) (DDPM eq. 15), optionally clamped to [-1, 1]."""
+    y0_hat = predict_y0_from_eps(y_t, gamma_t, eps_hat)
+    return y0_hat.clamp(-1.0, 1.0) if clip_y0 else y0_hat
+
+
+def ddpm_step(
+    y_t: Tensor,
+    eps_hat: Tensor,
+    gamma_t: Tensor,
+    gamma_prev: Tensor,
+    *,
+    noise: Tensor | None = None,
+    clip_y0: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """One ancestral step (SR3 Algorithm 2) per sample from gamma_t to gamma_prev (each (B,)): (y_prev, y0_hat).
+
+    y_prev = mean + sqrt(variance) z of the posterior q(y_prev | y_t, y0_hat) (DDPM eq. 6-7), z = `noise`
+    (None: the mean, as at the last step, where gamma_prev = 1 and the variance is 0).
+    """
+    y0_hat = _predicted_y0(y_t, eps_hat, gamma_t, clip_y0)
+    mean, variance = posterior(y0_hat, y_t, gamma_t, gamma_prev)
+    if noise is None:
+        return mean, y0_hat
+    y_prev = mean + variance.sqrt() * noise
+    return y_prev, y0_hat
+
+
+def ddim_sigma(gamma_t: Tensor, gamma_prev: Tensor, eta: float) -> Tensor:
+    """DDIM's noise scale sigma for a step gamma_t -> gamma_prev; eta = 1 gives the DDPM posterior std."""
+    # sigma = eta sqrt((1 - gamma_prev) / (1 - gamma_t)) sqrt(1 - gamma_t / gamma_prev) (DDIM eq. 16)
+    return eta * ((1.0 - gamma_prev) / (1.0 - gamma_t) * (1.0 - gamma_t / gamma_prev)).sqrt()
+
+
+def _ddim_direction(gamma_t: Tensor, gamma_prev: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """(sigma, sqrt(1 - gamma_prev - sigma^2)): the weights of z and eps_hat in DDIM's step (eq. 12)."""
+    sigma = ddim_sigma(gamma_t, gamma_prev, eta)
+    # clamp_min guards float round-off only: 1 - gamma_prev - sigma^2 >= 0 for eta <= 1
+    return sigma, (1.0 - gamma_prev - sigma**2).clamp_min(0.0).sqrt()
+
+
+def ddim_drift(gamma_t: Tensor, gamma_prev: Tensor, eta: float = 0.0) -> Tensor:
+    """The weight of y_t in `ddim_step` with eps_hat written through y0_hat: sqrt(1 - gamma_prev - sigma^2) /
+    sqrt(1 - gamma_t). The step is this times y_t plus terms in y0_hat and z only (DDIM eq. 12 with eq. 9)."""
+    return _ddim_direction(gamma_t, gamma_prev, eta)[1] / (1.0 - gamma_t).sqrt()
+
+
+def ddim_step(
+    y_t: Tensor,
+    eps_hat: Tensor,
+    gamma_t: Tensor,
+    gamma_prev: Tensor,
+    *,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+    clip_y0: bool = True,
+    x0_hook: X0Hook | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One DDIM step (Song et al. 2021) per sample from gamma_t to gamma_prev (each (B,)): (y_prev, y0_hat).
+
+        y0_hat = (y_t - sqrt(1 - gamma_t) eps_hat) / sqrt(gamma_t), clamped to [-1, 1] if `clip_y0`   (eq. 9)
+        eps_hat <- (y_t - sqrt(gamma_t) y0_hat) / sqrt(1 - gamma_t), the direction y0_hat implies
+        y0_hat <- x0_hook(y0_hat)                                          (e.g. DDNM eq. 13; default none)
+        y_prev = sqrt(gamma_prev) y0_hat + sqrt(1 - gamma_prev - sigma^2) eps_hat + sigma z            (eq. 12)
+
+    with sigma = `ddim_sigma`(gamma_t, gamma_prev, eta) and z = `noise` (None: no noise term). y0_hat is the
+    hooked prediction; gamma_prev = 1 lands on it.
+    """
+    y0_hat = _predicted_y0(y_t, eps_hat, gamma_t, clip_y0)
+    eps_hat = predict_eps_from_y0(y_t, gamma_t, y0_hat)  # equals the model's eps unless y0_hat was clamped
+    if x0_hook is not None:
+        y0_hat = x0_hook(y0_hat)
+    sigma, direction = _ddim_direction(gamma_t, gamma_prev, eta)
+    # y_prev = sqrt(gamma_prev) y0_hat + sqrt(1 - gamma_prev - sigma^2) eps_hat + sigma z (DDIM eq. 12)
+    y_prev = per_sample(gamma_prev.sqrt(), y_t) * y0_hat + per_sample(direction, y_t) * eps_hat
+    if noise is not None:
+        y_prev = y_prev + per_sample(sigma, y_t) * noise
+    return y_prev, y0_hat
+
+
+def _sample(
+    model: Model,
+    y_T: Tensor,
+    gammas: Tensor,
+    step: Step,
+    noisy: bool,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    progress: bool,
+    name: str,
+) -> Tensor:
+    """The loop of every sampler: from the noisiest level of `gammas` down to gamma_0 = 1, one `step` each."""
+    levels = inference_levels(gammas, y_T.device)
+    batch = y_T.shape[0]
+    y_t = y_T
+    for i in _steps(levels.shape[0] - 1, progress, name):
+        gamma_t, gamma_prev = levels[i + 1].expand(batch), levels[i].expand(batch)
+        eps_hat = model(y_t, gamma_t.sqrt().to(torch.float32))  # the network sees sqrt(gamma) (SR3)
+        # z ~ N(0, I) except at the last step, which lands on y0_hat (gamma_prev = 1)
+        noise = gaussian_like(y_t, generator) if noisy and i > 0 else None
+        y_prev, y0_hat = step(y_t, eps_hat, gamma_t, gamma_prev, noise)
+        if callback is not None:
+            callback(i, y_t, y0_hat)
+        y_t = y_prev
+    return y_t
 
 
 def ddpm_sample(
@@ -67,26 +175,12 @@ def ddpm_sample(
     callback: Callback | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Ancestral sampling (SR3 Algorithm 2) with the posterior q(y_{t-1} | y_t, y0_hat) of DDPM eq. 6-7."""
-    levels = inference_levels(gammas, y_T.device)
-    batch = y_T.shape[0]
-    y_t = y_T
-    for i in _steps(levels.shape[0] - 1, progress, "ddpm"):
-        gamma_t, gamma_prev = levels[i + 1].expand(batch), levels[i].expand(batch)
-        y0_hat = predicted_y0(model, y_t, gamma_t, clip_y0)
-        if callback is not None:
-            callback(i, y_t, y0_hat)
-        mean, variance = posterior(y0_hat, y_t, gamma_t, gamma_prev)
-        # z ~ N(0, I) except at the last step, where gamma_prev = 1 and the variance is 0 (SR3 Alg. 2)
-        z = gaussian_like(y_t, generator) if i > 0 else torch.zeros_like(y_t)
-        y_t = mean + variance.sqrt() * z
-    return y_t
+    """Ancestral sampling (SR3 Algorithm 2): `ddpm_step` at every level."""
 
+    def step(y_t: Tensor, eps_hat: Tensor, gamma_t: Tensor, gamma_prev: Tensor, noise: Tensor | None):
+        return ddpm_step(y_t, eps_hat, gamma_t, gamma_prev, noise=noise, clip_y0=clip_y0)
 
-def ddim_sigma(gamma_t: Tensor, gamma_prev: Tensor, eta: float) -> Tensor:
-    """DDIM's noise scale sigma for a step gamma_t -> gamma_prev; eta = 1 gives the DDPM posterior std."""
-    # sigma = eta sqrt((1 - gamma_prev) / (1 - gamma_t)) sqrt(1 - gamma_t / gamma_prev) (DDIM eq. 16)
-    return eta * ((1.0 - gamma_prev) / (1.0 - gamma_t) * (1.0 - gamma_t / gamma_prev)).sqrt()
+    return _sample(model, y_T, gammas, step, True, generator, callback, progress, "ddpm")
 
 
 def ddim_sample(
@@ -100,27 +194,15 @@ def ddim_sample(
     callback: Callback | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 equals ancestral DDPM."""
+    """DDIM (Song et al. 2021, eq. 12): `ddim_step` at every level; eta = 0 is deterministic, eta = 1 equals
+    ancestral DDPM."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM variance), got {eta}")
-    levels = inference_levels(gammas, y_T.device)
-    batch = y_T.shape[0]
-    y_t = y_T
-    for i in _steps(levels.shape[0] - 1, progress, "ddim"):
-        gamma_t, gamma_prev = levels[i + 1].expand(batch), levels[i].expand(batch)
-        y0_hat = predicted_y0(model, y_t, gamma_t, clip_y0)
-        # the direction to y_t implied by y0_hat; equals the model's eps unless y0_hat was clamped
-        eps_hat = predict_eps_from_y0(y_t, gamma_t, y0_hat)
-        if callback is not None:
-            callback(i, y_t, y0_hat)
-        sigma = ddim_sigma(gamma_t, gamma_prev, eta)
-        # clamp_min guards float round-off only: 1 - gamma_prev - sigma^2 >= 0 for eta <= 1
-        direction = (1.0 - gamma_prev - sigma**2).clamp_min(0.0).sqrt()
-        z = gaussian_like(y_t, generator) if i > 0 and eta > 0 else torch.zeros_like(y_t)
-        # y_prev = sqrt(gamma_prev) y0_hat + sqrt(1 - gamma_prev - sigma^2) eps_hat + sigma z (DDIM eq. 12)
-        y_t = per_sample(gamma_prev.sqrt(), y_t) * y0_hat + per_sample(direction, y_t) * eps_hat
-        y_t = y_t + per_sample(sigma, y_t) * z
-    return y_t
+
+    def step(y_t: Tensor, eps_hat: Tensor, gamma_t: Tensor, gamma_prev: Tensor, noise: Tensor | None):
+        return ddim_step(y_t, eps_hat, gamma_t, gamma_prev, eta=eta, noise=noise, clip_y0=clip_y0)
+
+    return _sample(model, y_T, gammas, step, eta > 0, generator, callback, progress, "ddim")
 
 
 SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm_sample, "ddim": ddim_sample}

@@ -84,24 +84,37 @@ def gammas_from_betas(betas: Tensor) -> Tensor:
     return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
 
 
-def respace(gammas: Tensor, n_steps: int) -> Tensor:
-    """A sub-sequence of `n_steps` entries of a training schedule, for faster inference.
+def respaced_indices(n_train: int, n_steps: int) -> Tensor:
+    """`n_steps` evenly spaced, strictly increasing indices into a schedule of `n_train` entries (int64).
 
-    The indices are evenly spaced over the whole schedule and strictly increasing; they always
-    include the noisiest entry (the last) and, for n_steps >= 2, the least noisy one (the first).
-    Since the SR3 network is conditioned on sqrt(gamma) rather than on t, the result can be fed to
-    any sampler as is (the DDIM sub-sequence idea, Song et al. 2021 sec. 4.2).
+    The k-th index counted from the last is n_train - 1 - round(k (n_train - 1) / (n_steps - 1)), halves
+    rounded up, in exact integer arithmetic: the last (noisiest) entry is always kept and, for n_steps >= 2,
+    the first (DDIM's sub-sequence, Song et al. 2021 sec. 4.2). The one respacing of the suite: `respace`,
+    `respaced_timesteps` and RDDM's `ResidualSchedule.sampling_times` are built on it.
     """
-    n_train = gammas.shape[0]
-    if gammas.ndim != 1:
-        raise ValueError(f"gammas must be 1-D, got shape {tuple(gammas.shape)}")
     if not 1 <= n_steps <= n_train:
         raise ValueError(f"n_steps must lie in [1, {n_train}] for a schedule of {n_train} steps, got {n_steps}")
     from_last = torch.arange(n_steps, dtype=torch.int64)
     # distance from the last index: round(k * (T-1)/(n-1)), in exact integer arithmetic
     offsets = (2 * from_last * (n_train - 1) + (n_steps - 1)) // (2 * max(n_steps - 1, 1))
-    indices = (n_train - 1 - offsets).flip(0)
+    return (n_train - 1 - offsets).flip(0)
+
+
+def respace(gammas: Tensor, n_steps: int) -> Tensor:
+    """The sub-sequence of a training schedule at `respaced_indices`, float64, for faster inference.
+
+    Since the SR3 network is conditioned on sqrt(gamma) rather than on t, the result can be fed to any
+    sampler as is.
+    """
+    if gammas.ndim != 1:
+        raise ValueError(f"gammas must be 1-D, got shape {tuple(gammas.shape)}")
+    indices = respaced_indices(gammas.shape[0], n_steps)
     return gammas.to(torch.float64)[indices.to(gammas.device)]
+
+
+def respaced_timesteps(n_train: int, n_steps: int) -> Tensor:
+    """`respaced_indices` as integer timesteps in the order a sampler visits them: n_train - 1 first, 0 last."""
+    return respaced_indices(n_train, n_steps).flip(0)
 
 
 def sample_noise_levels(

@@ -1,13 +1,19 @@
-"""What every restoration method shares, written once: optimizer and warm-up, logging of the
-training loss and of skipped samples, paper-protocol metrics at validation and test, and the
-predict step.
+"""What every restoration method shares, written once: the method contract, optimizer and warm-up,
+logging of the training loss and of skipped samples, paper-protocol metrics at validation and test, and
+the predict step.
 
-A method subclasses `RestorationModule` and implements two things:
+The contract (what `restore`, `evaluate`, `demo` and validation call, and nothing else):
 
-- `training_loss(batch) -> Tensor`: the method's objective on a batch in [0, 1];
-- `restore(lq, size) -> Tensor`: the restored image in [0, 1] at the target size, with the
-  method's sampler (validation runs with the EMA weights: Lightning's `EMAWeightAveraging`
-  swaps them in before validation).
+- `restore(lq, *, size=None, mask=None, progress=False) -> Tensor`: restored images in [0, 1];
+- `restore_batch(batch) -> Tensor`: the same for a batch of the data contract (`lq`, and `gt` whose size
+  sets the output's, `mask` where the method takes one);
+- `restoration(lq, ...) -> Restoration`: the image and the report of a parallel solve, for those who want it.
+
+A method subclasses `RestorationModule` and implements `training_loss(batch) -> Tensor` (its objective on a
+batch in [0, 1]) and `restoration(...)` (validation runs with the EMA weights: Lightning's
+`EMAWeightAveraging` swaps them in before validation). Its networks are required constructor arguments;
+the base class's arguments (`optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps`) pass
+through `**kwargs`, which LightningCLI follows into `--help` and `--print_config`.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -51,6 +58,21 @@ def adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-4, fused=True)
 
 
+class Restoration(NamedTuple):
+    """What `RestorationModule.restoration` returns: the restored images in [0, 1] and, where a parallel solver
+    ran, the solve's report (`diffusion.deq.SolveResult`: residuals, iterations, `stopped_by`, counts; its
+    `states` and `x0` left empty, so the report holds no images)."""
+
+    image: Tensor
+    solve: Any = None
+
+    @classmethod
+    def of(cls, image: Tensor, solve: Any = None) -> Restoration:
+        if solve is not None:
+            solve = dataclasses.replace(solve, x0=solve.x0.new_empty(0), states=solve.states.new_empty(0))
+        return cls(image, solve)
+
+
 class RestorationModule(pl.LightningModule):
     """Base LightningModule of the suite (see the module docstring).
 
@@ -70,20 +92,12 @@ class RestorationModule(pl.LightningModule):
     seed, the rank and the step, so a resumed run draws what an uninterrupted one would have.
     """
 
-    last_solve: Any = None
-    """The report of the last restoration's joint fixed-point solve (`diffusion.deq.SolveResult`: residuals,
-    iterations, `stopped_by`, counts; its `states` and `x0` emptied) for a method whose parallel solver
-    ran; None after a sequential restoration. Set by `remember_solve`."""
-
-    def remember_solve(self, result: Any) -> None:
-        """Keep `result`'s report as `last_solve`, without its T states: they would hold T images' memory
-        (on the model's device) until the next restoration."""
-        if result is not None:
-            result = dataclasses.replace(result, x0=result.x0.new_empty(0), states=result.states.new_empty(0))
-        self.last_solve = result
+    SAMPLERS: tuple[str, ...] = ()
+    """The samplers a diffusion method offers in its `sampling` settings (none: it has no sampling settings)."""
 
     def __init__(
         self,
+        *,
         optimizer: OptimizerCallable = adam,
         warmup_steps: int = 0,
         crop_border: int = 0,
@@ -116,13 +130,40 @@ class RestorationModule(pl.LightningModule):
         raises `UnsafeCheckpointError` naming it, before anything it names is imported. Always
         `weights_only=True`."""
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            read_checkpoint(checkpoint_path, mmap=True)
+            checkpoint = read_checkpoint(checkpoint_path, mmap=True)
         else:  # a file object
             start = checkpoint_path.tell()
-            check_checkpoint(safe_load(lambda: torch.load(checkpoint_path, map_location="cpu", weights_only=True),
-                                       "<file object>"), "<file object>")  # fmt: skip
+            checkpoint = safe_load(lambda: torch.load(checkpoint_path, map_location="cpu", weights_only=True), "<file object>")
+            check_checkpoint(checkpoint, "<file object>")
             checkpoint_path.seek(start)
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and cls.upgrade_hyperparameters(hparams) != hparams:
+            # written before a setting was renamed: load the upgraded copy (from memory: the weights are copied once)
+            checkpoint_path = io.BytesIO()
+            torch.save({**checkpoint, "hyper_parameters": cls.upgrade_hyperparameters(hparams)}, checkpoint_path)
+            checkpoint_path.seek(0)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs)
+
+    @classmethod
+    def setting_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The constructor's settings by name, those passed through `**kwargs` to the base classes included."""
+        found: dict[str, inspect.Parameter] = {}
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+            for p in parameters:
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    found.setdefault(p.name, p)
+            if klass is RestorationModule or not any(p.kind is p.VAR_KEYWORD for p in parameters):
+                break
+        return found
+
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's hyperparameters in this version's names (a method whose settings were renamed maps the
+        old names to the new ones); unchanged by default."""
+        return hparams
 
     def load_initial_weights(self, checkpoint: dict[str, Any], source: str) -> None:
         """Start training from a checkpoint's weights (its `state_dict`: the EMA weights of a training checkpoint,
@@ -193,8 +234,42 @@ class RestorationModule(pl.LightningModule):
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
 
-    def restore(self, lq: Tensor, size: tuple[int, int]) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement restore")
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
+        """Restore `lq` (B x C x h x w in [0, 1]) to `size` (None: the method's own scale of `lq`), with the
+        method's sampler and settings; `mask` for a method that takes one (`uses_mask`); `progress` shows the
+        sampling steps or solver iterations. Returns the images in [0, 1] and the solve's report, if any."""
+        raise NotImplementedError(f"{type(self).__name__} must implement restoration")
+
+    @torch.no_grad()
+    def restore(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                progress: bool = False) -> Tensor:  # fmt: skip
+        """The restored images in [0, 1] (see `restoration`)."""
+        return self.restoration(lq, size=size, mask=mask, progress=progress).image
+
+    def restore_batch(self, batch: dict[str, Any]) -> Tensor:
+        """Restore a batch of the data contract: its `lq`, to the size of its `gt` where it has one, with its
+        `mask` where the method takes one."""
+        size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
+        return self.restore(self.require_lq(batch), size=size, mask=self.batch_mask(batch))
+
+    def shown_input(self, batch: dict[str, Any]) -> Tensor | None:
+        """The input to show beside a restoration of `batch` (image loggers): its `lq`."""
+        return batch.get("lq")
+
+    @property
+    def uses_mask(self) -> bool:
+        """Whether the method restores with a mask (a batch's `mask`, `restore(..., mask=)`)."""
+        return False
+
+    def batch_mask(self, batch: dict[str, Any]) -> Tensor | None:
+        """The batch's mask where the method takes one, else None."""
+        return batch.get("mask") if self.uses_mask else None
+
+    def no_mask(self, mask: Tensor | None) -> None:
+        """Refuse a mask given to a method that takes none (it would be ignored)."""
+        if mask is not None:
+            raise ValueError(f"{type(self).__name__} restores without a mask; got one")
 
     @property
     def tileable(self) -> bool:
@@ -351,14 +426,10 @@ class RestorationModule(pl.LightningModule):
         name = getattr(callback, "CHECKPOINT_NAME_LAST", "last") + getattr(callback, "FILE_EXTENSION", ".ckpt")
         return Path(folder) / name
 
-    def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
-        size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
-        return self.restore(self.require_lq(batch), size)
-
     def _score(self, batch: dict[str, Any], metrics: RestorationMetrics) -> dict[str, Tensor]:
-        restored = self._restore_batch(batch)
+        restored = self.restore_batch(batch)
         metrics.update(restored, batch["gt"])
-        return {"restored": restored}
+        return {"restored": restored, "lq": self.shown_input(batch)}
 
     def _log_scores(self, metrics: RestorationMetrics, prefix: str, prog_bar: bool) -> None:
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.compute().items()}, prog_bar=prog_bar)
@@ -377,4 +448,4 @@ class RestorationModule(pl.LightningModule):
         self._log_scores(self.test_metrics, "test", prog_bar=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"restored": self._restore_batch(batch), "__key__": batch.get("__key__")}
+        return {"restored": self.restore_batch(batch), "__key__": batch.get("__key__")}

@@ -18,8 +18,6 @@ take `lq` as the measurement itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -27,23 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.diffusion import noised_training_sample
-from ir_lightning.diffusion.deq import (
-    Chain,
-    ddnm_chain,
-    draw_noises,
-    phantom_loss,
-    precondition,
-    sequential,
-    solve,
-    spectral_prior_eps,
-)
+from ir_lightning.diffusion.deq import SolverSettings, ddnm_chain, draw_noises, precondition, run_chain, spectral_prior_eps
 from ir_lightning.diffusion.operators import LinearOperator, make_operator
-from ir_lightning.methods.base import RestorationModule, adam
-from ir_lightning.methods.sr3 import NoiseSchedule, to_signed, to_unit
-from ir_lightning.nets.unet import UNet
-from lightning.pytorch.cli import OptimizerCallable
+from ir_lightning.diffusion.ranges import to_signed, to_unit
+from ir_lightning.diffusion.schedules import respaced_timesteps
+from ir_lightning.methods.base import Restoration, RestorationModule
+from ir_lightning.methods.settings import NoiseSchedule, Sampling, check_sampler, upgrade_sampling
 
-Solver = Literal["sequential", "anderson", "picard"]
 Preconditioner = Literal["spectral", "none"]
 
 
@@ -51,73 +39,63 @@ class DeqIR(RestorationModule):
     """The unconditional prior and DeqIR restoration with it.
 
     Args:
-        net: the noise predictor `net(x_t, sqrt(alpha_bar)) -> eps_hat` (3 in, 3 out). Default: a small
-            suite `UNet`.
+        net: the noise predictor `net(x_t, sqrt(alpha_bar)) -> eps_hat` (3 in, 3 out).
         train_schedule: the DDPM schedule (the paper's models: linear 1e-4 .. 0.02, T = 1000).
         operator: the degradation, by name (`ir_lightning.diffusion.operators.make_operator`: sr4,
             bicubic4, deblur_gauss, deblur_uni, deblur_aniso, inpaint_box, inpaint_random50, colorization).
         sigma_y: measurement noise std (on the [0, 1] scale) added when validation makes y from gt.
-        sample_steps: T, the steps of the DDIM chain (the training schedule respaced).
-        eta: DDIM stochasticity of the chain; its noise is drawn once from `sample_seed`, so the chain
-            stays deterministic and the parallel solution equals the sequential one.
-        solver: "sequential" (T serial network calls), "anderson" or "picard" (the joint fixed point).
-        memory, regularisation, mixing, tolerance, max_iterations: Anderson's m, its Tikhonov term, beta,
-            the relative residual to stop at and the iteration cap (the paper: 5, 1e-3, 1, 1e-3, 15).
-        chunk_size: at most this many states per network call (a memory budget); None = all T at once.
+        sampling: T (`steps`: the training schedule respaced), `eta` (DDIM's stochasticity; its noise is drawn
+            once from `seed`, so the chain stays deterministic and the parallel solution equals the sequential
+            one), `seed` (of x_T and that noise) and `solver`: "sequential" (T serial network calls), "anderson"
+            or "picard" (the joint fixed point) with its memory, regularisation, mixing, tolerance and max_iter
+            (the paper: 5, 1e-3, 1, 1e-3, 15) and `chunk_size` (at most this many states per network call). The
+            chain does not clamp (DDNM's projection keeps A x_0 = y), so `clip` must be false.
         preconditioner: "spectral" (default) solves the chain split around a 1/f^2 Gaussian prior's step
             (`deq.precondition`, `deq.spectral_prior_eps`): the same fixed point, reached in far fewer
             iterations on photos; "none" uses DDNM's plain split. Ignored by the sequential solver.
         prior_variance: the pixel variance of that Gaussian prior on the signed [-1, 1] scale.
-        sample_seed: seed of x_T and the chain's noise, so two evaluations of the same weights agree.
-        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+        y_channel: compute PSNR/SSIM on the Y channel (default: RGB, as DDNM/DeqIR report).
+        **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, max_nonfinite_steps).
     """
+
+    SAMPLERS = ("ddim",)
+    DEFAULT_SAMPLING = Sampling(steps=25, sampler="ddim", clip=False, solver=SolverSettings("anderson", max_iter=15))
 
     def __init__(
         self,
-        net: nn.Module | None = None,
+        net: nn.Module,
         train_schedule: NoiseSchedule = NoiseSchedule(kind="linear", n_steps=1000, linear_start=1e-4, linear_end=0.02),
         operator: str = "sr4",
         sigma_y: float = 0.0,
-        sample_steps: int = 25,
-        eta: float = 0.0,
-        solver: Solver = "anderson",
-        memory: int = 5,
-        regularisation: float = 1e-3,
-        mixing: float = 1.0,
-        tolerance: float = 1e-3,
-        max_iterations: int = 15,
-        chunk_size: int | None = None,
+        sampling: Sampling = DEFAULT_SAMPLING,
         preconditioner: Preconditioner = "spectral",
         prior_variance: float = 0.25,
-        sample_seed: int = 0,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
-        crop_border: int = 0,
         y_channel: bool = False,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
+        super().__init__(y_channel=y_channel, **kwargs)
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
-        self.net = net if net is not None else UNet(
-            in_channels=3, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), dropout=0.0, norm_groups=8
-        )
+        self.net = net
         self.alpha_bars = NoiseSchedule.of(train_schedule).gammas()  # float64, off the buffers
         make_operator(operator, (64, 64))  # an unknown name fails here, naming the valid ones
         if sigma_y < 0:
             raise ValueError(f"model.init_args.sigma_y must be >= 0, got {sigma_y}")
-        if solver not in ("sequential", "anderson", "picard"):
-            raise ValueError(f"model.init_args.solver must be sequential, anderson or picard, got {solver!r}")
-        if not 1 <= sample_steps <= self.alpha_bars.shape[0]:
-            raise ValueError(f"model.init_args.sample_steps must be in [1, {self.alpha_bars.shape[0]}], got {sample_steps}")
-        self.operator_name, self.sigma_y, self.sample_steps, self.eta = operator, sigma_y, sample_steps, eta
+        self.sampling = check_sampler(Sampling.of(sampling), self.SAMPLERS, "DeqIR")
+        if not 1 <= self.sampling.steps <= self.alpha_bars.shape[0]:
+            raise ValueError(f"model.init_args.sampling.steps must be in [1, {self.alpha_bars.shape[0]}], got {self.sampling.steps}")
+        if self.sampling.clip:
+            raise ValueError("model.init_args.sampling.clip: DeqIR's chain does not clamp (DDNM's projection keeps A x_0 = y); "
+                             "set it to false")  # fmt: skip
+        self.operator_name, self.sigma_y = operator, sigma_y
         if preconditioner not in ("spectral", "none"):
             raise ValueError(f"model.init_args.preconditioner must be spectral or none, got {preconditioner!r}")
         if not prior_variance > 0:
             raise ValueError(f"model.init_args.prior_variance must be > 0, got {prior_variance}")
-        self.solver, self.preconditioner, self.prior_variance = solver, preconditioner, prior_variance
-        self.solver_options = {"m": memory, "lam": regularisation, "beta": mixing, "tol": tolerance,
-                               "max_iter": max_iterations, "chunk_size": chunk_size}  # fmt: skip
-        self.sample_seed = sample_seed
+        self.preconditioner, self.prior_variance = preconditioner, prior_variance
+
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_sampling(hparams, cls.DEFAULT_SAMPLING)
 
     # --- the prior -------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -127,7 +105,7 @@ class DeqIR(RestorationModule):
 
     # --- restoration -----------------------------------------------------------------------------
     def operator_for(self, size: tuple[int, int]) -> LinearOperator:
-        return make_operator(self.operator_name, size, seed=self.sample_seed)
+        return make_operator(self.operator_name, size, seed=self.sampling.seed)
 
     @property
     def tileable(self) -> bool:
@@ -141,98 +119,64 @@ class DeqIR(RestorationModule):
         return measurement.shape[-2] * scale, measurement.shape[-1] * scale
 
     @torch.no_grad()
-    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, progress: bool = False) -> Tensor:
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
         """Restore from the measurement `lq` = A x in [0, 1] (for colorization: any channel count, the
         mean is taken) with the configured operator, chain and solver."""
+        self.no_mask(mask)
         size = size or self.image_size(lq)
-        return self._restore_with(self.operator_for(size), lq, size, progress)
+        return self.restoration_with(self.operator_for(size), lq, size, progress)
 
     @torch.no_grad()
-    def _restore_with(self, operator: LinearOperator, lq: Tensor, size: tuple[int, int], progress: bool = False) -> Tensor:
+    def restoration_with(self, operator: LinearOperator, lq: Tensor, size: tuple[int, int], progress: bool = False) -> Restoration:
+        """`restoration` with a given operator (validation's: the one that measured `lq`)."""
         if self.operator_name == "colorization":
             lq = lq.mean(dim=1, keepdim=True)
         ones = torch.ones(lq.shape[0], 3, *size, device=lq.device, dtype=lq.dtype)
         y = 2 * lq - operator.forward(ones)  # A (2x - 1) = 2 A x - A 1: the measurement of the signed image
-        generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
+        generator = torch.Generator(device=lq.device).manual_seed(self.sampling.seed)
         x_T = torch.randn(ones.shape, generator=generator, device=lq.device, dtype=lq.dtype)
-        timesteps = respaced_timesteps(self.alpha_bars.shape[0], self.sample_steps).to(lq.device)
-        noises = draw_noises(x_T, self.sample_steps, generator)
+        timesteps = respaced_timesteps(self.alpha_bars.shape[0], self.sampling.steps).to(lq.device)
+        noises = draw_noises(x_T, self.sampling.steps, generator)
         alpha_bars = self.on_device(self.alpha_bars, lq.device)
 
         def eps_model(x: Tensor, t: Tensor) -> Tensor:
             return self.net(x, alpha_bars[t].sqrt().to(x.dtype))
 
-        chain = ddnm_chain(eps_model, operator, y, alpha_bars, timesteps, self.eta, noises)
-        self.remember_solve(None)  # the previous report goes before this restoration's memory is taken
-        if self.solver == "sequential":
-            x0 = sequential(chain, x_T, progress=progress)
-        else:
-            if self.preconditioner == "spectral":
-                gaussian = spectral_prior_eps(alpha_bars, self.prior_variance)
-                chain = precondition(chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.eta, noises))
-            result = solve(chain, x_T, method=self.solver, progress=progress, **self.solver_options)
-            x0 = result.x0
-            self.remember_solve(result)
-        return to_unit(x0)
+        chain = ddnm_chain(eps_model, operator, y, alpha_bars, timesteps, self.sampling.eta, noises)
+        if self.sampling.parallel and self.preconditioner == "spectral":
+            gaussian = spectral_prior_eps(alpha_bars, self.prior_variance)
+            chain = precondition(chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.sampling.eta, noises))
+        x0, result = run_chain(chain, x_T, self.sampling.solver, progress)
+        return Restoration.of(to_unit(x0), result)
 
-    def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
+    def measurement(self, gt: Tensor) -> tuple[LinearOperator, Tensor]:
+        """The operator at `gt`'s size and y = A gt (+ sigma_y noise, seeded by `sampling.seed` + 1): the
+        training-free protocol of validation and test (the operator is known)."""
+        operator = self.operator_for(tuple(gt.shape[-2:]))
+        generator = torch.Generator(device=gt.device).manual_seed(self.sampling.seed + 1)
+        return operator, operator.measure(gt, self.sigma_y, generator)
+
+    def shown_input(self, batch: dict[str, Any]) -> Tensor | None:
+        """The measurement, at the GT's channel count (what image loggers show as the input)."""
+        if "gt" not in batch:
+            return super().shown_input(batch)
+        return self.measurement(batch["gt"])[1].expand(-1, batch["gt"].shape[1], -1, -1)
+
+    def restore_batch(self, batch: dict[str, Any]) -> Tensor:
+        """Measurements (`lq`) restored as they are; with a `gt`, restored from its measurement with the module's
+        own operator (validation and test), and the solve's iterations logged."""
         if "gt" not in batch:  # predict on measurements
             return self.restore(self.require_lq(batch))
         gt = batch["gt"]
-        operator = self.operator_for(tuple(gt.shape[-2:]))
-        generator = torch.Generator(device=gt.device).manual_seed(self.sample_seed + 1)
-        measurement = operator.measure(gt, self.sigma_y, generator)
-        batch["lq"] = measurement.expand(-1, gt.shape[1], -1, -1)  # what image loggers show as the input
-        restored = self._restore_with(operator, measurement, tuple(gt.shape[-2:]))
+        operator, measurement = self.measurement(gt)
+        restored, solve = self.restoration_with(operator, measurement, tuple(gt.shape[-2:]))
         stage = None if self._trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
-        if self.last_solve is not None and stage is not None:  # predict may not log
-            self.log(f"{stage}/solver_iterations", float(self.last_solve.iterations), batch_size=gt.shape[0])
+        if solve is not None and stage is not None:  # predict may not log
+            self.log(f"{stage}/solver_iterations", float(solve.iterations), batch_size=gt.shape[0])
             # 1 when the residual met the tolerance, 0 when the iteration cap or the T bound ended the solve
-            by_tolerance = float(self.last_solve.stopped_by == "tolerance")
-            self.log(f"{stage}/solver_stopped_by_tolerance", by_tolerance, batch_size=gt.shape[0])
+            self.log(f"{stage}/solver_stopped_by_tolerance", float(solve.stopped_by == "tolerance"), batch_size=gt.shape[0])
         return restored
 
 
-def respaced_timesteps(n_train: int, n_steps: int) -> Tensor:
-    """`n_steps` integer DDPM timesteps evenly spread over n_train - 1 .. 0, in the order the chain visits
-    them (DDIM's respacing)."""
-    return torch.linspace(n_train - 1, 0, n_steps, dtype=torch.float64).round().long()
-
-
-@dataclass
-class InversionResult:
-    """What `invert` returns: the optimised x_T (detached) and the loss before each Adam step."""
-
-    x_T: Tensor
-    losses: list[float]
-
-
-
-
-def invert(
-    chain: Chain,
-    x_T_init: Tensor,
-    loss_fn: Callable[[Tensor], Tensor],
-    steps: int,
-    lr: float = 2e-5,
-    tau: float = 0.1,
-    phantom_steps: int = 2,
-    use_checkpoint: bool = True,
-    **solver_kwargs,
-) -> InversionResult:
-    """DEQ inversion: optimise the initial state x_T by Adam on loss_fn(x_0) (DeqIR's initialisation
-    optimisation; lr 2e-5 and tau 0.1 are its values). Each step solves the fixed point for the
-    current x_T and back-propagates through the phantom steps (`phantom_loss`); `solver_kwargs` go
-    to `solve`. The chain does not depend on x_T, so one chain serves every step."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got steps={steps}")
-    x_T = x_T_init.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x_T], lr=lr)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = phantom_loss(chain, x_T, loss_fn, tau, phantom_steps, use_checkpoint, **solver_kwargs)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return InversionResult(x_T=x_T.detach(), losses=losses)
+from ir_lightning.diffusion.deq.inversion import InversionResult, invert  # noqa: E402, F401  (moved; re-exported)

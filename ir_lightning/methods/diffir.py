@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.checkpoint_io import read_checkpoint
-from ir_lightning.diffusion.prior import noised_start, prior_gammas, reverse_chain
+from ir_lightning.diffusion.prior import noised_start, reverse_chain
 from ir_lightning.losses import GANLoss, PerceptualLoss
-from ir_lightning.methods.base import RestorationModule, adam
+from ir_lightning.methods.base import Restoration, RestorationModule
 from ir_lightning.methods.lr import LRSchedule
-from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser, input_multiple
-from ir_lightning.nets.discriminator import UNetDiscriminatorSN
+from ir_lightning.methods.settings import NoiseSchedule
+from ir_lightning.nets.diffir import input_multiple
 from ir_lightning.nets.unet import pad_to_multiple
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
@@ -47,9 +47,18 @@ class Stage1CheckpointError(ValueError):
     """The stage-1 (or stage-2) checkpoint does not fit the networks of the next stage."""
 
 
-def tiny_restorer(scale: int) -> DIRformer:
-    """A DIRformer small enough for a laptop CPU (the recipes set the paper's sizes)."""
-    return DIRformer(dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2), scale=scale)
+PRIOR_SCHEDULE = NoiseSchedule(kind="quad", n_steps=4, linear_start=0.1, linear_end=0.99)
+"""DiffIR's prior diffusion: T = 4, sqrt(beta) evenly spaced from sqrt(0.1) to sqrt(0.99) (betas 0.1, 0.294, 0.591, 0.99)."""
+
+
+def upgrade_prior_schedule(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters written before `prior_schedule`, with `n_steps, beta_start, beta_end` gathered into it."""
+    if "prior_schedule" in hparams or not any(key in hparams for key in ("n_steps", "beta_start", "beta_end")):
+        return hparams
+    hparams = dict(hparams)
+    hparams["prior_schedule"] = {"kind": "quad", "n_steps": hparams.pop("n_steps", 4),
+                                 "linear_start": hparams.pop("beta_start", 0.1), "linear_end": hparams.pop("beta_end", 0.99)}  # fmt: skip
+    return hparams
 
 
 class DiffIRS1(RestorationModule):
@@ -59,31 +68,29 @@ class DiffIRS1(RestorationModule):
     the upper bound stage 2 aims at, not a restoration of the LQ alone.
 
     Args:
-        restorer: the DIRformer (`forward(lq, ipr)`); default: a tiny one.
-        cpen_s1: stage 1's CPEN (`with_gt=True`; `forward(lq, gt) -> ipr`); default: 2 residual blocks.
+        restorer: the DIRformer (`forward(lq, ipr)`).
+        cpen_s1: stage 1's CPEN (`with_gt=True`; `forward(lq, gt) -> ipr`).
         scale: GT / LQ size ratio (1 for deblurring, 4 for x4 SR); the networks must agree.
         lr_schedule: learning rate against the optimizer step (`ir_lightning.methods.lr`); None = constant.
-        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+        y_channel: compute PSNR/SSIM on the Y channel (default: RGB, as DiffIR reports deblurring).
+        **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, max_nonfinite_steps).
     """
 
     def __init__(
         self,
-        restorer: nn.Module | None = None,
-        cpen_s1: nn.Module | None = None,
+        restorer: nn.Module,
+        cpen_s1: nn.Module,
         scale: int = 1,
         lr_schedule: LRSchedule | None = None,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
-        crop_border: int = 0,
         y_channel: bool = False,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
-        self.save_hyperparameters(ignore=self.objects_kept_out_of_hparams(*OBJECT_ARGUMENTS))
+        super().__init__(y_channel=y_channel, **kwargs)
+        self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams(*OBJECT_ARGUMENTS))
         self.scale, self.lr_schedule = scale, lr_schedule
         self.multiple = input_multiple(scale)
-        self.restorer = restorer if restorer is not None else tiny_restorer(scale)
-        self.cpen_s1 = cpen_s1 if cpen_s1 is not None else CPEN(scale, with_gt=True, res_blocks=2)
+        self.restorer = restorer
+        self.cpen_s1 = cpen_s1
 
     # --- shared by both stages ------------------------------------------------------------------
     def padded(self, lq: Tensor, gt: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -105,9 +112,11 @@ class DiffIRS1(RestorationModule):
         height, width = size if size is not None else (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
         return restored[..., :height, :width].clamp(0.0, 1.0)
 
-    def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
-        size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
-        return self.restore(self.require_lq(batch), size, gt=batch.get("gt"))
+    def restore_batch(self, batch: dict[str, Any]) -> Tensor:
+        """Stage 1 restores with the GT's prior (`restore_with_gt`)."""
+        if "gt" not in batch:
+            return self.restore(self.require_lq(batch))  # stage 1's refusal, which says what to do
+        return self.restore_with_gt(self.require_lq(batch), batch["gt"])
 
     def lr_schedules(self) -> list[LRSchedule | None]:
         return [self.lr_schedule]
@@ -118,15 +127,18 @@ class DiffIRS1(RestorationModule):
         restored = self.restorer(lq, self.cpen_s1(lq, gt))
         return F.l1_loss(restored, gt)
 
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
+        raise ValueError(
+            "DiffIR stage 1 restores with the ground truth's prior (it is the teacher of stage 2): give "
+            "batches with 'gt', or restore with a stage-2 (DiffIRS2) checkpoint"
+        )
+
     @torch.no_grad()
-    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, gt: Tensor | None = None) -> Tensor:
-        if gt is None:
-            raise ValueError(
-                "DiffIR stage 1 restores with the ground truth's prior (it is the teacher of stage 2): give "
-                "batches with 'gt', or restore with a stage-2 (DiffIRS2) checkpoint"
-            )
+    def restore_with_gt(self, lq: Tensor, gt: Tensor) -> Tensor:
+        """Stage 1's restoration: the DIRformer steered by the prior of the ground truth, at `gt`'s size."""
         lq_padded, gt_padded = self.padded(lq, gt)
-        return self.cropped(self.restorer(lq_padded, self.cpen_s1(lq_padded, gt_padded)), size, lq)
+        return self.cropped(self.restorer(lq_padded, self.cpen_s1(lq_padded, gt_padded)), tuple(gt.shape[-2:]), lq)
 
 
 class DiffIRS2(DiffIRS1):
@@ -141,8 +153,8 @@ class DiffIRS2(DiffIRS1):
     Args:
         restorer, cpen_s1: as in stage 1; both are loaded from `stage1_ckpt` at the start of fit
             (CPEN_S1 strictly, the DIRformer non-strictly, listing what did not load).
-        cpen_s2: stage 2's CPEN (`with_gt=False`; `forward(lq) -> c`); default: 2 residual blocks.
-        denoiser: the IPR denoiser (`forward(z_t, t, c) -> ipr_hat`); default: `IPRDenoiser()`.
+        cpen_s2: stage 2's CPEN (`with_gt=False`; `forward(lq) -> c`).
+        denoiser: the IPR denoiser (`forward(z_t, t, c) -> ipr_hat`), with `prior_schedule.n_steps` steps.
         stage1_ckpt: stage 1's checkpoint (its EMA weights, `state_dict`). Read when a fit starts
             afresh (a resumed fit has them in its own checkpoint); None = start from the networks
             as given (only sensible in tests).
@@ -150,46 +162,43 @@ class DiffIRS2(DiffIRS1):
         prior_lr_schedule: their learning rate during those steps (paper: x0.1 every 60k).
         lr_schedule: everyone's learning rate in the joint phase, counted from step 0 of training
             (use `start: <prior_steps>` to count from the joint phase's start, as the paper).
-        n_steps, beta_start, beta_end: the prior diffusion (T = 4, sqrt(beta) linear 0.1 .. 0.99).
+        prior_schedule: the prior diffusion (`PRIOR_SCHEDULE`: T = 4, sqrt(beta) linear 0.1 .. 0.99).
         ipr_loss_weight, pixel_loss_weight: weights of L1(IPR) and L1(pixels).
         sample_seed: seed of the starting noise at validation/test/predict.
-        scale, optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: as in stage 1.
+        **kwargs: stage 1's (scale, y_channel) and `RestorationModule`'s.
     """
 
     TRAINING_ONLY = ("cpen_s1",)  # the teacher: restoration needs CPEN_S2, the denoiser and the DIRformer
 
     def __init__(
         self,
-        restorer: nn.Module | None = None,
-        cpen_s1: nn.Module | None = None,
-        cpen_s2: nn.Module | None = None,
-        denoiser: nn.Module | None = None,
+        restorer: nn.Module,
+        cpen_s1: nn.Module,
+        cpen_s2: nn.Module,
+        denoiser: nn.Module,
         stage1_ckpt: str | None = None,
         prior_steps: int = 0,
         prior_lr_schedule: LRSchedule | None = None,
-        lr_schedule: LRSchedule | None = None,
-        n_steps: int = 4,
-        beta_start: float = 0.1,
-        beta_end: float = 0.99,
+        prior_schedule: NoiseSchedule = PRIOR_SCHEDULE,
         ipr_loss_weight: float = 1.0,
         pixel_loss_weight: float = 1.0,
         sample_seed: int = 0,
-        scale: int = 1,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
-        crop_border: int = 0,
-        y_channel: bool = False,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(restorer, cpen_s1, scale, lr_schedule, optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)  # fmt: skip
+        super().__init__(restorer, cpen_s1, **kwargs)
         if prior_steps < 0:
             raise ValueError(f"model.init_args.prior_steps must be >= 0, got {prior_steps}")
-        self.cpen_s2 = cpen_s2 if cpen_s2 is not None else CPEN(scale, with_gt=False, res_blocks=2)
-        self.denoiser = denoiser if denoiser is not None else IPRDenoiser(n_steps=n_steps)
+        self.cpen_s2, self.denoiser = cpen_s2, denoiser
         self.cpen_s1.requires_grad_(False)  # the teacher: frozen
         self.stage1_ckpt, self.prior_steps, self.prior_lr_schedule = stage1_ckpt, prior_steps, prior_lr_schedule
-        self.gammas = prior_gammas(n_steps, beta_start, beta_end)  # float64, off the buffers (moved where used)
+        self.gammas = NoiseSchedule.of(prior_schedule).gammas()  # float64, off the buffers (moved where used)
         self.ipr_loss_weight, self.pixel_loss_weight, self.sample_seed = ipr_loss_weight, pixel_loss_weight, sample_seed
+
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_prior_schedule(hparams)
+
+    restore_batch = RestorationModule.restore_batch  # stage 2 restores from the LQ alone
 
     # --- the stage-1 hand-off -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -282,12 +291,13 @@ class DiffIRS2(DiffIRS1):
 
     # --- restoration -----------------------------------------------------------------------------
     @torch.no_grad()
-    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, gt: Tensor | None = None) -> Tensor:
-        """Restored images in [0, 1]; the IPR comes from N(0, I) (seeded by `sample_seed`) in 4 steps.
-        `gt` is ignored (stage 2 restores from the LQ alone)."""
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
+        """Restored images in [0, 1]; the IPR comes from N(0, I) (seeded by `sample_seed`) in the prior's 4 steps."""
+        self.no_mask(mask)
         lq_padded, _ = self.padded(lq)
         generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
-        return self.cropped(self.restorer(lq_padded, self.predict_ipr(lq_padded, generator=generator)), size, lq)
+        return Restoration(self.cropped(self.restorer(lq_padded, self.predict_ipr(lq_padded, generator=generator)), size, lq))
 
 
 def adam_discriminator(params: Any) -> torch.optim.Optimizer:
@@ -311,50 +321,42 @@ class DiffIRGAN(DiffIRS2):
     rebuilt from its weight file, which the recipe names.
 
     Args:
-        discriminator: per-pixel realness logits (default: a small `UNetDiscriminatorSN`).
+        discriminator: per-pixel realness logits (e.g. `UNetDiscriminatorSN`).
         perceptual: `ir_lightning.losses.PerceptualLoss` (needs a local VGG19 weight file); None = no
             perceptual term.
         gan_loss: `ir_lightning.losses.GANLoss` (its `loss_weight` weighs the generator's term).
         stage2_ckpt: the stage-2 checkpoint to start from (read when a fit starts afresh).
         d_optimizer, d_lr_schedule: the discriminator's optimizer and learning rate.
-        restorer, cpen_s1, cpen_s2, denoiser, lr_schedule, n_steps, beta_start, beta_end,
-        ipr_loss_weight, pixel_loss_weight, sample_seed, scale, optimizer, warmup_steps,
-        crop_border, y_channel, max_nonfinite_steps: as in `DiffIRS2`.
+        restorer, cpen_s1, cpen_s2, denoiser: as in `DiffIRS2`.
+        scale, y_channel: as in stage 1 (defaults for real-world x4 SR).
+        **kwargs: `DiffIRS2`'s (lr_schedule, prior_schedule, ipr_loss_weight, pixel_loss_weight, sample_seed) but
+            its stage-1 hand-off and prior-only phase, and `RestorationModule`'s.
     """
 
     TRAINING_ONLY = ("cpen_s1", "discriminator")
 
     def __init__(
         self,
-        restorer: nn.Module | None = None,
-        cpen_s1: nn.Module | None = None,
-        cpen_s2: nn.Module | None = None,
-        denoiser: nn.Module | None = None,
-        discriminator: nn.Module | None = None,
+        restorer: nn.Module,
+        cpen_s1: nn.Module,
+        cpen_s2: nn.Module,
+        denoiser: nn.Module,
+        discriminator: nn.Module,
         perceptual: PerceptualLoss | None = None,
         gan_loss: GANLoss | None = None,
         stage2_ckpt: str | None = None,
-        lr_schedule: LRSchedule | None = None,
         d_optimizer: OptimizerCallable = adam_discriminator,
         d_lr_schedule: LRSchedule | None = None,
-        n_steps: int = 4,
-        beta_start: float = 0.1,
-        beta_end: float = 0.99,
-        ipr_loss_weight: float = 1.0,
-        pixel_loss_weight: float = 1.0,
-        sample_seed: int = 0,
         scale: int = 4,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
-        crop_border: int = 0,
         y_channel: bool = True,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(restorer, cpen_s1, cpen_s2, denoiser, None, 0, None, lr_schedule, n_steps, beta_start, beta_end,
-                         ipr_loss_weight, pixel_loss_weight, sample_seed, scale, optimizer, warmup_steps, crop_border,
-                         y_channel, max_nonfinite_steps)  # fmt: skip
+        super().__init__(restorer, cpen_s1, cpen_s2, denoiser, stage1_ckpt=None, prior_steps=0, prior_lr_schedule=None,
+                         scale=scale, y_channel=y_channel, **kwargs)  # fmt: skip
+        for fixed in ("stage1_ckpt", "prior_steps", "prior_lr_schedule"):  # set by this stage, not settings of it
+            self.hparams.pop(fixed, None)
         self.automatic_optimization = False
-        self.discriminator = discriminator if discriminator is not None else UNetDiscriminatorSN(base_channels=16)
+        self.discriminator = discriminator
         self.__dict__["perceptual"] = perceptual  # not a submodule: its fixed VGG stays out of the state_dict
         self.gan_loss = gan_loss if gan_loss is not None else GANLoss()
         self.stage2_ckpt, self.d_optimizer_factory, self.d_lr_schedule = stage2_ckpt, d_optimizer, d_lr_schedule

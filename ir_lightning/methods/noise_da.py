@@ -33,11 +33,10 @@ from torch import Tensor, nn
 
 from ir_lightning.diffusion import noised_training_sample
 from ir_lightning.losses import charbonnier
-from ir_lightning.methods.base import RestorationModule, adam
-from ir_lightning.methods.sr3 import NoiseSchedule, to_signed
-from ir_lightning.nets.restorer import ResidualUNet
-from ir_lightning.nets.unet import UNet, pad_to_multiple
-from lightning.pytorch.cli import OptimizerCallable
+from ir_lightning.diffusion.ranges import to_signed
+from ir_lightning.methods.base import Restoration, RestorationModule
+from ir_lightning.methods.settings import NoiseSchedule
+from ir_lightning.nets.unet import pad_to_multiple
 
 CONDITION_SLOTS = 2
 """D sees concat([noisy target, slot a, slot b]): 3 + 2 x 3 = 9 channels."""
@@ -87,9 +86,9 @@ class DenoisingAsAdaptation(RestorationModule):
     Args:
         restorer: the restoration network (`forward(lq) -> restored`, same size). If it has a
             `residual(lq)` method (as `ResidualUNet`), the residual is taken from it; otherwise it is
-            `restorer(lq) - lq`. Default: a small `ResidualUNet`.
-        diffusion: D, `forward(concat([y_noisy, a, b]), sqrt(gamma)) -> eps_hat` (9 channels in, 3 out);
-            default: a small SR3 `UNet`.
+            `restorer(lq) - lq`.
+        diffusion: D, `forward(concat([y_noisy, a, b]), sqrt(gamma)) -> eps_hat` (9 channels in, 3 out), e.g.
+            an SR3 `UNet`.
         schedule: D's noise schedule (the paper: linear 1e-6 .. 1e-2, T = 1000); noise levels are
             drawn between neighbouring steps, as in SR3.
         noise_weight: the ramp's final weight (0.2).
@@ -105,15 +104,16 @@ class DenoisingAsAdaptation(RestorationModule):
             ramped (the conditions' gradients are scaled), so D can learn to read the conditions
             before it starts steering the restorer.
         charbonnier_eps: the Charbonnier loss's eps (1e-3).
-        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+        y_channel: compute PSNR/SSIM on the Y channel (default: RGB).
+        **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, max_nonfinite_steps).
     """
 
     TRAINING_ONLY = ("diffusion",)  # D only shapes the loss: exports hold the restorer alone
 
     def __init__(
         self,
-        restorer: nn.Module | None = None,
-        diffusion: nn.Module | None = None,
+        restorer: nn.Module,
+        diffusion: nn.Module,
         schedule: NoiseSchedule = NoiseSchedule(kind="linear", n_steps=1000, linear_start=1e-6, linear_end=1e-2),
         noise_weight: float = 0.2,
         ramp_steps: int = 10000,
@@ -122,24 +122,17 @@ class DenoisingAsAdaptation(RestorationModule):
         margin: float = 0.1,
         ramp_restorer_only: bool = False,
         charbonnier_eps: float = 1e-3,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
-        crop_border: int = 0,
         y_channel: bool = False,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
+        super().__init__(y_channel=y_channel, **kwargs)
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("restorer", "diffusion", "optimizer"))
         schedule = NoiseSchedule.of(schedule)
         if ramp_steps < 1:
             raise ValueError(f"model.init_args.ramp_steps must be >= 1, got {ramp_steps}")
         if not 0.0 <= shuffle_prob <= 1.0:
             raise ValueError(f"model.init_args.shuffle_prob must be in [0, 1], got {shuffle_prob}")
-        self.restorer = restorer if restorer is not None else ResidualUNet(width=16, depth=3)
-        self.diffusion = diffusion if diffusion is not None else UNet(
-            in_channels=3 + 3 * CONDITION_SLOTS, out_channels=3, base_channels=16, channel_mults=(1, 2, 2),
-            num_res_blocks=1, attn_levels=(2,), dropout=0.0, norm_groups=8,
-        )  # fmt: skip
+        self.restorer, self.diffusion = restorer, diffusion
         self.gammas = schedule.gammas()  # float64, off the buffers (moved where used)
         self.noise_weight, self.ramp_steps, self.shuffle_prob = noise_weight, ramp_steps, shuffle_prob
         self.contrastive, self.margin, self.charbonnier_eps = contrastive, margin, charbonnier_eps
@@ -153,12 +146,16 @@ class DenoisingAsAdaptation(RestorationModule):
         return self.restorer(lq) - lq
 
     @torch.no_grad()
-    def restore(self, lq: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """The restorer alone (the diffusion network plays no part in restoration)."""
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
+        """The restorer alone (the diffusion network plays no part in restoration); same size as `lq`."""
+        self.no_mask(mask)
+        if size is not None and tuple(size) != tuple(lq.shape[-2:]):
+            raise ValueError(f"Denoising as Adaptation restores at the input's size {tuple(lq.shape[-2:])}, not {tuple(size)}")
         multiple = getattr(self.restorer, "pad_multiple", 1)
         height, width = lq.shape[-2:]
         restored = self.restorer(pad_to_multiple(lq, multiple))[..., :height, :width]
-        return restored.clamp(0.0, 1.0)
+        return Restoration(restored.clamp(0.0, 1.0))
 
     # --- training ---------------------------------------------------------------------------------
     def noise_loss_weight(self) -> float:

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.degradations import bicubic_upsample
+from ir_lightning.diffusion.deq import rddm_chain, run_chain
+from ir_lightning.diffusion.ranges import to_signed, to_unit
 from ir_lightning.diffusion.rddm import OBJECTIVES, ResidualSchedule, eps_from_res, q_sample, res_from_eps, sample
-from ir_lightning.diffusion.deq import SOLVERS, rddm_chain, run_chain
 from ir_lightning.diffusion.samplers import gaussian_like
-from ir_lightning.methods.base import RestorationModule, adam
-from ir_lightning.methods.sr3 import to_signed, to_unit
-from lightning.pytorch.cli import OptimizerCallable
+from ir_lightning.methods.base import Restoration, RestorationModule
+from ir_lightning.methods.settings import Sampling, check_sampler, upgrade_sampling
 
 
 @dataclass
@@ -60,76 +60,57 @@ class RDDM(RestorationModule):
             (`condition: coefficients`); returns (I_res_hat, eps_hat) for `pred_res_noise`
             (`ir_lightning.nets.rddm`: two U-Nets, one encoder with two decoders, or two heads)
             or one tensor for `pred_res` / `pred_noise` (a `UNet` with 3 outputs).
-            Default: two small U-Nets.
         objective: `pred_res_noise` (the paper's default), `pred_res` or `pred_noise`.
         condition: what the network is conditioned on; `coefficients` is needed to sample along
             paths other than the schedule's (partially path-independent sampling).
         schedule: the alpha and beta^2 schedules (`RDDMSchedule`).
-        sample_steps: sampling steps at validation/test/predict (5 for raindrop, 2 for LOL).
-        eta: 0 = deterministic (restoration), 1 = ancestral variance.
-        solver: how the eta = 0 sampler runs: "sequential" (step after step), or "anderson" / "picard": all
-            steps solved as one fixed point at once (`diffusion.deq`, DeqIR's parallel sampling; the same
-            result, in fewer serial rounds where a batch of steps costs one call).
-        solver_tolerance: the relative residual at which the parallel solver stops.
+        sampling: steps (5 for raindrop, 2 for LOL), eta (0 = deterministic, for restoration; 1 = ancestral
+            variance), seed, `clip` (clamp the predicted I_res, and a derived I_0, to [-1, 1]) and `solver`
+            (the eta = 0 sampler may be solved as one fixed point over all steps: `diffusion.deq`).
         loss: "l1" (the official code) or "l2", on each predicted output, summed.
-        clip: clamp the predicted I_res (and a derived I_0) to [-1, 1] when sampling.
         scale: GT / LQ size ratio; an LQ smaller than the GT is upsampled bicubically to be I_in.
         generation: unconditional generation: I_in = 0 (the data's LQ is ignored).
         use_mask: add the batch's `mask` (B x 1 x H x W, in [0, 1]) as an input channel (shadow removal).
-        sample_seed: seed of the sampling noise at validation/test/predict.
-        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+        **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps).
     """
+
+    SAMPLERS = ("ddim",)
+    DEFAULT_SAMPLING = Sampling(steps=5, sampler="ddim")
 
     def __init__(
         self,
-        net: nn.Module | None = None,
+        net: nn.Module,
         objective: Literal["pred_res_noise", "pred_res", "pred_noise"] = "pred_res_noise",
         condition: Literal["t", "coefficients"] = "t",
         schedule: RDDMSchedule = RDDMSchedule(),
-        sample_steps: int = 5,
-        eta: float = 0.0,
-        solver: Literal["sequential", "anderson", "picard"] = "sequential",
-        solver_tolerance: float = 1e-3,
+        sampling: Sampling = DEFAULT_SAMPLING,
         loss: Literal["l1", "l2"] = "l1",
-        clip: bool = True,
         scale: int = 1,
         generation: bool = False,
         use_mask: bool = False,
-        sample_seed: int = 0,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
-        crop_border: int = 0,
-        y_channel: bool = True,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps)
+        super().__init__(**kwargs)
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         if objective not in OBJECTIVES:
             raise ValueError(f"model.init_args.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-        if solver not in SOLVERS:
-            raise ValueError(f"model.init_args.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-        if solver != "sequential" and eta != 0:
-            raise ValueError(f"model.init_args.solver={solver} solves the eta = 0 sampler in parallel; got eta={eta}")
-        self.solver, self.solver_tolerance = solver, solver_tolerance
         if condition not in ("t", "coefficients"):
             raise ValueError(f"model.init_args.condition must be 't' or 'coefficients', got {condition!r}")
         self.objective, self.condition = objective, condition
         self.schedule = RDDMSchedule.of(schedule).build()  # float64, off the buffers (moved where used)
-        self.sample_steps, self.eta, self.clip = sample_steps, eta, clip
-        self.schedule.sampling_times(sample_steps)  # a bad step count fails here, not at the first validation
+        self.sampling = check_sampler(Sampling.of(sampling), self.SAMPLERS, "RDDM")
+        self.schedule.sampling_times(self.sampling.steps)  # a bad step count fails here, not at the first validation
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
-        self.scale, self.generation, self.use_mask, self.sample_seed = scale, generation, use_mask, sample_seed
-        self.net = net if net is not None else self.default_net(objective, condition, use_mask)
+        self.scale, self.generation, self.use_mask = scale, generation, use_mask
+        self.net = net
 
-    @staticmethod
-    def default_net(objective: str, condition: str, use_mask: bool) -> nn.Module:
-        """Two small U-Nets for `pred_res_noise`, one for a single objective."""
-        from ir_lightning.nets.rddm import TwoUNets
-        from ir_lightning.nets.unet import UNet
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_sampling(hparams, cls.DEFAULT_SAMPLING)
 
-        settings = dict(in_channels=6 + int(use_mask), base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=1,
-                        attn_levels=(2,), dropout=0.0, norm_groups=8, cond_dims=2 if condition == "coefficients" else 1)  # fmt: skip
-        return TwoUNets(**settings) if objective == "pred_res_noise" else UNet(out_channels=3, **settings)
+    @property
+    def uses_mask(self) -> bool:
+        return self.use_mask
 
     # --- the pieces ------------------------------------------------------------------------
     def input_image(self, batch: dict[str, Any], like: Tensor) -> Tensor:
@@ -193,8 +174,8 @@ class RDDM(RestorationModule):
         def predict(i_t: Tensor, alpha_bar: Tensor, beta_bar: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
             out = self.outputs(self.network_input(i_t, i_in, mask), self.conditioning(t, alpha_bar, beta_bar))
             if self.objective == "pred_noise":
-                return res_from_eps(i_t, i_in, out[0], alpha_bar, beta_bar, clip=self.clip), out[0]
-            res_hat = out[0].clamp(-1.0, 1.0) if self.clip else out[0]
+                return res_from_eps(i_t, i_in, out[0], alpha_bar, beta_bar, clip=self.sampling.clip), out[0]
+            res_hat = out[0].clamp(-1.0, 1.0) if self.sampling.clip else out[0]
             if self.objective == "pred_res":
                 return res_hat, eps_from_res(i_t, i_in, res_hat, alpha_bar, beta_bar)
             return res_hat, out[1]
@@ -202,16 +183,18 @@ class RDDM(RestorationModule):
         return predict
 
     @torch.no_grad()
-    def restore(self, lq: Tensor | None, size: tuple[int, int] | None, progress: bool = False,
-                mask: Tensor | None = None) -> Tensor:  # fmt: skip
-        """Restored images in [0, 1] with `sample_steps` steps of the sampler (seeded by `sample_seed`)."""
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
+        """Restored images in [0, 1] with `sampling.steps` steps of the sampler (seeded by `sampling.seed`)."""
+        if not self.use_mask:
+            self.no_mask(mask)
         if size is None:
             size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
         like = torch.empty(lq.shape[0], 3, *size, device=lq.device)
         i_in = self.input_image({"lq": lq}, like)
-        generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
+        generator = torch.Generator(device=lq.device).manual_seed(self.sampling.seed)
         schedule = ResidualSchedule(self.on_device(self.schedule.alpha_bar, lq.device), self.on_device(self.schedule.beta_bar, lq.device))
-        if self.solver != "sequential" and self.eta == 0:
+        if self.sampling.parallel:
             noise = gaussian_like(i_in, generator)  # as `sample` draws it: I_T = I_in + beta_bar_T noise
             i_T = (i_in.double() + schedule.beta_bar[-1].item() * noise.double()).to(i_in.dtype)
 
@@ -219,17 +202,15 @@ class RDDM(RestorationModule):
                 masks = None if mask is None else mask.repeat(i_t.shape[0] // mask.shape[0], 1, 1, 1)
                 return self.predictor(inputs, masks)(i_t, alpha_bar, beta_bar, t)
 
-            chain = rddm_chain(conditioned, i_in, schedule, self.sample_steps)
-            self.remember_solve(None)  # the previous report goes before this solve's memory is taken
-            x0, result = run_chain(chain, i_T, self.solver, self.solver_tolerance, progress)
-            self.remember_solve(result)
-            return to_unit(x0)
-        self.remember_solve(None)
-        out = sample(self.predictor(i_in, mask), i_in, schedule, self.sample_steps, eta=self.eta,
+            chain = rddm_chain(conditioned, i_in, schedule, self.sampling.steps)
+            x0, result = run_chain(chain, i_T, self.sampling.solver, progress)
+            return Restoration.of(to_unit(x0), result)
+        out = sample(self.predictor(i_in, mask), i_in, schedule, self.sampling.steps, eta=self.sampling.eta,
                      generator=generator, progress=progress)  # fmt: skip
-        return to_unit(out)
+        return Restoration(to_unit(out))
 
-    def _restore_batch(self, batch: dict[str, Any]) -> Tensor:
-        size = tuple(batch["gt"].shape[-2:]) if "gt" in batch else None
-        lq = batch["gt"] if self.generation else self.require_lq(batch)
-        return self.restore(lq, size if not self.generation else tuple(lq.shape[-2:]), mask=batch.get("mask"))
+    def restore_batch(self, batch: dict[str, Any]) -> Tensor:
+        """As the base class's; for generation, images of the GT's size from I_in = 0."""
+        if not self.generation:
+            return super().restore_batch(batch)
+        return self.restore(batch["gt"], size=tuple(batch["gt"].shape[-2:]), mask=self.batch_mask(batch))

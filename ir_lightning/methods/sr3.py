@@ -8,7 +8,6 @@ inference schedule (ancestral DDPM or DDIM) because it never sees an integer ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -16,39 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.degradations import bicubic_upsample
-from ir_lightning.diffusion import gammas_from_betas, get_sampler, make_betas, noised_training_sample, respace
-from ir_lightning.diffusion.deq import SOLVERS, run_chain, sr3_ddim_chain
-from ir_lightning.methods.base import RestorationModule, adam
-from ir_lightning.nets.unet import UNet
-from lightning.pytorch.cli import OptimizerCallable
+from ir_lightning.diffusion import get_sampler, noised_training_sample, respace
+from ir_lightning.diffusion.deq import run_chain, sr3_ddim_chain
+from ir_lightning.diffusion.ranges import to_signed, to_unit
+from ir_lightning.methods.base import Restoration, RestorationModule
+from ir_lightning.methods.settings import NoiseSchedule, Sampling, check_sampler, upgrade_sampling
 
-
-@dataclass
-class NoiseSchedule:
-    """A beta schedule: `kind` in linear / quad / cosine / const, `n_steps` steps from `linear_start` to `linear_end`."""
-
-    kind: str = "linear"
-    n_steps: int = 2000
-    linear_start: float = 1e-6
-    linear_end: float = 1e-2
-
-    def gammas(self) -> Tensor:
-        return gammas_from_betas(make_betas(self.kind, self.n_steps, self.linear_start, self.linear_end))
-
-    @classmethod
-    def of(cls, value: NoiseSchedule | dict | None) -> NoiseSchedule | None:
-        """Accepts the dataclass or its dict (as stored in a checkpoint's hyperparameters)."""
-        return cls(**value) if isinstance(value, dict) else value
-
-
-def to_signed(x: Tensor) -> Tensor:
-    """[0, 1] -> [-1, 1], the range the diffusion works in."""
-    return x * 2 - 1
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return ((x + 1) / 2).clamp(0, 1)
+__all__ = ["SR3", "NoiseSchedule", "to_signed", "to_unit"]  # the last three: their old home, kept importable
 
 
 class SR3(RestorationModule):
@@ -59,69 +32,52 @@ class SR3(RestorationModule):
         scale: super-resolution factor (LR size x scale = HR size).
         train_schedule: the training noise schedule (SR3: linear 1e-6 .. 1e-2, T = 2000).
         inference_schedule: a separate schedule for sampling; None = the training schedule
-            respaced to `sample_steps` evenly spaced steps.
-        sample_steps: steps of the sampler when `inference_schedule` is None.
-        sampler: "ddpm" (ancestral, the paper) or "ddim".
-        eta: DDIM stochasticity (0 = deterministic).
-        solver: how DDIM with eta = 0 runs: "sequential" (step after step), or "anderson" / "picard": the
-            whole chain solved as one fixed point over all steps at once (`diffusion.deq`, DeqIR's parallel
-            sampling; the same result, in fewer serial rounds where a batch of steps costs one call).
-        solver_tolerance: the relative residual at which the parallel solver stops.
+            respaced to `sampling.steps` evenly spaced steps.
+        sampling: the sampler ("ddpm": ancestral, the paper; or "ddim" with `eta`), its steps, seed (so the
+            numbers of two evaluations of the same weights agree), `clip` (clamp the predicted y0 to [-1, 1] at
+            each step) and `solver` (DDIM with eta = 0 may be solved as one fixed point over all steps:
+            `diffusion.deq`, DeqIR's parallel sampling; the same result in fewer serial rounds).
         loss: "l1" (the public code) or "l2" (the paper's p = 2) on the noise.
-        clip_y0: clamp the predicted y0 to [-1, 1] at each sampling step.
-        sample_seed: seed of the sampling noise at validation/test/predict, so the numbers of
-            two evaluations of the same weights agree.
-        optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps: see `RestorationModule`.
+        crop_border: pixels cropped before PSNR/SSIM; None = the scale.
+        **kwargs: `RestorationModule`'s (optimizer, warmup_steps, y_channel, max_nonfinite_steps).
     """
+
+    SAMPLERS = ("ddpm", "ddim")
+    DEFAULT_SAMPLING = Sampling(steps=100, sampler="ddpm")
 
     def __init__(
         self,
-        net: nn.Module | None = None,
+        net: nn.Module,
         scale: int = 4,
         train_schedule: NoiseSchedule = NoiseSchedule(),
         inference_schedule: NoiseSchedule | None = None,
-        sample_steps: int = 100,
-        sampler: Literal["ddpm", "ddim"] = "ddpm",
-        eta: float = 0.0,
-        solver: Literal["sequential", "anderson", "picard"] = "sequential",
-        solver_tolerance: float = 1e-3,
+        sampling: Sampling = DEFAULT_SAMPLING,
         loss: Literal["l1", "l2"] = "l1",
-        clip_y0: bool = True,
-        sample_seed: int = 0,
-        optimizer: OptimizerCallable = adam,
-        warmup_steps: int = 0,
         crop_border: int | None = None,
-        y_channel: bool = True,
-        max_nonfinite_steps: int = 20,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            optimizer, warmup_steps, scale if crop_border is None else crop_border, y_channel, max_nonfinite_steps
-        )
+        super().__init__(crop_border=scale if crop_border is None else crop_border, **kwargs)
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         train_schedule, inference_schedule = NoiseSchedule.of(train_schedule), NoiseSchedule.of(inference_schedule)
-        self.net = net if net is not None else UNet()
+        self.net = net
         self.scale = scale
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
-        self.clip_y0, self.sample_seed = clip_y0, sample_seed
         # float64 schedules kept off the module's buffers: precision survives `.half()`/`bf16-true`,
         # and DDP has nothing to broadcast; `on_device` moves them to the device where they are used
         self.train_gammas = train_schedule.gammas()
-        self.set_sampling(sampler, sample_steps, eta)
-        if solver not in SOLVERS:
-            raise ValueError(f"model.init_args.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-        if solver != "sequential" and (sampler != "ddim" or eta != 0):
-            raise ValueError(f"model.init_args.solver={solver} solves DDIM with eta = 0 in parallel; "
-                             f"got sampler={sampler!r}, eta={eta}")  # fmt: skip
-        self.solver, self.solver_tolerance = solver, solver_tolerance
-        if inference_schedule is not None:
-            self.inference_gammas = inference_schedule.gammas()
+        self.sampling = check_sampler(Sampling.of(sampling), self.SAMPLERS, "SR3")
+        self.inference_schedule_gammas = None if inference_schedule is None else inference_schedule.gammas()
 
-    def set_sampling(self, sampler: str, sample_steps: int, eta: float = 0.0) -> None:
-        """Choose the sampler and its number of steps (the training schedule respaced) for `restore`."""
-        get_sampler(sampler)  # an unknown name fails here, naming the valid ones
-        self.sampler_name, self.eta = sampler, eta
-        self.inference_gammas = respace(self.train_gammas, sample_steps)
+    @property
+    def inference_gammas(self) -> Tensor:
+        """The sampler's levels: the inference schedule's, or the training schedule respaced to `sampling.steps`."""
+        if self.inference_schedule_gammas is not None:
+            return self.inference_schedule_gammas
+        return respace(self.train_gammas, self.sampling.steps)
 
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_sampling(hparams, cls.DEFAULT_SAMPLING)
 
     def upsample(self, lq: Tensor, size: tuple[int, int] | None) -> Tensor:
         """The conditioning image x: bicubic up-sampling of the LR to the HR size."""
@@ -144,28 +100,25 @@ class SR3(RestorationModule):
         return self.loss_fn(eps_hat, noise)  # SR3 eq. 6, p = 1 or 2
 
     @torch.no_grad()
-    def restore(self, lq: Tensor, size: tuple[int, int] | None = None, progress: bool = False) -> Tensor:
+    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
+                    progress: bool = False) -> Restoration:  # fmt: skip
+        self.no_mask(mask)
         x = to_signed(self.upsample(lq, size))
-        generator = torch.Generator(device=x.device).manual_seed(self.sample_seed)
+        generator = torch.Generator(device=x.device).manual_seed(self.sampling.seed)
         y_T = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        gammas = self.on_device(self.inference_gammas, x.device)
+        if self.sampling.parallel:
+            def conditioned(y_t: Tensor, level: Tensor, condition: Tensor) -> Tensor:
+                return self.net(torch.cat([condition, y_t.to(x.dtype)], dim=1), level.to(x.device))
+
+            chain = sr3_ddim_chain(conditioned, gammas, clip_y0=self.sampling.clip, condition=x)
+            y0, result = run_chain(chain, y_T, self.sampling.solver, progress)
+            return Restoration.of(to_unit(y0), result)
 
         def eps_model(y_t: Tensor, level: Tensor) -> Tensor:
             return self.net(torch.cat([x, y_t.to(x.dtype)], dim=1), level.to(x.device))
 
-        gammas = self.on_device(self.inference_gammas, x.device)
-        if self.solver != "sequential" and self.sampler_name == "ddim" and self.eta == 0:
-            def conditioned(y_t: Tensor, level: Tensor, condition: Tensor) -> Tensor:
-                return self.net(torch.cat([condition, y_t.to(x.dtype)], dim=1), level.to(x.device))
-
-            chain = sr3_ddim_chain(conditioned, gammas, clip_y0=self.clip_y0, condition=x)
-            self.remember_solve(None)  # the previous report goes before this solve's memory is taken
-            y0, result = run_chain(chain, y_T, self.solver, self.solver_tolerance, progress)
-            self.remember_solve(result)
-            return to_unit(y0)
-        self.remember_solve(None)
-        kwargs = {"eta": self.eta} if self.sampler_name == "ddim" else {}
-        sampler = get_sampler(self.sampler_name)
-        y0 = sampler(
-            eps_model, y_T, gammas, generator=generator, clip_y0=self.clip_y0, progress=progress, **kwargs
-        )
-        return to_unit(y0)
+        kwargs = {"eta": self.sampling.eta} if self.sampling.sampler == "ddim" else {}
+        sampler = get_sampler(self.sampling.sampler)
+        y0 = sampler(eps_model, y_T, gammas, generator=generator, clip_y0=self.sampling.clip, progress=progress, **kwargs)
+        return Restoration(to_unit(y0))

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from datamodules import AdaptationDataModule, ShardDataModule
-from datamodules.shards import Collate, SkipCounter, StreamStopped
-from datamodules.streams import ShardReadError
+from datamodules.reading import ShardReadError
+from datamodules.stages import Collate, SkipCounter, StreamStopped
 from ir_lightning.degradations import (
     JPEG,
     BicubicDownsample,

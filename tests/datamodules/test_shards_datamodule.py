@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from datamodules import ShardDataModule
-from datamodules.shards import decode_image
 
 GT_SIZE = (16, 24)
 """Height and width of the tiny GT images, in pixels."""
@@ -302,18 +301,6 @@ def test_validation_degradation_repeats_and_training_degradation_is_a_function_o
     assert torch.equal(lq(training=True, step=5), lq(training=True, step=5))  # a resumed run redraws the same
     assert not torch.equal(lq(training=True, step=5), lq(training=True, step=6))
     assert not torch.equal(lq(training=True, step=5), lq(training=True, step=5, rank=1))
-
-
-def test_decode_grey_rgba_and_16_bit():
-    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    pixels, peak = decode_image(png_bytes(grey), channels=3)
-    assert peak == 255 and pixels.shape == (3, 4, 3) and (pixels == grey[..., None]).all()
-    rgba = np.dstack([np.full((2, 2), value, np.uint8) for value in (10, 20, 30, 0)])
-    pixels, _ = decode_image(png_bytes(rgba), channels=3)
-    assert pixels.shape == (2, 2, 3) and (pixels == [10, 20, 30]).all()
-    deep = np.array([[0, 65535], [1000, 40000]], dtype=np.uint16)
-    pixels, peak = decode_image(png_bytes(deep), channels=1)
-    assert peak == 65535 and (pixels[..., 0] == deep).all()
 
 
 class MeanModel(pl.LightningModule):

@@ -16,16 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from ir_lightning.diffusion.deq import (
+    SOLVERS,
     Chain,
-    draw_noises,
+    SolverSettings,
     ddnm_chain,
+    draw_noises,
     joint_map,
-    precondition,
     phantom_loss,
+    precondition,
     rddm_chain,
+    run_chain,
     sequential,
-    spectral_prior_eps,
     solve,
+    spectral_prior_eps,
     sr3_ddim_chain,
     trajectory,
 )
@@ -47,11 +50,15 @@ TOLERANCE = {10: 1e-4, 25: 1e-7, 50: 1e-7}
 ERROR_PER_TOLERANCE = 50  # x_0's max error over the relative residual (measured: at most 9 on these problems)
 
 
+def settings(method: str = "anderson", tol: float = 1e-3, max_iter: int | None = None, **others) -> SolverSettings:
+    return SolverSettings(method, tolerance=tol, max_iter=max_iter, **others)
+
+
 def solved_before_the_bound(chain: Chain, x_T: Tensor, method: str) -> Tensor:
     """x_0 of `solve` with max_iter = T - 1, after checking that it stopped by its tolerance, below T."""
     n_steps = chain.n_steps
     tol = TOLERANCE[n_steps]
-    result = solve(chain, x_T, method=method, tol=tol, max_iter=n_steps - 1)
+    result = solve(chain, x_T, settings(method, tol, n_steps - 1))
     assert result.stopped_by == "tolerance" and result.converged, (method, result.stopped_by, result.residuals[-1])
     assert result.iterations < n_steps and result.residuals[-1] <= tol < max(result.residuals[:-1], default=1.0)
     assert result.network_evaluations == result.iterations
@@ -98,6 +105,11 @@ def images(seed: int, shape: tuple[int, ...] = SHAPE) -> tuple[Tensor, Tensor]:
     return reference, torch.randn(shape, generator=generator, dtype=DTYPE)
 
 
+def timesteps_of(n_steps: int) -> Tensor:
+    """T DDPM timesteps from 999 to 0, the chains' (float32 linspace, rounded)."""
+    return torch.linspace(999, 0, n_steps).round().long()
+
+
 # ---------------------------------------------------------------------------------------------
 # the three problems
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +139,7 @@ def ddnm_problem(
             seen.append(x.shape[0])
         return oracle_eps(x, ALPHA_BARS[t]) + net(x, t / 1000)
 
-    timesteps = torch.linspace(999, 0, n_steps).round().long()
+    timesteps = timesteps_of(n_steps)
     noises = draw_noises(x_T, n_steps, torch.Generator().manual_seed(3)) if eta > 0 else None
     return ddnm_chain(eps_model, op, y, ALPHA_BARS, timesteps, eta, noises), x_T, x_ref, op, y
 
@@ -186,37 +198,69 @@ def test_the_sequential_chain_is_a_fixed_point_of_the_joint_map(operator, eta):
     assert max_abs(mapped, states) < 1e-12
 
 
-@pytest.mark.parametrize("n_steps", [10, 25, 50])
-@pytest.mark.parametrize("operator", ["sr2", "inpaint"])
-@pytest.mark.parametrize("eta", [0.0, 0.5])
+def preconditioned_ddnm_problem(n_steps: int, operator: str = "inpaint", eta: float = 0.5):
+    """`ddnm_problem` split around the spectral prior's DDNM step (same timesteps, same noises)."""
+    chain, x_T, x_ref, op, y = ddnm_problem(n_steps, operator, eta)
+    noises = draw_noises(x_T, n_steps, torch.Generator().manual_seed(3)) if eta > 0 else None
+    surrogate = ddnm_chain(spectral_prior_eps(ALPHA_BARS), op, y, ALPHA_BARS, timesteps_of(n_steps), eta, noises)
+    return precondition(chain, surrogate), x_T, x_ref, op, y
+
+
+def chain_and_start(name: str, n_steps: int) -> tuple[Chain, Tensor]:
+    """The chains of every sampler: "sr3", "rddm", "ddnm-<operator>-<eta>", "ddnm-inpaint-0.5-preconditioned"."""
+    if name == "sr3":
+        chain, _, y_T, _ = sr3_problem(n_steps)
+        return chain, y_T
+    if name == "rddm":
+        chain, _, i_in, noise, schedule = rddm_problem(n_steps)
+        return chain, i_in + schedule.beta_bar[-1] * noise  # rddm.sample's start
+    _, operator, eta, *preconditioned = name.split("-")
+    problem = preconditioned_ddnm_problem if preconditioned else ddnm_problem
+    chain, x_T, *_ = problem(n_steps, operator, float(eta))
+    return chain, x_T
+
+
+CHAINS = ["sr3", "rddm", "ddnm-sr2-0.0", "ddnm-inpaint-0.0", "ddnm-sr2-0.5", "ddnm-inpaint-0.5",
+          "ddnm-inpaint-0.5-preconditioned"]  # fmt: skip
+
+
 @pytest.mark.parametrize("method", ["anderson", "picard"])
-def test_ddnm_parallel_equals_sequential(n_steps, operator, eta, method):
-    chain, x_T, *_ = ddnm_problem(n_steps, operator, eta)
-    reference = sequential(chain, x_T)
+@pytest.mark.parametrize("n_steps", [10, 25, 50])
+@pytest.mark.parametrize("name", CHAINS)
+def test_parallel_equals_sequential(name, n_steps, method):
+    """Every chain's joint fixed point, reached by the tolerance in fewer than T iterations, is its sequential
+    chain (a preconditioned chain: the plain chain's) to ERROR_PER_TOLERANCE times the tolerance."""
+    chain, x_T = chain_and_start(name, n_steps)
+    reference = sequential(chain_and_start(name.removesuffix("-preconditioned"), n_steps)[0], x_T)
     assert max_abs(solved_before_the_bound(chain, x_T, method), reference) < ERROR_PER_TOLERANCE * TOLERANCE[n_steps]
 
 
 @pytest.mark.parametrize("n_steps", [10, 25, 50])
-def test_sr3_chain_is_ddim_sample_and_the_solvers_reach_it(n_steps):
+def test_sr3_chain_is_ddim_sample(n_steps):
     chain, model, y_T, gammas = sr3_problem(n_steps)
     reference = ddim_sample(model, y_T, gammas, eta=0.0, clip_y0=True)
     if n_steps == 10:  # the clamp is active, so the update is not affine (checked once: 50 calls cost seconds)
         assert max_abs(reference, ddim_sample(model, y_T, gammas, eta=0.0, clip_y0=False)) > 1e-2
     assert max_abs(sequential(chain, y_T), reference) < 1e-6
-    for method in ("anderson", "picard"):
-        x0 = solved_before_the_bound(chain, y_T, method)
-        assert max_abs(x0, reference) < ERROR_PER_TOLERANCE * TOLERANCE[n_steps], method
 
 
 @pytest.mark.parametrize("n_steps", [10, 25, 50])
-def test_rddm_chain_is_rddm_sample_and_the_solvers_reach_it(n_steps):
+def test_rddm_chain_is_rddm_sample(n_steps):
     chain, predict, i_in, noise, schedule = rddm_problem(n_steps)
     reference = rddm_sample(predict, i_in, schedule, n_steps, eta=0.0, noise=noise)
     i_T = i_in + schedule.beta_bar[-1] * noise  # rddm.sample's start
     assert max_abs(sequential(chain, i_T), reference) < 1e-6
-    for method in ("anderson", "picard"):
-        x0 = solved_before_the_bound(chain, i_T, method)
-        assert max_abs(x0, reference) < ERROR_PER_TOLERANCE * TOLERANCE[n_steps], method
+
+
+def test_run_chain_is_sequential_or_the_solve():
+    chain, x_T, *_ = ddnm_problem(10)
+    x0, report = run_chain(chain, x_T, SolverSettings())
+    assert report is None and max_abs(x0, sequential(chain, x_T)) == 0.0
+    x0, report = run_chain(chain, x_T, settings("picard", 1e-300))
+    assert report is not None and report.stopped_by == "exact" and report.iterations == 10  # max_iter None: T
+    assert max_abs(x0, sequential(chain, x_T)) < 1e-12
+    with pytest.raises(ValueError, match="solver.method anderson or picard, got 'sequential'"):
+        solve(chain, x_T, SolverSettings())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,15 +273,15 @@ def test_picard_makes_k_states_exact_in_k_iterations_and_all_in_T(n_steps):
     chain, x_T, *_ = ddnm_problem(n_steps, "inpaint", eta=0.5)
     states = trajectory(chain, x_T)
     k = n_steps // 2
-    partial = solve(chain, x_T, method="picard", tol=1e-300, max_iter=k).states
+    partial = solve(chain, x_T, settings("picard", 1e-300, k)).states
     assert max_abs(partial[:k], states[:k]) < 1e-12
     assert max_abs(partial[k:], states[k:]) > 1e-8  # the rest is not exact yet
-    after_T = solve(chain, x_T, method="picard", tol=1e-300, max_iter=n_steps)
+    after_T = solve(chain, x_T, settings("picard", 1e-300, n_steps))
     assert max_abs(after_T.states, states) < 1e-12
     assert after_T.iterations == n_steps  # the bound, not the tolerance (unless the residual is exactly 0)
     assert after_T.stopped_by == ("exact" if after_T.residuals[-1] > 1e-300 else "tolerance"), after_T.residuals[-1]
     assert after_T.converged  # the states solve the system exactly: no check iteration needed
-    assert solve(chain, x_T, method="picard", tol=1e-300, max_iter=n_steps - 1).stopped_by == "max_iter"
+    assert solve(chain, x_T, settings("picard", 1e-300, n_steps - 1)).stopped_by == "max_iter"
 
 
 @pytest.mark.parametrize("problem", ["ddnm-sr2", "ddnm-inpaint", "sr3"])
@@ -249,8 +293,8 @@ def test_anderson_needs_fewer_iterations_than_picard(problem):
         chain, _, x_T, _ = sr3_problem(n_steps)
     else:
         chain, x_T, *_ = ddnm_problem(n_steps, problem.split("-")[1])
-    picard = solve(chain, x_T, method="picard", tol=1e-3, max_iter=n_steps + 1)
-    anderson = solve(chain, x_T, method="anderson", tol=1e-3, max_iter=n_steps + 1)
+    picard = solve(chain, x_T, settings("picard", 1e-3, n_steps + 1))
+    anderson = solve(chain, x_T, settings("anderson", 1e-3, n_steps + 1))
     assert picard.converged and anderson.converged
     assert anderson.iterations < picard.iterations, (anderson.iterations, picard.iterations)
     assert len(anderson.residuals) == anderson.iterations and anderson.residuals[-1] <= 1e-3 < anderson.residuals[-2]
@@ -259,10 +303,10 @@ def test_anderson_needs_fewer_iterations_than_picard(problem):
 def test_callback_sees_each_iteration_and_init_is_used():
     chain, x_T, *_ = ddnm_problem(10)
     seen = []
-    result = solve(chain, x_T, tol=1e-6, max_iter=30, callback=lambda i, r: seen.append((i, r)), progress=True)
+    result = solve(chain, x_T, settings(tol=1e-6, max_iter=30), True, callback=lambda i, r: seen.append((i, r)))
     assert seen == list(enumerate(result.residuals, start=1))
     assert not result.states.requires_grad  # the net's parameters require grad; the solver keeps no graph
-    warm = solve(chain, x_T, tol=1e-6, max_iter=30, init=result.states)  # start at the solution
+    warm = solve(chain, x_T, settings(tol=1e-6, max_iter=30), init=result.states)  # start at the solution
     assert warm.iterations == 1 and warm.converged
 
 
@@ -274,9 +318,9 @@ def test_chunking_gives_identical_results_within_the_budget(batch):
         chain, x_T, *_ = ddnm_problem(n_steps, "inpaint", 0.5, batch=batch, seen=seen)
         if chunk_size is not None and chunk_size < batch:  # a call holds whole batches
             with pytest.raises(ValueError, match="chunk_size=1"):
-                solve(chain, x_T, chunk_size=chunk_size)
+                solve(chain, x_T, settings(chunk_size=chunk_size))
             continue
-        result = solve(chain, x_T, tol=1e-4, max_iter=20, chunk_size=chunk_size)
+        result = solve(chain, x_T, settings(tol=1e-4, max_iter=20, chunk_size=chunk_size))
         budget = chunk_size or n_steps * batch
         per_call = budget // batch * batch  # whole batches per call
         assert max(seen) <= budget and seen[0] == min(per_call, n_steps * batch)
@@ -293,7 +337,7 @@ def test_chunking_gives_identical_results_within_the_budget(batch):
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddnm_output_is_data_consistent_even_before_convergence(operator, eta):
     chain, x_T, _, op, y = ddnm_problem(25, operator, eta)
-    loose = solve(chain, x_T, tol=1e-3, max_iter=3)
+    loose = solve(chain, x_T, settings(tol=1e-3, max_iter=3))
     assert not loose.converged
     for x0 in (sequential(chain, x_T), loose.x0):
         assert max_abs(op.forward(x0), y) < 1e-5
@@ -316,7 +360,7 @@ def test_phantom_gradient_exact_in_the_limit_and_close_with_two_damped_steps():
 
     def phantom_gradient(tau: float, phantom_steps: int, use_checkpoint: bool = True) -> Tensor:
         leaf = x_T.clone().requires_grad_(True)
-        phantom_loss(chain, leaf, loss_fn, tau, phantom_steps, use_checkpoint, tol=1e-10, init=solution).backward()
+        phantom_loss(chain, leaf, loss_fn, settings(tol=1e-10), tau, phantom_steps, use_checkpoint, solution).backward()
         return leaf.grad.flatten()
 
     # dG/dX is nilpotent: T undamped steps are the full back-propagation
@@ -336,20 +380,38 @@ def test_phantom_gradient_exact_in_the_limit_and_close_with_two_damped_steps():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="newton"), "'newton'; valid methods: anderson, picard"),
-        (dict(m=0), "m=0"),
-        (dict(lam=0.0), "lam=0.0"),
-        (dict(tol=0.0), "tol=0.0"),
-        (dict(tol=-1e-3), "tol=-0.001"),
-        (dict(beta=1.5), "beta=1.5"),
-        (dict(max_iter=0), "max_iter=0"),
-        (dict(init=torch.zeros(3, *SHAPE)), r"init must have shape \(10, 2, 3, 8, 8\)"),
+        (dict(method="newton"), "solver.method must be one of sequential, anderson, picard, got 'newton'"),
+        (dict(memory=0), "solver.memory must be an integer >= 1, got 0"),
+        (dict(memory=True), "solver.memory must be an integer >= 1, got True"),  # a bool is no integer
+        (dict(memory=2.0), "solver.memory must be an integer >= 1, got 2.0"),
+        (dict(regularisation=0.0), "solver.regularisation must be a number > 0, got 0.0"),
+        (dict(mixing=1.5), r"solver.mixing must be a number in \(0, 1\], got 1.5"),
+        (dict(mixing=0), r"solver.mixing must be a number in \(0, 1\], got 0"),
+        (dict(tolerance=0.0), "solver.tolerance must be a number > 0, got 0.0"),
+        (dict(tolerance=-1e-3), "solver.tolerance must be a number > 0, got -0.001"),
+        (dict(tolerance=float("nan")), "solver.tolerance must be a number > 0, got nan"),
+        (dict(max_iter=0), "solver.max_iter must be None or an integer >= 1, got 0"),
+        (dict(chunk_size=False), "solver.chunk_size must be None or an integer >= 1, got False"),
     ],
 )
-def test_bad_solver_settings_name_the_value(kwargs, message):
-    chain, x_T, *_ = ddnm_problem(10)
+def test_bad_solver_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        solve(chain, x_T, **kwargs)
+        SolverSettings(**kwargs)
+
+
+def test_solver_settings_accept_every_method_and_the_bounds():
+    assert SOLVERS == ("sequential", "anderson", "picard")
+    for method in SOLVERS:
+        bounds = SolverSettings(method, memory=1, regularisation=1, mixing=1, tolerance=1e-300, max_iter=1, chunk_size=1)
+        assert bounds.method == method and bounds.max_iter == 1
+
+
+def test_solve_checks_the_first_iterate_and_the_chunk_size():
+    chain, x_T, *_ = ddnm_problem(10)
+    with pytest.raises(ValueError, match=r"init must have shape \(10, 2, 3, 8, 8\)"):
+        solve(chain, x_T, settings(), init=torch.zeros(3, *SHAPE))
+    with pytest.raises(ValueError, match="chunk_size must be at least the batch size 2"):
+        solve(chain, x_T, settings(chunk_size=1))
 
 
 def test_bad_chains_name_the_value():
@@ -361,7 +423,7 @@ def test_bad_chains_name_the_value():
     with pytest.raises(ValueError, match="noises of shape"):
         ddnm_chain(lambda x, t: x, op, y, ALPHA_BARS, torch.tensor([5, 0]), 0.5)
     with pytest.raises(ValueError, match="returned shape"):
-        solve(Chain(2, lambda s, k: s[:1]), torch.zeros(2, 3, 4, 4))
+        solve(Chain(2, lambda s, k: s[:1]), torch.zeros(2, 3, 4, 4), settings())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +439,7 @@ def test_exact_states_are_not_re_evaluated_and_bound_the_rounds_by_T(method):
     chain, x_T, *_ = ddnm_problem(n_steps, "sr2", seen=seen)
     states = trajectory(chain, x_T)
     seen.clear()
-    result = solve(chain, x_T, method=method, tol=1e-300, max_iter=3 * n_steps)
+    result = solve(chain, x_T, settings(method, 1e-300, 3 * n_steps))
     assert result.converged and result.iterations == n_steps  # a tolerance no residual meets: the bound
     assert max_abs(result.states, states) < 1e-12
     batch = SHAPE[0]
@@ -415,19 +477,9 @@ def test_spectral_prior_eps_is_the_dense_gaussian_posterior_mean():
         assert max_abs(got[i].reshape(2, -1).T, expected) < 1e-10
 
 
-@pytest.mark.parametrize("n_steps", [10, 25, 50])
-@pytest.mark.parametrize("method", ["anderson", "picard"])
-def test_preconditioning_keeps_the_fixed_point(n_steps, method):
-    chain, x_T, _, op, y = ddnm_problem(n_steps, "inpaint", eta=0.5)
-    surrogate = ddnm_chain(spectral_prior_eps(ALPHA_BARS), op, y, ALPHA_BARS, torch.linspace(999, 0, n_steps).round().long(),
-                           0.5, draw_noises(x_T, n_steps, torch.Generator().manual_seed(3)))  # fmt: skip
-    x0 = solved_before_the_bound(precondition(chain, surrogate), x_T, method)
-    assert max_abs(x0, sequential(chain, x_T)) < ERROR_PER_TOLERANCE * TOLERANCE[n_steps]
-
-
 def test_preconditioning_with_the_chain_itself_is_exact_after_one_iteration():
     chain, x_T, *_ = ddnm_problem(25, "sr2")
-    result = solve(precondition(chain, chain), x_T, method="picard", tol=1e-300, max_iter=1)
+    result = solve(precondition(chain, chain), x_T, settings("picard", 1e-300, 1))
     assert max_abs(result.states, trajectory(chain, x_T)) < 1e-12  # the update is 0: the scan is the chain
 
 
@@ -441,7 +493,7 @@ def photo_like_problem(n_steps: int, precondition_with: float | None):
     reference = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=DTYPE).cumsum(-1).cumsum(-2) / 16
     op = AveragePoolSR(2)
     y = op.forward(reference)
-    timesteps = torch.linspace(999, 0, n_steps).round().long()
+    timesteps = timesteps_of(n_steps)
     chain = ddnm_chain(lambda x, t: prior(x, t) + net(x, t / 1000), op, y, ALPHA_BARS, timesteps)
     if precondition_with is not None:
         surrogate = ddnm_chain(spectral_prior_eps(ALPHA_BARS, precondition_with), op, y, ALPHA_BARS, timesteps)
@@ -452,13 +504,13 @@ def photo_like_problem(n_steps: int, precondition_with: float | None):
 def test_preconditioning_cuts_the_iterations_of_a_photo_like_prior():
     """T = 50, DeqIR's tolerance 1e-3 (measured: plain Picard 27, Anderson 29; preconditioned Picard 6,
     Anderson 6, with the surrogate's variance off by 17 %). The strong low frequencies make DDIM's step near the identity there,
-    which the plain split leaves in the update (see `deq`'s module docstring)."""
+    which the plain split leaves in the update (docs/solver.md)."""
     iterations = {}
     for name, variance in (("plain", None), ("spectral", 0.25)):
         chain, x_T = photo_like_problem(50, variance)
         reference = sequential(chain, x_T)
         for method in ("picard", "anderson"):
-            result = solve(chain, x_T, method=method, tol=1e-3, max_iter=60)
+            result = solve(chain, x_T, settings(method, 1e-3, 60))
             assert result.converged and max_abs(result.x0, reference) < 2e-2
             iterations[name, method] = result.iterations
     for method in ("picard", "anderson"):

@@ -127,9 +127,11 @@ def test_eta_one_step_is_the_posterior_with_the_predicted_target():
     res_hat, eps_hat = torch.randn_like(i_0), torch.randn_like(i_0)
     i_0_hat = i_t - coeff_t[0].view(-1, 1, 1, 1) * res_hat - coeff_t[1].view(-1, 1, 1, 1) * eps_hat
     mean, var = posterior(i_t, i_0_hat, res_hat, coeff_t, coeff_s)
-    torch.testing.assert_close(ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta=1.0), mean, rtol=0, atol=1e-10)
+    step, predicted = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta=1.0)
+    torch.testing.assert_close(step, mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(predicted, i_0_hat, rtol=0, atol=1e-10)  # the step's predicted clean image
     z = torch.randn_like(i_0)
-    step = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta=1.0, noise=z)
+    step, _ = ddim_step(i_t, res_hat, eps_hat, coeff_t, coeff_s, eta=1.0, noise=z)
     torch.testing.assert_close(step - mean, var.sqrt().view(-1, 1, 1, 1) * z, rtol=0, atol=1e-10)
 
 

@@ -8,7 +8,16 @@ import torch
 from torch import Tensor
 
 from ir_lightning.diffusion.gaussian import posterior
-from ir_lightning.diffusion.samplers import SAMPLERS, ddim_sample, ddim_sigma, ddpm_sample, get_sampler
+from ir_lightning.diffusion.samplers import (
+    SAMPLERS,
+    ddim_drift,
+    ddim_sample,
+    ddim_sigma,
+    ddim_step,
+    ddpm_sample,
+    ddpm_step,
+    get_sampler,
+)
 from ir_lightning.diffusion.schedules import gammas_from_betas, make_betas, respace
 
 TRAIN_GAMMAS = gammas_from_betas(make_betas("linear", 2000))  # SR3: linear 1e-6..1e-2, T = 2000
@@ -165,3 +174,50 @@ def test_ddim_eta0_keeps_the_implied_eps_after_clipping() -> None:
     implied = [(states[i] - gammas[i].sqrt() * target) / (1 - gammas[i]).sqrt() for i in range(len(gammas))]
     for eps in implied[1:]:
         np.testing.assert_allclose(eps.numpy(), implied[0].numpy(), atol=1e-10, rtol=0)
+
+
+def _rows_at_different_levels(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y_t, eps_hat, gamma_t, gamma_prev, z) with each row of the batch at its own step of a schedule."""
+    gammas = respace(TRAIN_GAMMAS, 6)
+    levels = torch.cat([gammas.new_ones(1), gammas])
+    index = torch.tensor([5, 1])  # row 0 near the noisiest level, row 1 at the second step
+    y0, y_t = _start(seed)
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return y_t, eps + 0.1 * y0, levels[index + 1], levels[index], torch.randn_like(y_t)
+
+
+@pytest.mark.parametrize("clip_y0", [True, False])
+def test_steps_on_rows_at_different_levels_equal_one_row_at_a_time(clip_y0: bool) -> None:
+    y_t, eps, gamma_t, gamma_prev, z = _rows_at_different_levels(2)
+    steps = {
+        "ddim": lambda *args, noise: ddim_step(*args, eta=0.5, noise=noise, clip_y0=clip_y0),
+        "ddpm": lambda *args, noise: ddpm_step(*args, noise=noise, clip_y0=clip_y0),
+    }
+    for name, step in steps.items():
+        batched = step(y_t, eps, gamma_t, gamma_prev, noise=z)
+        for row in range(SHAPE[0]):
+            one = step(*(v[row : row + 1] for v in (y_t, eps, gamma_t, gamma_prev)), noise=z[row : row + 1])
+            for got, expected in zip(batched, one):
+                assert (got[row : row + 1] - expected).abs().max().item() < 1e-14, name
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_step_is_its_drift_times_y_t_plus_terms_in_y0_and_z(eta: float) -> None:
+    """y_prev - ddim_drift y_t = (sqrt(gamma_prev) - ddim_drift sqrt(gamma_t)) y0_hat + sigma z (DDIM eq. 12 with
+    eq. 9), whatever y_t: the split the fixed-point chains use."""
+    y_t, eps, gamma_t, gamma_prev, z = _rows_at_different_levels(3)
+    y_prev, y0_hat = ddim_step(y_t, eps, gamma_t, gamma_prev, eta=eta, noise=z, clip_y0=True)
+    assert y0_hat.abs().max().item() <= 1.0
+    drift, sigma = ddim_drift(gamma_t, gamma_prev, eta).view(-1, 1, 1, 1), ddim_sigma(gamma_t, gamma_prev, eta).view(-1, 1, 1, 1)
+    y0_weight = gamma_prev.sqrt().view(-1, 1, 1, 1) - drift * gamma_t.sqrt().view(-1, 1, 1, 1)
+    assert (y_prev - drift * y_t - y0_weight * y0_hat - sigma * z).abs().max().item() < 1e-12
+
+
+def test_ddim_step_x0_hook_replaces_the_predicted_y0_but_not_the_direction() -> None:
+    y_t, eps, gamma_t, gamma_prev, _ = _rows_at_different_levels(4)
+    target = torch.full_like(y_t, 0.25)
+    hooked, y0_hat = ddim_step(y_t, eps, gamma_t, gamma_prev, clip_y0=False, x0_hook=lambda x0: target)
+    assert torch.equal(y0_hat, target)
+    # y_prev = sqrt(gamma_prev) hook(y0) + sqrt(1 - gamma_prev) eps (eta 0, no clamp: eps is the model's)
+    expected = gamma_prev.sqrt().view(-1, 1, 1, 1) * target + (1 - gamma_prev).sqrt().view(-1, 1, 1, 1) * eps
+    assert (hooked - expected).abs().max().item() < 1e-12

@@ -13,6 +13,8 @@ from ir_lightning.diffusion.schedules import (
     gammas_from_betas,
     make_betas,
     respace,
+    respaced_indices,
+    respaced_timesteps,
     sample_noise_levels,
 )
 
@@ -87,6 +89,24 @@ def test_respace_is_an_even_subsequence_keeping_the_noisiest(n_steps: int) -> No
         # evenly spaced: every gap is (T - 1) / (n - 1) rounded up or down
         assert gaps.max() - gaps.min() <= 1
         assert abs(gaps.mean() - (SR3_T - 1) / (n_steps - 1)) < 1e-12
+
+
+@pytest.mark.parametrize(("n_train", "n_steps"), [(1000, 25), (1000, 5), (1001, 7), (10, 10), (10, 1), (2000, 3)])
+def test_one_respacing_serves_levels_timesteps_and_rddm_times(n_train: int, n_steps: int) -> None:
+    """Index k from the last is round(k (T - 1) / (n - 1)) with halves rounded up (exact, from Fractions)."""
+    from fractions import Fraction
+
+    from ir_lightning.diffusion.rddm import ResidualSchedule
+
+    expected = [n_train - 1 - math.floor(Fraction(k * (n_train - 1), max(n_steps - 1, 1)) + Fraction(1, 2))
+                for k in range(n_steps)]  # fmt: skip
+    assert respaced_timesteps(n_train, n_steps).tolist() == expected  # the noisiest first
+    assert respaced_indices(n_train, n_steps).tolist() == expected[::-1]
+    gammas = gammas_from_betas(make_betas("linear", n_train))
+    assert torch.equal(respace(gammas, n_steps), gammas[expected[::-1]])
+    schedule = ResidualSchedule.make(n_train - 1)  # times 0..T, T + 1 = n_train of them
+    if n_steps >= 2:
+        assert schedule.sampling_times(n_steps - 1).tolist() == expected
 
 
 def test_respace_rejects_too_many_steps() -> None:

@@ -9,20 +9,24 @@ import torch
 
 from ir_lightning.diffusion import noised_training_sample
 from ir_lightning.diffusion.operators import AveragePoolSR
-from ir_lightning.diffusion.deq import sequential
+from ir_lightning.diffusion.deq import SolverSettings, sequential
 from ir_lightning.methods.deqir import DeqIR, invert, respaced_timesteps
 from ir_lightning.methods.sr3 import NoiseSchedule, to_signed
 from ir_lightning.nets.unet import UNet
 from tests.diffusion.test_deq import ddnm_problem
+from tests.helpers.contract import MethodContract
+from tests.helpers.nets import tiny_unet
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_end=0.02)
 
 
-def tiny(**kwargs) -> DeqIR:
+def tiny(sampling: dict | None = None, **kwargs) -> DeqIR:
+    """A DeqIR with a tiny random prior; `sampling` changes fields of the default sampling settings."""
     torch.manual_seed(0)
     net = UNet(in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
-    return DeqIR(net=net, train_schedule=SCHEDULE, **kwargs).eval()
+    settings = DeqIR.DEFAULT_SAMPLING.replaced(**(sampling or {}))
+    return DeqIR(net=net, train_schedule=SCHEDULE, sampling=settings, **kwargs).eval()
 
 
 def test_training_loss_is_the_mse_of_the_predicted_noise():
@@ -51,50 +55,51 @@ def test_parallel_restoration_equals_the_sequential_chain(operator, solver, prec
     bound would not test the solver). Measured on this untrained prior: spectral 14-23 rounds; without the
     preconditioner only Anderson at 1e-3 stops before T (23 rounds; Picard needs all 25)."""
     n_steps = 25
-    model = tiny(operator=operator, solver=solver, preconditioner=preconditioner, sample_steps=n_steps,
-                 tolerance=tolerance, max_iterations=n_steps)  # fmt: skip
+    model = tiny({"steps": n_steps, "solver": {"method": solver, "tolerance": tolerance, "max_iter": n_steps}},
+                 operator=operator, preconditioner=preconditioner)  # fmt: skip
     gt = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     lq = model.operator_for((16, 16)).forward(gt)
-    parallel = model.restore(lq, (16, 16))
-    solved = model.last_solve
+    parallel, solved = model.restoration(lq, size=(16, 16))
     assert solved.stopped_by == "tolerance" and solved.iterations < n_steps, (solved.stopped_by, solved.iterations)
     assert solved.residuals[-1] <= tolerance and solved.states.numel() == 0  # a report, without the T states
-    model.solver = "sequential"
-    sequential = model.restore(lq, (16, 16))
-    assert model.last_solve is None
+    model.sampling = model.sampling.replaced(solver={"method": "sequential"})
+    sequential, no_solve = model.restoration(lq, size=(16, 16))
+    assert no_solve is None
     assert (parallel - sequential).abs().max() < error
 
 
 def test_restoration_keeps_the_observed_pixels_of_an_inpainting():
-    model = tiny(operator="inpaint_box", sample_steps=5)
+    model = tiny({"steps": 5}, operator="inpaint_box")
     gt = torch.rand(1, 3, 16, 16)
     operator = model.operator_for((16, 16))
-    restored = model.restore(operator.forward(gt), (16, 16))
+    restored = model.restore(operator.forward(gt), size=(16, 16))
     mask = operator.mask.bool().expand_as(gt)
     assert (restored[mask] - gt[mask]).abs().max() < 1e-5  # A x0 = y: the observed pixels come back exactly
 
 
 def test_validation_measures_from_gt_with_the_modules_operator():
-    model = tiny(operator="sr4", sample_steps=5, sigma_y=0.0)
+    model = tiny({"steps": 5}, operator="sr4", sigma_y=0.0)
     gt = torch.rand(1, 3, 16, 16)
     batch = {"gt": gt}
-    restored = model._restore_batch(batch)
-    torch.testing.assert_close(batch["lq"], AveragePoolSR(4).forward(gt))  # what the image logger shows
-    torch.testing.assert_close(restored, model.restore(AveragePoolSR(4).forward(gt), (16, 16)))
+    restored = model.restore_batch(batch)
+    assert batch.keys() == {"gt"}  # the batch is left as it was
+    torch.testing.assert_close(model.shown_input(batch), AveragePoolSR(4).forward(gt))  # what the image logger shows
+    torch.testing.assert_close(restored, model.restore(AveragePoolSR(4).forward(gt), size=(16, 16)))
     assert restored.shape == gt.shape and 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
 
 
 def test_predict_restores_an_lq_of_the_operators_size():
-    model = tiny(operator="sr2", sample_steps=3, solver="sequential")
-    out = model._restore_batch({"lq": torch.rand(1, 3, 8, 6)})
+    model = tiny({"steps": 3, "solver": {"method": "sequential"}}, operator="sr2")
+    out = model.restore_batch({"lq": torch.rand(1, 3, 8, 6)})
     assert out.shape == (1, 3, 16, 12)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"operator": "sr"}, "unknown operator 'sr'"), ({"sigma_y": -0.1}, "sigma_y must be >= 0"),
-     ({"solver": "newton"}, "solver must be sequential, anderson or picard"),
-     ({"sample_steps": 0}, r"sample_steps must be in \[1, 100\]"),
+     ({"sampling": {"solver": {"method": "newton"}}}, "newton"),
+     ({"sampling": {"steps": 101}}, r"sampling.steps must be in \[1, 100\]"),
+     ({"sampling": {"clip": True}}, "DeqIR's chain does not clamp"),
      ({"preconditioner": "jacobi"}, "preconditioner must be spectral or none, got 'jacobi'"),
      ({"prior_variance": 0.0}, "prior_variance must be > 0")],
 )  # fmt: skip
@@ -106,8 +111,20 @@ def test_bad_settings_name_the_key(kwargs, message):
 def test_inversion_lowers_the_loss_to_a_reference():
     chain, x_T, x_ref, *_ = ddnm_problem(6, "sr2")
     loss_fn = lambda x0: (x0 - x_ref).pow(2).mean()  # noqa: E731
-    result = invert(chain, x_T, loss_fn, steps=5, lr=0.05, tau=0.1, tol=1e-6, max_iter=20)
+    result = invert(chain, x_T, loss_fn, steps=5, settings=SolverSettings("anderson", tolerance=1e-6, max_iter=20), lr=0.05, tau=0.1)
     assert len(result.losses) == 5
     assert all(later < result.losses[0] for later in result.losses[1:]), result.losses
     assert loss_fn(sequential(chain, result.x_T)).item() < loss_fn(sequential(chain, x_T)).item()
     assert result.x_T.shape == x_T.shape and not result.x_T.requires_grad
+
+
+class TestDeqIRContract(MethodContract):
+    scale = 4
+    parallel = {"solver": {"method": "anderson", "tolerance": 1e-4}}
+
+    def networks(self):
+        return {"net": tiny_unet(3)}
+
+    def build(self, networks, **settings):
+        sampling = DeqIR.DEFAULT_SAMPLING.replaced(steps=10, solver={"method": "sequential", "max_iter": None})
+        return DeqIR(**networks, **(dict(train_schedule=SCHEDULE, operator="sr4", sampling=sampling) | settings))

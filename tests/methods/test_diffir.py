@@ -8,7 +8,9 @@ import torch
 
 from ir_lightning.methods.diffir import DiffIRS1, DiffIRS2, Stage1CheckpointError
 from ir_lightning.methods.lr import StepDecay
-from ir_lightning.nets.diffir import CPEN, DIRformer
+from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser
+from tests.helpers.contract import MethodContract
+from tests.helpers.nets import tiny_diffir
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 
@@ -22,7 +24,8 @@ def batch(scale: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def stage2(**kwargs) -> DiffIRS2:
     torch.manual_seed(0)
-    return DiffIRS2(restorer=DIRformer(scale=4, **TINY), cpen_s1=CPEN(4, True, 1), cpen_s2=CPEN(4, False, 1), scale=4, **kwargs)
+    return DiffIRS2(restorer=DIRformer(scale=4, **TINY), cpen_s1=CPEN(4, True, 1), cpen_s2=CPEN(4, False, 1),
+                    denoiser=IPRDenoiser(), scale=4, **kwargs)  # fmt: skip
 
 
 def grads(module: torch.nn.Module) -> list[torch.Tensor | None]:
@@ -113,6 +116,30 @@ def test_restore_any_size_is_seeded_and_stage1_needs_gt():
     assert out.shape == (1, 3, 20, 28) and 0 <= out.min() and out.max() <= 1
     torch.testing.assert_close(model.restore(lq), out, rtol=0, atol=0)
     s1 = DiffIRS1(restorer=DIRformer(scale=4, **TINY), cpen_s1=CPEN(4, True, 1), scale=4).eval()
-    assert s1.restore(lq, gt=torch.rand(1, 3, 20, 28)).shape == (1, 3, 20, 28)
+    assert s1.restore_with_gt(lq, torch.rand(1, 3, 20, 28)).shape == (1, 3, 20, 28)
+    assert s1.restore_batch({"lq": lq, "gt": torch.rand(1, 3, 20, 28)}).shape == (1, 3, 20, 28)
     with pytest.raises(ValueError, match="stage-2"):
         s1.restore(lq)
+
+
+class TestDiffIRS1Contract(MethodContract):
+    scale = 4
+    size = 32  # an 8 x 8 LQ: the DIRformer pads by reflection to a multiple of 8
+    restores_lq_alone = False
+
+    def networks(self):
+        return tiny_diffir(4, stage=1)
+
+    def build(self, networks, **settings):
+        return DiffIRS1(**networks, **(dict(scale=4) | settings))
+
+
+class TestDiffIRS2Contract(MethodContract):
+    scale = 4
+    size = 32  # an 8 x 8 LQ: the DIRformer pads by reflection to a multiple of 8
+
+    def networks(self):
+        return tiny_diffir(4, stage=2)
+
+    def build(self, networks, **settings):
+        return DiffIRS2(**networks, **(dict(scale=4) | settings))

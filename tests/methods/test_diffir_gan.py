@@ -10,15 +10,18 @@ import torch
 from ir_lightning.callbacks import EMA
 from ir_lightning.losses import PerceptualLoss, vgg19_features_stack
 from ir_lightning.methods.diffir import DiffIRGAN, DiffIRS2, Stage1CheckpointError
-from ir_lightning.nets.diffir import CPEN, DIRformer
+from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser
 from ir_lightning.nets.discriminator import UNetDiscriminatorSN
+from tests.helpers.contract import MethodContract
+from tests.helpers.nets import tiny_diffir, tiny_discriminator
 
 TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
 
 
 def networks() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
-    return {"restorer": DIRformer(scale=4, **TINY), "cpen_s1": CPEN(4, True, 1), "cpen_s2": CPEN(4, False, 1)}
+    return {"restorer": DIRformer(scale=4, **TINY), "cpen_s1": CPEN(4, True, 1), "cpen_s2": CPEN(4, False, 1),
+            "denoiser": IPRDenoiser()}
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -64,13 +67,25 @@ def test_each_iteration_steps_generator_and_discriminator(tmp_path, vgg_file):
 def test_stage2_hand_off_is_strict(tmp_path):
     s2 = DiffIRS2(**networks(), scale=4)
     torch.save({"state_dict": s2.state_dict()}, tmp_path / "s2.ckpt")
-    gan = DiffIRGAN(**networks(), scale=4)
+    gan = DiffIRGAN(**networks(), discriminator=UNetDiscriminatorSN(base_channels=4), scale=4)
     with torch.no_grad():
         for p in gan.restorer.parameters():
             p.add_(1.0)
     gan.load_stage2(tmp_path / "s2.ckpt")
     for key, value in s2.state_dict().items():
         assert torch.equal(gan.state_dict()[key], value), key
-    other = DiffIRGAN(**{**networks(), "cpen_s2": CPEN(4, False, 2)}, scale=4)
+    other = DiffIRGAN(**{**networks(), "cpen_s2": CPEN(4, False, 2)}, discriminator=UNetDiscriminatorSN(base_channels=4), scale=4)
     with pytest.raises(Stage1CheckpointError, match=r"stage-2 networks do not match.*missing: cpen_s2\.body\.3\."):
         other.load_stage2(tmp_path / "s2.ckpt")
+
+
+class TestDiffIRGANContract(MethodContract):
+    scale = 4
+    size = 32  # an 8 x 8 LQ: the DIRformer pads by reflection to a multiple of 8
+    not_reached_by_the_loss = ("discriminator",)  # stepped by its own loss in `training_step`
+
+    def networks(self):
+        return tiny_diffir(4, stage=2) | {"discriminator": tiny_discriminator()}
+
+    def build(self, networks, **settings):
+        return DiffIRGAN(**networks, **(dict(scale=4) | settings))

@@ -12,6 +12,8 @@ import torch
 from ir_lightning.checkpoints import export_weights
 from ir_lightning.methods.noise_da import DenoisingAsAdaptation, draw_swaps, ramp, shuffle_slots, triplet
 from ir_lightning.methods.sr3 import to_signed
+from tests.helpers.nets import tiny_da, tiny_unet
+from tests.helpers.contract import MethodContract
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 
@@ -108,7 +110,7 @@ def test_export_holds_the_restorer_alone_and_restores_alike(tmp_path):
     import lightning.pytorch as pl
 
     torch.manual_seed(0)
-    model = DenoisingAsAdaptation()
+    model = DenoisingAsAdaptation(**tiny_da())
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     batch = {"gt": torch.rand(2, 3, 16, 16), "lq": torch.rand(2, 3, 16, 16), "real_lq": torch.rand(2, 3, 16, 16)}
@@ -117,7 +119,7 @@ def test_export_holds_the_restorer_alone_and_restores_alike(tmp_path):
     export_weights(tmp_path / "full.ckpt", tmp_path / "restorer.ckpt")
     exported = torch.load(tmp_path / "restorer.ckpt", weights_only=True)
     assert exported["state_dict"] and all(k.startswith("restorer.") for k in exported["state_dict"])
-    loaded = DenoisingAsAdaptation.load_from_checkpoint(tmp_path / "restorer.ckpt", weights_only=True)
+    loaded = DenoisingAsAdaptation.load_from_checkpoint(tmp_path / "restorer.ckpt", weights_only=True, **tiny_da())
     assert loaded.diffusion is None
     lq = torch.rand(1, 3, 20, 12)
     torch.testing.assert_close(loaded.restore(lq), model.restore(lq), rtol=0, atol=0)
@@ -131,7 +133,7 @@ def test_ramp_restorer_only_scales_the_restorers_share_not_ds():
 
     def grads(ramp_restorer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        model = DenoisingAsAdaptation(restorer=AddBias(), ramp_steps=1, charbonnier_eps=1.0,
+        model = DenoisingAsAdaptation(restorer=AddBias(), diffusion=tiny_unet(9), ramp_steps=1, charbonnier_eps=1.0,
                                       ramp_restorer_only=ramp_restorer_only)  # fmt: skip
         model.noise_loss_weight = lambda: 0.25  # type: ignore[method-assign]
         model.training_loss(batch).backward()
@@ -158,3 +160,11 @@ def test_synthetic_only_baseline_skips_d_and_equals_the_pixel_loss():
     assert recorder.inputs == []
     loss.backward()
     assert all(p.grad is not None and not p.grad.any() for p in recorder.parameters())
+
+
+class TestDenoisingAsAdaptationContract(MethodContract):
+    def networks(self):
+        return tiny_da()
+
+    def build(self, networks, **settings):
+        return DenoisingAsAdaptation(**networks, **settings)

@@ -8,9 +8,13 @@ import torch
 from torch import nn
 
 from ir_lightning.degradations import bicubic_upsample
+from ir_lightning.diffusion.deq import SolverSettings
+from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.rddm import RDDM, RDDMSchedule
 from ir_lightning.nets.rddm import TwoUNets
 from ir_lightning.nets.unet import UNet
+from tests.helpers.contract import MethodContract
+from tests.helpers.nets import tiny_two_unets
 
 SMALL = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
 
@@ -38,11 +42,11 @@ def test_restore_with_an_oracle_network_returns_the_target_through_upsampling_an
     gt = gt.clamp(0, 1)
     lq = torch.nn.functional.avg_pool2d(gt, 4)  # 4x4 LR
     i_0 = gt * 2 - 1
-    model = RDDM(net=Oracle(i_0), condition="coefficients", scale=4, sample_steps=3,
+    model = RDDM(net=Oracle(i_0), condition="coefficients", scale=4, sampling=Sampling(steps=3),
                  schedule=RDDMSchedule(n_steps=100, sum_scale=0.01))  # fmt: skip
     i_in = bicubic_upsample(lq, (16, 16)) * 2 - 1
     assert float((i_in - i_0).abs().max()) <= 1.0  # inside the clamp of I_res
-    restored = model.restore(lq, None)
+    restored = model.restore(lq)
     torch.testing.assert_close(restored, gt, rtol=0, atol=1e-5)
     assert len(model.net.calls) == 3 and model.net.calls[0].shape == (2, 2)
     torch.testing.assert_close(model.net.calls[0][:, 0], torch.ones(2))  # alpha_bar_T = 1 at the first step
@@ -51,15 +55,15 @@ def test_restore_with_an_oracle_network_returns_the_target_through_upsampling_an
 @pytest.mark.parametrize("objective", ["pred_res_noise", "pred_res", "pred_noise"])
 def test_each_objective_trains_and_samples(objective):
     net = TwoUNets(**SMALL) if objective == "pred_res_noise" else UNet(in_channels=6, out_channels=3, **SMALL)
-    model = RDDM(net=net, objective=objective, sample_steps=2, schedule=RDDMSchedule(n_steps=50))
+    model = RDDM(net=net, objective=objective, sampling=Sampling(steps=2), schedule=RDDMSchedule(n_steps=50))
     batch = {"gt": torch.rand(2, 3, 16, 16), "lq": torch.rand(2, 3, 16, 16)}
     loss = model.training_loss(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in model.net.parameters())
-    out = model.restore(batch["lq"], (16, 16))
+    out = model.restore(batch["lq"], size=(16, 16))
     assert out.shape == (2, 3, 16, 16) and 0 <= float(out.min()) and float(out.max()) <= 1
-    torch.testing.assert_close(model.restore(batch["lq"], (16, 16)), out)  # seeded sampling repeats
+    torch.testing.assert_close(model.restore(batch["lq"], size=(16, 16)), out)  # seeded sampling repeats
 
 
 def test_a_net_with_the_wrong_number_of_outputs_is_named():
@@ -76,14 +80,14 @@ def test_mask_channel_and_generation_inputs():
     assert torch.isfinite(masked.training_loss({**batch, "mask": torch.ones(1, 1, 8, 8)}))
     generator = RDDM(net=TwoUNets(**SMALL), generation=True, schedule=RDDMSchedule(n_steps=20, sum_scale=1.0))
     assert torch.isfinite(generator.training_loss({"gt": torch.rand(1, 3, 8, 8)}))  # no lq needed
-    assert generator._restore_batch({"gt": torch.rand(1, 3, 8, 8)}).shape == (1, 3, 8, 8)
+    assert generator.restore_batch({"gt": torch.rand(1, 3, 8, 8)}).shape == (1, 3, 8, 8)
 
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="objective must be one of"):
         RDDM(net=nn.Identity(), objective="pred_x0")
     with pytest.raises(ValueError, match="sampling steps must lie in"):
-        RDDM(net=nn.Identity(), sample_steps=0)
+        RDDM(net=nn.Identity(), sampling=Sampling(steps=2000))  # beyond the schedule's T = 1000
     model = RDDM(net=nn.Identity(), condition="t")
     with pytest.raises(ValueError, match="condition: coefficients"):
         model.conditioning(None, torch.zeros(1), torch.zeros(1))
@@ -104,21 +108,22 @@ def test_the_parallel_solver_restores_what_the_sequential_sampler_does(solver):
     7 rounds, Picard 6, of 10)."""
     torch.manual_seed(0)
     net = TwoUNets(**(SMALL | {"in_channels": 7}))
-    settings = dict(sample_steps=10, schedule=RDDMSchedule(n_steps=50), use_mask=True)
-    sequential = RDDM(net=net, **settings).eval()
-    parallel = RDDM(net=net, solver=solver, solver_tolerance=1e-5, **settings).eval()
+    settings = dict(schedule=RDDMSchedule(n_steps=50), use_mask=True)
+    sequential = RDDM(net=net, sampling=Sampling(steps=10), **settings).eval()
+    parallel = RDDM(net=net, sampling=Sampling(steps=10, solver=SolverSettings(solver, tolerance=1e-5)), **settings).eval()
     lq, mask = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
-    expected = sequential.restore(lq, (16, 16), mask=mask)
+    expected = sequential.restore(lq, size=(16, 16), mask=mask)
     batches: list[int] = []
     hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    torch.testing.assert_close(parallel.restore(lq, (16, 16), mask=mask), expected, rtol=0, atol=1e-4)
+    restored, solve = parallel.restoration(lq, size=(16, 16), mask=mask)
+    torch.testing.assert_close(restored, expected, rtol=0, atol=1e-4)
     hook.remove()
-    assert parallel.last_solve.stopped_by == "tolerance" and parallel.last_solve.iterations < 10
+    assert solve.stopped_by == "tolerance" and solve.iterations < 10
     assert max(batches) > 2  # the parallel run evaluated several steps of the 2 images in one call
-    with pytest.raises(ValueError, match="solver=anderson solves the eta = 0 sampler in parallel; got eta=0.5"):
-        RDDM(net=net, solver="anderson", eta=0.5)
-    with pytest.raises(ValueError, match="solver must be one of sequential, anderson, picard, got 'newton'"):
-        RDDM(net=net, solver="newton")
+    with pytest.raises(ValueError, match="solver.method=anderson solves the deterministic chain .* eta=0.5"):
+        RDDM(net=net, sampling=Sampling(eta=0.5, solver=SolverSettings("anderson")))
+    with pytest.raises(ValueError, match="newton"):
+        RDDM(net=net, sampling={"solver": {"method": "newton"}})
 
 
 # --- the training loss against its targets (issue 16) ------------------------------------------------
@@ -207,3 +212,13 @@ def test_the_training_loss_of_a_zero_network_is_the_mean_size_of_its_targets(obj
     expected = {"pred_res_noise": res + noise, "pred_res": res, "pred_noise": noise}
     torch.testing.assert_close(value.double(), expected[objective], rtol=1e-6, atol=0)
     assert abs(res - noise) > 0.05  # the two terms differ by far more than the tolerance: a swap shows
+
+
+class TestRDDMContract(MethodContract):
+    parallel = {"solver": {"method": "anderson", "tolerance": 1e-5}}
+
+    def networks(self):
+        return {"net": tiny_two_unets()}
+
+    def build(self, networks, **settings):
+        return RDDM(**networks, **(dict(schedule=RDDMSchedule(n_steps=50), sampling=Sampling(steps=10)) | settings))

@@ -9,8 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ir_lightning.diffusion.deq import SolverSettings
+from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.sr3 import SR3, NoiseSchedule, to_signed, to_unit
 from ir_lightning.nets.unet import UNet
+from tests.helpers.contract import MethodContract
+from tests.helpers.nets import tiny_unet
 
 
 class NoiseOracle(nn.Module):
@@ -61,7 +65,7 @@ def test_training_loss_of_a_zero_predictor_is_the_noise_norm(loss):
 @pytest.mark.parametrize("sampler,steps", [("ddim", 1), ("ddim", 7), ("ddpm", 5)])
 def test_restore_with_the_noise_oracle_returns_the_ground_truth(sampler, steps):
     b = batch(1)
-    model = SR3(net=NoiseOracle(to_signed(b["gt"])), scale=4, sampler=sampler, sample_steps=steps)
+    model = SR3(net=NoiseOracle(to_signed(b["gt"])), scale=4, sampling=Sampling(steps=steps, sampler=sampler))
     restored = model.restore(b["lq"])
     assert restored.shape == b["gt"].shape
     assert (restored - b["gt"]).abs().max() < 1e-4
@@ -70,12 +74,12 @@ def test_restore_with_the_noise_oracle_returns_the_ground_truth(sampler, steps):
 def test_a_separate_inference_schedule_is_used_when_given():
     model = SR3(net=nn.Identity(), inference_schedule=NoiseSchedule("linear", 10, 1e-4, 0.1))
     assert len(model.inference_gammas) == 10
-    assert len(SR3(net=nn.Identity(), sample_steps=25).inference_gammas) == 25
+    assert len(SR3(net=nn.Identity(), sampling=Sampling(steps=25)).inference_gammas) == 25
 
 
 def test_unknown_sampler_is_refused_at_construction():
     with pytest.raises(ValueError, match="heun"):
-        SR3(net=nn.Identity(), sampler="heun")
+        SR3(net=nn.Identity(), sampling={"sampler": "heun"})
 
 
 def test_range_maps_are_inverse():
@@ -84,7 +88,7 @@ def test_range_maps_are_inverse():
 
 
 def test_hyperparameters_of_a_python_built_model_load_with_weights_only(tmp_path):
-    model = SR3(net=nn.Identity(), train_schedule=NoiseSchedule("linear", 50, 1e-4, 0.02), sample_steps=10)
+    model = SR3(net=nn.Identity(), train_schedule=NoiseSchedule("linear", 50, 1e-4, 0.02), sampling=Sampling(steps=10))
     assert model.hparams["train_schedule"] == {"kind": "linear", "n_steps": 50, "linear_start": 1e-4, "linear_end": 0.02}
     torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "h.ckpt")
     loaded = torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]
@@ -107,17 +111,33 @@ def test_the_parallel_solver_restores_what_ddim_does(solver):
     13 rounds, Picard 13, of 25)."""
     torch.manual_seed(0)
     net = UNet(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
-    settings = dict(scale=2, sampler="ddim", sample_steps=25, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05))
-    sequential = SR3(net=net, **settings).eval()
-    parallel = SR3(net=net, solver=solver, solver_tolerance=1e-5, **settings).eval()
+    settings = dict(scale=2, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05))
+    ddim = Sampling(steps=25, sampler="ddim")
+    sequential = SR3(net=net, sampling=ddim, **settings).eval()
+    parallel = SR3(net=net, sampling=ddim.replaced(solver={"method": solver, "tolerance": 1e-5}), **settings).eval()
     lq = torch.rand(2, 3, 8, 8)
     batches: list[int] = []
     hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    torch.testing.assert_close(parallel.restore(lq), sequential.restore(lq), rtol=0, atol=5e-4)
+    (restored, solve), (expected, no_solve) = parallel.restoration(lq), sequential.restoration(lq)
+    torch.testing.assert_close(restored, expected, rtol=0, atol=5e-4)
+    torch.testing.assert_close(parallel.restore(lq), restored, rtol=0, atol=0)  # `restore` is the restoration's image
     hook.remove()
-    assert parallel.last_solve.stopped_by == "tolerance" and parallel.last_solve.iterations < 25
-    assert parallel.last_solve.states.numel() == 0  # the report keeps no state images alive between restorations
-    assert sequential.last_solve is None
+    assert solve.stopped_by == "tolerance" and solve.iterations < 25
+    assert solve.states.numel() == 0  # the report keeps no state images alive
+    assert no_solve is None
     assert max(batches) > 2  # the parallel run evaluated several steps of the 2 images in one call
-    with pytest.raises(ValueError, match="solver=anderson solves DDIM with eta = 0 in parallel; got sampler='ddpm'"):
-        SR3(net=net, solver="anderson")
+    with pytest.raises(ValueError, match="solver.method=anderson solves the deterministic chain .* got sampler='ddpm'"):
+        SR3(net=net, sampling=Sampling(sampler="ddpm", solver=SolverSettings("anderson")))
+
+
+class TestSR3Contract(MethodContract):
+    scale = 4
+    parallel = {"solver": {"method": "anderson", "tolerance": 1e-5}}  # 13 of 25 rounds; 1.2e-4 from DDIM
+    parallel_tolerance = 5e-4
+
+    def networks(self):
+        return {"net": tiny_unet(6)}
+
+    def build(self, networks, **settings):
+        defaults = dict(scale=4, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05), sampling=Sampling(steps=25, sampler="ddim"))
+        return SR3(**networks, **(defaults | settings))

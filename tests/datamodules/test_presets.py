@@ -1,6 +1,6 @@
-"""Tests of ``ir_lightning.shard_presets``: every preset on a miniature copy of its official tree,
-read back from the shards it writes, and the errors for missing folders, unmatched images and
-unknown presets.
+"""Tests of ``datamodules.presets`` and ``ir-lightning shards --preset``: every preset on a miniature copy
+of its official tree, read back from the shards it writes, and the errors for missing folders, unmatched
+images and unknown presets.
 
 Every image file gets its own random pixels (seeded by its path), so a shard member whose bytes
 equal one file on disk can only have come from that file: comparing bytes checks that GT, LQ and
@@ -20,13 +20,13 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules import ShardDataModule
-from ir_lightning.shard_presets import (
+from datamodules.presets import (
     PRESETS,
     PresetError,
     collect_preset,
     get_preset,
 )
-from ir_lightning.shards import main
+from ir_lightning.commands.shards import main
 
 Expected = dict[str, dict[str, dict[str, Path]]]
 """split -> key -> role (``gt``, ``lq``, ``mask``) -> file the member must come from."""

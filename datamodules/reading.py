@@ -24,10 +24,10 @@ import ctypes
 import functools
 import http.client
 import os
+import re
 import select
 import signal
 import ssl
-import re
 import subprocess
 import sys
 import tarfile

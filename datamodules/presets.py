@@ -9,10 +9,9 @@ degraded (LQ) images live and how the two are matched: by equal names, by a name
 
 A preset yields :class:`PresetSample` records: a key, the GT path, the LQ path (None for clean-only
 sets such as DIV2K or FFHQ), the split and, for ISTD, the shadow mask. They are read with
-:func:`ir_lightning.shards.pair_samples` and written with :func:`ir_lightning.shards.write_shards`,
-the same code as the folder mode (``--gt``/``--lq``), so a shard from a preset is like any other.
-As there, a split whose shards ``--out`` already holds is refused before anything is written, unless
-``--overwrite`` replaces those sets.
+:func:`datamodules.folders.pair_samples` and written with :func:`datamodules.writer.write_shards`,
+the same code as the folder mode (``--gt``/``--lq``), so a shard from a preset is like any other; files
+are listed and matched by :mod:`datamodules.folders` too. The command line is ``ir_lightning.commands.shards``.
 
 Split names: ``train``; ``val`` for a data set's own validation set (DIV2K, DF2K, FFHQ); ``test``
 for its test set (GoPro, LOL, ISTD, RealBlur, SPA); ``test-<name>`` where one download holds several
@@ -25,30 +24,22 @@ and the same on every run.
 
 from __future__ import annotations
 
-import argparse
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ir_lightning.shards import (
-    IMAGE_EXTS,
+from datamodules.folders import (
     ImagePair,
-    ShardError,
-    ShardSample,
-    ShardStats,
-    _is_hidden,
-    _listing,
-    _show_warning,
-    check_key,
-    human_bytes,
+    clashing,
+    images_by_stem,
+    listed,
+    pair_by_stem,
     pair_samples,
-    refuse_existing_shards,
-    sanitise_key,
+    same_stem,
     split_keys,
-    write_shards,
 )
+from datamodules.format import IMAGE_SUFFIXES, ShardError, ShardSample, check_key, sanitise_key
 
 FFHQ_TRAIN_IMAGES = 60_000
 """FFHQ's official split: images 00000-59999 are for training, 60000-69999 for validation."""
@@ -132,61 +123,50 @@ class _Root:
     def images(self, folder: Path, recursive: bool = False) -> dict[str, Path]:
         """Map relative path without extension (``a/0001``) to path for the images in ``folder``,
         sorted, hidden names skipped. Raises if there are none or two share a name up to the extension."""
-        index: dict[str, list[Path]] = {}
-        for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
-            relative = path.relative_to(folder)
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTS and not _is_hidden(relative):
-                index.setdefault(relative.with_suffix("").as_posix(), []).append(path)
-        if not index:
-            raise self.missing(f"images ({', '.join(IMAGE_EXTS)}) in folder {folder}")
-        clashes = [str(path) for paths in index.values() if len(paths) > 1 for path in paths]
+        groups = images_by_stem(folder, recursive=recursive, hidden=False)
+        if not groups:
+            raise self.missing(f"images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
+        clashes = [str(path) for path in clashing(groups)]
         if clashes:
             raise PresetError(
                 f"preset {self.preset.name!r}: {len(clashes)} files share a name up to the extension: "
-                f"{_listing(clashes)}"
+                f"{listed(clashes)}"
             )
-        return {stem: paths[0] for stem, paths in index.items()}
+        return {stem: paths[0] for stem, paths in groups.items()}
 
     def pair(
         self,
         gt_dir: Path,
         lq_dir: Path,
-        gt_name: Callable[[str], str | None] = lambda stem: stem,
+        gt_name: Callable[[str], str | None] = same_stem,
         rule: str = "same name",
         roles: tuple[str, str] = ("GT", "LQ"),
         recursive: bool = False,
     ) -> list[tuple[str, Path, Path]]:
-        """``(lq stem, gt path, lq path)`` for each image of ``lq_dir``, sorted by LQ stem.
+        """``(lq stem, gt path, lq path)`` for each image of ``lq_dir`` (:func:`datamodules.folders.pair_by_stem`).
 
         ``gt_name`` maps an LQ stem (relative path without extension) to the stem of its GT image,
         or to None when the name does not follow the ``rule``. Several LQ images may share a GT
         (SPA). Raises naming every LQ image without a GT and every GT image that no LQ image uses.
         """
-        gt, lq = self.images(gt_dir, recursive), self.images(lq_dir, recursive)
-        pairs, lonely_lq = [], []
-        for stem, path in lq.items():
-            target = gt_name(stem)
-            if target is None or target not in gt:
-                lonely_lq.append(path.relative_to(lq_dir).as_posix())
-            else:
-                pairs.append((stem, gt[target], path))
-        used = {gt_path for _, gt_path, _ in pairs}
-        lonely_gt = [path.relative_to(gt_dir).as_posix() for path in gt.values() if path not in used]
+        pairing = pair_by_stem(self.images(gt_dir, recursive), self.images(lq_dir, recursive), gt_name)
+        lonely_lq = [path.relative_to(lq_dir).as_posix() for path in pairing.lonely_lq]
+        lonely_gt = [path.relative_to(gt_dir).as_posix() for path in pairing.lonely_gt]
         problems = []
         gt_role, lq_role = roles
         if lonely_lq:
             problems.append(
                 f"{len(lonely_lq)} {lq_role} images in {lq_dir} have no {gt_role} partner in {gt_dir}: "
-                f"{_listing(lonely_lq)}"
+                f"{listed(lonely_lq)}"
             )
         if lonely_gt:
             problems.append(
                 f"{len(lonely_gt)} {gt_role} images in {gt_dir} have no {lq_role} partner in {lq_dir}: "
-                f"{_listing(lonely_gt)}"
+                f"{listed(lonely_gt)}"
             )
         if problems:
             raise PresetError(f"preset {self.preset.name!r}: " + "; ".join(problems) + f" (matched by {rule})")
-        return pairs
+        return [(pair.lq_stem, pair.gt, pair.lq) for pair in pairing.pairs]
 
 
 def _indent(text: str) -> str:
@@ -278,8 +258,8 @@ def _sidd(root: _Root) -> list[PresetSample]:
         lonely_gt = [images[s].name for s in sorted(gt_stems - {s.replace(_SIDD_NOISY, _SIDD_GT) for s in lq_stems})]
         if lonely_lq or lonely_gt or not lq_stems:
             raise PresetError(
-                f"preset {root.preset.name!r}: in {scene}, noisy images without GT: {_listing(lonely_lq) or 'none'}; "
-                f"GT images without noisy image: {_listing(lonely_gt) or 'none'} "
+                f"preset {root.preset.name!r}: in {scene}, noisy images without GT: {listed(lonely_lq) or 'none'}; "
+                f"GT images without noisy image: {listed(lonely_gt) or 'none'} "
                 f"(a noisy *{_SIDD_NOISY}* image is matched to the *{_SIDD_GT}* image of the same name)"
             )
         for stem in lq_stems:
@@ -525,7 +505,7 @@ def _check_keys(name: str, samples: list[PresetSample]) -> None:
         f"{' and '.join(paths)} -> {key} ({split})" for (split, key), paths in sorted(by_key.items()) if len(paths) > 1
     ]
     if clashes:
-        raise PresetError(f"preset {name!r}: {len(clashes)} keys are given by more than one file: {_listing(clashes)}")
+        raise PresetError(f"preset {name!r}: {len(clashes)} keys are given by more than one file: {listed(clashes)}")
 
 
 def preset_shard_samples(samples: Iterable[PresetSample]) -> Iterator[ShardSample]:
@@ -554,7 +534,7 @@ def hold_out_val(
     val_keys: list[str] | None = None,
     seed: int = 0,
 ) -> dict[str, list[PresetSample]]:
-    """Move a ``val`` split out of ``train`` with :func:`ir_lightning.shards.split_keys`; refused
+    """Move a ``val`` split out of ``train`` with :func:`datamodules.folders.split_keys`; refused
     when the data set has its own validation split, so that official splits are not mixed."""
     if val_count is None and val_fraction is None and val_keys is None:
         return splits
@@ -566,60 +546,3 @@ def hold_out_val(
     kept, held = split_keys(train, val_count, val_fraction, val_keys, seed)
     moved = {**splits, "train": [train[key] for key in kept], "val": [train[key] for key in held]}
     return {split: moved[split] for split in sorted(moved, key=_split_rank)}
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line (called by ``ir-lightning shards`` when --preset is given)
-
-
-def run_preset(args: argparse.Namespace) -> int:
-    """``ir-lightning shards --preset NAME --root DIR --out DIR [...]``: write every split of the preset."""
-    _check_options(args)
-    val_keys = [key.strip() for key in args.val_keys.split(",") if key.strip()] if args.val_keys else None
-    splits = by_split(collect_preset(args.preset, args.root))
-    splits = hold_out_val(splits, args.val_count, args.val_fraction, val_keys, args.seed)
-    names = {split: f"{args.prefix}-{split}" if args.prefix else split for split in splits}
-    if not args.overwrite:
-        refuse_existing_shards(args.out, names.values())
-    results = {}
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        for split, samples in splits.items():
-            results[split] = write_shards(
-                preset_shard_samples(samples), args.out, names[split], args.maxcount, args.maxsize,
-                progress=not args.no_progress, total=len(samples),
-            )
-    print(preset_summary(results))
-    return 0
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    if args.preset is None or args.root is None:
-        raise PresetError("--preset NAME and --root DIR go together")
-    clashing = [option for option, value in (("--gt", args.gt), ("--lq", args.lq), ("--lq-suffix", args.lq_suffix),
-                                             ("--recursive", args.recursive)) if value]
-    if clashing:
-        raise PresetError(f"{', '.join(clashing)} cannot be combined with --preset: the preset knows the folders")
-    get_preset(args.preset)
-
-
-def preset_summary(results: dict[str, ShardStats]) -> str:
-    """One line a split, then the recipe lines: train and val shards (the test split stands in for
-    val where the data set has none, as the deblurring and deraining papers validate on it)."""
-    lines = [
-        f"{split}: {stats.samples} samples in {stats.shards} shards, {human_bytes(stats.bytes)}, "
-        f"{stats.skipped} skipped"
-        for split, stats in results.items()
-    ]
-    tests = [split for split in results if split.startswith("test")]
-    lines.append("paste into a recipe:")
-    lines.append(f"  data.init_args.train_shards: {results['train'].pattern}")
-    if "val" in results:
-        lines.append(f"  data.init_args.val_shards: {results['val'].pattern}")
-    elif tests:
-        note = f"the {tests[0]} split (the data set has no val split)"
-        lines.append(f"  data.init_args.val_shards: {results[tests[0]].pattern}  # {note}")
-    else:
-        lines.append("  # no val split: add --val-count N to hold some training samples out")
-    lines += [f"  data.init_args.test_shards: {results[split].pattern}  # {split}" for split in tests]
-    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny networks for every method (`nets`) and the method contract test (`contract`)."""
