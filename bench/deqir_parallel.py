@@ -51,7 +51,7 @@ def one_run(ckpt: str, n_steps: int, sampler: str, tol: float, max_iter: int, sh
     from datamodules import ShardDataModule
     from ir_lightning.diffusion.deq import SolverSettings
     from ir_lightning.methods.deqir import DeqIR
-    from ir_lightning.metrics import RestorationMetrics
+    from ir_lightning.metrics.psnr_ssim import RestorationMetrics
 
     model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
     solver, _, preconditioner = sampler.partition("+")

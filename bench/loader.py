@@ -40,7 +40,7 @@ from datamodules.decode import decode_image, to_unit_tensor
 from datamodules.format import ShardSample
 from datamodules.transforms import random_crop
 from datamodules.writer import write_shards
-from ir_lightning.demo import TRAIN_PHOTOS, photo_png, stereo_pngs
+from ir_lightning.commands.demo import TRAIN_PHOTOS, photo_png, stereo_pngs
 from timing import (  # bench/ is on sys.path when this file runs as a script
     Spread,
     against_target,

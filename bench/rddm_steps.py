@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ir_lightning.demo import REPO, build_shards, evaluate, held_out_batches, table
+from ir_lightning.commands.demo import build_shards, evaluate, held_out_batches, table
+
+REPO = Path(__file__).resolve().parents[1]
 
 RECIPES = {
     "sr3": ["recipes/sr3_x4.yaml", "recipes/demo/sr3_x4_cpu.yaml"],

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ir_lightning.methods import SR3
-from ir_lightning.tiling import restore_tiled
+from ir_lightning.inference.tiling import restore_tiled
 from timing import Spread, compare, cpu_share_line, interleave, load_after_line, machine_facts, ratios, to_stderr
 
 CKPT = Path(__file__).resolve().parents[1] / "ir_lightning/assets/sr3_x4_demo.ckpt"

@@ -1,7 +1,7 @@
 """Benchmark: `ir-lightning restore`'s own memory and its throughput, 512^2 to 8192^2 inputs.
 
 Each size, in each of `--repeats` passes over the sizes (default 2), runs in a fresh subprocess that does
-what `ir-lightning restore` does, with the command's own functions (`ir_lightning.restore.load_method` and
+what `ir-lightning restore` does, with the command's own functions (`ir_lightning.inference.loading.load_method` and
 `restore_file`: read the PNG, restore it in tiles, write the output band by band):
 
 1. load the checkpoint and restore a small warm-up image (`--warmup-size`, tiled like the others), so that
@@ -11,7 +11,7 @@ what `ir-lightning restore` does, with the command's own functions (`ir_lightnin
 3. restore the image once: its seconds, and the peak RSS (`VmHWM`) minus the baseline, which is the
    restore's own peak: the decoded image, the float input, the tiles, the network's activations, the
    output band and the PNG encoder's rows; then, the same way, the peak and the memory still held after
-   decoding the input alone (`ir_lightning.images.read_image`), to see which part of the restore the
+   decoding the input alone (`ir_lightning.io.images.read_image`), to see which part of the restore the
    peak belongs to;
 4. for sizes up to `--tracemalloc-max` (default 2048; 0: never), restore it again under `tracemalloc`,
    whose peak counts the allocations that go through Python's allocator (Python objects and numpy
@@ -89,8 +89,8 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     import time
     import tracemalloc
 
-    from ir_lightning.images import read_image
-    from ir_lightning.restore import load_method, parser, restore_file
+    from ir_lightning.commands.restore import load_method, parser, restore_file
+    from ir_lightning.io.images import read_image
 
     restore_args = parser().parse_args(["--ckpt", str(args.ckpt), "--input", str(args.image), "--output", str(args.out),
                                         "--device", "cpu", "--tile", str(args.tile), "--overlap", str(args.overlap),

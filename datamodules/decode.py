@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datamodules.format import IMAGE_NAMES, META_MEMBER, image_member, sample_name
 from ir_lightning.errors import DataError
-from ir_lightning.io import checked_key
+from ir_lightning.io.atomic import checked_key
 
 UINT8_PEAK: float = 255.0
 """Largest 8-bit pixel value: 8-bit images are divided by it."""

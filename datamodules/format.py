@@ -5,7 +5,7 @@ key: ``<key>.gt.png`` (or another of :data:`IMAGE_EXTENSIONS`), optionally ``<ke
 ``<key>.mask.png`` (single-channel, on the GT grid) and ``<key>.meta.json``. A sample may hold ``lq.*``
 alone (real degraded images without a clean target). WebDataset splits a member name at the first dot
 of its base name, so keys never contain a dot; keys become file names downstream, so a key must be a
-plain file name (:func:`ir_lightning.io.checked_key`). See the data contract in DESIGN.md.
+plain file name (:func:`ir_lightning.io.atomic.checked_key`). See the data contract in DESIGN.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir_lightning.io import UnsafeKeyError, checked_key
+from ir_lightning.io.atomic import UnsafeKeyError, checked_key
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 """Image types, lower case, in the order a sample's members are looked for: the one list of the suite
@@ -48,7 +48,7 @@ class ShardSample:
 
 def check_key(key: str, where: str = "sample") -> None:
     """Raise :class:`ShardError` naming ``where`` the key came from unless ``key`` is a plain file name
-    (:func:`ir_lightning.io.checked_key`: no ``/``, ``\\``, NUL, ``..``) without dots."""
+    (:func:`ir_lightning.io.atomic.checked_key`: no ``/``, ``\\``, NUL, ``..``) without dots."""
     try:
         checked_key(key, where)
     except UnsafeKeyError as error:

@@ -49,17 +49,10 @@ from datamodules.stages import (
     TrainSamples,
     WorkerShuffle,
 )
-from datamodules.stream import (
-    DEGRADATION_DRAWS,
-    ShardDraws,
-    StepsPerEpoch,
-    StreamSeed,
-    brief,
-    expand_shards,
-    seeded_generator,
-)
+from datamodules.stream import ShardDraws, StepsPerEpoch, StreamSeed, brief, expand_shards
 from ir_lightning.degradations import Pipeline, check_integer
 from ir_lightning.errors import ConfigurationError
+from ir_lightning.training.seeding import DEGRADATION_DRAWS, torch_generator
 
 STAGE_SHARDS: dict[str, tuple[str, ...]] = {
     "fit": ("train_shards", "val_shards"),
@@ -317,9 +310,9 @@ class ShardDataModule(pl.LightningDataModule):
         """In training, a generator seeded from (seed, rank, global step): every step draws anew, and a
         resumed run draws what an uninterrupted one would. Else one seeded from ``seed`` and the keys."""
         if self.trainer is not None and self.trainer.training:
-            return seeded_generator([self.seed, self.rank, self.trainer.global_step, DEGRADATION_DRAWS], device)
+            return torch_generator([self.seed, self.rank, self.trainer.global_step, DEGRADATION_DRAWS], device)
         keys_digest = zlib.crc32("\n".join(keys).encode())  # stable across processes, unlike hash()
-        return seeded_generator([self.seed, keys_digest, DEGRADATION_DRAWS], device)
+        return torch_generator([self.seed, keys_digest, DEGRADATION_DRAWS], device)
 
 
 def _check_sizes(crop_size: int, scale: int, val_crop_size: int | None, seed: int) -> None:

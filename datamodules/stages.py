@@ -25,11 +25,12 @@ from torch.utils.data import get_worker_info
 
 from datamodules.decode import decode_sample, to_unit_tensor
 from datamodules.format import image_member, sample_name
-from datamodules.stream import CROP_DRAWS, SHUFFLE_DRAWS, StreamSeed, brief, worker_share
+from datamodules.stream import StreamSeed, brief, worker_share
 from datamodules.transforms import ImageTooSmall, centre_crop, crop_grid, dihedral, random_crop, resize_sample
 from ir_lightning.degradations import Pipeline
 from ir_lightning.errors import ConfigurationError, DataError
-from ir_lightning.io import UnsafeKeyError, checked_key
+from ir_lightning.io.atomic import UnsafeKeyError, checked_key
+from ir_lightning.training.seeding import CROP_DRAWS, SHUFFLE_DRAWS
 
 UNREACHABLE_SHARDS_LIMIT = 8
 """Distinct training shards in a row that may stay unreachable through their retries before the stream

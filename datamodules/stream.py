@@ -3,9 +3,10 @@
 - :func:`expand_shards` turns brace patterns, globs, local paths and streamed URLs (``http(s)://``,
   ``pipe:``, other ``scheme://``) into shard URLs, checking that local shards exist.
 - Every random draw of a training stream is a function of (seed, rank, epoch, worker) and of the
-  position in the stream (:class:`StreamSeed`), never of process ids or the clock; the DataLoader takes
-  batches from its workers in turn, so a stream resumed after ``skip`` batches gives each worker the role
-  it had in the uninterrupted stream (:func:`worker_role`, :func:`worker_share`).
+  position in the stream (:class:`StreamSeed`, seeded by ``ir_lightning.training.seeding``), never of
+  process ids or the clock; the DataLoader takes batches from its workers in turn, so a stream resumed
+  after ``skip`` batches gives each worker the role it had in the uninterrupted stream
+  (:func:`worker_role`, :func:`worker_share`).
 - :class:`StepsPerEpoch` is the training loader: ``steps`` batches per epoch, each epoch a fresh stream
   seeded by its number, checkpointed as two numbers (epoch, batches taken) and resumed exactly.
 """
@@ -24,19 +25,16 @@ from typing import Any
 
 import braceexpand
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ir_lightning.errors import ConfigurationError
+from ir_lightning.training.seeding import SHARD_DRAWS, numpy_generator
 
 REMOTE_URL = re.compile(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)")
 """Shard URLs that are streamed, not checked at setup: ``pipe:...``, ``http(s)://``, ``s3://``, ..."""
 
 GLOB_MAGIC = re.compile(r"[*?\[]")
 """Characters that make a local path a glob pattern."""
-
-SHARD_DRAWS, CROP_DRAWS, SHUFFLE_DRAWS, DEGRADATION_DRAWS = range(4)
-"""Ids of the independent random streams derived from (seed, rank, epoch, worker) or (seed, rank, step)."""
 
 BRIEF_LIST = 5
 """Shard URLs an error message lists before it says how many more there are."""
@@ -118,7 +116,7 @@ class StreamSeed:
 
     def rng(self, stream: int) -> np.random.Generator:
         """A numpy generator for random stream ``stream`` of this worker."""
-        return np.random.default_rng(self.entropy(stream))
+        return numpy_generator(self.entropy(stream))
 
 
 class ShardDraws(IterableDataset):
@@ -215,9 +213,3 @@ class StepsPerEpoch:
         stream, self._stream = self._stream, None
         if hasattr(stream, "close"):
             stream.close()
-
-
-def seeded_generator(entropy: list[int], device: torch.device) -> torch.Generator:
-    """A torch generator on ``device`` seeded from a list of non-negative integers."""
-    seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(seed)

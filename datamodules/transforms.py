@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from datamodules.format import IMAGE_NAMES, sample_name
+from ir_lightning.degradations.resize import bicubic_resize
 from ir_lightning.errors import DataError
 
 
@@ -88,9 +89,9 @@ def dihedral(sample: dict[str, Any], mirror: bool, quarter_turns: int) -> dict[s
 
 
 def resize_sample(sample: dict[str, Any], size: int, scale: int) -> dict[str, Any]:
-    """Every image resized to ``size x size`` (an LQ smaller than its GT to ``size // scale``):
-    bicubic with antialiasing, clamped to the pixel range, kept as floats (no re-quantisation);
-    a mask by nearest neighbour. The protocol of papers that score at a fixed size (RDDM: 256)."""
+    """Every image resized to ``size x size`` (an LQ smaller than its GT to ``size // scale``): bicubic with
+    antialiasing (``ir_lightning.degradations.resize``), clamped to the pixel range, kept as floats (no
+    re-quantisation); a mask by nearest neighbour. The protocol of papers that score at a fixed size (RDDM: 256)."""
     resized = dict(sample)
     gt_shape = sample["gt"][0].shape[:2] if "gt" in sample else None
     for name in IMAGE_NAMES:
@@ -102,7 +103,6 @@ def resize_sample(sample: dict[str, Any], size: int, scale: int) -> dict[str, An
         if name == "mask":
             out = torch.nn.functional.interpolate(image, size=(side, side), mode="nearest")
         else:
-            out = torch.nn.functional.interpolate(image, size=(side, side), mode="bicubic", antialias=True,
-                                                  align_corners=False).clamp(0, peak)  # fmt: skip
+            out = bicubic_resize(image, (side, side), antialias=True).clamp(0, peak)
         resized[name] = (out[0].permute(1, 2, 0).numpy(), peak)
     return resized

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from datamodules.format import ShardError, ShardSample, check_key, is_image_member
-from ir_lightning.io import host_tag
+from ir_lightning.io.atomic import host_tag, pid_alive
 
 SHARD_DIGITS = 6
 """Width of the zero-padded shard index in file names: ``prefix-000000.tar``."""
@@ -161,8 +161,6 @@ def _remove_dead_staging(out_dir: Path, prefix: str) -> None:
     for path in out_dir.iterdir():
         match = pattern.fullmatch(path.name)
         if match and path.is_dir():
-            from ir_lightning.checkpoint_io import pid_alive  # imports torch: only once a staging folder is found
-
             if not pid_alive(int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
 

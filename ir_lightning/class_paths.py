@@ -7,9 +7,10 @@ module runs that module's code, so a downloaded checkpoint naming `net: {class_p
 would run whatever `this` does. Every such name is therefore checked here first, against the
 suite's allow-list:
 
-- every class of the suite's methods, networks, losses, degradations and diffusion math (schedules), by
-  any path under those packages that reaches it (`ir_lightning.methods.SR3` and
-  `ir_lightning.methods.sr3.SR3` alike);
+- every class of the suite's methods, networks, losses, degradations, diffusion math (schedules) and
+  learning-rate schedules, by any path under those packages that reaches it (`ir_lightning.methods.SR3`
+  and `ir_lightning.methods.sr3.SR3` alike, `ir_lightning.methods.lr.MultiStep` and
+  `ir_lightning.training.optim.MultiStep`);
 - the optimizers of `torch.optim` and the schedulers of `torch.optim.lr_scheduler`;
 - Lightning's CLI instantiator, which the CLI records in every checkpoint.
 
@@ -41,8 +42,10 @@ ALLOWED_PACKAGES: tuple[str, ...] = (
     "ir_lightning.degradations",
     "ir_lightning.diffusion",
     "ir_lightning.losses",
+    "ir_lightning.training.optim",
 )
-"""The suite's packages (and modules) whose classes a file may name."""
+"""The suite's packages (and modules) whose classes a file may name. `ir_lightning.training.optim` is the home of the
+learning-rate schedules, which checkpoints name by their class path `ir_lightning.methods.lr.<Schedule>`."""
 
 ALLOWED_INSTANTIATORS: tuple[str, ...] = ("lightning.pytorch.cli.instantiate_module",)
 """Functions a checkpoint may name as the builder of its module (Lightning's CLI records this one)."""

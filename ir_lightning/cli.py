@@ -12,6 +12,7 @@ This is the only module that reads the environment: W&B runs offline unless `WAN
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import sys
@@ -22,22 +23,25 @@ from typing import Any, Optional
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules import AdaptationDataModule, ShardDataModule  # noqa: F401  (registers the subclasses)
 import ir_lightning.methods  # noqa: F401  (registers the methods)
 from ir_lightning import entry
-from ir_lightning.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.errors import DataError
-from ir_lightning.io import atomic_write_text
+from ir_lightning.io.atomic import atomic_write_text
 from ir_lightning.methods.base import RestorationModule
-from ir_lightning.packaged import resolve_configs
-from ir_lightning.preemption import FinalCheckpoint, SlurmRequeue, in_slurm_job, newest_checkpoint
-from ir_lightning.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
-from ir_lightning.run_lock import RunLock, lock_before_fit
+from ir_lightning.packaged import BASE_RECIPE, resolve_configs
+from ir_lightning.training.callbacks import EMA, ImageGridLogger, Throughput, WandbSummaries
+from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
+from ir_lightning.training.preemption import FinalCheckpoint, SlurmRequeue, newest_checkpoint
+from ir_lightning.training.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
+from ir_lightning.training.run_lock import RunLock, lock_before_fit
 
 DESCRIPTION = """\
 ir-lightning: diffusion-based image restoration with PyTorch Lightning.
@@ -56,10 +60,28 @@ Other commands:      ir-lightning shards --help | export --help | restore --help
 Version:             ir-lightning --version
 """
 
-RUN_DIR_HELP = """The run's directory: sets trainer.default_root_dir (preemption checkpoints), the dirpath of every
-ModelCheckpoint (<run_dir>/checkpoints) and the save_dir of every WandbLogger, overriding the
-recipe. Two runs of one recipe with different run_dir never overwrite or resume each other.
-Applied after parsing: --print_config shows run_dir beside the recipe's own paths."""
+RUN_NAME_HELP = """The run's name (each recipe gives one). Where the config leaves them unset, it names every
+WandbLogger's run and puts the run in runs/<run_name>: trainer.default_root_dir, checkpoint.dirpath
+(runs/<run_name>/checkpoints) and every WandbLogger's save_dir. --print_config shows the values it sets."""
+
+RUN_DIR_HELP = """The run's directory, in place of runs/<run_name>: sets trainer.default_root_dir (preemption
+checkpoints), the dirpath of every ModelCheckpoint (<run_dir>/checkpoints) and the save_dir of every
+WandbLogger, overriding the config. Two runs of one recipe with different run_dir never overwrite or
+resume each other; the W&B run keeps its name (run_name)."""
+
+SUITE_CALLBACKS: dict[str, tuple[type[Callback], str]] = {
+    "ema": (EMA, "The EMA of the weights, with which validation runs and exports are made: "
+                 "`ema: {decay: 0.9999}` in a recipe, --ema.decay on the command line."),
+    "checkpoint": (ModelCheckpoint, "The periodic checkpoints and last.ckpt, in runs/<run_name>/checkpoints "
+                                    "unless dirpath is set (--run_dir moves them)."),
+    "lr_monitor": (LearningRateMonitor, "Logs the learning rate of every parameter group."),
+    "image_grid": (ImageGridLogger, "Logs a grid of the first validation images."),
+    "throughput": (Throughput, "Logs train/images_per_sec."),
+    "wandb_summaries": (WandbSummaries, "Makes the W&B summary hold the best val/psnr and val/ssim."),
+}
+"""The suite's callbacks: one config key each, their settings in recipes/base.yaml (read before the -c files),
+a recipe's key changing one setting (`checkpoint: {every_n_train_steps: 10000}`) or leaving the callback out
+(`image_grid: null`). They come first in the trainer's callbacks, then those of trainer.callbacks."""
 
 INIT_WEIGHTS_HELP = """fit only: start the run from the weights of this checkpoint (an exported, imported or training
 checkpoint of the same method and configuration; its EMA weights), with a fresh optimizer, schedule and
@@ -113,7 +135,12 @@ class ConfigSaver(SaveConfigCallback):
 class IRLightningCLI(LightningCLI):
     """LightningCLI in subclass mode for the method and the data module, with:
 
-    - `--run_dir DIR`: one switch that moves every output of a run (see RUN_DIR_HELP);
+    - recipes/base.yaml, the suite's shared settings, read before the -c files of every subcommand;
+    - the suite's callbacks as config keys (`ema`, `checkpoint`, ...: SUITE_CALLBACKS), with
+      trainer.callbacks for any other;
+    - `run_name`: the W&B run's name and the run's directory runs/<run_name> (where the config sets no
+      other), and `--run_dir DIR`, one switch that moves every output of a run (see RUN_NAME_HELP,
+      RUN_DIR_HELP); --print_config shows the paths they set;
     - `--ckpt_path auto`: resume from the run's furthest checkpoint, or start afresh if it has none;
     - `--init_weights FILE`: start a fit from a checkpoint's weights without resuming its training state;
     - a checkpoint given to `--ckpt_path` is read safely and checked (a checkpoint of this suite, of the
@@ -135,16 +162,24 @@ class IRLightningCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=ConfigSaver,
             auto_configure_optimizers=False,
+            parser_class=RunArgumentParser,
             parser_kwargs={"description": DESCRIPTION, "formatter_class": _raw_formatter()},
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser) -> None:
+        if not BASE_RECIPE.is_file():
+            raise ConfigurationError(f"the suite's base recipe is missing: {BASE_RECIPE} (a broken installation)")
+        parser.default_config_files = [glob.escape(str(BASE_RECIPE))]  # a pattern: a path is taken literally
+        parser.add_argument("--run_name", type=Optional[str], default=None, help=RUN_NAME_HELP)
         parser.add_argument("--run_dir", type=Optional[str], default=None, help=RUN_DIR_HELP)
+        for key, (callback, help_text) in SUITE_CALLBACKS.items():
+            parser.add_subclass_arguments(callback, key, required=False, fail_untyped=False,
+                                          help=f"{help_text} null: none. Default: recipes/base.yaml.")
         parser.add_argument("--init_weights", type=Optional[str], default=None, help=INIT_WEIGHTS_HELP)
 
-    def _parse_ckpt_path(self) -> None:
+    def _parse_ckpt_path(self) -> None:  # private LightningCLI hook: no public one runs before the checkpoint is read
         """Check a `--ckpt_path` file before Lightning hands its hyperparameters to the parser, which would
         import every class path in them (and let them replace the recipe's settings)."""
         subcommand = self.config.get("subcommand")
@@ -154,9 +189,7 @@ class IRLightningCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("run_dir"):
-            place_run(config, config.run_dir)
+        place_run(self.config[self.subcommand] if self.subcommand else self.config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -171,11 +204,16 @@ class IRLightningCLI(LightningCLI):
             check_scales(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        instances = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        kwargs.setdefault("callbacks", suite_callbacks(instances))
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not the user's choice
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if in_slurm_job() and not any(isinstance(c, SlurmRequeue) for c in trainer.callbacks):
             trainer.callbacks.append(SlurmRequeue())
+        for callback in trainer.callbacks:
+            if isinstance(callback, SlurmRequeue) and callback.job_id is None:
+                callback.job_id = slurm_job_id()  # SLURM's environment is read here, not in the callback
         trainer.callbacks.insert(0, RunLock())  # first: before any callback writes into the run's folders
         trainer.callbacks.append(FinalCheckpoint())
         return trainer
@@ -221,16 +259,61 @@ def instantiation_failure(error: BaseException) -> str:
     return f"{class_paths[-1]}: {message}" if class_paths else message
 
 
-def place_run(config: Namespace, run_dir: str) -> None:
-    """Point the config's run outputs into `run_dir` (see RUN_DIR_HELP)."""
-    trainer = config.trainer
-    trainer.default_root_dir = run_dir
-    for entry in _class_entries(trainer.get("callbacks")):
-        if entry.class_path.endswith("ModelCheckpoint"):
+class RunArgumentParser(LightningArgumentParser):
+    """The suite's parser: what it writes out (--print_config, the config saved beside the run) shows the paths
+    and the W&B name that `run_name` and `--run_dir` set (`place_run`), not the values they replace."""
+
+    def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
+        if isinstance(cfg, Namespace) and "trainer" in cfg:  # a subcommand's config, not the root's
+            cfg = cfg.clone()
+            place_run(cfg)
+        return super().dump(cfg, *args, **kwargs)
+
+
+def place_run(config: Namespace) -> None:
+    """Place the run's outputs: `run_dir` moves all of them, overriding the config (RUN_DIR_HELP); then `run_name`
+    fills what is still unset (RUN_NAME_HELP; a WandbLogger's save_dir is unset at its default, "."), so a path
+    or name the config gives is kept. Idempotent: --print_config's output places a run where its config did."""
+    name, run_dir, trainer = config.get("run_name"), config.get("run_dir"), config.trainer
+    loggers = [e for e in _class_entries(trainer.get("logger")) if e.class_path.endswith("WandbLogger")]
+    suite_checkpoint = _class_entries(config.get("checkpoint"))
+    if run_dir:
+        trainer.default_root_dir = run_dir
+        checkpoints = [e for e in _class_entries(trainer.get("callbacks")) if e.class_path.endswith("ModelCheckpoint")]
+        for entry in suite_checkpoint + checkpoints:
             entry.init_args.dirpath = os.path.join(run_dir, "checkpoints")
-    for entry in _class_entries(trainer.get("logger")):
-        if entry.class_path.endswith("WandbLogger"):
+        for entry in loggers:
             entry.init_args.save_dir = run_dir
+    if not name:
+        return
+    home = os.path.join("runs", name)
+    if trainer.get("default_root_dir") is None:
+        trainer.default_root_dir = home
+    for entry in suite_checkpoint:
+        if entry.init_args.get("dirpath") is None:
+            entry.init_args.dirpath = os.path.join(home, "checkpoints")
+    for entry in loggers:
+        if entry.init_args.get("name") is None:
+            entry.init_args.name = name
+        if entry.init_args.get("save_dir") in (None, "."):
+            entry.init_args.save_dir = home
+
+
+def suite_callbacks(instances: Namespace) -> list[Callback]:
+    """The suite's callbacks that the config keeps (SUITE_CALLBACKS, in that order), then trainer.callbacks. An
+    entry of trainer.callbacks of the same class as one of the suite's is refused (it would run twice), except a
+    ModelCheckpoint: a run may keep several."""
+    suite = [instances[key] for key in SUITE_CALLBACKS if instances.get(key) is not None]
+    extra = instances.trainer.get("callbacks") or []
+    extra = extra if isinstance(extra, list) else [extra]
+    for callback in extra:
+        twin = next((key for key in SUITE_CALLBACKS if type(instances.get(key)) is type(callback)), None)
+        if twin is not None and not isinstance(callback, ModelCheckpoint):
+            raise ConfigurationError(
+                f"trainer.callbacks repeats {type(callback).__name__}, the suite's `{twin}` (recipes/base.yaml): "
+                f"set its settings under `{twin}:`, or `{twin}: null` to use your own"
+            )
+    return [*suite, *extra]
 
 
 def _class_entries(value: Any) -> list[Namespace]:
@@ -282,6 +365,22 @@ def user_message(error: BaseException) -> str:
     last = lines[-1]
     name = f"{type(error).__module__}.{type(error).__qualname__}: "
     return last[len(name):] if last.startswith(name) else last
+
+
+
+def in_slurm_job() -> bool:
+    """True inside a SLURM batch or srun job (Lightning's own test of SLURM's environment variables: not an
+    interactive allocation)."""
+    return SLURMEnvironment.detect()
+
+
+def slurm_job_id() -> str | None:
+    """The id `scontrol requeue` needs, from SLURM's environment: `<array job>_<task>` for an array task, else the
+    job id; None outside SLURM (`SlurmRequeue` is given it: nothing below this module reads the environment)."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 if __name__ == "__main__":

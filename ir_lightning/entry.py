@@ -14,11 +14,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 SUBCOMMANDS = {
     "shards": "ir_lightning.commands.shards",
-    "demo": "ir_lightning.demo",
-    "export": "ir_lightning.checkpoints",
-    "restore": "ir_lightning.restore",
-    "evaluate": "ir_lightning.evaluate",
-    "sweep": "ir_lightning.sweep",
+    "demo": "ir_lightning.commands.demo",
+    "export": "ir_lightning.commands.export",
+    "restore": "ir_lightning.commands.restore",
+    "evaluate": "ir_lightning.commands.evaluate",
+    "sweep": "ir_lightning.commands.sweep",
     "recipes": "ir_lightning.packaged",
 }
 VERSION_FLAGS = ("--version", "-V")

@@ -12,12 +12,14 @@ network is defined here with torchvision's layer indices, so its ``vgg19-dcbb9e9
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ir_lightning.io.weights import WeightsError, existing_file, key_report, read_state_dict
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 """Where torchvision publishes its ImageNet VGG19 (``IMAGENET1K_V1``); users download it themselves."""
@@ -72,25 +74,21 @@ def load_vgg19_features_state_dict(weights: str | Path) -> dict[str, Tensor]:
     """The convolution weights of a torchvision VGG19 file, keyed ``<index>.weight`` / ``<index>.bias``.
 
     Accepts torchvision's own file (keys ``features.<i>.*`` plus ``classifier.*``, which is dropped) and
-    a bare features state dict (keys ``<i>.*``). Raises FileNotFoundError if the file is missing and
-    ValueError if it is not a state dict of VGG19's features.
+    a bare features state dict (keys ``<i>.*``), read by the suite's safe reader
+    (`ir_lightning.io.weights.read_state_dict`). Raises `MissingWeightsFile` (a FileNotFoundError) if the file
+    is missing and `WeightsError` (a ValueError) if it is not a state dict of VGG19's features.
     """
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"VGG19 weights not found at '{path}'. The perceptual loss needs torchvision's ImageNet VGG19 "
-            f"weights (vgg19-dcbb9e9d.pth, about 550 MB), and nothing is downloaded for you: download {VGG19_URL} "
-            "yourself, or reuse the copy torchvision keeps in its torch.hub cache "
-            "(by default ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth). Pass its path as `weights` of "
-            "ir_lightning.losses.PerceptualLoss (the `weights:` entry of the perceptual loss in the recipe)."
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        kind = type(state).__name__
-        raise ValueError(f"{path}: expected a state dict of tensors (torchvision's vgg19 file), got {kind}")
+    path = existing_file(
+        Path(weights).expanduser(),
+        f"VGG19 weights not found at '{Path(weights).expanduser()}'. The perceptual loss needs torchvision's ImageNet "
+        f"VGG19 weights (vgg19-dcbb9e9d.pth, about 550 MB), and nothing is downloaded for you: download {VGG19_URL} "
+        "yourself, or reuse the copy torchvision keeps in its torch.hub cache "
+        "(by default ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth). Pass its path as `weights` of "
+        "ir_lightning.losses.PerceptualLoss (the `weights:` entry of the perceptual loss in the recipe).",
+    )
     return {
         key.removeprefix("features."): value
-        for key, value in state.items()
+        for key, value in read_state_dict(path).items()
         if not key.startswith(TORCHVISION_HEAD_PREFIX)
     }
 
@@ -128,19 +126,17 @@ class VGG19Features(nn.Module):
     def load_weights(self, weights: str) -> None:
         """Load a torchvision VGG19 file, checking its keys and shapes first so errors name them."""
         state = load_vgg19_features_state_dict(weights)
-        expected = {key: param.shape for key, param in self.features.state_dict().items()}
-        missing = sorted(set(expected) - set(state), key=layer_order)
-        unexpected = sorted(set(state) - set(expected), key=layer_order)
+        report = key_report(state, self.features.state_dict())
+        missing, unexpected = sorted(report.missing, key=layer_order), sorted(report.unexpected, key=layer_order)
         if missing or unexpected:
-            raise ValueError(
+            raise WeightsError(
                 f"{weights}: not a VGG19 features state dict; missing keys {missing}, unexpected keys {unexpected} "
                 "(expected torchvision's vgg19 layout: 'features.<i>.weight'/'features.<i>.bias', "
                 "or '<i>.weight'/'<i>.bias')"
             )
-        wrong = [f"{key}: {tuple(state[key].shape)} instead of {tuple(shape)}"
-                 for key, shape in expected.items() if state[key].shape != shape]
-        if wrong:
-            raise ValueError(f"{weights}: VGG19 weights of the wrong shape: {'; '.join(wrong)}")
+        if report.mismatched:
+            wrong = [f"{key}: {found} instead of {shape}" for key, found, shape in report.mismatched]
+            raise WeightsError(f"{weights}: VGG19 weights of the wrong shape: {'; '.join(wrong)}")
         self.features.load_state_dict(state)
 
     def train(self, mode: bool = True) -> VGG19Features:

@@ -19,14 +19,19 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 RECIPES = PACKAGE / "recipes"
 """The installed recipes: one YAML per (method, task), CPU overlays under demo/."""
+BASE_RECIPE = RECIPES / "base.yaml"
+"""The suite's shared settings (trainer defaults, the W&B logger, the standard callbacks), which the CLI reads
+before the -c files of every fit, validate, test and predict: a recipe holds only what differs."""
 SLURM = PACKAGE / "slurm"
 """The installed batch scripts: train.sbatch, array.sbatch."""
 CONFIG_FLAGS = ("-c", "--config")
 
 
 def recipe_names() -> list[str]:
-    """Names of the installed recipes, relative to the recipe folder, without `.yaml` (`sr3_x4`, `demo/...`)."""
-    return sorted(path.relative_to(RECIPES).with_suffix("").as_posix() for path in RECIPES.rglob("*.yaml"))
+    """Names of the installed recipes, relative to the recipe folder, without `.yaml` (`sr3_x4`, `demo/...`);
+    not the base recipe, which every command reads first and nobody runs (`recipe_path("base")` finds it)."""
+    paths = (path for path in RECIPES.rglob("*.yaml") if path != BASE_RECIPE)
+    return sorted(path.relative_to(RECIPES).with_suffix("").as_posix() for path in paths)
 
 
 def recipe_path(name: str) -> Path | None:
@@ -40,12 +45,16 @@ def recipe_path(name: str) -> Path | None:
 
 def config_arguments(argv: list[str]) -> Iterator[tuple[int, str, str]]:
     """(index, prefix, config) of every config on a command line: `-c F`, `--config F` (the word after the
-    flag, prefix "") and `--config=F` (the same word, prefix "--config=")."""
+    flag, prefix "") and `--config=F`, `-c=F`, `-cF` (the same word, prefix `--config=`, `-c=`, `-c`), as
+    argparse reads them."""
     for index, word in enumerate(argv):
         if word in CONFIG_FLAGS and index + 1 < len(argv):
             yield index + 1, "", argv[index + 1]
-        elif word.startswith("--config="):
-            yield index, "--config=", word.split("=", 1)[1]
+        elif word.startswith(("--config=", "-c=")):
+            prefix, value = word.split("=", 1)
+            yield index, prefix + "=", value
+        elif word.startswith("-c") and len(word) > 2 and not word.startswith("--"):
+            yield index, "-c", word[2:]
 
 
 def resolve_configs(argv: list[str]) -> list[str]:
@@ -91,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(names)} recipes in {RECIPES}:")
     for name in names:
         print(f"  {name:<{width}}  {summary(RECIPES / f'{name}.yaml')}")
+    print("and, read before each of them by fit, validate, test and predict:")
+    print(f"  {BASE_RECIPE.stem:<{width}}  {summary(BASE_RECIPE)}")
     return 0
 
 

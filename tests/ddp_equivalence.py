@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ir_lightning.callbacks import EMA
-from ir_lightning.checkpoint_io import AtomicCheckpointIO
+from ir_lightning.training.callbacks import EMA
+from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.methods.base import RestorationModule
 
 GLOBAL_BATCH, STEPS, NAN_STEP, NAN_SAMPLE = 8, 5, 2, 5  # sample 5 of each global batch: rank 1's under DDP

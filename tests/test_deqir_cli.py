@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ir_lightning.callbacks import to_uint8_hwc
+from ir_lightning.training.image_grid import to_uint8_hwc
 from ir_lightning.methods.deqir import DeqIR
 
 from tests.conftest import REPO

@@ -18,13 +18,13 @@ from PIL import Image
 
 from datamodules.format import ShardError, ShardSample
 from datamodules.writer import write_shards
-from ir_lightning import evaluate
+from ir_lightning.commands import evaluate
 from ir_lightning.commands.shards import main as shards
-from ir_lightning.io import host_tag
-from ir_lightning.restore import main as restore
-from ir_lightning.tiling import restored_bands
-from tests.test_evaluate import Nearest, use_method
-from tests.test_restore import save_checkpoint, small_deqir
+from ir_lightning.commands.restore import main as restore
+from ir_lightning.inference.tiling import restored_bands
+from ir_lightning.io.atomic import host_tag
+from tests.commands.test_evaluate import Nearest, use_method
+from tests.helpers.checkpoints import save_checkpoint, small_deqir
 from tests.datamodules.test_presets import gopro
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -23,8 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from datamodules import ShardDataModule
-from ir_lightning import run_lock
-from ir_lightning.checkpoint_io import AtomicCheckpointIO
+from ir_lightning.training import run_lock
+from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
 from datamodules.stages import StreamStopped
 from ir_lightning.cli import instantiation_failure, main, user_message
 from ir_lightning.degradations import BicubicDownsample, Pipeline
@@ -32,12 +32,12 @@ from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.sr3 import SR3
 from ir_lightning.nets.unet import UNet
-from ir_lightning.preemption import FinalCheckpoint, newest_checkpoint
-from ir_lightning.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
-from ir_lightning.run_lock import FolderLock, RunDirectoryLocked
+from ir_lightning.training.preemption import FinalCheckpoint, newest_checkpoint
+from ir_lightning.training.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
+from ir_lightning.training.run_lock import FolderLock, RunDirectoryLocked
 from tests.conftest import REPO
 from tests.test_cli import RECIPE, data_args, run
-from tests.test_restore import save_checkpoint, small_deqir
+from tests.helpers.checkpoints import save_checkpoint, small_deqir
 
 TINY_UNET = dict(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), norm_groups=4)
 
@@ -61,7 +61,7 @@ def test_a_second_lock_on_a_held_folder_names_the_holder_and_a_released_one_is_t
 @pytest.mark.slow
 def test_the_lock_of_a_process_killed_with_sigkill_is_taken_over(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from ir_lightning.run_lock import FolderLock; "
+        [sys.executable, "-c", "import sys, time; from ir_lightning.training.run_lock import FolderLock; "
          f"FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
     )  # fmt: skip

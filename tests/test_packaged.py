@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from ir_lightning import cli, demo, packaged, sweep
+from ir_lightning import cli, packaged
+from ir_lightning.commands import demo, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_installed_recipes_are_the_checkouts_recipes_folder():
     on_disk = sorted(p.relative_to(REPO / "recipes").with_suffix("").as_posix() for p in (REPO / "recipes").rglob("*.yaml"))
-    assert packaged.recipe_names() == on_disk and "sr3_x4" in on_disk and "demo/sr3_x4_cpu" in on_disk
+    assert packaged.recipe_names() == [n for n in on_disk if n != "base"] and "demo/sr3_x4_cpu" in on_disk
+    assert packaged.recipe_path("base") == packaged.BASE_RECIPE and "sr3_x4" in on_disk  # read first, never run
     assert (packaged.SLURM / "train.sbatch").read_bytes() == (REPO / "slurm/train.sbatch").read_bytes()
     assert sweep.ARRAY_SCRIPT.is_file() and demo.RECIPE.is_file() and demo.OVERLAY.is_file()
 
@@ -33,6 +35,8 @@ def test_a_config_names_an_installed_recipe_unless_such_a_file_exists_here(tmp_p
             "-c", "../recipes/sr3_x4", "--model.init_args.scale=4"]  # fmt: skip
     assert packaged.resolve_configs(argv) == ["fit", "-c", sr3, "--config", sr3, f"--config={overlay}", "-c", "nope",
                                               "-c", "../recipes/sr3_x4", "--model.init_args.scale=4"]  # fmt: skip
+    assert packaged.resolve_configs(["fit", "-c=sr3_x4", "-cdemo/sr3_x4_cpu", "--ckpt_path=last"]) == [
+        "fit", f"-c={sr3}", f"-c{overlay}", "--ckpt_path=last"]  # argparse's other spellings of -c  # fmt: skip
     (tmp_path / "elsewhere.yaml").write_text("trainer: {}\n")
     assert packaged.recipe_path(str(tmp_path / "elsewhere")) is None  # an absolute name is no installed recipe
     (tmp_path / "sr3_x4").write_text("trainer: {}\n")  # a file of that name here wins
@@ -101,9 +105,11 @@ def test_a_wheel_installed_outside_the_checkout_finds_its_recipes_and_scripts(tm
     assert (work / "demo_out/runs/sr3_x4_demo/checkpoints/last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("words", [["--version"], ["recipes"], ["sweep", "--help"], ["shards", "--help"]])
+@pytest.mark.parametrize("words", [["--version"], ["recipes"], ["sweep", "--help"], ["shards", "--help"], ["restore", "--help"],
+                                   ["evaluate", "--help"], ["export", "--help"], ["demo", "--help"]])  # fmt: skip
 def test_commands_that_need_no_lightning_do_not_import_it(words):
-    """The entry point dispatches these before anything imports Lightning (or torch), so they start at once."""
+    """The entry point dispatches these before anything imports Lightning (or torch), so they start at once: a
+    command imports torch, the methods and the networks once its arguments are parsed."""
     code = ("import sys\nfrom ir_lightning.entry import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in ('lightning', 'torch', 'jsonargparse') if m in sys.modules)\n"
             "print('heavy:', heavy, file=sys.stderr)")  # fmt: skip

@@ -2,7 +2,9 @@
 
 - `basic`: bicubic down-scaling, Gaussian blur, Gaussian noise, JPEG, and the `Pipeline` a recipe names;
 - `realesrgan`: the second-order real-world degradation model of Real-ESRGAN;
-- `camera`: signal-dependent, spatially correlated camera noise (a "real" domain unlike AWGN).
+- `camera`: signal-dependent, spatially correlated camera noise (a "real" domain unlike AWGN);
+- `resize`: every bicubic resize of the suite (torch's and MATLAB's `imresize`), for data, degradations,
+  evaluation and DeqIR's operator alike.
 
 Recipes name classes by their path in this package (`ir_lightning.degradations.Pipeline`).
 """
@@ -16,7 +18,6 @@ from ir_lightning.degradations.basic import (
     GaussianBlur,
     GaussianNoise,
     Pipeline,
-    bicubic_upsample,
     check_integer,
     check_odd_size,
     check_probability,
@@ -24,6 +25,7 @@ from ir_lightning.degradations.basic import (
     uniform,
 )
 from ir_lightning.degradations.camera import CameraNoise
+from ir_lightning.degradations.resize import bicubic_upsample
 from ir_lightning.degradations.realesrgan import (
     KERNEL_TYPES,
     RealESRGANDegradation,

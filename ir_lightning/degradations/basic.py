@@ -20,10 +20,11 @@ import numbers
 from abc import ABC, abstractmethod
 
 import torch
-import torch.nn.functional as F
 from kornia.enhance import jpeg_codec_differentiable
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
+
+from ir_lightning.degradations.resize import bicubic_downsample
 
 PIXEL_LEVELS: float = 255.0
 """Largest 8-bit pixel value: noise sigmas are given on this scale and stored LQ images are uint8."""
@@ -31,11 +32,6 @@ PIXEL_LEVELS: float = 255.0
 RGB_CHANNELS: int = 3
 """Channels the JPEG codec encodes (RGB converted to YCbCr)."""
 
-
-def bicubic_upsample(img: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bicubic up-sampling of an image in [0, 1] to `size` (H, W), clamped back to [0, 1]: the
-    "bicubic" baseline of SR and the conditioning image of SR3."""
-    return F.interpolate(img, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def uniform(
@@ -108,15 +104,7 @@ class BicubicDownsample(Degradation):
         self.antialias = antialias
 
     def __call__(self, img: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        height, width = img.shape[-2:]
-        if height % self.scale or width % self.scale:
-            raise ValueError(
-                f"image of shape {tuple(img.shape)} has H, W not divisible by scale {self.scale}"
-            )
-        if self.scale == 1:
-            return img
-        size = (height // self.scale, width // self.scale)
-        return F.interpolate(img, size=size, mode="bicubic", align_corners=False, antialias=self.antialias)
+        return bicubic_downsample(img, self.scale, self.antialias)
 
 
 class GaussianBlur(Degradation):

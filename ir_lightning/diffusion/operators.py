@@ -26,18 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ir_lightning.degradations.resize import bicubic_matrix
 from ir_lightning.diffusion.samplers import gaussian_like
 
 Shape = tuple[int, ...]
 
 RGB_CHANNELS: int = 3
 """Channels a colour image has; colorization averages them into one."""
-
-CUBIC_A: float = -0.5
-"""Keys' cubic coefficient that MATLAB ``imresize`` and PIL use (OpenCV uses -0.75)."""
-
-CUBIC_SUPPORT: float = 4.0
-"""Width of the cubic kernel in input pixels at scale 1 (it is zero beyond |x| = 2)."""
 
 
 def _image_shape(shape: Shape, name: str) -> tuple[int, int, int, int]:
@@ -130,37 +125,6 @@ class AveragePoolSR(LinearOperator):
         return self._upsample(y)
 
 
-def cubic(x: Tensor) -> Tensor:
-    """Keys' cubic convolution kernel with a = -0.5, zero for |x| >= 2."""
-    a, ax = CUBIC_A, x.abs()
-    near = ((a + 2) * ax - (a + 3)) * ax**2 + 1  # |x| <= 1
-    far = (((ax - 5) * ax + 8) * ax - 4) * a  # 1 < |x| < 2
-    return torch.where(ax <= 1, near, torch.where(ax < 2, far, torch.zeros_like(x)))
-
-
-def bicubic_matrix(length: int, scale: int) -> Tensor:
-    """The ``(length / scale) x length`` float64 matrix of 1-D bicubic down-sampling, as MATLAB ``imresize``.
-
-    Output pixel i sits at input coordinate u = (i + 0.5) scale - 0.5; on down-sampling the cubic is
-    stretched by `scale` (antialiasing), so its weights are cubic((u - j) / scale) over
-    4 scale + 2 neighbours j, normalised to sum 1. Neighbours outside [0, length) are mirrored with
-    the edge pixel repeated (MATLAB's symmetric border) and their weights added to the mirrored column.
-    """
-    if length % scale:
-        raise ValueError(f"bicubic_matrix needs a length that is a multiple of scale {scale}, got {length}")
-    out_length = length // scale
-    u = (torch.arange(out_length, dtype=torch.float64) + 0.5) * scale - 0.5
-    taps = math.ceil(CUBIC_SUPPORT * scale) + 2
-    left = torch.floor(u - CUBIC_SUPPORT * scale / 2)
-    neighbours = left[:, None] + torch.arange(taps, dtype=torch.float64)
-    weights = cubic((u[:, None] - neighbours) / scale)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    period = neighbours.long() % (2 * length)  # mirror [0, n) -> [0, 2n) with the edge repeated
-    columns = torch.where(period < length, period, 2 * length - 1 - period)
-    matrix = torch.zeros(out_length, length, dtype=torch.float64)
-    return matrix.scatter_add_(1, columns, weights)
-
-
 def svd_pinv(matrix: Tensor, rcond: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(U, S, V, V S^+ U^T) of a matrix, with S^+ = 1/S where S > rcond max(S) and 0 elsewhere."""
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
@@ -173,7 +137,8 @@ def svd_pinv(matrix: Tensor, rcond: float) -> tuple[Tensor, Tensor, Tensor, Tens
 class BicubicSR(LinearOperator):
     """Super-resolution by bicubic down-sampling, as a separable matrix per axis (DDRM's bicubic SR).
 
-    A x = A_h X A_w^T per channel, with A_h and A_w the 1-D matrices of :func:`bicubic_matrix` for
+    A x = A_h X A_w^T per channel, with A_h and A_w the 1-D matrices of MATLAB ``imresize``
+    (:func:`ir_lightning.degradations.resize.bicubic_matrix`, the suite's one bicubic kernel) for
     the image size ``size = (H, W)`` given here, so A knows its borders exactly. A^T uses the
     transposed matrices. A^+ = A_w^+ (x) A_h^+ because the pseudo-inverse of a Kronecker product is
     the product of the pseudo-inverses; each 1-D A^+ = V S^+ U^T comes from the SVD of its matrix

@@ -28,29 +28,22 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+
+# Private: the context variable LightningCLI sets while it builds the model from a config; no public API says
+# whether a module is being built from a config (its hyperparameters) or in Python (live objects).
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
-from ir_lightning.checkpoint_io import check_checkpoint, read_checkpoint, safe_load
-from ir_lightning.methods.lr import LRSchedule, lr_factor
-from ir_lightning.metrics import RestorationMetrics
-
-
-TRAINING_DRAWS, GLOBAL_DRAWS = range(2)
-"""Ids of the per-step random streams: the method's own draws (noise, noise levels) and torch's
-global generator (dropout)."""
+from ir_lightning.io.weights import check_checkpoint, key_report, read_checkpoint, safe_load
+from ir_lightning.metrics.psnr_ssim import RestorationMetrics
+from ir_lightning.training.optim import LRSchedule, lr_factor
+from ir_lightning.training.seeding import GLOBAL_DRAWS, TRAINING_DRAWS, derived_seed
 
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped after too many consecutive non-finite losses."""
-
-
-def derived_seed(*words: int) -> int:
-    """A 63-bit seed mixed from non-negative integers (numpy's SeedSequence: nearby words give unrelated seeds)."""
-    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def adam(params: Any) -> torch.optim.Optimizer:
@@ -126,8 +119,8 @@ class RestorationModule(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> RestorationModule:  # fmt: skip
         """Lightning's `load_from_checkpoint`, after the file has been read safely and every class path in its
-        hyperparameters checked against the allow-list (`checkpoint_io.read_checkpoint`): a refused file
-        raises `UnsafeCheckpointError` naming it, before anything it names is imported. Always
+        hyperparameters checked against the allow-list (`ir_lightning.io.weights.read_checkpoint`): a refused file
+        raises `WeightsError` naming it, before anything it names is imported. Always
         `weights_only=True`."""
         if isinstance(checkpoint_path, (str, os.PathLike)):
             checkpoint = read_checkpoint(checkpoint_path, mmap=True)
@@ -171,12 +164,11 @@ class RestorationModule(pl.LightningModule):
         left out (`exported_without`, where this method declares them `TRAINING_ONLY`) keep their fresh
         initialisation. Raises
         ValueError naming `source` when the weights do not fit this module as configured."""
-        weights, own = checkpoint["state_dict"], self.state_dict()
+        weights = checkpoint["state_dict"]
         left_out = tuple(f"{name}." for name in checkpoint.get("exported_without", ()) if name in self.TRAINING_ONLY)
-        unexpected = [key for key in weights if key not in own]
-        missing = [key for key in own if key not in weights and not key.startswith(left_out)]
-        mismatched = [f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}"
-                      for key in weights if key in own and weights[key].shape != own[key].shape]  # fmt: skip
+        report = key_report(weights, self.state_dict())
+        unexpected, missing = report.unexpected, [key for key in report.missing if not key.startswith(left_out)]
+        mismatched = [f"{key} {found} vs {shape}" for key, found, shape in report.mismatched]
         if unexpected or missing or mismatched:
             problems = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                         for label, keys in (("unexpected", unexpected), ("missing", missing), ("other shapes:", mismatched)) if keys]  # fmt: skip
@@ -222,6 +214,7 @@ class RestorationModule(pl.LightningModule):
         factory built by the CLI reach objects holding thread locks ("cannot pickle
         '_thread.lock' object"). The average needs neither, so the copy points to the originals.
         """
+        # `_trainer`: the Trainer as the module holds it (private; the public `trainer` raises when there is none)
         for shared in (self._trainer, self.optimizer_factory, self._generator, self.nonfinite_steps, *self.shared_in_copies()):
             if shared is not None:
                 memo[id(shared)] = shared
@@ -273,11 +266,16 @@ class RestorationModule(pl.LightningModule):
 
     @property
     def tileable(self) -> bool:
-        """Whether `restore` may be applied to tiles of an image (`ir_lightning.tiling`): true unless
+        """Whether `restore` may be applied to tiles of an image (`ir_lightning.inference.tiling`): true unless
         what it computes depends on where the tile sits in the whole image."""
         return True
 
     # --- shared behaviour ---------------------------------------------------------------
+    @property
+    def attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer this module runs in, or None (Lightning's `trainer` raises when there is none)."""
+        return self._trainer  # private: no public API tells whether a module is attached to a Trainer
+
     def training_generator(self) -> torch.Generator:
         """The random stream of the method's training draws (noise levels, noise) at this step.
 
@@ -296,7 +294,7 @@ class RestorationModule(pl.LightningModule):
 
     def _step_seed(self, stream: int) -> int:
         """Seed of random stream `stream` at this (global seed, rank, step); skipped steps count as steps."""
-        rank = self.trainer.global_rank if self._trainer is not None else 0
+        rank = self.trainer.global_rank if self.attached_trainer is not None else 0
         base = self._base_seed if self._base_seed is not None else torch.initial_seed()
         return derived_seed(base, rank, self.global_step, stream)
 

@@ -171,7 +171,7 @@ class DeqIR(RestorationModule):
         gt = batch["gt"]
         operator, measurement = self.measurement(gt)
         restored, solve = self.restoration_with(operator, measurement, tuple(gt.shape[-2:]))
-        stage = None if self._trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
+        stage = None if self.attached_trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
         if solve is not None and stage is not None:  # predict may not log
             self.log(f"{stage}/solver_iterations", float(solve.iterations), batch_size=gt.shape[0])
             # 1 when the residual met the tolerance, 0 when the iteration cap or the T bound ended the solve

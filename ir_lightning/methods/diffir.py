@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ir_lightning.checkpoint_io import read_checkpoint
 from ir_lightning.diffusion.prior import noised_start, reverse_chain
+from ir_lightning.io.weights import WeightsError, existing_file, key_report, read_checkpoint
 from ir_lightning.losses import GANLoss, PerceptualLoss
 from ir_lightning.methods.base import Restoration, RestorationModule
-from ir_lightning.methods.lr import LRSchedule
 from ir_lightning.methods.settings import NoiseSchedule
 from ir_lightning.nets.diffir import input_multiple
-from ir_lightning.nets.unet import pad_to_multiple
+from ir_lightning.nets.padding import pad_to_multiple
+from ir_lightning.training.optim import LRSchedule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -43,8 +43,9 @@ OBJECT_ARGUMENTS = ("restorer", "cpen_s1", "cpen_s2", "denoiser", "discriminator
 """Arguments of the DiffIR modules that are objects (kept out of the hyperparameters when built in Python)."""
 
 
-class Stage1CheckpointError(ValueError):
-    """The stage-1 (or stage-2) checkpoint does not fit the networks of the next stage."""
+Stage1CheckpointError = WeightsError
+"""A stage-1 (or stage-2) checkpoint that does not fit the networks of the next stage: the suite's one
+weight-file error (`ir_lightning.io.weights.WeightsError`), under the name this module gave it."""
 
 
 PRIOR_SCHEDULE = NoiseSchedule(kind="quad", n_steps=4, linear_start=0.1, linear_end=0.99)
@@ -71,7 +72,7 @@ class DiffIRS1(RestorationModule):
         restorer: the DIRformer (`forward(lq, ipr)`).
         cpen_s1: stage 1's CPEN (`with_gt=True`; `forward(lq, gt) -> ipr`).
         scale: GT / LQ size ratio (1 for deblurring, 4 for x4 SR); the networks must agree.
-        lr_schedule: learning rate against the optimizer step (`ir_lightning.methods.lr`); None = constant.
+        lr_schedule: learning rate against the optimizer step (`ir_lightning.training.optim`); None = constant.
         y_channel: compute PSNR/SSIM on the Y channel (default: RGB, as DiffIR reports deblurring).
         **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, max_nonfinite_steps).
     """
@@ -202,7 +203,7 @@ class DiffIRS2(DiffIRS1):
 
     # --- the stage-1 hand-off -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        resuming = self.attached_trainer is not None and self.trainer.ckpt_path is not None
         if stage == "fit" and not resuming:  # a resumed fit has every weight in its own checkpoint
             self.load_previous_stage()
 
@@ -439,10 +440,8 @@ class DiffIRGAN(DiffIRS2):
 
 def read_weights(path: str | Path, argument: str, hint: str) -> dict[str, Tensor]:
     """The EMA weights (`state_dict`) of one of our checkpoints, read without running or importing anything it
-    names (`checkpoint_io.read_checkpoint`: a file that is no checkpoint of the suite is refused naming it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{argument}: {path} does not exist ({hint})")
+    names (`ir_lightning.io.weights.read_checkpoint`: a file that is no checkpoint of the suite is refused naming it)."""
+    path = existing_file(path, f"{argument}: {path} does not exist ({hint})")  # a MissingWeightsFile, else
     return read_checkpoint(path)["state_dict"]  # the EMA weights, where the EMA callback ran
 
 
@@ -465,15 +464,12 @@ def _part(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def _compare(expected: dict[str, Tensor], given: dict[str, Tensor]) -> dict[str, list[str]]:
-    """Keys missing from `given`, unexpected in it, and present with another shape."""
+    """Keys missing from `given`, unexpected in it, and present with another shape (`io.weights.key_report`), sorted."""
+    report = key_report(given, expected)
     return {
-        "missing": sorted(set(expected) - set(given)),
-        "unexpected": sorted(set(given) - set(expected)),
-        "shape": sorted(
-            f"{key} {tuple(given[key].shape)} vs {tuple(expected[key].shape)}"
-            for key in set(expected) & set(given)
-            if given[key].shape != expected[key].shape
-        ),
+        "missing": sorted(report.missing),
+        "unexpected": sorted(report.unexpected),
+        "shape": sorted(f"{key} {found} vs {shape}" for key, found, shape in report.mismatched),
     }
 
 

@@ -36,7 +36,7 @@ from ir_lightning.losses import charbonnier
 from ir_lightning.diffusion.ranges import to_signed
 from ir_lightning.methods.base import Restoration, RestorationModule
 from ir_lightning.methods.settings import NoiseSchedule
-from ir_lightning.nets.unet import pad_to_multiple
+from ir_lightning.nets.padding import pad_to_multiple
 
 CONDITION_SLOTS = 2
 """D sees concat([noisy target, slot a, slot b]): 3 + 2 x 3 = 9 channels."""

@@ -43,7 +43,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ir_lightning.nets.unet import NoiseLevelEmbedding, UNet, UNetDecoder, UNetEncoder, pad_to_multiple
+from ir_lightning.nets.padding import pad_to_multiple
+from ir_lightning.nets.unet import NoiseLevelEmbedding, UNet, UNetDecoder, UNetEncoder
 
 
 class TwoUNets(nn.Module):

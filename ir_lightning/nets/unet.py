@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ir_lightning.nets.padding import pad_to_multiple
+
 SKIP_SCALE = 1.0 / math.sqrt(2.0)  # SR3 / BigGAN: residual sums scaled by 1/sqrt(2)
 
 
@@ -133,15 +135,6 @@ class Level(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, dropout, groups) for i, o in chans)
         self.attns = nn.ModuleList(SelfAttention(o, groups) if attention else nn.Identity() for _, o in chans)
-
-
-def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
-    """Pads H and W (reflect, at the bottom and right) up to multiples of `factor`; crop back with [..., :h, :w]."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % factor, (-w) % factor
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-    return x
 
 
 def skip_channels(base_channels: int, channel_mults: Sequence[int], num_res_blocks: int) -> list[int]:

@@ -19,7 +19,8 @@ from datamodules.folders import (
     suffix_rule,
 )
 from datamodules.format import IMAGE_EXTENSIONS, IMAGE_SUFFIXES
-from ir_lightning import evaluate, images
+from ir_lightning.commands import evaluate
+from ir_lightning.io import images
 from tests.datamodules.test_writer import encode, noise
 
 # ----------------------------------------------------------------------------------------------

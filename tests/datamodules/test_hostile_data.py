@@ -39,7 +39,7 @@ from ir_lightning.degradations import (
     Pipeline,
     RealESRGANDegradation,
 )
-from ir_lightning.io import UnsafeKeyError
+from ir_lightning.io.atomic import UnsafeKeyError
 from tests.datamodules.test_shards_datamodule import (
     GT_SIZE,
     MeanModel,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ir_lightning.checkpoints import export_weights
+from ir_lightning.commands.export import export_weights
 from ir_lightning.methods.base import RestorationModule
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ir_lightning.methods.diffir import DiffIRS1, DiffIRS2, Stage1CheckpointError
-from ir_lightning.methods.lr import StepDecay
+from ir_lightning.training.optim import StepDecay
 from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser
 from tests.helpers.contract import MethodContract
 from tests.helpers.nets import tiny_diffir

@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from ir_lightning.callbacks import EMA
+from ir_lightning.training.callbacks import EMA
 from ir_lightning.losses import PerceptualLoss, vgg19_features_stack
 from ir_lightning.methods.diffir import DiffIRGAN, DiffIRS2, Stage1CheckpointError
 from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser

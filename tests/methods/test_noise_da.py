@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ir_lightning.checkpoints import export_weights
+from ir_lightning.commands.export import export_weights
 from ir_lightning.methods.noise_da import DenoisingAsAdaptation, draw_swaps, ramp, shuffle_slots, triplet
 from ir_lightning.methods.sr3 import to_signed
 from tests.helpers.nets import tiny_da, tiny_unet
