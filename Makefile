@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast mutants bench bench-restore bench-rddm bench-diffir bench-da bench-deqir install clean
+.PHONY: demo test test-fast lint format mutants bench bench-restore bench-rddm bench-diffir bench-da bench-deqir install clean
 
 install: $(STAMP)
 
@@ -25,11 +25,20 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ir-lightning demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# style: the formatter's and the linter's verdicts (pyproject.toml [tool.ruff]); `make format` applies them
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # Mutation check (not in CI): named one-line breaks of the code (tests/mutants.py), each applied to a
 # scratch copy; the fast tests that claim to check the line must fail. MUTANTS_ARGS="--jobs 2", "--only fid".

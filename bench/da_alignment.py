@@ -53,8 +53,10 @@ from ir_lightning.methods.sr3 import to_signed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [ROOT / "recipes/da_denoise.yaml", ROOT / "recipes/demo/da_denoise_cpu.yaml"]
-HEADER = ("| checkpoint | cos(noise, real) | via real | via syn | cos(pixel, real) | image cos | "
-          "denoise MSE | triplet | D@0.9 true / blank / GT |")  # fmt: skip
+HEADER = (
+    "| checkpoint | cos(noise, real) | via real | via syn | cos(pixel, real) | image cos | "
+    "denoise MSE | triplet | D@0.9 true / blank / GT |"
+)
 
 
 def merged_data_config(paths: list[Path]) -> dict[str, Any]:
@@ -113,9 +115,11 @@ def measure(model: DenoisingAsAdaptation, fixed: list[tuple[dict[str, Tensor], d
         for path in ("both", "real", "syn"):
             generator.set_state(state)  # the same levels, noise and slot swaps for the three paths
             denoise, contrast = model.noise_terms(
-                batch, res_syn if path != "real" else res_syn.detach(), res_real if path != "syn" else res_real.detach(),
+                batch,
+                res_syn if path != "real" else res_syn.detach(),
+                res_real if path != "syn" else res_real.detach(),
                 generator,
-            )  # fmt: skip
+            )
             noise_loss = combined_noise_loss(denoise, contrast)
             row.append(cosine(flat_grad(noise_loss, params), real_grad))
             if path == "both":
@@ -128,8 +132,13 @@ def measure(model: DenoisingAsAdaptation, fixed: list[tuple[dict[str, Tensor], d
 
 
 @torch.no_grad()
-def condition_use(model: DenoisingAsAdaptation, syn: dict[str, Tensor], real: dict[str, Tensor],
-                  generator: torch.Generator, gamma: float = 0.9) -> list[float]:  # fmt: skip
+def condition_use(
+    model: DenoisingAsAdaptation,
+    syn: dict[str, Tensor],
+    real: dict[str, Tensor],
+    generator: torch.Generator,
+    gamma: float = 0.9,
+) -> list[float]:
     """D's noise MSE at a fixed level with the true conditions, blank ones and the clean GT in both slots."""
     size = syn["gt"].shape[0]
     level = torch.full((size,), gamma**0.5)
@@ -146,14 +155,20 @@ def condition_use(model: DenoisingAsAdaptation, syn: dict[str, Tensor], real: di
 
 
 def table_row(name: str, f: list[float]) -> str:
-    return (f"| {name} | {f[0]:+.3f} | {f[1]:+.3f} | {f[2]:+.3f} | {f[3]:+.3f} | {f[4]:+.4f} | {f[5]:.4f} | "
-            f"{f[6]:.4f} | {f[7]:.3f} / {f[8]:.3f} / {f[9]:.3f} |")  # fmt: skip
+    return (
+        f"| {name} | {f[0]:+.3f} | {f[1]:+.3f} | {f[2]:+.3f} | {f[3]:+.3f} | {f[4]:+.4f} | {f[5]:.4f} | "
+        f"{f[6]:.4f} | {f[7]:.3f} / {f[8]:.3f} / {f[9]:.3f} |"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoints", nargs="+", type=Path, help="DenoisingAsAdaptation checkpoints (full, with D)")
-    parser.add_argument("--config", nargs="+", type=Path, default=DEFAULT_CONFIGS, help="recipes whose data: section is used")
+    parser.add_argument(
+        "--config", nargs="+", type=Path, default=DEFAULT_CONFIGS, help="recipes whose data: section is used"
+    )
     parser.add_argument("--batches", type=int, default=4, help="fixed batches per measurement (default 4)")
     parser.add_argument("--train-d", type=int, default=0, metavar="STEPS", help="then train D alone for STEPS steps")
     parser.add_argument("--every", type=int, default=500, help="measure every N steps of D's training")
@@ -185,12 +200,16 @@ def main() -> None:
             syn, rl = next(train_syn), next(train_real)
             with torch.no_grad():
                 res_syn, res_real = model.residual(syn["lq"]), model.residual(rl["lq"])
-            denoise, contrast = model.noise_terms({"gt": syn["gt"], "lq": syn["lq"], "real_lq": rl["lq"]}, res_syn, res_real, generator)
+            denoise, contrast = model.noise_terms(
+                {"gt": syn["gt"], "lq": syn["lq"], "real_lq": rl["lq"]}, res_syn, res_real, generator
+            )
             optimizer.zero_grad()
             combined_noise_loss(denoise, contrast).backward()
             optimizer.step()
             if step % args.every == 0 or step == args.train_d:
-                print(table_row(f"D alone +{step} steps ({time.time() - start:.0f} s)", measure(model, fixed)), flush=True)
+                print(
+                    table_row(f"D alone +{step} steps ({time.time() - start:.0f} s)", measure(model, fixed)), flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def gaussian_logpdf(x: torch.Tensor, mean: torch.Tensor | float, var: float) -> 
     return -0.5 * ((x - mean) ** 2).sum(-1) / var - 0.5 * d * math.log(2 * math.pi * var)
 
 
-def bayes_mmse(gamma: float, residual_stds: list[float], dim: int, samples: int, seed: int) -> list[tuple[float, float]]:
+def bayes_mmse(
+    gamma: float, residual_stds: list[float], dim: int, samples: int, seed: int
+) -> list[tuple[float, float]]:
     """Monte-Carlo MMSE of the ideal D (per pixel) and its standard error, for each residual std; the
     same draws for every std (common random numbers), so the trend is not sampling noise."""
     generator = torch.Generator().manual_seed(seed)
@@ -53,8 +55,11 @@ def bayes_mmse(gamma: float, residual_stds: list[float], dim: int, samples: int,
         real_var = 1.0 + std**2
 
         def log_joint(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:  # `first`: the synthetic slot
-            return (gaussian_logpdf(x_t, math.sqrt(gamma) * first, 1 - gamma) + gaussian_logpdf(first, 0.0, 1.0)
-                    + gaussian_logpdf(second, 0.0, real_var))  # fmt: skip
+            return (
+                gaussian_logpdf(x_t, math.sqrt(gamma) * first, 1 - gamma)
+                + gaussian_logpdf(first, 0.0, 1.0)
+                + gaussian_logpdf(second, 0.0, real_var)  # noqa: B023 (called within this iteration)
+            )
 
         p_a = torch.sigmoid(log_joint(c_a, c_b) - log_joint(c_b, c_a))[:, None]
         eps_a = (x_t - math.sqrt(gamma) * c_a) / math.sqrt(1 - gamma)
@@ -76,8 +81,11 @@ def main() -> None:
     print("|---|---|" + "---|" * len(args.stds))
     for dim in args.dim:
         for gamma in args.gammas:
-            cells = [f"{mean:.4f} +- {err:.4f}" for mean, err in bayes_mmse(gamma, args.stds, dim, args.samples, seed=0)]
+            cells = [
+                f"{mean:.4f} +- {err:.4f}" for mean, err in bayes_mmse(gamma, args.stds, dim, args.samples, seed=0)
+            ]
             print(f"| {dim} | {gamma:g} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

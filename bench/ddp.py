@@ -60,12 +60,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from torch import Tensor, nn
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-from torch.nn.parallel import DistributedDataParallel
-
-from ir_lightning.methods.sr3 import SR3
-from ir_lightning.nets.unet import UNet
 from timing import (  # bench/ is on sys.path when this file runs as a script
     RoundRobin,
     Spread,
@@ -76,6 +70,12 @@ from timing import (  # bench/ is on sys.path when this file runs as a script
     ratios,
     to_stderr,
 )
+from torch import Tensor, nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+
+from ir_lightning.methods.sr3 import SR3
+from ir_lightning.nets.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sr3_x4.yaml"
@@ -283,7 +283,9 @@ class SetupRun:
         return {"steps": self.steps, "buckets": self.timer.calls if self.timer is not None else []}
 
 
-def train_interleaved(setups: list[Setup], demo: DemoConfig, args: argparse.Namespace, rank: int) -> list[dict[str, Any]]:
+def train_interleaved(
+    setups: list[Setup], demo: DemoConfig, args: argparse.Namespace, rank: int
+) -> list[dict[str, Any]]:
     """Every setup's steps, interleaved round by round (RoundRobin), the ranks aligned by a barrier before
     each step; returns each setup's record."""
     runs = {str(index): SetupRun(setup, demo, args, rank) for index, setup in enumerate(setups)}
@@ -293,8 +295,9 @@ def train_interleaved(setups: list[Setup], demo: DemoConfig, args: argparse.Name
         if dist.is_initialized():
             dist.barrier()
 
-    robin = RoundRobin({name: run.step for name, run in runs.items()}, warmup=args.warmup, before_each=before_each,
-                       self_timed=True)  # fmt: skip
+    robin = RoundRobin(
+        {name: run.step for name, run in runs.items()}, warmup=args.warmup, before_each=before_each, self_timed=True
+    )
     for _ in range(args.warmup + args.steps):
         robin.run_round()
     return [run.record() for run in runs.values()]
@@ -410,17 +413,26 @@ def figures(setup: Setup, launches: list[list[dict[str, Any]]], warmup: int, bat
     if not setup.timed_hook:
         return Figures(setup, step_seconds, launch_medians, cpu_shares, batch_size)
     return Figures(
-        setup, step_seconds, launch_medians, cpu_shares, batch_size,
+        setup,
+        step_seconds,
+        launch_medians,
+        cpu_shares,
+        batch_size,
         buckets=max(counts),
         bucket_mib=[c["bytes"] / MIB for c in sorted(last_step, key=lambda c: c["start"])],
-        in_flight=in_flight, in_flight_share=shares, summed=summed, tails=tails,
-    )  # fmt: skip
+        in_flight=in_flight,
+        in_flight_share=shares,
+        summed=summed,
+        tails=tails,
+    )
 
 
 def scaling(run: Figures, baseline: Figures) -> Spread:
     """images/s of `run` / images/s of `baseline`, launch by launch (adjacent launches form the pairs)."""
-    return Spread.of(run.images_per_second(r) / baseline.images_per_second(b)
-                     for r, b in zip(run.launch_medians, baseline.launch_medians))  # fmt: skip
+    return Spread.of(
+        run.images_per_second(r) / baseline.images_per_second(b)
+        for r, b in zip(run.launch_medians, baseline.launch_medians)
+    )
 
 
 def versus(run: Figures, baseline: Figures) -> str:
@@ -492,23 +504,32 @@ def build_parser(demo: DemoConfig) -> argparse.ArgumentParser:
         "--steps", type=int, default=6, help="timed rounds (one step of every setup) per launch (default 6)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3,
+        "--repeats",
+        type=int,
+        default=3,
         help="launches of the 1-process and of the multi-process setups, alternating (default 3)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--batch-size", type=int, default=demo.batch_size,
+        "--batch-size",
+        type=int,
+        default=demo.batch_size,
         help=f"GT crops per process and step (default {demo.batch_size}, the demo recipe's)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads per process (default 1: one core each); the all-cores run uses threads x processes",
-    )  # fmt: skip
+    )
     parser.add_argument("--processes", type=int, default=2, help="DDP processes (default 2, the cores of this machine)")
     parser.add_argument(
-        "--bucket-caps", type=parse_cap, nargs="+", default=[parse_cap(c) for c in DEFAULT_BUCKET_CAPS],
+        "--bucket-caps",
+        type=parse_cap,
+        nargs="+",
+        default=[parse_cap(c) for c in DEFAULT_BUCKET_CAPS],
         help="DDP bucket_cap_mb (MiB) of the timed all-reduce runs, 'default' for DDP's "
         f"(default: {' '.join(DEFAULT_BUCKET_CAPS)})",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--flat-repeats", type=int, default=10, help="timed all-reduces of the flat buffer (default 10)"
     )
@@ -549,8 +570,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Setup(f"{n} processes, DDP gloo", n, t, sync=True),
         Setup(f"{n} processes, no gradient all-reduce", n, t),
     ]
-    multi += [Setup(f"{n} processes, DDP gloo, timed hook", n, t, sync=True, bucket_cap_mb=cap, timed_hook=True)
-              for cap in args.bucket_caps]  # fmt: skip
+    multi += [
+        Setup(f"{n} processes, DDP gloo, timed hook", n, t, sync=True, bucket_cap_mb=cap, timed_hook=True)
+        for cap in args.bucket_caps
+    ]
     single_launches: list[list[dict[str, Any]]] = []
     multi_launches: list[list[dict[str, Any]]] = []
     for repeat in range(args.repeats):
@@ -560,8 +583,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(launch(world_size, setups, args))
 
     def setup_figures(setups: list[Setup], launches: list[list[dict[str, Any]]]) -> list[Figures]:
-        return [figures(setup, [[ranks["runs"][index] for ranks in results] for results in launches],
-                        args.warmup, args.batch_size) for index, setup in enumerate(setups)]  # fmt: skip
+        return [
+            figures(
+                setup,
+                [[ranks["runs"][index] for ranks in results] for results in launches],
+                args.warmup,
+                args.batch_size,
+            )
+            for index, setup in enumerate(setups)
+        ]
 
     baseline, all_cores = setup_figures(single, single_launches)
     ddp, independent, *timed = setup_figures(multi, multi_launches)
@@ -582,11 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"round by round ({len(gap.values)} pairs): {Spread.of(1e3 * v for v in gap.values).text('.0f', ' ms')}, "
         f"{gap_share.text('.1%')} of the DDP step ({verdict}); (b) the time with an all-reduce in flight, timed by "
         "the hook in the DDP runs of the table below (per step and rank), as a share of the step: "
-        + "; ".join(f"{bucket_label(run.setup.bucket_cap_mb)} {Spread.of(run.in_flight_share or [0]).text('.1%')}"
-                    for run in timed)
+        + "; ".join(
+            f"{bucket_label(run.setup.bucket_cap_mb)} {Spread.of(run.in_flight_share or [0]).text('.1%')}"
+            for run in timed
+        )
         + ". (b) leaves out what (a) also counts: waiting for the other rank, gloo's threads taking the cores "
         "of the backward, DDP's copies into and out of the buckets"
-    )  # fmt: skip
+    )
     lines += ["", *all_reduce_table(timed), ""]
     lines.append(
         f"- one dist.all_reduce of a flat float32 buffer of {gradient_bytes / MIB:.2f} MiB (all the gradients), "

@@ -45,8 +45,9 @@ def gaussian_eps(power: torch.Tensor, mean: torch.Tensor, alpha_bars: torch.Tens
 
 def photo_statistics(shards: str, crop: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and power spectrum |FFT|^2 / (H W) of random training crops, signed scale, float64."""
-    data = ShardDataModule(train_shards=shards, crop_size=crop, batch_size=n_crops, num_workers=0, steps_per_epoch=1,
-                           shuffle_buffer=10)  # fmt: skip
+    data = ShardDataModule(
+        train_shards=shards, crop_size=crop, batch_size=n_crops, num_workers=0, steps_per_epoch=1, shuffle_buffer=10
+    )
     data.setup("fit")
     crops = next(iter(data.train_dataloader()))["gt"].double() * 2 - 1
     mean = crops.mean((0, 2, 3), keepdim=True)
@@ -73,8 +74,10 @@ def main() -> None:
     y = 2 * operator.forward(gt) - operator.forward(torch.ones_like(gt))
     alpha_bars = NoiseSchedule(kind="linear", n_steps=1000, linear_start=1e-4, linear_end=0.02).gammas()
     x_T = torch.randn(gt.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    print(f"Gaussian-prior DDNM chains, x4 average-pooling SR of a {size} px crop, tol 1e-3, float64; photo spectrum "
-          f"from {args.crops} crops (pixel variance {float(power.mean()):.3f})\n")  # fmt: skip
+    print(
+        f"Gaussian-prior DDNM chains, x4 average-pooling SR of a {size} px crop, tol 1e-3, float64; photo spectrum "
+        f"from {args.crops} crops (pixel variance {float(power.mean()):.3f})\n"
+    )
     print("| prior | T | Picard | Anderson | Picard, preconditioned | Anderson, preconditioned | seconds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, spectrum in (("photo spectrum", power), ("white", white)):

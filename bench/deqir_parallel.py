@@ -55,7 +55,9 @@ def one_run(ckpt: str, n_steps: int, sampler: str, tol: float, max_iter: int, sh
 
     model = DeqIR.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
     solver, _, preconditioner = sampler.partition("+")
-    settings = SolverSettings(solver) if solver == "sequential" else SolverSettings(solver, tolerance=tol, max_iter=max_iter)
+    settings = (
+        SolverSettings(solver) if solver == "sequential" else SolverSettings(solver, tolerance=tol, max_iter=max_iter)
+    )
     model.sampling = dataclasses.replace(model.sampling, steps=n_steps, solver=settings)
     model.preconditioner = preconditioner or "none"
     data = ShardDataModule(train_shards=shards, val_shards=shards, val_crop_size=crop, num_workers=0)
@@ -80,15 +82,25 @@ def one_run(ckpt: str, n_steps: int, sampler: str, tol: float, max_iter: int, sh
     metric = RestorationMetrics(crop_border=0, y_channel=False)
     metric.update(restored, gt)
     return {
-        "rounds": calls["rounds"], "images": calls["images"], "peak_mib": peak - before, "seconds": seconds,
-        "psnr": float(metric.compute()["psnr"]), "iterations": result.iterations if result else n_steps,
+        "rounds": calls["rounds"],
+        "images": calls["images"],
+        "peak_mib": peak - before,
+        "seconds": seconds,
+        "psnr": float(metric.compute()["psnr"]),
+        "iterations": result.iterations if result else n_steps,
         "stopped_by": result.stopped_by if result else "sequential",
-        "residual": result.residuals[-1] if result else 0.0, "restored": restored.flatten().tolist(),
-    }  # fmt: skip
+        "residual": result.residuals[-1] if result else 0.0,
+        "restored": restored.flatten().tolist(),
+    }
 
 
 def run_in_subprocess(args: argparse.Namespace, n_steps: int, sampler: str, tol: float, max_iter: int) -> dict:
-    command = [sys.executable, __file__, "--one", json.dumps([args.ckpt, n_steps, sampler, tol, max_iter, args.shards, args.crop])]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        json.dumps([args.ckpt, n_steps, sampler, tol, max_iter, args.shards, args.crop]),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -110,8 +122,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--max-iter", type=int, default=100, help="solver iteration cap (default 100; the paper's 15)")
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS,
-                        help="sequential first: the others are compared with it; +spectral: preconditioned")  # fmt: skip
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        default=list(SAMPLERS),
+        choices=SAMPLERS,
+        help="sequential first: the others are compared with it; +spectral: preconditioned",
+    )
     parser.add_argument("--shards", default="demo_out/shards/val-000000.tar")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -125,10 +142,14 @@ def main() -> None:
         return
     if not Path(args.ckpt).exists():
         raise SystemExit(f"{args.ckpt}: no such checkpoint; train the demo prior first (see --help)")
-    print(f"DeqIR parallel sampling, {args.ckpt}, x4 average-pooling SR of a {args.crop} x {args.crop} crop, "
-          f"tol {args.tol:g}, torch {torch.__version__}, {args.threads} threads\n")  # fmt: skip
-    print("| T | sampler | serial rounds | rounds / T | network evaluations | peak memory (MiB) | seconds | "
-          "max abs diff to sequential | PSNR (dB) | stopped by | x_0 after T/4 rounds vs sequential (dB) |")  # fmt: skip
+    print(
+        f"DeqIR parallel sampling, {args.ckpt}, x4 average-pooling SR of a {args.crop} x {args.crop} crop, "
+        f"tol {args.tol:g}, torch {torch.__version__}, {args.threads} threads\n"
+    )
+    print(
+        "| T | sampler | serial rounds | rounds / T | network evaluations | peak memory (MiB) | seconds | "
+        "max abs diff to sequential | PSNR (dB) | stopped by | x_0 after T/4 rounds vs sequential (dB) |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for n_steps in args.steps:
         reference = None
@@ -138,10 +159,19 @@ def main() -> None:
             if reference is None:
                 reference = restored
             diff = float((restored - reference).abs().max()) * 2  # [0, 1] -> [-1, 1] scale
-            early = "" if sampler == "sequential" else f"{psnr_between(run_in_subprocess(args, n_steps, sampler, 1e-300, max(1, n_steps // 4)), reference):.1f}".replace("nan", "non-finite")
-            print(f"| {n_steps} | {sampler} | {r['rounds']} | {r['rounds'] / n_steps:.2f} | {r['images']} | "
-                  f"{r['peak_mib']:.0f} | {r['seconds']:.1f} | {diff:.1e} | {r['psnr']:.2f} | "
-                  f"{r['stopped_by']}, residual {r['residual']:.1e} | {early} |", flush=True)  # fmt: skip
+            early = (
+                ""
+                if sampler == "sequential"
+                else f"{psnr_between(run_in_subprocess(args, n_steps, sampler, 1e-300, max(1, n_steps // 4)), reference):.1f}".replace(
+                    "nan", "non-finite"
+                )
+            )
+            print(
+                f"| {n_steps} | {sampler} | {r['rounds']} | {r['rounds'] / n_steps:.2f} | {r['images']} | "
+                f"{r['peak_mib']:.0f} | {r['seconds']:.1f} | {diff:.1e} | {r['psnr']:.2f} | "
+                f"{r['stopped_by']}, residual {r['residual']:.1e} | {early} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

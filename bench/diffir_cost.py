@@ -50,13 +50,6 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from ir_lightning.methods import RDDM, SR3, DiffIRS2, Sampling
-from ir_lightning.nets.diffir import IPR_DIM
-from ir_lightning.nets.rddm import TwoHeadUNet
-from ir_lightning.nets.unet import UNet
 from timing import (  # bench/ is on sys.path when this file runs as a script
     Spread,
     cpu_share_line,
@@ -67,6 +60,13 @@ from timing import (  # bench/ is on sys.path when this file runs as a script
     seconds_list,
     to_stderr,
 )
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ir_lightning.methods import RDDM, SR3, DiffIRS2, Sampling
+from ir_lightning.nets.diffir import IPR_DIM
+from ir_lightning.nets.rddm import TwoHeadUNet
+from ir_lightning.nets.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFFIR_RECIPE = ROOT / "recipes" / "diffir_s2_realsr_x4.yaml"
@@ -95,8 +95,9 @@ aten = torch.ops.aten
 
 
 # --- counting -------------------------------------------------------------------------------------
-def attention_flops(query: Sequence[int], key: Sequence[int], value: Sequence[int], *args: Any,
-                    out_shape: Any = None, **kwargs: Any) -> int:  # fmt: skip
+def attention_flops(
+    query: Sequence[int], key: Sequence[int], value: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
     """FLOPs of softmax(Q K^T) V: two batched products, (L_q x d) (d x L_k) and (L_q x L_k) (L_k x d_v).
 
     On the CPU `F.scaled_dot_product_attention` runs `_scaled_dot_product_flash_attention_for_cpu`,
@@ -248,13 +249,19 @@ def diffir_method(lq: Tensor, args: argparse.Namespace) -> tuple[Method, Count, 
         out = restore()
     check_output(out, "DiffIR")
     calls = ", ".join(f"{name} x{n}" for name, n in count.calls.items())
-    row = Row(f"DiffIR S2 ({model.gammas.numel()} prior steps)", "DIRformer + CPEN_S2 + IPR denoiser",
-              n_parameters(*networks.values()), calls, count.macs)  # fmt: skip
+    row = Row(
+        f"DiffIR S2 ({model.gammas.numel()} prior steps)",
+        "DIRformer + CPEN_S2 + IPR denoiser",
+        n_parameters(*networks.values()),
+        calls,
+        count.macs,
+    )
     return Method(row, restore), count, model
 
 
-def sampler_method(label: str, network: str, net: nn.Module, restore: Callable[[], Tensor],
-                   one_call: Callable[[], Tensor]) -> Method:  # fmt: skip
+def sampler_method(
+    label: str, network: str, net: nn.Module, restore: Callable[[], Tensor], one_call: Callable[[], Tensor]
+) -> Method:
     """A sampler whose every step calls `net` once: one call counted (after one warm-up call); the calls of
     the whole sampler are counted by a hook when it runs (`finish_sampler` multiplies)."""
     one_call()  # warm-up
@@ -270,8 +277,10 @@ def finish_sampler(method: Method, call_shape: tuple[tuple[int, ...], ...], roun
     assert method.counter is not None
     shapes = method.counter.shapes
     if len(shapes) % rounds or any(shape != call_shape for shape in shapes):
-        raise SystemExit(f"bench/diffir_cost.py: {method.row.label}: {len(shapes)} calls in {rounds} restorations, "
-                         f"shapes {sorted(set(shapes))}; expected the same number each time, all {call_shape}")  # fmt: skip
+        raise SystemExit(
+            f"bench/diffir_cost.py: {method.row.label}: {len(shapes)} calls in {rounds} restorations, "
+            f"shapes {sorted(set(shapes))}; expected the same number each time, all {call_shape}"
+        )
     method.row.n_calls = len(shapes) // rounds
     method.row.calls = f"U-Net x{method.row.n_calls}"
     method.row.macs *= method.row.n_calls
@@ -281,33 +290,43 @@ def finish_sampler(method: Method, call_shape: tuple[tuple[int, ...], ...], roun
 def check_output(out: Tensor, label: str) -> None:
     expected = (1, 3, LQ_SIZE * SCALE, LQ_SIZE * SCALE)
     if tuple(out.shape) != expected or not bool(torch.isfinite(out).all()):
-        raise SystemExit(f"bench/diffir_cost.py: {label} restored a {tuple(out.shape)} image (finite: "
-                         f"{bool(torch.isfinite(out).all())}); expected a finite {expected}")  # fmt: skip
+        raise SystemExit(
+            f"bench/diffir_cost.py: {label} restored a {tuple(out.shape)} image (finite: "
+            f"{bool(torch.isfinite(out).all())}); expected a finite {expected}"
+        )
 
 
 def describe_unet(recipe: Path) -> str:
     cls, init_args = recipe_object(recipe, "model.init_args.net")
-    return (f"{cls.__name__} of {recipe.name} ({init_args['base_channels']} ch, "
-            f"x{','.join(map(str, init_args['channel_mults']))}, {init_args['num_res_blocks']} res)")  # fmt: skip
+    return (
+        f"{cls.__name__} of {recipe.name} ({init_args['base_channels']} ch, "
+        f"x{','.join(map(str, init_args['channel_mults']))}, {init_args['num_res_blocks']} res)"
+    )
 
 
 def reference_rows(sr3_steps: int, rddm_steps: int, prior_steps: int) -> list[Row]:
     """Counted on the meta device: one call of each network times the calls the sampler makes."""
     size = LQ_SIZE * SCALE
     rows = []
-    for label, recipe, steps in ((f"SR3 DDIM {sr3_steps}, recipe net", SR3_RECIPE, sr3_steps),
-                                 (f"RDDM {rddm_steps} steps, recipe net", RDDM_RECIPE, rddm_steps)):  # fmt: skip
+    for label, recipe, steps in (
+        (f"SR3 DDIM {sr3_steps}, recipe net", SR3_RECIPE, sr3_steps),
+        (f"RDDM {rddm_steps} steps, recipe net", RDDM_RECIPE, rddm_steps),
+    ):
         params, macs = meta_call_macs(recipe_net(recipe, "model.init_args.net"), (1, 6, size, size), (1,))
         rows.append(Row(label, describe_unet(recipe), params, f"net x{steps}", macs * steps))
     big = 4 * LQ_SIZE  # an LQ 4 times larger a side: 1024 x 1024 out
     restorer = meta_call_macs(recipe_net(DIFFIR_RECIPE, "model.init_args.restorer"), (1, 3, big, big), (1, IPR_DIM))
     cpen_s2 = meta_call_macs(recipe_net(DIFFIR_RECIPE, "model.init_args.cpen_s2"), (1, 3, big, big))
     denoiser = meta_call_macs(recipe_net(DIFFIR_RECIPE, "model.init_args.denoiser"), (1, IPR_DIM), (1,), (1, IPR_DIM))
-    rows.append(Row(
-        f"DiffIR S2, LQ {big} x {big} -> {big * SCALE} x {big * SCALE}", "DIRformer + CPEN_S2 + IPR denoiser",
-        restorer[0] + cpen_s2[0] + denoiser[0], f"DIRformer x1, CPEN_S2 x1, IPR denoiser x{prior_steps}",
-        restorer[1] + cpen_s2[1] + prior_steps * denoiser[1],
-    ))  # fmt: skip
+    rows.append(
+        Row(
+            f"DiffIR S2, LQ {big} x {big} -> {big * SCALE} x {big * SCALE}",
+            "DIRformer + CPEN_S2 + IPR denoiser",
+            restorer[0] + cpen_s2[0] + denoiser[0],
+            f"DIRformer x1, CPEN_S2 x1, IPR denoiser x{prior_steps}",
+            restorer[1] + cpen_s2[1] + prior_steps * denoiser[1],
+        )
+    )
     return rows
 
 
@@ -337,14 +356,18 @@ def table(rows: list[Row], baseline: Row) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="timed rounds, each one restoration of DiffIR, RDDM and SR3, interleaved (default 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="timed rounds, each one restoration of DiffIR, RDDM and SR3, interleaved (default 2)",
+    )
     parser.add_argument("--sr3-steps", type=int, default=50, help="DDIM steps of SR3")
     parser.add_argument("--rddm-steps", type=int, default=5, help="sampling steps of RDDM")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the LQ image")
     parser.add_argument("--quick", action="store_true", help="smoke run: --rounds 1, 2 steps of SR3 and RDDM")
-    return parser  # fmt: skip
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,12 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("bench/diffir_cost.py: --rounds, --sr3-steps and --rddm-steps must be at least 1")
     torch.set_num_threads(args.threads)
     header = [
-        "## DiffIR inference cost (bench/diffir_cost.py)", "",
+        "## DiffIR inference cost (bench/diffir_cost.py)",
+        "",
         f"- command: `{shlex.join(['python', *sys.argv])}`",
         *machine_facts("float32, eval, no_grad"),
         f"- one image: LQ {LQ_SIZE} x {LQ_SIZE} -> {LQ_SIZE * SCALE} x {LQ_SIZE * SCALE} (x{SCALE}), batch 1; "
         f"{args.rounds} interleaved rounds of DiffIR, RDDM, SR3; seconds never under the MAC counter",
-    ]  # fmt: skip
+    ]
     print("\n".join(header), flush=True)
     torch.manual_seed(args.seed)
     lq = torch.rand(1, 3, LQ_SIZE, LQ_SIZE, generator=torch.Generator().manual_seed(args.seed))
@@ -374,13 +398,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         x = torch.rand(1, 6, size, size)
         level = torch.full((1,), 0.5)
         call_shape = (tuple(x.shape), tuple(level.shape))
-        sr3_method = sampler_method(f"SR3 DDIM {args.sr3_steps}", "UNet, comparable width", sr3.net,
-                                    lambda: sr3.restore(lq), lambda: sr3.net(x, level))  # fmt: skip
+        sr3_method = sampler_method(
+            f"SR3 DDIM {args.sr3_steps}",
+            "UNet, comparable width",
+            sr3.net,
+            lambda: sr3.restore(lq),
+            lambda: sr3.net(x, level),
+        )
 
         torch.manual_seed(args.seed)
-        rddm = RDDM(net=TwoHeadUNet(**comparable_unet(norm_groups=8)), scale=SCALE, sampling=Sampling(steps=args.rddm_steps)).eval()
-        rddm_method = sampler_method(f"RDDM {args.rddm_steps} steps", "TwoHeadUNet, comparable width", rddm.net,
-                                     lambda: rddm.restore(lq), lambda: rddm.net(x, level))  # fmt: skip
+        rddm = RDDM(
+            net=TwoHeadUNet(**comparable_unet(norm_groups=8)), scale=SCALE, sampling=Sampling(steps=args.rddm_steps)
+        ).eval()
+        rddm_method = sampler_method(
+            f"RDDM {args.rddm_steps} steps",
+            "TwoHeadUNet, comparable width",
+            rddm.net,
+            lambda: rddm.restore(lq),
+            lambda: rddm.net(x, level),
+        )
         methods = {"DiffIR": diffir, "RDDM": rddm_method, "SR3": sr3_method}
         outputs: dict[str, Tensor] = {}
 
@@ -399,9 +435,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     diffir_row, sr3_row, rddm_row = diffir.row, sr3_method.row, rddm_method.row
     unet_params, unet_call = meta_call_macs(lambda: UNet(**comparable_unet()), (1, 6, size, size), (1,))
-    lines = ["", *table([diffir_row, sr3_row, rddm_row], diffir_row), "",
-             "Seconds round by round: " + "; ".join(f"{name} {seconds_list(robin.seconds[name])}" for name in methods)
-             + ".", "", "For reference (counted, not timed):", "", *table(references, diffir_row), ""]  # fmt: skip
+    lines = [
+        "",
+        *table([diffir_row, sr3_row, rddm_row], diffir_row),
+        "",
+        "Seconds round by round: " + "; ".join(f"{name} {seconds_list(robin.seconds[name])}" for name in methods) + ".",
+        "",
+        "For reference (counted, not timed):",
+        "",
+        *table(references, diffir_row),
+        "",
+    ]
     by_size = sorted(diffir_count.macs_by_network.items(), key=lambda item: -item[1])
     shares = ", ".join(f"{name} {giga(macs)} G ({macs / diffir_count.macs:.2%})" for name, macs in by_size)
     cpen_s1 = n_parameters(diffir_model.cpen_s1)
@@ -415,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- MACs per second (median seconds): DiffIR {diffir_row.macs / 1e9 / Spread.of(diffir_row.seconds or [1]).median:.1f} G/s, "
         f"SR3's sampler {sr3_row.macs / 1e9 / Spread.of(sr3_row.seconds or [1]).median:.1f} G/s, "
         f"RDDM's {rddm_row.macs / 1e9 / Spread.of(rddm_row.seconds or [1]).median:.1f} G/s.",
-    ]  # fmt: skip
+    ]
     at_paper_size = references[-1]
     sr3_ratio = ratios(sr3_row.seconds or [], diffir_row.seconds or [])
     rddm_ratio = ratios(rddm_row.seconds or [], diffir_row.seconds or [])

@@ -34,13 +34,6 @@ import numpy as np
 import PIL
 import torch
 import webdataset
-
-from datamodules import ShardDataModule
-from datamodules.decode import decode_image, to_unit_tensor
-from datamodules.format import ShardSample
-from datamodules.transforms import random_crop
-from datamodules.writer import write_shards
-from ir_lightning.commands.demo import TRAIN_PHOTOS, photo_png, stereo_pngs
 from timing import (  # bench/ is on sys.path when this file runs as a script
     Spread,
     against_target,
@@ -50,6 +43,13 @@ from timing import (  # bench/ is on sys.path when this file runs as a script
     seconds_list,
     to_stderr,
 )
+
+from datamodules import ShardDataModule
+from datamodules.decode import decode_image, to_unit_tensor
+from datamodules.format import ShardSample
+from datamodules.transforms import random_crop
+from datamodules.writer import write_shards
+from ir_lightning.commands.demo import TRAIN_PHOTOS, photo_png, stereo_pngs
 
 TARGET_PER_WORKER = 0.8
 """Target: each loader worker delivers at least 80% of the one-process decode rate."""
@@ -80,20 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=20, help="copies of each demo photo, under new keys (default 20)"
     )
     parser.add_argument(
-        "--copies-per-shard", type=int, default=2,
+        "--copies-per-shard",
+        type=int,
+        default=2,
         help="copies of every photo in each shard, so every shard holds the same mix of sizes (default 2)",
-    )  # fmt: skip
+    )
     parser.add_argument("--crop-size", type=int, default=128, help="side of the random crop (default 128)")
     parser.add_argument("--batch-size", type=int, default=8, help="loader batch size (default 8)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default 2)")
     parser.add_argument(
-        "--shuffle-buffer", type=int, default=50,
+        "--shuffle-buffer",
+        type=int,
+        default=50,
         help="samples per worker in the shuffle buffer (default 50, the CPU recipe's)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--warmup-batches", type=int, default=4,
+        "--warmup-batches",
+        type=int,
+        default=4,
         help="loader batches before the clock starts: starting the workers, filling their shuffle buffers (default 4)",
-    )  # fmt: skip
+    )
     parser.add_argument("--batches", type=int, default=100, help="timed loader batches per round (default 100)")
     parser.add_argument(
         "--rounds", type=int, default=5, help="timed rounds of a and b, interleaved, after one warm-up (default 5)"
@@ -204,10 +210,15 @@ def run(args: argparse.Namespace, out: Path) -> list[str]:
         return case
 
     interleave(
-        {"a": measure("a", lambda: decode_in_process(paths, args.crop_size, args.seed)),
-         "b": measure("b", lambda: loader_rate(paths, args))},
-        rounds=args.rounds, warmup=1, self_timed=True, progress=lambda line: to_stderr(line + " images/s"),
-    )  # fmt: skip
+        {
+            "a": measure("a", lambda: decode_in_process(paths, args.crop_size, args.seed)),
+            "b": measure("b", lambda: loader_rate(paths, args)),
+        },
+        rounds=args.rounds,
+        warmup=1,
+        self_timed=True,
+        progress=lambda line: to_stderr(line + " images/s"),
+    )
     decode, loader = rates["a"][1:], rates["b"][1:]  # the first round is the warm-up
     return ["", *result_table(decode, loader, args.num_workers)]
 

@@ -41,11 +41,14 @@ def train(method: str, patterns: dict[str, str], out: Path, steps: int) -> Path:
     for recipe in RECIPES[method]:
         cmd += ["-c", str(REPO / recipe)]
     cmd += [
-        f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.enable_progress_bar=false",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.val_check_interval={steps}",
+        "--trainer.enable_progress_bar=false",
         f"--data.init_args.train_shards={Path(patterns['train']).resolve()}",
         f"--data.init_args.val_shards={Path(patterns['val']).resolve()}",
-        f"--run_dir={run_dir}", "--ckpt_path=auto",
-    ]  # fmt: skip
+        f"--run_dir={run_dir}",
+        "--ckpt_path=auto",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=out)
     print(f"  {method}: {steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
@@ -73,24 +76,30 @@ def main(argv: list[str] | None = None) -> int:
         def restore(lq):
             rddm.sampling = rddm.sampling.replaced(steps=steps)
             return rddm.restore(lq)
+
         return restore
 
     def sr3_at(steps: int):
         def restore(lq):
             sr3.sampling = sr3.sampling.replaced(sampler="ddim", steps=steps)
             return sr3.restore(lq)
+
         return restore
 
     restorers = {f"RDDM, {n} step{'s' if n > 1 else ''}": rddm_at(n) for n in (1, 2, 5, 10)}
     restorers |= {f"SR3 DDIM, {n} steps": sr3_at(n) for n in (10, 50, 100)}
     scores, _ = evaluate(batches, restorers)
-    print(f"\nEMA weights after {args.steps} training steps each; U-Net parameters: SR3 {n_params['sr3']:,}, "
-          f"RDDM {n_params['rddm']:,}")  # fmt: skip
+    print(
+        f"\nEMA weights after {args.steps} training steps each; U-Net parameters: SR3 {n_params['sr3']:,}, "
+        f"RDDM {n_params['rddm']:,}"
+    )
     print(table(scores, ["astronaut", "coffee", "chelsea"]))
     best_rddm = max(np.mean(scores[f"RDDM, {n} step{'s' if n > 1 else ''}"]["psnr"]) for n in (1, 2, 5))
     sr3_50 = np.mean(scores["SR3 DDIM, 50 steps"]["psnr"])
     verdict = "met" if best_rddm >= sr3_50 else "not met"
-    print(f"\ntarget: best RDDM PSNR at <= 5 steps ({best_rddm:.2f} dB) >= SR3 DDIM 50 steps ({sr3_50:.2f} dB): {verdict}")
+    print(
+        f"\ntarget: best RDDM PSNR at <= 5 steps ({best_rddm:.2f} dB) >= SR3 DDIM 50 steps ({sr3_50:.2f} dB): {verdict}"
+    )
     return 0
 
 

@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 import torch
-
-from ir_lightning.methods import SR3
-from ir_lightning.inference.tiling import restore_tiled
 from timing import Spread, compare, cpu_share_line, interleave, load_after_line, machine_facts, ratios, to_stderr
+
+from ir_lightning.inference.tiling import restore_tiled
+from ir_lightning.methods import SR3
 
 CKPT = Path(__file__).resolve().parents[1] / "ir_lightning/assets/sr3_x4_demo.ckpt"
 CASES = {  # name: (height, width, tiled)
@@ -45,8 +45,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="DDIM steps (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (default 5)")
     args = parser.parse_args()
-    header = ["## Narrow against square inputs (bench/restore_narrow.py)", "",
-              f"- command: `{shlex.join(['python', *sys.argv])}`", *machine_facts()]  # fmt: skip
+    header = [
+        "## Narrow against square inputs (bench/restore_narrow.py)",
+        "",
+        f"- command: `{shlex.join(['python', *sys.argv])}`",
+        *machine_facts(),
+    ]
     print("\n".join(header), flush=True)
     model = SR3.load_from_checkpoint(CKPT, map_location="cpu", weights_only=True).eval()
     model.sampling = model.sampling.replaced(steps=args.steps)
@@ -65,13 +69,18 @@ def main() -> None:
             restore_tiled(restore, lq, 256, 32, 4) if tiled else restore(lq)
         calls[name] = seen
 
-    robin = interleave({name: (lambda name=name: case(name)) for name in CASES}, rounds=args.rounds, warmup=1,
-                       progress=to_stderr)  # fmt: skip
+    robin = interleave(
+        {name: (lambda name=name: case(name)) for name in CASES}, rounds=args.rounds, warmup=1, progress=to_stderr
+    )
     per_pixel = {name: [1e6 * s / (h * w) for s in robin.seconds[name]] for name, (h, w, _) in CASES.items()}
-    print(f"- SR3 x4 demo ({CKPT.name}), DDIM {args.steps} steps, {torch.get_num_threads()} threads; "
-          f"{args.rounds} interleaved rounds after 1 warm-up\n")
-    print("| case | network inputs | s, median (min - max) | us / input pixel, median (min - max) "
-          "| per pixel / the square case's, per round | verdict |\n|---|---|---:|---:|---:|---|")
+    print(
+        f"- SR3 x4 demo ({CKPT.name}), DDIM {args.steps} steps, {torch.get_num_threads()} threads; "
+        f"{args.rounds} interleaved rounds after 1 warm-up\n"
+    )
+    print(
+        "| case | network inputs | s, median (min - max) | us / input pixel, median (min - max) "
+        "| per pixel / the square case's, per round | verdict |\n|---|---|---:|---:|---:|---|"
+    )
     for name in CASES:
         shapes = ", ".join("x".join(map(str, shape)) for shape in calls[name])
         against = verdict = ""
@@ -79,8 +88,10 @@ def main() -> None:
             per_round = ratios(per_pixel[name], per_pixel[PAIRS[name]])
             against = per_round.text(unit="x")
             verdict = compare(per_round, "narrow faster", "narrow slower")
-        print(f"| {name} | {shapes} | {Spread.of(robin.seconds[name]).text()} "
-              f"| {Spread.of(per_pixel[name]).text('.0f')} | {against} | {verdict} |")
+        print(
+            f"| {name} | {shapes} | {Spread.of(robin.seconds[name]).text()} "
+            f"| {Spread.of(per_pixel[name]).text('.0f')} | {against} | {verdict} |"
+        )
     print("\n" + cpu_share_line(robin, torch.get_num_threads()) + "\n" + load_after_line())
 
 

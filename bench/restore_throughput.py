@@ -45,7 +45,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from timing import Spread, load_after_line, machine_facts, ratios, to_stderr  # bench/ is on sys.path as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +91,25 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     from ir_lightning.commands.restore import load_method, parser, restore_file
     from ir_lightning.io.images import read_image
 
-    restore_args = parser().parse_args(["--ckpt", str(args.ckpt), "--input", str(args.image), "--output", str(args.out),
-                                        "--device", "cpu", "--tile", str(args.tile), "--overlap", str(args.overlap),
-                                        "--tile-batch", str(args.tile_batch), *args.extra])  # fmt: skip
+    restore_args = parser().parse_args(
+        [
+            "--ckpt",
+            str(args.ckpt),
+            "--input",
+            str(args.image),
+            "--output",
+            str(args.out),
+            "--device",
+            "cpu",
+            "--tile",
+            str(args.tile),
+            "--overlap",
+            str(args.overlap),
+            "--tile-batch",
+            str(args.tile_batch),
+            *args.extra,
+        ]
+    )
     device = torch.device("cpu")
     model = load_method(restore_args.ckpt, restore_args, device)
     restore_file(model, args.warmup_image, args.out / "warmup.png", restore_args, device)
@@ -137,14 +152,29 @@ def restorer_checkpoint(path: Path) -> Path:
     from ir_lightning.methods import DenoisingAsAdaptation
     from ir_lightning.nets.restorer import ResidualUNet
 
-    networks = {"restorer": {"class_path": "ir_lightning.nets.restorer.ResidualUNet", "init_args": {"width": 16, "depth": 3}},
-                "diffusion": {"class_path": "ir_lightning.nets.unet.UNet", "init_args": {"in_channels": 9}}}  # fmt: skip
+    networks = {
+        "restorer": {"class_path": "ir_lightning.nets.restorer.ResidualUNet", "init_args": {"width": 16, "depth": 3}},
+        "diffusion": {"class_path": "ir_lightning.nets.unet.UNet", "init_args": {"in_channels": 9}},
+    }
     torch.manual_seed(0)
     model = DenoisingAsAdaptation(restorer=ResidualUNet(width=16, depth=3), diffusion=torch.nn.Identity())
-    hparams = dict(model.hparams) | networks | {"_class_path": "ir_lightning.methods.DenoisingAsAdaptation",
-                                                "_instantiator": "lightning.pytorch.cli.instantiate_module"}  # fmt: skip
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "exported_without": ["diffusion"],
-                "pytorch-lightning_version": lightning.__version__}, path)  # fmt: skip
+    hparams = (
+        dict(model.hparams)
+        | networks
+        | {
+            "_class_path": "ir_lightning.methods.DenoisingAsAdaptation",
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        }
+    )
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": hparams,
+            "exported_without": ["diffusion"],
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
     return path
 
 
@@ -160,10 +190,28 @@ def run_size(args: argparse.Namespace, tmp: Path, size: int, warmup_image: Path)
     image = input_image(tmp, size)
     out = tmp / f"out{size}"
     out.mkdir(exist_ok=True)
-    command = [sys.executable, __file__, "--child", "--ckpt", str(args.ckpt), "--image", str(image),
-               "--warmup-image", str(warmup_image), "--out", str(out), "--tile", str(args.tile),
-               "--overlap", str(args.overlap), "--tile-batch", str(args.tile_batch),
-               *([] if size <= args.tracemalloc_max else ["--no-tracemalloc"]), "--extra", *args.extra]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--ckpt",
+        str(args.ckpt),
+        "--image",
+        str(image),
+        "--warmup-image",
+        str(warmup_image),
+        "--out",
+        str(out),
+        "--tile",
+        str(args.tile),
+        "--overlap",
+        str(args.overlap),
+        "--tile-batch",
+        str(args.tile_batch),
+        *([] if size <= args.tracemalloc_max else ["--no-tracemalloc"]),
+        "--extra",
+        *args.extra,
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench/restore_throughput.py: the {size}^2 run failed:\n{done.stderr[-3000:]}")
@@ -176,14 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, help="default: a random-weight Denoising-as-Adaptation restorer")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="passes over the sizes, alternating their order; medians and min - max (default 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="passes over the sizes, alternating their order; medians and min - max (default 2)",
+    )
     parser.add_argument("--warmup-size", type=int, default=512, help="side of the warm-up image (default 512)")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--tile-batch", type=int, default=4)
-    parser.add_argument("--tracemalloc-max", type=int, default=2048,
-                        help="largest size restored a second time under tracemalloc (default 2048; 0: none)")
+    parser.add_argument(
+        "--tracemalloc-max",
+        type=int,
+        default=2048,
+        help="largest size restored a second time under tracemalloc (default 2048; 0: none)",
+    )
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false", help=argparse.SUPPRESS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `restore` arguments (last)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -195,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def table(args: argparse.Namespace, rows: dict[int, list[dict[str, float]]]) -> list[str]:
     """One row per size: medians (min - max) over the passes; the ratio to the first size per pass."""
+
     def own(run: dict[str, float]) -> float:
         return run["peak"] - run["baseline"]
 
@@ -213,21 +270,31 @@ def table(args: argparse.Namespace, rows: dict[int, list[dict[str, float]]]) -> 
         seconds = Spread.of(run["seconds"] for run in runs)
         own_median = Spread.of(own(run) for run in runs).median
         traced = [run["traced_peak"] for run in runs if "traced_peak" in run]
-        cells = [f"{size}^2", f"{runs[0]['width']:.0f} x {runs[0]['height']:.0f}",
-                 f"{seconds.median:.1f}" if len(runs) == 1 else seconds.text(".1f"),
-                 f"{size * size / 1e6 / seconds.median:.2f}", mib(run["baseline"] for run in runs),
-                 mib(own(run) for run in runs), f"{own_median / (size * size):.1f} B",
-                 "1x (the baseline)" if runs is first else ratios([own(r) for r in runs], [own(r) for r in first]).text(".1f", "x"),
-                 f"{mib(run['decode_peak'] for run in runs)} / {mib(run['decode_held'] for run in runs)}",
-                 mib(traced) if traced else "not run",
-                 mib(max(run["peak"], run["startup_peak"]) for run in runs)]  # fmt: skip
+        cells = [
+            f"{size}^2",
+            f"{runs[0]['width']:.0f} x {runs[0]['height']:.0f}",
+            f"{seconds.median:.1f}" if len(runs) == 1 else seconds.text(".1f"),
+            f"{size * size / 1e6 / seconds.median:.2f}",
+            mib(run["baseline"] for run in runs),
+            mib(own(run) for run in runs),
+            f"{own_median / (size * size):.1f} B",
+            "1x (the baseline)"
+            if runs is first
+            else ratios([own(r) for r in runs], [own(r) for r in first]).text(".1f", "x"),
+            f"{mib(run['decode_peak'] for run in runs)} / {mib(run['decode_held'] for run in runs)}",
+            mib(traced) if traced else "not run",
+            mib(max(run["peak"], run["startup_peak"]) for run in runs),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if len(rows) >= 2:
         pixels = np.array([size * size for size in rows], dtype=np.float64)
         peaks = np.array([Spread.of(own(run) for run in runs).median for runs in rows.values()], dtype=np.float64)
         slope, intercept = np.polyfit(pixels, peaks, 1)
-        lines += ["", f"- least-squares line through the median own peaks: {intercept / MIB:.0f} MiB + {slope:.1f} bytes "
-                      f"per input pixel (largest residual {np.abs(peaks - (intercept + slope * pixels)).max() / MIB:.0f} MiB)"]  # fmt: skip
+        lines += [
+            "",
+            f"- least-squares line through the median own peaks: {intercept / MIB:.0f} MiB + {slope:.1f} bytes "
+            f"per input pixel (largest residual {np.abs(peaks - (intercept + slope * pixels)).max() / MIB:.0f} MiB)",
+        ]
     return lines
 
 
@@ -236,15 +303,25 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    header = ["## `ir-lightning restore` memory and throughput (bench/restore_throughput.py)", "",
-              f"- command: `{shlex.join(['python', *sys.argv])}`", *machine_facts()]  # fmt: skip
+    header = [
+        "## `ir-lightning restore` memory and throughput (bench/restore_throughput.py)",
+        "",
+        f"- command: `{shlex.join(['python', *sys.argv])}`",
+        *machine_facts(),
+    ]
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        label = args.ckpt.name if args.ckpt else "a random-weight DenoisingAsAdaptation restorer (residual U-Net, width 16, depth 3)"
+        label = (
+            args.ckpt.name
+            if args.ckpt
+            else "a random-weight DenoisingAsAdaptation restorer (residual U-Net, width 16, depth 3)"
+        )
         args.ckpt = args.ckpt or restorer_checkpoint(tmp / "restorer.ckpt")
-        header.append(f"- restore: {' '.join([label, *args.extra])}, tile {args.tile}, overlap {args.overlap}, {args.tile_batch} tiles per "
-                      f"call; warm-up image {args.warmup_size}^2; one fresh process per size and pass, {args.repeats} passes "
-                      "over the sizes (the order reversed every other pass)")  # fmt: skip
+        header.append(
+            f"- restore: {' '.join([label, *args.extra])}, tile {args.tile}, overlap {args.overlap}, {args.tile_batch} tiles per "
+            f"call; warm-up image {args.warmup_size}^2; one fresh process per size and pass, {args.repeats} passes "
+            "over the sizes (the order reversed every other pass)"
+        )
         print("\n".join(header), flush=True)
         warmup_image = tmp / "warmup.png"
         Image.fromarray(photo_like(args.warmup_size, seed=1)).save(warmup_image)

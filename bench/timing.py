@@ -198,10 +198,18 @@ def cpu_share_line(robin: RoundRobin, threads: int) -> str:
     in a round that other jobs shared (its times and ratios are the suspect ones)."""
     shares = ", ".join(f"{share:.2f}" for share in robin.cpu_shares)
     low = [str(index + 1) for index, share in enumerate(robin.cpu_shares) if share < DISTURBED * threads]
-    warning = (f"; round(s) {', '.join(low)} below {DISTURBED:.0%} of that were disturbed: read their pairs with care, "
-               "or rerun") if low else ""  # fmt: skip
-    return (f"- CPU seconds per wall second of this process, round by round: {shares} ({threads} torch threads: "
-            f"about {threads} = the cores to itself, less = other jobs took them{warning})")  # fmt: skip
+    warning = (
+        (
+            f"; round(s) {', '.join(low)} below {DISTURBED:.0%} of that were disturbed: read their pairs with care, "
+            "or rerun"
+        )
+        if low
+        else ""
+    )
+    return (
+        f"- CPU seconds per wall second of this process, round by round: {shares} ({threads} torch threads: "
+        f"about {threads} = the cores to itself, less = other jobs took them{warning})"
+    )
 
 
 def to_stderr(line: str) -> None:
@@ -233,16 +241,20 @@ def load_average() -> str:
 def machine_line() -> str:
     """The date, the CPU, the cores this process may use and the load average (other jobs on the machine)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"- machine: {date.today():%d %b %Y}, {cpu_model()}, {cores} usable cores ({os.cpu_count()} online), "
-            f"no GPU used; load average at the start {load_average()} (1/5/15 min)")  # fmt: skip
+    return (
+        f"- machine: {date.today():%d %b %Y}, {cpu_model()}, {cores} usable cores ({os.cpu_count()} online), "
+        f"no GPU used; load average at the start {load_average()} (1/5/15 min)"
+    )
 
 
 def machine_facts(extra: str = "") -> list[str]:
     """The machine line and the software line (torch's threads and CPU capability; `extra`: more packages)."""
     import torch
 
-    software = (f"- software: Python {platform.python_version()}, torch {torch.__version__} "
-                f"({torch.get_num_threads()} intra-op threads, CPU capability {torch.backends.cpu.get_cpu_capability()})")  # fmt: skip
+    software = (
+        f"- software: Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} intra-op threads, CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    )
     return [machine_line(), software + (f", {extra}" if extra else "")]
 
 

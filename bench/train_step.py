@@ -43,13 +43,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from torch import Tensor
-from torch.utils.data import DataLoader
-
-from datamodules import ShardDataModule
-from ir_lightning.degradations import BicubicDownsample, Pipeline
-from ir_lightning.methods.sr3 import SR3
-from ir_lightning.nets.unet import UNet
 from timing import (  # bench/ is on sys.path when this file runs as a script
     RoundRobin,
     Spread,
@@ -62,6 +55,13 @@ from timing import (  # bench/ is on sys.path when this file runs as a script
     seconds_list,
     to_stderr,
 )
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from datamodules import ShardDataModule
+from ir_lightning.degradations import BicubicDownsample, Pipeline
+from ir_lightning.methods.sr3 import SR3
+from ir_lightning.nets.unet import UNet
 
 TARGET_BF16_SPEEDUP = 2.0
 """Target: a bf16-mixed step at least twice as fast as the fp32 step of the same run."""
@@ -191,33 +191,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds, at least 1 (default 1)")
     parser.add_argument(
-        "--rounds", type=int, default=5,
+        "--rounds",
+        type=int,
+        default=5,
         help="timed rounds (one step of every variant each); medians and spreads over them (default 5)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
         help=f"bare-loop variants to time (default: {' '.join(DEFAULT_VARIANTS)}; fp32 is always timed, the baseline)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-trainer", action="store_true", help="skip the lightning.Trainer overhead measurement")
     parser.add_argument(
-        "--trainer-precision", choices=("32-true", "bf16-mixed"), default="32-true",
+        "--trainer-precision",
+        choices=("32-true", "bf16-mixed"),
+        default="32-true",
         help="precision of the Trainer run; it is compared with the bare loop of the same precision (default 32-true)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--logger", choices=("csv", "none"), default="csv", help="logger of the Trainer run (default csv)"
     )
     parser.add_argument(
-        "--log-every-n-steps", type=int, default=1,
+        "--log-every-n-steps",
+        type=int,
+        default=1,
         help="Trainer log_every_n_steps; 1 = log train/loss every step, the most logging (default 1)",
-    )  # fmt: skip
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="HR crops per step (default 4, the public code)")
     parser.add_argument("--size", type=int, default=128, help="HR crop side in pixels (default 128; LR = size / scale)")
     parser.add_argument("--scale", type=int, default=4, help="super-resolution factor (default 4)")
     parser.add_argument("--base-channels", type=int, default=64, help="U-Net channels at the first level (default 64)")
     parser.add_argument(
-        "--channel-mults", type=int, nargs="+", default=[1, 2, 4, 8, 8],
+        "--channel-mults",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 8],
         help="U-Net channel multipliers (default 1 2 4 8 8)",
-    )  # fmt: skip
+    )
     parser.add_argument("--num-res-blocks", type=int, default=2, help="residual blocks per level (default 2)")
     parser.add_argument(
         "--attn-levels", type=int, nargs="*", default=[3], help="levels with self-attention (default 3: 16x16 at 128)"
@@ -325,8 +337,10 @@ def overhead_shares(bare: list[float], trainer: list[float]) -> Spread:
 
 
 def target_table(times: dict[str, list[float]], shares: Spread | None) -> list[str]:
-    lines = ["| target (same-run baseline) | measured per round, median (min - max) | verdict (every round agrees) |",
-             "|---|---:|---|"]  # fmt: skip
+    lines = [
+        "| target (same-run baseline) | measured per round, median (min - max) | verdict (every round agrees) |",
+        "|---|---:|---|",
+    ]
     for name in times:
         if VARIANTS[name].bf16:
             speedup = ratios(times["fp32"], times[name])
@@ -392,8 +406,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare = robin.seconds[bare_name]
         shares = overhead_shares(bare, trainer)
         lines += ["", *overhead_table(bare_name, bare, trainer, args)]
-    lines += ["", *target_table(robin.seconds, shares), "", cpu_share_line(robin, torch.get_num_threads()) +
-              " (the bare variants' steps)", load_after_line()]
+    lines += [
+        "",
+        *target_table(robin.seconds, shares),
+        "",
+        cpu_share_line(robin, torch.get_num_threads()) + " (the bare variants' steps)",
+        load_after_line(),
+    ]
     print("\n".join(lines))
     return 0
 

@@ -62,8 +62,10 @@ class DomainStreams:
         """Make the next ``iter()`` continue both streams at ``state``."""
         missing = {"synthetic", "real"} - set(state)
         if missing:
-            raise KeyError(f"the training loader state has no {sorted(missing)} stream (keys: {sorted(state)}): "
-                           "was the checkpoint written by a run with another data module?")
+            raise KeyError(
+                f"the training loader state has no {sorted(missing)} stream (keys: {sorted(state)}): "
+                "was the checkpoint written by a run with another data module?"
+            )
         self.synthetic.load_state_dict(state["synthetic"])
         self.real.load_state_dict(state["real"])
 
@@ -78,8 +80,10 @@ def merge_domains(synthetic: dict[str, Any], real: dict[str, Any], prefix: str) 
     merged = dict(synthetic)
     for name, value in real.items():
         if prefix + name in synthetic:
-            raise ValueError(f"the synthetic batch already has a member {prefix + name!r}; choose another "
-                             f"data.real_key_prefix than {prefix!r}")
+            raise ValueError(
+                f"the synthetic batch already has a member {prefix + name!r}; choose another "
+                f"data.real_key_prefix than {prefix!r}"
+            )
         merged[prefix + name] = value
     return merged
 
@@ -131,8 +135,10 @@ class AdaptationDataModule(pl.LightningDataModule):
             if not isinstance(child, ShardDataModule):
                 raise ValueError(f"data.{name} must be a datamodules.ShardDataModule, got {child!r}")
         if not isinstance(real_key_prefix, str) or not real_key_prefix:
-            raise ValueError(f"data.real_key_prefix must be a non-empty string, got {real_key_prefix!r}: the real "
-                             "members would overwrite the synthetic")  # fmt: skip
+            raise ValueError(
+                f"data.real_key_prefix must be a non-empty string, got {real_key_prefix!r}: the real "
+                "members would overwrite the synthetic"
+            )
         if synthetic.steps_per_epoch != real.steps_per_epoch:
             raise ValueError(
                 f"data.synthetic.steps_per_epoch ({synthetic.steps_per_epoch}) and data.real.steps_per_epoch "

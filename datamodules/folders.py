@@ -42,7 +42,9 @@ def image_files_below(root: Path, *, recursive: bool = True, hidden: bool = True
     return [
         path
         for path in sorted(root.rglob("*") if recursive else root.iterdir())
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and (hidden or not _is_hidden(path.relative_to(root)))
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and (hidden or not _is_hidden(path.relative_to(root)))
     ]
 
 
@@ -134,7 +136,9 @@ class ImagePair:
     lq: Path | None = None
 
 
-def collect_pairs(gt_dir: Path, lq_dir: Path | None = None, lq_suffix: str = "", recursive: bool = False) -> list[ImagePair]:
+def collect_pairs(
+    gt_dir: Path, lq_dir: Path | None = None, lq_suffix: str = "", recursive: bool = False
+) -> list[ImagePair]:
     """Match the images of ``gt_dir`` with those of ``lq_dir`` by relative path without extension.
 
     ``lq_suffix`` is stripped from LQ stems first (DIV2K names its x4 inputs ``0001x4.png``).
@@ -160,7 +164,9 @@ def _unique_images(folder: Path, recursive: bool) -> dict[str, Path]:
         raise ShardError(f"not a folder: {folder}")
     groups = images_by_stem(folder, recursive=recursive, hidden=False)
     if not groups:
-        raise ShardError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}" + ("" if recursive else " (try --recursive)"))
+        raise ShardError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}" + ("" if recursive else " (try --recursive)")
+        )
     clashes = [str(path) for path in clashing(groups)]
     if clashes:
         raise ShardError(f"{len(clashes)} files share a name up to the extension: {listed(clashes)}")

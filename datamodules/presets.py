@@ -129,8 +129,7 @@ class _Root:
         clashes = [str(path) for path in clashing(groups)]
         if clashes:
             raise PresetError(
-                f"preset {self.preset.name!r}: {len(clashes)} files share a name up to the extension: "
-                f"{listed(clashes)}"
+                f"preset {self.preset.name!r}: {len(clashes)} files share a name up to the extension: {listed(clashes)}"
             )
         return {stem: paths[0] for stem, paths in groups.items()}
 
@@ -212,7 +211,7 @@ def _ffhq_images(folder_name: str) -> Callable[[_Root], list[PresetSample]]:
     def collect(root: _Root) -> list[PresetSample]:
         folder = root.folder(folder_name)
         samples = []
-        for stem, path in root.images(folder, recursive=True).items():  # 00000/00000.png ... 69000/69999.png
+        for path in root.images(folder, recursive=True).values():  # 00000/00000.png ... 69000/69999.png
             if not path.stem.isdigit():
                 raise PresetError(
                     f"preset {root.preset.name!r}: {path} is not named by an FFHQ image number (00000.png)"
@@ -337,11 +336,16 @@ def _spa_train_gt(lq_stem: str) -> str | None:
 
 def _spa(root: _Root) -> list[PresetSample]:
     train = root.pair(
-        root.folder("real_world_gt"), root.folder("real_world"), _spa_train_gt,
-        rule="real_world/V/V-F/V-F_X_Y -> real_world_gt/V/V_X_Y", recursive=True,
+        root.folder("real_world_gt"),
+        root.folder("real_world"),
+        _spa_train_gt,
+        rule="real_world/V/V-F/V-F_X_Y -> real_world_gt/V/V_X_Y",
+        recursive=True,
     )
     test = root.pair(
-        root.folder("real_test_1000/gt"), root.folder("real_test_1000/rain"), lambda stem: f"{stem}gt",
+        root.folder("real_test_1000/gt"),
+        root.folder("real_test_1000/rain"),
+        lambda stem: f"{stem}gt",
         rule="rain/N.png -> gt/Ngt.png",
     )
     return [PresetSample(sanitise_key(Path(stem).name), gt, lq, "train") for stem, gt, lq in train] + [
@@ -353,112 +357,137 @@ PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
         Preset(
-            "div2k", "DIV2K (HR images only)",
-            "DIV2K_train_HR/0001.png ... 0800.png      -> train\n"
-            "DIV2K_valid_HR/0801.png ... 0900.png      -> val",
+            "div2k",
+            "DIV2K (HR images only)",
+            "DIV2K_train_HR/0001.png ... 0800.png      -> train\nDIV2K_valid_HR/0801.png ... 0900.png      -> val",
             "data.vision.ee.ethz.ch/cvl/DIV2K: DIV2K_train_HR.zip, DIV2K_valid_HR.zip",
-            _div2k, "/data/DIV2K",
+            _div2k,
+            "/data/DIV2K",
         ),
         Preset(
-            "flickr2k", "Flickr2K (HR images only)",
+            "flickr2k",
+            "Flickr2K (HR images only)",
             "Flickr2K_HR/000001.png ... 002650.png     -> train (no official val)",
             "Flickr2K.tar of EDSR (SNU CVLab) unpacks to Flickr2K/{Flickr2K_HR,Flickr2K_LR_bicubic,...}",
-            _flickr2k, "/data/Flickr2K",
+            _flickr2k,
+            "/data/Flickr2K",
         ),
         Preset(
-            "df2k", "DF2K = DIV2K train HR + Flickr2K HR",
+            "df2k",
+            "DF2K = DIV2K train HR + Flickr2K HR",
             "DIV2K_train_HR/0001.png ...               -> train (keys div2k_0001, ...)\n"
             "Flickr2K_HR/000001.png ...                -> train (keys flickr2k_000001, ...)\n"
             "  (or Flickr2K/Flickr2K_HR/, as Flickr2K.tar unpacks)\n"
             "DIV2K_valid_HR/0801.png ...               -> val",
             "DIV2K and Flickr2K downloads side by side (BasicSR / Real-ESRGAN use DIV2K+Flickr2K HR as DF2K)",
-            _df2k, "/data/DF2K",
+            _df2k,
+            "/data/DF2K",
         ),
         Preset(
-            "ffhq", "FFHQ 1024x1024 (clean images only)",
+            "ffhq",
+            "FFHQ 1024x1024 (clean images only)",
             "images1024x1024/00000/00000.png ... 69000/69999.png\n"
             "  00000-59999 -> train, 60000-69999 -> val (the official split)",
             "github.com/NVlabs/ffhq-dataset README (folders of 1000; first 60,000 for training)",
-            _ffhq_images("images1024x1024"), "/data/ffhq-dataset",
+            _ffhq_images("images1024x1024"),
+            "/data/ffhq-dataset",
         ),
         Preset(
-            "ffhq-thumbnails", "FFHQ 128x128 thumbnails (clean images only)",
+            "ffhq-thumbnails",
+            "FFHQ 128x128 thumbnails (clean images only)",
             "thumbnails128x128/00000/00000.png ... 69000/69999.png\n"
             "  00000-59999 -> train, 60000-69999 -> val (the official split)",
             "github.com/NVlabs/ffhq-dataset README",
-            _ffhq_images("thumbnails128x128"), "/data/ffhq-dataset",
+            _ffhq_images("thumbnails128x128"),
+            "/data/ffhq-dataset",
         ),
         Preset(
-            "gopro", "GoPro (GOPRO_Large)",
+            "gopro",
+            "GoPro (GOPRO_Large)",
             "train/GOPR0372_07_00/blur/000047.png      LQ\n"
             "train/GOPR0372_07_00/sharp/000047.png     GT  (blur_gamma/ is ignored)\n"
             "train/<sequence>/...                      -> train (keys GOPR0372_07_00_000047, ...)\n"
             "test/<sequence>/{blur,sharp}/...          -> test",
             "GOPRO_Large.zip of Nah et al. (SNU CVLab, DeepDeblur); the tree MPRNet/Restormer start from",
-            _gopro, "/data/GOPRO_Large",
+            _gopro,
+            "/data/GOPRO_Large",
         ),
         Preset(
-            "rain13k", "Rain13K and its five test sets",
+            "rain13k",
+            "Rain13K and its five test sets",
             "train/Rain13K/input/<name>                LQ  -> train\n"
             "train/Rain13K/target/<name>               GT\n"
             "test/{Rain100H,Rain100L,Test100,Test1200,Test2800}/{input,target}/<name>\n"
             "                                          -> test-rain100h, test-rain100l, ...",
             "MPRNet / Restormer Deraining/Datasets README (train.zip, test.zip)",
-            _rain13k, "/data/Deraining/Datasets",
+            _rain13k,
+            "/data/Deraining/Datasets",
         ),
         Preset(
-            "sidd", "SIDD-Medium sRGB",
+            "sidd",
+            "SIDD-Medium sRGB",
             "Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_010.PNG   LQ\n"
             "Data/0001_001_S6_00100_00060_3200_L/0001_GT_SRGB_010.PNG      GT\n"
             "  (and _011) -> train (keys 0001_001_S6_00100_00060_3200_L_010, ...; no val: the\n"
             "  official validation blocks are .mat files, not read here)",
             "SIDD_Medium_Srgb.zip, _ReadMe_sRGB.txt (York University, Abdelhamed et al.)",
-            _sidd, "/data/SIDD_Medium_Srgb",
+            _sidd,
+            "/data/SIDD_Medium_Srgb",
         ),
         Preset(
-            "lol", "LOL (LOw-Light)",
+            "lol",
+            "LOL (LOw-Light)",
             "our485/low/<n>.png                        LQ  -> train\n"
             "our485/high/<n>.png                       GT\n"
             "eval15/{low,high}/<n>.png                 -> test",
             "LOLdataset.zip of Wei et al. (RetinexNet, BMVC 2018)",
-            _lol, "/data/LOLdataset",
+            _lol,
+            "/data/LOLdataset",
         ),
         Preset(
-            "istd", "ISTD (shadow removal)",
+            "istd",
+            "ISTD (shadow removal)",
             "train/train_A/<name>.png                  shadow image (LQ)  -> train\n"
             "train/train_B/<name>.png                  shadow mask (mask.png)\n"
             "train/train_C/<name>.png                  shadow-free image (GT)\n"
             "test/test_{A,B,C}/<name>.png              -> test",
             "ISTD_Dataset of Wang et al. (ST-CGAN, github.com/DeepInsight-PCALab/ST-CGAN)",
-            _istd, "/data/ISTD_Dataset",
+            _istd,
+            "/data/ISTD_Dataset",
         ),
         Preset(
-            "realblur-j", "RealBlur-J",
+            "realblur-j",
+            "RealBlur-J",
             "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene001/blur/blur_1.png   LQ\n"
             "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene001/gt/gt_1.png       GT\n"
             "RealBlur_J_train_list.txt                 '<gt path> <blur path>' a line -> train\n"
             "RealBlur_J_test_list.txt                  -> test (keys scene001_gt_1, ...)",
             "RealBlur.tar.gz of Rim et al. (github.com/rimchang/RealBlur) with its list files",
-            _realblur("J"), "/data/RealBlur",
+            _realblur("J"),
+            "/data/RealBlur",
         ),
         Preset(
-            "realblur-r", "RealBlur-R",
+            "realblur-r",
+            "RealBlur-R",
             "RealBlur-R_BM3D_ECC_IMCORR_centroid_itensity_ref/scene001/blur/blur_1.png   LQ\n"
             "RealBlur-R_BM3D_ECC_IMCORR_centroid_itensity_ref/scene001/gt/gt_1.png       GT\n"
             "RealBlur_R_train_list.txt                 '<gt path> <blur path>' a line -> train\n"
             "RealBlur_R_test_list.txt                  -> test (keys scene001_gt_1, ...)",
             "RealBlur.tar.gz of Rim et al. (github.com/rimchang/RealBlur) with its list files",
-            _realblur("R"), "/data/RealBlur",
+            _realblur("R"),
+            "/data/RealBlur",
         ),
         Preset(
-            "spa", "SPA-Data (real rain)",
+            "spa",
+            "SPA-Data (real rain)",
             "real_world/000/000-5/000-5_3_4.png        rainy patch (LQ) -> train (key 000-5_3_4)\n"
             "real_world_gt/000/000_3_4.png             its clean patch (GT), shared by all frames\n"
             "real_test_1000/rain/000.png               LQ  -> test\n"
             "real_test_1000/gt/000gt.png               GT",
             "SPANet (github.com/stevewongv/SPANet) Train_Dataset_README for the training patches; the test names "
             "rain/N.png, gt/Ngt.png as third-party SPA loaders read them",
-            _spa, "/data/SPA-Data",
+            _spa,
+            "/data/SPA-Data",
         ),
     )
 }

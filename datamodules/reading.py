@@ -128,9 +128,13 @@ class PipeStream:
         self.command, self.timeout = command, timeout
         if sys.platform.startswith("linux"):
             _libc()  # loaded here, in this process, not in the forked child
-        self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,  # noqa: S602 - pipe: is a command
-                                        start_new_session=True,  # a group of its own: close() kills all it starts
-                                        preexec_fn=functools.partial(die_with_parent, os.getpid()))  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            shell=True,
+            stdout=subprocess.PIPE,  # noqa: S602 - pipe: is a command
+            start_new_session=True,  # a group of its own: close() kills all it starts
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+        )
         self.fd = self.process.stdout.fileno()
 
     def read(self, size: int = -1) -> bytes:
@@ -257,7 +261,9 @@ class RetryingStream:
         if not is_transient(error) or self.failures >= self.retries:
             tries = f"after {self.failures + 1} tries (data.retries: {self.retries})"
             tries = tries if self.failures else "(not retried)"
-            failure = ShardReadError(f"shard {self.url!r}: {describe(error, self.timeout)} at byte {self.position} {tries}")
+            failure = ShardReadError(
+                f"shard {self.url!r}: {describe(error, self.timeout)} at byte {self.position} {tries}"
+            )
             failure.url, failure.unreachable = self.url, True
             raise failure from error
         self.failures += 1
@@ -274,8 +280,10 @@ class ShardOpener:
     ``read_timeout`` seconds, ``retries`` retries), anything else as webdataset's ``gopen``."""
 
     CONNECTORS: dict[str, Callable[[str, int, float], Stream]] = {
-        "http://": open_http, "https://": open_http, "pipe:": open_pipe,
-    }  # fmt: skip
+        "http://": open_http,
+        "https://": open_http,
+        "pipe:": open_pipe,
+    }
 
     def __init__(self, read_timeout: float, retries: int) -> None:
         self.read_timeout, self.retries = read_timeout, retries

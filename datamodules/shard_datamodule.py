@@ -165,18 +165,22 @@ class ShardDataModule(pl.LightningDataModule):
         super().__init__()
         _check_sizes(crop_size, scale, val_crop_size, seed)
         for argument, value, minimum in (
-            ("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
-            ("steps_per_epoch", steps_per_epoch, 1), ("num_workers", num_workers, 0),
-            ("shuffle_buffer", shuffle_buffer, 0), ("max_consecutive_skips", max_consecutive_skips, 0),
+            ("batch_size", batch_size, 1),
+            ("val_batch_size", val_batch_size, 1),
+            ("steps_per_epoch", steps_per_epoch, 1),
+            ("num_workers", num_workers, 0),
+            ("shuffle_buffer", shuffle_buffer, 0),
+            ("max_consecutive_skips", max_consecutive_skips, 0),
             ("retries", retries, 0),
-        ):  # fmt: skip
+        ):
             check_integer(f"data.{argument}", value, minimum)
         seconds = isinstance(read_timeout, (int, float)) and not isinstance(read_timeout, bool)
         if not (seconds and 0 < read_timeout < math.inf):
             raise ValueError(f"data.read_timeout must be a number of seconds > 0, got {read_timeout!r}")
         if not require_gt and require_lq is False:
-            raise ValueError("data.require_gt and data.require_lq are both false: a training sample would need no "
-                             "image")
+            raise ValueError(
+                "data.require_gt and data.require_lq are both false: a training sample would need no image"
+            )
         self.shards = {
             "train_shards": train_shards,
             "val_shards": val_shards,
@@ -259,8 +263,13 @@ class ShardDataModule(pl.LightningDataModule):
     def _loader(self, dataset: wds.DataPipeline, persistent: bool) -> wds.WebLoader:
         """A WebLoader over a dataset that already yields batches; its workers die with this process."""
         keep = persistent and self.num_workers > 0
-        return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=keep,
-                             worker_init_fn=ExitWithParent())  # fmt: skip
+        return wds.WebLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=keep,
+            worker_init_fn=ExitWithParent(),
+        )
 
     def train_dataloader(self) -> StepsPerEpoch:
         """``steps_per_epoch`` batches per epoch, each epoch's stream seeded by its number; resumable."""

@@ -72,9 +72,11 @@ class SkipCounter:
         self.warn_once(kind, f"skipping {kind} training data (warned once per worker): {error!r}")
         if self.consecutive > self.max_consecutive:
             empty = f"; shards with no sample: {brief(self.empty_shards)}" if self.empty_shards else ""
-            raise StreamStopped(f"{self.consecutive} training shard draws or samples in a row gave no sample "
-                               f"(data.max_consecutive_skips: {self.max_consecutive}); last error: {error!r}"
-                               f"{empty}") from error  # fmt: skip
+            raise StreamStopped(
+                f"{self.consecutive} training shard draws or samples in a row gave no sample "
+                f"(data.max_consecutive_skips: {self.max_consecutive}); last error: {error!r}"
+                f"{empty}"
+            ) from error
         return True
 
     def shard_failed(self, error: BaseException) -> bool:
@@ -85,8 +87,10 @@ class SkipCounter:
         if getattr(error, "unreachable", False) and url is not None:
             self.unreachable[url] = None
             if len(self.unreachable) >= self.unreachable_limit:
-                raise StreamStopped(f"{len(self.unreachable)} training shards in a row could not be read, retries "
-                                    f"included: {brief(self.unreachable)}; last error: {error}") from error  # fmt: skip
+                raise StreamStopped(
+                    f"{len(self.unreachable)} training shards in a row could not be read, retries "
+                    f"included: {brief(self.unreachable)}; last error: {error}"
+                ) from error
         return self.skip(error, kind="corrupt or unreadable shard")
 
     def empty_shard(self, url: str) -> bool:
@@ -132,7 +136,7 @@ class TrainLayout:
     alike: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, require_gt: bool, require_lq: bool | None, degradation: Pipeline | None) -> "TrainLayout":
+    def of(cls, require_gt: bool, require_lq: bool | None, degradation: Pipeline | None) -> TrainLayout:
         required, ignored, alike = {}, {}, ()
         if require_gt:
             required["gt"] = "data.require_gt is true: LQ-only training data needs data.require_gt: false"
@@ -175,16 +179,21 @@ class TrainLayout:
         for name, reason in self.ignored.items():
             dropped = [member for member in members if member.split(".")[0] == name]
             if dropped:
-                skips.warn_once(f"ignored {name}", f"training ignores the shards' {name} images (warned once per "
-                                                   f"worker): {reason}; first seen in {sample_name(raw)}")  # fmt: skip
+                skips.warn_once(
+                    f"ignored {name}",
+                    f"training ignores the shards' {name} images (warned once per "
+                    f"worker): {reason}; first seen in {sample_name(raw)}",
+                )
                 for member in dropped:
                     del kept[member]
         return kept
 
 
 SKIP_KINDS: tuple[tuple[type[Exception], str], ...] = (
-    (ImageTooSmall, "too small"), (MissingImage, "incomplete"), (UnsafeKeyError, "unsafe key"),
-)  # fmt: skip
+    (ImageTooSmall, "too small"),
+    (MissingImage, "incomplete"),
+    (UnsafeKeyError, "unsafe key"),
+)
 """How a training worker names the bad samples it skips, by error class (else "corrupt")."""
 
 
@@ -302,8 +311,10 @@ class Collate:
             raise DataError(f"samples {keys} of shards {shards} do not all have the same images (gt, lq)")
         with_mask = [sample for sample in samples if "mask" in sample]
         if with_mask and len(with_mask) < len(samples):
-            self.skips.warn_once("mixed masks", f"dropping the masks of batch {keys}: only some of its samples "
-                                                "have one (warned once per worker)")  # fmt: skip
+            self.skips.warn_once(
+                "mixed masks",
+                f"dropping the masks of batch {keys}: only some of its samples have one (warned once per worker)",
+            )
         elif with_mask:
             images.append("mask")
         batch: dict[str, Any] = {"__key__": keys}

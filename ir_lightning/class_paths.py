@@ -82,7 +82,10 @@ def allowed_classes() -> dict[str, type]:
                 if isinstance(value, type) and _in_allowed_package(value.__module__):
                     allowed[f"{module.__name__}.{name}"] = value
     schedulers = torch.optim.lr_scheduler
-    for module, base in ((torch.optim, torch.optim.Optimizer), (schedulers, (schedulers.LRScheduler, schedulers.ReduceLROnPlateau))):
+    for module, base in (
+        (torch.optim, torch.optim.Optimizer),
+        (schedulers, (schedulers.LRScheduler, schedulers.ReduceLROnPlateau)),
+    ):
         for name, value in vars(module).items():
             if isinstance(value, type) and issubclass(value, base):
                 allowed[f"{module.__name__}.{name}"] = value

@@ -16,9 +16,9 @@ import glob
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from jsonargparse import Namespace
@@ -30,8 +30,8 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules import AdaptationDataModule, ShardDataModule  # noqa: F401  (registers the subclasses)
 import ir_lightning.methods  # noqa: F401  (registers the methods)
+from datamodules import AdaptationDataModule, ShardDataModule  # noqa: F401  (registers the subclasses)
 from ir_lightning import entry
 from ir_lightning.errors import DataError
 from ir_lightning.io.atomic import atomic_write_text
@@ -70,10 +70,16 @@ WandbLogger, overriding the config. Two runs of one recipe with different run_di
 resume each other; the W&B run keeps its name (run_name)."""
 
 SUITE_CALLBACKS: dict[str, tuple[type[Callback], str]] = {
-    "ema": (EMA, "The EMA of the weights, with which validation runs and exports are made: "
-                 "`ema: {decay: 0.9999}` in a recipe, --ema.decay on the command line."),
-    "checkpoint": (ModelCheckpoint, "The periodic checkpoints and last.ckpt, in runs/<run_name>/checkpoints "
-                                    "unless dirpath is set (--run_dir moves them)."),
+    "ema": (
+        EMA,
+        "The EMA of the weights, with which validation runs and exports are made: "
+        "`ema: {decay: 0.9999}` in a recipe, --ema.decay on the command line.",
+    ),
+    "checkpoint": (
+        ModelCheckpoint,
+        "The periodic checkpoints and last.ckpt, in runs/<run_name>/checkpoints "
+        "unless dirpath is set (--run_dir moves them).",
+    ),
     "lr_monitor": (LearningRateMonitor, "Logs the learning rate of every parameter group."),
     "image_grid": (ImageGridLogger, "Logs a grid of the first validation images."),
     "throughput": (Throughput, "Logs train/images_per_sec."),
@@ -129,7 +135,7 @@ class ConfigSaver(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 return str(logger.version)
-        return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
 
 
 class IRLightningCLI(LightningCLI):
@@ -172,12 +178,17 @@ class IRLightningCLI(LightningCLI):
         if not BASE_RECIPE.is_file():
             raise ConfigurationError(f"the suite's base recipe is missing: {BASE_RECIPE} (a broken installation)")
         parser.default_config_files = [glob.escape(str(BASE_RECIPE))]  # a pattern: a path is taken literally
-        parser.add_argument("--run_name", type=Optional[str], default=None, help=RUN_NAME_HELP)
-        parser.add_argument("--run_dir", type=Optional[str], default=None, help=RUN_DIR_HELP)
+        parser.add_argument("--run_name", type=str | None, default=None, help=RUN_NAME_HELP)
+        parser.add_argument("--run_dir", type=str | None, default=None, help=RUN_DIR_HELP)
         for key, (callback, help_text) in SUITE_CALLBACKS.items():
-            parser.add_subclass_arguments(callback, key, required=False, fail_untyped=False,
-                                          help=f"{help_text} null: none. Default: recipes/base.yaml.")
-        parser.add_argument("--init_weights", type=Optional[str], default=None, help=INIT_WEIGHTS_HELP)
+            parser.add_subclass_arguments(
+                callback,
+                key,
+                required=False,
+                fail_untyped=False,
+                help=f"{help_text} null: none. Default: recipes/base.yaml.",
+            )
+        parser.add_argument("--init_weights", type=str | None, default=None, help=INIT_WEIGHTS_HELP)
 
     def _parse_ckpt_path(self) -> None:  # private LightningCLI hook: no public one runs before the checkpoint is read
         """Check a `--ckpt_path` file before Lightning hands its hyperparameters to the parser, which would
@@ -228,8 +239,11 @@ class IRLightningCLI(LightningCLI):
         if config.get("ckpt_path") == "auto":
             found = newest_checkpoint(self.trainer)
             where = f"{self.trainer.default_root_dir} and the checkpoint folders"
-            rank_zero_info(f"--ckpt_path auto: resuming from {found}" if found else
-                           f"--ckpt_path auto: no checkpoint in {where}; starting afresh")
+            rank_zero_info(
+                f"--ckpt_path auto: resuming from {found}"
+                if found
+                else f"--ckpt_path auto: no checkpoint in {where}; starting afresh"
+            )
             if found is not None:
                 check_checkpoint_fits(found, model_config, resume=True)
             config["ckpt_path"] = str(found) if found else None
@@ -364,8 +378,7 @@ def user_message(error: BaseException) -> str:
         return text or type(error).__name__
     last = lines[-1]
     name = f"{type(error).__module__}.{type(error).__qualname__}: "
-    return last[len(name):] if last.startswith(name) else last
-
+    return last[len(name) :] if last.startswith(name) else last
 
 
 def in_slurm_job() -> bool:

@@ -50,6 +50,8 @@ def sr_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         write_shards(samples, out, f"part{g}", progress=False)
     val = write_shards(
         [ShardSample(key=f"v{i}", files={"gt.png": png(a)}) for i, a in enumerate(photo_crops(2, 64, seed=1))],
-        out, "val", progress=False,
-    )  # fmt: skip
+        out,
+        "val",
+        progress=False,
+    )
     return {"train": str(out / "part{0..2}-000000.tar"), "val": val.pattern}

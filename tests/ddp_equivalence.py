@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ir_lightning.methods.base import RestorationModule
 from ir_lightning.training.callbacks import EMA
 from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
-from ir_lightning.methods.base import RestorationModule
 
 GLOBAL_BATCH, STEPS, NAN_STEP, NAN_SAMPLE = 8, 5, 2, 5  # sample 5 of each global batch: rank 1's under DDP
 
@@ -77,17 +77,28 @@ def main(devices: int, out: Path) -> None:
     model = Restorer()
     ema = EMA(decay=0.5)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=STEPS,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        use_distributed_sampler=False, callbacks=[ema], plugins=[AtomicCheckpointIO()], default_root_dir=out,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=STEPS,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        callbacks=[ema],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=out,
+    )
     trainer.fit(model, datamodule=Data(devices))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"seen{trainer.global_rank}.json").write_text(json.dumps(model.seen))
     if trainer.global_rank == 0:
         # at the end of fit the EMA callback has copied the average into the model; it kept the trained weights
-        torch.save({"trained": ema._trained_state, "ema": model.state_dict(), "nonfinite": model.nonfinite_steps},
-                   out / "weights.pt")  # fmt: skip
+        torch.save(
+            {"trained": ema._trained_state, "ema": model.state_dict(), "nonfinite": model.nonfinite_steps},
+            out / "weights.pt",
+        )
 
 
 if __name__ == "__main__":

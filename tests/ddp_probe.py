@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 
 
 class RankProbe(pl.Callback):

@@ -47,134 +47,314 @@ class Break:
     tests: tuple[str, ...]
 
 
-DEQ_TESTS = ("tests/diffusion/test_deq.py", "tests/methods/test_deqir.py", "tests/methods/test_sr3.py",
-             "tests/methods/test_rddm.py")  # fmt: skip
+DEQ_TESTS = (
+    "tests/diffusion/test_deq.py",
+    "tests/methods/test_deqir.py",
+    "tests/methods/test_sr3.py",
+    "tests/methods/test_rddm.py",
+)
 
 BREAKS: tuple[Break, ...] = (
     # --- diffusion/ -------------------------------------------------------------------------------
-    Break("deq: anderson_mix returns zeros", "ir_lightning/diffusion/deq/solve.py",
-          "    return mixed\n", "    return torch.zeros_like(mixed)\n", DEQ_TESTS),
-    Break("deq: Anderson's regulariser absolute, not scaled by the residuals", "ir_lightning/diffusion/deq/solve.py",
-          "gram = gram + lam * scale[:, None, None] *", "gram = gram + lam * torch.ones_like(scale)[:, None, None] *",
-          DEQ_TESTS),
-    Break("deq: a bound stop reported as converged by tolerance", "ir_lightning/diffusion/deq/solve.py",
-          '"tolerance" if residual <= tol else "exact"', '"tolerance"', DEQ_TESTS),
-    Break("gaussian: q_sample without the square root on the noise weight", "ir_lightning/diffusion/gaussian.py",
-          "per_sample((1.0 - gamma).sqrt(), y0) * noise", "per_sample(1.0 - gamma, y0) * noise",
-          ("tests/diffusion/test_gaussian.py",)),
-    Break("gaussian: posterior variance beta_t instead of beta_tilde", "ir_lightning/diffusion/gaussian.py",
-          "variance = (1.0 - gamma_prev) / (1.0 - gamma_t) * beta_t", "variance = beta_t",
-          ("tests/diffusion/test_gaussian.py", "tests/diffusion/test_samplers.py")),
-    Break("samplers: DDPM's noise scaled by the posterior variance, not its std", "ir_lightning/diffusion/samplers.py",
-          "y_prev = mean + variance.sqrt() * noise", "y_prev = mean + variance * noise",
-          ("tests/diffusion/test_samplers.py",)),
-    Break("samplers: DDIM's sigma without its square root", "ir_lightning/diffusion/samplers.py",
-          "(1.0 - gamma_t / gamma_prev)).sqrt()", "(1.0 - gamma_t / gamma_prev))",
-          ("tests/diffusion/test_samplers.py",)),
-    Break("schedules: cosine offset s = 0.08", "ir_lightning/diffusion/schedules.py",
-          "COSINE_OFFSET = 0.008", "COSINE_OFFSET = 0.08", ("tests/diffusion/test_schedules.py",)),
-    Break("schedules: respaced levels in reverse order", "ir_lightning/diffusion/schedules.py",
-          "return (n_train - 1 - offsets).flip(0)", "return n_train - 1 - offsets",
-          ("tests/diffusion/test_schedules.py",)),
-    Break("schedules: SR3's training level uniform in t only (gamma_t, no interpolation)",
-          "ir_lightning/diffusion/schedules.py",
-          "gamma = levels[t - 1] + u * (levels[t] - levels[t - 1])", "gamma = levels[t] + 0 * u",
-          ("tests/diffusion/test_schedules.py", "tests/methods/test_sr3.py")),
-    Break("rddm schedule: decreased and increased shapes swapped", "ir_lightning/diffusion/rddm.py",
-          'return weights.flip(0) if shape == "decreased" else weights',
-          'return weights if shape == "decreased" else weights.flip(0)', ("tests/diffusion/test_rddm.py",)),
-    Break("operators: average-pool SR pseudo-inverse = adjoint", "ir_lightning/diffusion/operators.py",
-          "        return self._upsample(y)\n", "        return self._upsample(y) / self.scale**2\n",
-          ("tests/diffusion/test_operators.py",)),
-    Break("resize: Keys' cubic far branch with a = -0.75 weights", "ir_lightning/degradations/resize.py",
-          "far = (((ax - 5) * ax + 8) * ax - 4) * a", "far = (((ax - 5) * ax + 8) * ax - 4) * (a * 1.5)",
-          ("tests/degradations/test_resize.py", "tests/diffusion/test_operators.py")),
+    Break(
+        "deq: anderson_mix returns zeros",
+        "ir_lightning/diffusion/deq/solve.py",
+        "    return mixed\n",
+        "    return torch.zeros_like(mixed)\n",
+        DEQ_TESTS,
+    ),
+    Break(
+        "deq: Anderson's regulariser absolute, not scaled by the residuals",
+        "ir_lightning/diffusion/deq/solve.py",
+        "gram = gram + lam * scale[:, None, None] *",
+        "gram = gram + lam * torch.ones_like(scale)[:, None, None] *",
+        DEQ_TESTS,
+    ),
+    Break(
+        "deq: a bound stop reported as converged by tolerance",
+        "ir_lightning/diffusion/deq/solve.py",
+        '"tolerance" if residual <= tol else "exact"',
+        '"tolerance"',
+        DEQ_TESTS,
+    ),
+    Break(
+        "gaussian: q_sample without the square root on the noise weight",
+        "ir_lightning/diffusion/gaussian.py",
+        "per_sample((1.0 - gamma).sqrt(), y0) * noise",
+        "per_sample(1.0 - gamma, y0) * noise",
+        ("tests/diffusion/test_gaussian.py",),
+    ),
+    Break(
+        "gaussian: posterior variance beta_t instead of beta_tilde",
+        "ir_lightning/diffusion/gaussian.py",
+        "variance = (1.0 - gamma_prev) / (1.0 - gamma_t) * beta_t",
+        "variance = beta_t",
+        ("tests/diffusion/test_gaussian.py", "tests/diffusion/test_samplers.py"),
+    ),
+    Break(
+        "samplers: DDPM's noise scaled by the posterior variance, not its std",
+        "ir_lightning/diffusion/samplers.py",
+        "y_prev = mean + variance.sqrt() * noise",
+        "y_prev = mean + variance * noise",
+        ("tests/diffusion/test_samplers.py",),
+    ),
+    Break(
+        "samplers: DDIM's sigma without its square root",
+        "ir_lightning/diffusion/samplers.py",
+        "(1.0 - gamma_t / gamma_prev)).sqrt()",
+        "(1.0 - gamma_t / gamma_prev))",
+        ("tests/diffusion/test_samplers.py",),
+    ),
+    Break(
+        "schedules: cosine offset s = 0.08",
+        "ir_lightning/diffusion/schedules.py",
+        "COSINE_OFFSET = 0.008",
+        "COSINE_OFFSET = 0.08",
+        ("tests/diffusion/test_schedules.py",),
+    ),
+    Break(
+        "schedules: respaced levels in reverse order",
+        "ir_lightning/diffusion/schedules.py",
+        "return (n_train - 1 - offsets).flip(0)",
+        "return n_train - 1 - offsets",
+        ("tests/diffusion/test_schedules.py",),
+    ),
+    Break(
+        "schedules: SR3's training level uniform in t only (gamma_t, no interpolation)",
+        "ir_lightning/diffusion/schedules.py",
+        "gamma = levels[t - 1] + u * (levels[t] - levels[t - 1])",
+        "gamma = levels[t] + 0 * u",
+        ("tests/diffusion/test_schedules.py", "tests/methods/test_sr3.py"),
+    ),
+    Break(
+        "rddm schedule: decreased and increased shapes swapped",
+        "ir_lightning/diffusion/rddm.py",
+        'return weights.flip(0) if shape == "decreased" else weights',
+        'return weights if shape == "decreased" else weights.flip(0)',
+        ("tests/diffusion/test_rddm.py",),
+    ),
+    Break(
+        "operators: average-pool SR pseudo-inverse = adjoint",
+        "ir_lightning/diffusion/operators.py",
+        "        return self._upsample(y)\n",
+        "        return self._upsample(y) / self.scale**2\n",
+        ("tests/diffusion/test_operators.py",),
+    ),
+    Break(
+        "resize: Keys' cubic far branch with a = -0.75 weights",
+        "ir_lightning/degradations/resize.py",
+        "far = (((ax - 5) * ax + 8) * ax - 4) * a",
+        "far = (((ax - 5) * ax + 8) * ax - 4) * (a * 1.5)",
+        ("tests/degradations/test_resize.py", "tests/diffusion/test_operators.py"),
+    ),
     # --- nets/ ------------------------------------------------------------------------------------
-    Break("unet: residual sums not scaled by 1/sqrt(2)", "ir_lightning/nets/unet.py",
-          "SKIP_SCALE = 1.0 / math.sqrt(2.0)", "SKIP_SCALE = 1.0", ("tests/nets/test_unet.py",)),
-    Break("unet: sinusoid frequencies from 1e3 instead of 1e4", "ir_lightning/nets/unet.py",
-          "torch.exp(-math.log(1e4) * torch.arange(self.half", "torch.exp(-math.log(1e3) * torch.arange(self.half",
-          ("tests/nets/test_unet.py",)),
-    Break("diffir: MDTA without normalised queries and keys", "ir_lightning/nets/diffir.py",
-          "q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)", "q, k = q, k",
-          ("tests/nets/test_diffir_nets.py",)),
-    Break("diffir: IPR modulation x * k1 + k2 -> x + k2", "ir_lightning/nets/diffir.py",
-          "return x * k1 + k2", "return x + k2", ("tests/nets/test_diffir_nets.py",)),
-    Break("restorer: output without the input added", "ir_lightning/nets/restorer.py",
-          "return x + self.residual(x)", "return self.residual(x)", ("tests/nets/test_restorer.py",)),
+    Break(
+        "unet: residual sums not scaled by 1/sqrt(2)",
+        "ir_lightning/nets/unet.py",
+        "SKIP_SCALE = 1.0 / math.sqrt(2.0)",
+        "SKIP_SCALE = 1.0",
+        ("tests/nets/test_unet.py",),
+    ),
+    Break(
+        "unet: sinusoid frequencies from 1e3 instead of 1e4",
+        "ir_lightning/nets/unet.py",
+        "torch.exp(-math.log(1e4) * torch.arange(self.half",
+        "torch.exp(-math.log(1e3) * torch.arange(self.half",
+        ("tests/nets/test_unet.py",),
+    ),
+    Break(
+        "diffir: MDTA without normalised queries and keys",
+        "ir_lightning/nets/diffir.py",
+        "q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)",
+        "q, k = q, k",
+        ("tests/nets/test_diffir_nets.py",),
+    ),
+    Break(
+        "diffir: IPR modulation x * k1 + k2 -> x + k2",
+        "ir_lightning/nets/diffir.py",
+        "return x * k1 + k2",
+        "return x + k2",
+        ("tests/nets/test_diffir_nets.py",),
+    ),
+    Break(
+        "restorer: output without the input added",
+        "ir_lightning/nets/restorer.py",
+        "return x + self.residual(x)",
+        "return self.residual(x)",
+        ("tests/nets/test_restorer.py",),
+    ),
     # --- methods/ ---------------------------------------------------------------------------------
-    Break("rddm: pred_res_noise trained on -I_res", "ir_lightning/methods/rddm.py",
-          "return self.loss_fn(out[0], i_res) + self.loss_fn(out[1], noise)",
-          "return self.loss_fn(out[0], -i_res) + self.loss_fn(out[1], noise)", ("tests/methods/test_rddm.py",)),
-    Break("rddm: pred_res trained on the noise", "ir_lightning/methods/rddm.py",
-          'i_res if self.objective == "pred_res" else noise', 'noise if self.objective == "pred_res" else noise',
-          ("tests/methods/test_rddm.py",)),
-    Break("rddm: the residual defined as I_0 - I_in", "ir_lightning/methods/rddm.py",
-          "        i_res = i_in - i_0\n", "        i_res = i_0 - i_in\n", ("tests/methods/test_rddm.py",)),
-    Break("sr3: the network sees gamma instead of sqrt(gamma)", "ir_lightning/methods/sr3.py",
-          "eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level)",
-          "eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level**2)", ("tests/methods/test_sr3.py",)),
-    Break("deqir: the prior trained to predict x_0 instead of eps", "ir_lightning/methods/deqir.py",
-          "return F.mse_loss(self.net(x_noisy, level), noise)", "return F.mse_loss(self.net(x_noisy, level), x0)",
-          ("tests/methods/test_deqir.py",)),
-    Break("noise_da: pixel loss on the residual alone", "ir_lightning/methods/noise_da.py",
-          "pixel_loss = charbonnier(lq_syn + res_syn, gt, self.charbonnier_eps)",
-          "pixel_loss = charbonnier(res_syn, gt, self.charbonnier_eps)", ("tests/methods/test_noise_da.py",)),
-    Break("noise_da: negatives keep their own residual", "ir_lightning/methods/noise_da.py",
-          "return lq_syn + res_real, lq_real + res_syn", "return lq_syn + res_syn, lq_real + res_real",
-          ("tests/methods/test_noise_da.py",)),
-    Break("lr: cosine restarts without the 1/2", "ir_lightning/training/optim.py",
-          "(base_lr - eta_min) * 0.5 * (1.0 + math.cos(", "(base_lr - eta_min) * 1.0 * (1.0 + math.cos(",
-          ("tests/training/test_optim.py",)),
-    Break("losses: Charbonnier with eps unsquared", "ir_lightning/losses.py",
-          "torch.sqrt((pred - target) ** 2 + eps**2).mean()", "torch.sqrt((pred - target) ** 2 + eps).mean()",
-          ("tests/test_losses.py",)),
+    Break(
+        "rddm: pred_res_noise trained on -I_res",
+        "ir_lightning/methods/rddm.py",
+        "return self.loss_fn(out[0], i_res) + self.loss_fn(out[1], noise)",
+        "return self.loss_fn(out[0], -i_res) + self.loss_fn(out[1], noise)",
+        ("tests/methods/test_rddm.py",),
+    ),
+    Break(
+        "rddm: pred_res trained on the noise",
+        "ir_lightning/methods/rddm.py",
+        'i_res if self.objective == "pred_res" else noise',
+        'noise if self.objective == "pred_res" else noise',
+        ("tests/methods/test_rddm.py",),
+    ),
+    Break(
+        "rddm: the residual defined as I_0 - I_in",
+        "ir_lightning/methods/rddm.py",
+        "        i_res = i_in - i_0\n",
+        "        i_res = i_0 - i_in\n",
+        ("tests/methods/test_rddm.py",),
+    ),
+    Break(
+        "sr3: the network sees gamma instead of sqrt(gamma)",
+        "ir_lightning/methods/sr3.py",
+        "eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level)",
+        "eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level**2)",
+        ("tests/methods/test_sr3.py",),
+    ),
+    Break(
+        "deqir: the prior trained to predict x_0 instead of eps",
+        "ir_lightning/methods/deqir.py",
+        "return F.mse_loss(self.net(x_noisy, level), noise)",
+        "return F.mse_loss(self.net(x_noisy, level), x0)",
+        ("tests/methods/test_deqir.py",),
+    ),
+    Break(
+        "noise_da: pixel loss on the residual alone",
+        "ir_lightning/methods/noise_da.py",
+        "pixel_loss = charbonnier(lq_syn + res_syn, gt, self.charbonnier_eps)",
+        "pixel_loss = charbonnier(res_syn, gt, self.charbonnier_eps)",
+        ("tests/methods/test_noise_da.py",),
+    ),
+    Break(
+        "noise_da: negatives keep their own residual",
+        "ir_lightning/methods/noise_da.py",
+        "return lq_syn + res_real, lq_real + res_syn",
+        "return lq_syn + res_syn, lq_real + res_real",
+        ("tests/methods/test_noise_da.py",),
+    ),
+    Break(
+        "lr: cosine restarts without the 1/2",
+        "ir_lightning/training/optim.py",
+        "(base_lr - eta_min) * 0.5 * (1.0 + math.cos(",
+        "(base_lr - eta_min) * 1.0 * (1.0 + math.cos(",
+        ("tests/training/test_optim.py",),
+    ),
+    Break(
+        "losses: Charbonnier with eps unsquared",
+        "ir_lightning/losses.py",
+        "torch.sqrt((pred - target) ** 2 + eps**2).mean()",
+        "torch.sqrt((pred - target) ** 2 + eps).mean()",
+        ("tests/test_losses.py",),
+    ),
     # --- metrics ----------------------------------------------------------------------------------
-    Break("metrics: PSNR with 20 log10 of a power ratio", "ir_lightning/metrics/psnr_ssim.py",
-          "return 10.0 * torch.log10(PIXEL_MAX**2 / mse)", "return 20.0 * torch.log10(PIXEL_MAX**2 / mse)",
-          ("tests/metrics/test_psnr_ssim.py",)),
-    Break("metrics: SSIM averaged over the padded border too", "ir_lightning/metrics/psnr_ssim.py",
-          "valid_map = ssim_map[..., radius:-radius, radius:-radius]", "valid_map = ssim_map",
-          ("tests/metrics/test_psnr_ssim.py",)),
-    Break("metrics: border crop only at the top and left", "ir_lightning/metrics/psnr_ssim.py",
-          "return img[..., n:-n, n:-n]", "return img[..., n:, n:]", ("tests/metrics/test_psnr_ssim.py",)),
-    Break("fid: Mixed_7c pools its pool branch by average", "ir_lightning/metrics/fid.py",
-          '"Mixed_7c": block_8("max")', '"Mixed_7c": block_8("avg")', ("tests/metrics/test_fid.py",)),
-    Break("fid: batch-norm eps 1e-5", "ir_lightning/metrics/fid.py",
-          "BN_EPS = 1e-3", "BN_EPS = 1e-5", ("tests/metrics/test_fid.py",)),
-    Break("fid: trace of sqrt(S1 S2) without the square root", "ir_lightning/metrics/fid.py",
-          "clamp(min=0).sqrt().sum()", "clamp(min=0).sum()", ("tests/metrics/test_fid.py",)),
+    Break(
+        "metrics: PSNR with 20 log10 of a power ratio",
+        "ir_lightning/metrics/psnr_ssim.py",
+        "return 10.0 * torch.log10(PIXEL_MAX**2 / mse)",
+        "return 20.0 * torch.log10(PIXEL_MAX**2 / mse)",
+        ("tests/metrics/test_psnr_ssim.py",),
+    ),
+    Break(
+        "metrics: SSIM averaged over the padded border too",
+        "ir_lightning/metrics/psnr_ssim.py",
+        "valid_map = ssim_map[..., radius:-radius, radius:-radius]",
+        "valid_map = ssim_map",
+        ("tests/metrics/test_psnr_ssim.py",),
+    ),
+    Break(
+        "metrics: border crop only at the top and left",
+        "ir_lightning/metrics/psnr_ssim.py",
+        "return img[..., n:-n, n:-n]",
+        "return img[..., n:, n:]",
+        ("tests/metrics/test_psnr_ssim.py",),
+    ),
+    Break(
+        "fid: Mixed_7c pools its pool branch by average",
+        "ir_lightning/metrics/fid.py",
+        '"Mixed_7c": block_8("max")',
+        '"Mixed_7c": block_8("avg")',
+        ("tests/metrics/test_fid.py",),
+    ),
+    Break(
+        "fid: batch-norm eps 1e-5",
+        "ir_lightning/metrics/fid.py",
+        "BN_EPS = 1e-3",
+        "BN_EPS = 1e-5",
+        ("tests/metrics/test_fid.py",),
+    ),
+    Break(
+        "fid: trace of sqrt(S1 S2) without the square root",
+        "ir_lightning/metrics/fid.py",
+        "clamp(min=0).sqrt().sum()",
+        "clamp(min=0).sum()",
+        ("tests/metrics/test_fid.py",),
+    ),
     # --- degradations/ ----------------------------------------------------------------------------
-    Break("degradations: JPEG quality x 0.9", "ir_lightning/degradations/basic.py",
-          "coded = jpeg_codec_differentiable(rgb, quality)", "coded = jpeg_codec_differentiable(rgb, quality * 0.9)",
-          ("tests/degradations/test_basic.py",)),
-    Break("degradations: Gaussian noise sigma not divided by 255", "ir_lightning/degradations/basic.py",
-          "sigma = self.sample_sigma(batch, generator, img.device).to(img.dtype) / PIXEL_LEVELS",
-          "sigma = self.sample_sigma(batch, generator, img.device).to(img.dtype) / 100.0",
-          ("tests/degradations/test_basic.py",)),
-    Break("camera: correlated noise not renormalised by the kernel's norm", "ir_lightning/degradations/camera.py",
-          "norms = kernels.square().sum(dim=(1, 2)).sqrt()", "norms = kernels.sum(dim=(1, 2))",
-          ("tests/degradations/test_camera.py",)),
+    Break(
+        "degradations: JPEG quality x 0.9",
+        "ir_lightning/degradations/basic.py",
+        "coded = jpeg_codec_differentiable(rgb, quality)",
+        "coded = jpeg_codec_differentiable(rgb, quality * 0.9)",
+        ("tests/degradations/test_basic.py",),
+    ),
+    Break(
+        "degradations: Gaussian noise sigma not divided by 255",
+        "ir_lightning/degradations/basic.py",
+        "sigma = self.sample_sigma(batch, generator, img.device).to(img.dtype) / PIXEL_LEVELS",
+        "sigma = self.sample_sigma(batch, generator, img.device).to(img.dtype) / 100.0",
+        ("tests/degradations/test_basic.py",),
+    ),
+    Break(
+        "camera: correlated noise not renormalised by the kernel's norm",
+        "ir_lightning/degradations/camera.py",
+        "norms = kernels.square().sum(dim=(1, 2)).sqrt()",
+        "norms = kernels.sum(dim=(1, 2))",
+        ("tests/degradations/test_camera.py",),
+    ),
     # --- datamodules/ and image files ---------------------------------------------------------------
-    Break("shards: the LQ crop taken at GT coordinates", "datamodules/transforms.py",
-          'step = 1 if name == "lq" else unit', "step = unit",
-          ("tests/datamodules/test_shards_datamodule.py", "tests/commands/test_shards.py")),
-    Break("noise_da: channel shuffling never swaps", "ir_lightning/methods/noise_da.py",
-          "return torch.where(mask, second, first), torch.where(mask, first, second)", "return first, second",
-          ("tests/methods/test_noise_da.py", "tests/datamodules/test_adaptation.py")),
-    Break("adaptation: skipped samples of the real stream not counted", "datamodules/adaptation.py",
-          'merged["n_skipped"] = synthetic_batch["n_skipped"] + real_batch["n_skipped"]',
-          'merged["n_skipped"] = synthetic_batch["n_skipped"]', ("tests/datamodules/test_adaptation.py",)),
-    Break("realesrgan: Poisson photon count rounded down to a power of two", "ir_lightning/degradations/realesrgan.py",
-          "photons = 2.0 ** torch.ceil(torch.log2(", "photons = 2.0 ** torch.floor(torch.log2(",
-          ("tests/degradations/test_realesrgan.py",)),
-    Break("images: a resized alpha made opaque", "ir_lightning/io/images.py",
-          "return np.rint(resized.numpy() * peak).astype(alpha.dtype)",
-          "return np.full(size, peak, dtype=alpha.dtype)", ("tests/io/test_images.py", "tests/commands/test_restore.py")),
-    Break("images: alpha resized by nearest neighbour", "ir_lightning/io/images.py",
-          "resized = bicubic_resize(values, size).clamp(0, 1)[0, 0]",
-          'resized = torch.nn.functional.interpolate(values, size=size, mode="nearest").clamp(0, 1)[0, 0]',
-          ("tests/io/test_images.py", "tests/commands/test_restore.py")),
+    Break(
+        "shards: the LQ crop taken at GT coordinates",
+        "datamodules/transforms.py",
+        'step = 1 if name == "lq" else unit',
+        "step = unit",
+        ("tests/datamodules/test_shards_datamodule.py", "tests/commands/test_shards.py"),
+    ),
+    Break(
+        "noise_da: channel shuffling never swaps",
+        "ir_lightning/methods/noise_da.py",
+        "return torch.where(mask, second, first), torch.where(mask, first, second)",
+        "return first, second",
+        ("tests/methods/test_noise_da.py", "tests/datamodules/test_adaptation.py"),
+    ),
+    Break(
+        "adaptation: skipped samples of the real stream not counted",
+        "datamodules/adaptation.py",
+        'merged["n_skipped"] = synthetic_batch["n_skipped"] + real_batch["n_skipped"]',
+        'merged["n_skipped"] = synthetic_batch["n_skipped"]',
+        ("tests/datamodules/test_adaptation.py",),
+    ),
+    Break(
+        "realesrgan: Poisson photon count rounded down to a power of two",
+        "ir_lightning/degradations/realesrgan.py",
+        "photons = 2.0 ** torch.ceil(torch.log2(",
+        "photons = 2.0 ** torch.floor(torch.log2(",
+        ("tests/degradations/test_realesrgan.py",),
+    ),
+    Break(
+        "images: a resized alpha made opaque",
+        "ir_lightning/io/images.py",
+        "return np.rint(resized.numpy() * peak).astype(alpha.dtype)",
+        "return np.full(size, peak, dtype=alpha.dtype)",
+        ("tests/io/test_images.py", "tests/commands/test_restore.py"),
+    ),
+    Break(
+        "images: alpha resized by nearest neighbour",
+        "ir_lightning/io/images.py",
+        "resized = bicubic_resize(values, size).clamp(0, 1)[0, 0]",
+        'resized = torch.nn.functional.interpolate(values, size=size, mode="nearest").clamp(0, 1)[0, 0]',
+        ("tests/io/test_images.py", "tests/commands/test_restore.py"),
+    ),
 )
 
 
@@ -188,8 +368,16 @@ class Outcome:
 
 def scratch_copy(destination: Path) -> None:
     """The checkout's tracked and untracked (not ignored) files, as they are now, under `destination`."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_symlink() or source.is_file():
@@ -250,16 +438,22 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--list", action="store_true", help="print the breaks and exit")
     parser.add_argument("--only", default="", help="run only the breaks whose name contains this text")
-    parser.add_argument("--jobs", type=int, default=1, help="breaks checked at a time (each pytest gets one thread when > 1)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="breaks checked at a time (each pytest gets one thread when > 1)"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip running the tests on the unbroken copy first")
     args = parser.parse_args(argv)
     chosen = [item for item in BREAKS if args.only in item.name]
     if args.list:
         for item in chosen:
-            print(f"{item.name}\n    {item.path}: {item.old.strip()!r} -> {item.new.strip()!r}\n    tests: {' '.join(item.tests)}")
+            print(
+                f"{item.name}\n    {item.path}: {item.old.strip()!r} -> {item.new.strip()!r}\n    tests: {' '.join(item.tests)}"
+            )
         return 0
     if not chosen:
         parser.error(f"no break's name contains {args.only!r}")
@@ -286,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 free.append(copy)
             outcomes[index] = outcome
-            print(f"[{sum(o is not None for o in outcomes)}/{len(chosen)}] {outcome.result}: {outcome.name}"
-                  f" ({outcome.detail}, {outcome.seconds:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"[{sum(o is not None for o in outcomes)}/{len(chosen)}] {outcome.result}: {outcome.name}"
+                f" ({outcome.detail}, {outcome.seconds:.0f} s)",
+                flush=True,
+            )
 
         with ThreadPoolExecutor(jobs) as pool:
             list(pool.map(work, range(len(chosen))))

@@ -22,10 +22,13 @@ from tests.wandb_records import history, metric_definitions
 pytestmark = pytest.mark.slow
 
 RECIPE = [
-    "-c", str(REPO / "recipes/sr3_x4.yaml"),
-    "-c", str(REPO / "recipes/demo/sr3_x4_cpu.yaml"),
-    "-c", str(REPO / "tests/configs/sr3_tiny.yaml"),
-]  # fmt: skip
+    "-c",
+    str(REPO / "recipes/sr3_x4.yaml"),
+    "-c",
+    str(REPO / "recipes/demo/sr3_x4_cpu.yaml"),
+    "-c",
+    str(REPO / "tests/configs/sr3_tiny.yaml"),
+]
 
 
 def run(
@@ -95,12 +98,14 @@ def test_validate_test_and_predict_from_the_checkpoint(first_run, sr_shards, tmp
     pred_dir = tmp_path / "pred"
     run(
         [
-            "predict", *common, f"--data.init_args.predict_shards={sr_shards['val']}",
+            "predict",
+            *common,
+            f"--data.init_args.predict_shards={sr_shards['val']}",
             "--trainer.callbacks+=ir_lightning.callbacks.PredictionWriter",
             f"--trainer.callbacks.output_dir={pred_dir}",
         ],
         tmp_path,
-    )  # fmt: skip
+    )
     written = sorted(p.name for p in pred_dir.iterdir())
     assert written == ["v0.png", "v1.png"]
 
@@ -175,8 +180,14 @@ def test_export_keeps_ema_weights_and_hparams_and_restores_alike(first_run, tmp_
     assert "MB" in run(["export", str(last), str(small)], tmp_path).stdout
     run(["export", str(last), str(half), "--half"], tmp_path)
     full = load(last)
-    assert set(load(small)) <= {"state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version",
-                                "global_step", "epoch"}  # fmt: skip
+    assert set(load(small)) <= {
+        "state_dict",
+        "hyper_parameters",
+        "hparams_name",
+        "pytorch-lightning_version",
+        "global_step",
+        "epoch",
+    }
     assert small.stat().st_size < last.stat().st_size / 2  # no optimizer state, no copy of the trained weights
     assert half.stat().st_size < small.stat().st_size * 0.6
     a, b = (SR3.load_from_checkpoint(p, map_location="cpu", weights_only=True).eval() for p in (last, small))

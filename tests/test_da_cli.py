@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import REPO
 from tests.test_cli import load, run
@@ -14,10 +13,13 @@ from tests.test_cli import load, run
 pytestmark = pytest.mark.slow
 
 DA = [
-    "-c", str(REPO / "recipes/da_denoise.yaml"),
-    "-c", str(REPO / "recipes/demo/da_denoise_cpu.yaml"),
-    "-c", str(REPO / "tests/configs/da_tiny.yaml"),
-]  # fmt: skip
+    "-c",
+    str(REPO / "recipes/da_denoise.yaml"),
+    "-c",
+    str(REPO / "recipes/demo/da_denoise_cpu.yaml"),
+    "-c",
+    str(REPO / "tests/configs/da_tiny.yaml"),
+]
 
 
 def streams(shards: dict[str, str]) -> list[str]:

@@ -24,14 +24,20 @@ def test_two_process_ddp_on_uneven_shards(tmp_path, sr_shards):
     probe = tmp_path / "probe"
     run(
         [
-            "fit", *RECIPE, *data_args(sr_shards),
-            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-            "--trainer.max_steps=5", "--trainer.val_check_interval=5",
-            "--trainer.callbacks+=tests.ddp_probe.RankProbe", f"--trainer.callbacks.out_dir={probe}",
+            "fit",
+            *RECIPE,
+            *data_args(sr_shards),
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.max_steps=5",
+            "--trainer.val_check_interval=5",
+            "--trainer.callbacks+=tests.ddp_probe.RankProbe",
+            f"--trainer.callbacks.out_dir={probe}",
         ],
         tmp_path,
         timeout=300,
-    )  # fmt: skip
+    )
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert [len(r["steps"]) for r in ranks] == [5, 5]  # a fixed number of steps on every rank
@@ -45,8 +51,14 @@ def test_two_process_ddp_on_uneven_shards(tmp_path, sr_shards):
 def test_two_processes_end_with_the_weights_of_one_process_on_the_same_global_batch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for devices in (1, 2):
-        done = subprocess.run([sys.executable, "-m", "tests.ddp_equivalence", str(devices), str(tmp_path / f"d{devices}")],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.ddp_equivalence", str(devices), str(tmp_path / f"d{devices}")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
     one, two = (torch.load(tmp_path / f"d{n}/weights.pt", weights_only=True) for n in (1, 2))
     assert one["nonfinite"]["total"] == two["nonfinite"]["total"] == 1  # step 2 skipped by both ranks together

@@ -52,7 +52,9 @@ def test_gopro_stage1_to_stage2(gopro_stage1: Path, tmp_path: Path, sr_shards):
         assert torch.equal(s2["current_model_state"][key], value), key
         torch.testing.assert_close(s2["state_dict"][key], value, rtol=0, atol=1e-6)
     # the DIRformer started from stage 1's, sat out the 2 prior-only steps, then trained
-    assert not torch.equal(s2["current_model_state"]["restorer.embed.weight"], s1["state_dict"]["restorer.embed.weight"])
+    assert not torch.equal(
+        s2["current_model_state"]["restorer.embed.weight"], s1["state_dict"]["restorer.embed.weight"]
+    )
     restorer_moments = s2["optimizer_states"][0]["state"]
     groups = s2["optimizer_states"][0]["param_groups"]
     assert [g["name"] for g in groups] == ["prior", "restorer"]
@@ -66,8 +68,17 @@ def test_gopro_stage1_to_stage2(gopro_stage1: Path, tmp_path: Path, sr_shards):
 def test_stage2_under_two_process_ddp_crosses_the_phase_switch(gopro_stage1: Path, tmp_path: Path, sr_shards):
     """The prior-only phase leaves the DIRformer out of the loss; its zero term keeps DDP's buckets complete."""
     with_stage1(gopro_stage1, tmp_path)
-    done = run(["fit", *recipe("diffir_s2_gopro"), *data_args(sr_shards), "--model.init_args.prior_steps=2",
-                "--trainer.devices=2", "--trainer.strategy=ddp"], tmp_path)  # fmt: skip
+    done = run(
+        [
+            "fit",
+            *recipe("diffir_s2_gopro"),
+            *data_args(sr_shards),
+            "--model.init_args.prior_steps=2",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+        ],
+        tmp_path,
+    )
     assert "All distributed processes registered. Starting with 2 processes" in done.stdout + done.stderr
     s2 = load(tmp_path / "runs/diffir_s2_gopro_demo/checkpoints/last.ckpt")
     state, groups = s2["optimizer_states"][0]["state"], s2["optimizer_states"][0]["param_groups"]
@@ -76,8 +87,11 @@ def test_stage2_under_two_process_ddp_crosses_the_phase_switch(gopro_stage1: Pat
 
 def test_mismatched_stage1_checkpoint_names_the_keys(gopro_stage1: Path, tmp_path: Path, sr_shards):
     with_stage1(gopro_stage1, tmp_path)
-    done = run(["fit", *recipe("diffir_s2_gopro"), *data_args(sr_shards),
-                "--model.init_args.cpen_s1.init_args.res_blocks=3"], tmp_path, check=False)  # fmt: skip
+    done = run(
+        ["fit", *recipe("diffir_s2_gopro"), *data_args(sr_shards), "--model.init_args.cpen_s1.init_args.res_blocks=3"],
+        tmp_path,
+        check=False,
+    )
     assert done.returncode != 0
     assert "CPEN_S1 does not match model.init_args.cpen_s1" in done.stderr
     assert "missing: body.4.body.0.bias" in done.stderr

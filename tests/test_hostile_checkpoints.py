@@ -23,12 +23,12 @@ import torch
 import yaml
 from PIL import Image
 
+from ir_lightning.class_paths import UntrustedClassPathError, allowed_class, check_class_paths, named_imports
+from ir_lightning.commands.restore import RestoreError, load_method, parser
 from ir_lightning.io.weights import WeightsError as UnsafeCheckpointError
 from ir_lightning.io.weights import read_checkpoint
-from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
-from ir_lightning.class_paths import UntrustedClassPathError, allowed_class, check_class_paths, named_imports
 from ir_lightning.methods.deqir import DeqIR
-from ir_lightning.commands.restore import RestoreError, load_method, parser
+from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.training.run_checks import ConfigurationError, check_checkpoint_fits
 from tests.conftest import REPO
 from tests.helpers.checkpoints import save_checkpoint, small_deqir
@@ -79,8 +79,16 @@ def test_the_allow_list_holds_the_suites_classes_and_torch_optimizers_only():
     assert allowed_class("ir_lightning.nets.unet.UNet") is not None
     assert allowed_class("torch.optim.AdamW") is torch.optim.AdamW
     assert allowed_class("torch.optim.lr_scheduler.CosineAnnealingLR") is torch.optim.lr_scheduler.CosineAnnealingLR
-    for refused in ("os.system", "subprocess.Popen", "builtins.eval", "this.Nope", "ir_lightning.methods.base.Path",
-                    "ir_lightning.methods.base.torch", "torch.nn.Module", "pathlib.Path"):  # fmt: skip
+    for refused in (
+        "os.system",
+        "subprocess.Popen",
+        "builtins.eval",
+        "this.Nope",
+        "ir_lightning.methods.base.Path",
+        "ir_lightning.methods.base.torch",
+        "torch.nn.Module",
+        "pathlib.Path",
+    ):
         assert allowed_class(refused) is None, refused
 
 
@@ -91,10 +99,14 @@ def test_the_allow_list_holds_the_suites_classes_and_torch_optimizers_only():
         ({"_class_path": "os.system"}, "hyper_parameters._class_path"),
         ({"_instantiator": "subprocess.run"}, "hyper_parameters._instantiator"),
         ({"optimizer": "builtins.exec"}, "hyper_parameters.optimizer"),  # a callable setting given as a string
-        ({"net": {"class_path": "ir_lightning.nets.unet.UNet", "init_args": {"act": {"class_path": "os.system"}}}},
-         "hyper_parameters.net.init_args.act.class_path"),
-        ({"steps": [{"class_path": "ir_lightning.degradations.JPEG"}, {"class_path": "pty.spawn"}]},
-         "hyper_parameters.steps[1].class_path"),
+        (
+            {"net": {"class_path": "ir_lightning.nets.unet.UNet", "init_args": {"act": {"class_path": "os.system"}}}},
+            "hyper_parameters.net.init_args.act.class_path",
+        ),
+        (
+            {"steps": [{"class_path": "ir_lightning.degradations.JPEG"}, {"class_path": "pty.spawn"}]},
+            "hyper_parameters.steps[1].class_path",
+        ),
         ({"net": "{class_path: this.Nope}"}, "hyper_parameters.net.class_path"),  # a config written as text
         ({"net": "class_path: this.Nope\ninit_args: {}"}, "hyper_parameters.net.class_path"),  # block YAML
         ({"steps": "[{class_path: pty.spawn}]"}, "hyper_parameters.steps[0].class_path"),  # a list as text
@@ -109,9 +121,19 @@ def test_names_outside_the_allow_list_are_refused_with_the_file_and_setting(sett
 
 
 def test_plain_strings_file_names_and_the_suites_bare_names_pass():
-    check_class_paths({"init_weights": "runs/a/last.ckpt", "loss": "l1", "sampler": "ddim", "lr": "1.0e-4",
-                       "name": "weights.ckpt", "net": {"class_path": "UNet"}, "_class_path": "ir_lightning.methods.SR3",
-                       "_instantiator": "lightning.pytorch.cli.instantiate_module"}, "x.ckpt")  # fmt: skip
+    check_class_paths(
+        {
+            "init_weights": "runs/a/last.ckpt",
+            "loss": "l1",
+            "sampler": "ddim",
+            "lr": "1.0e-4",
+            "name": "weights.ckpt",
+            "net": {"class_path": "UNet"},
+            "_class_path": "ir_lightning.methods.SR3",
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        },
+        "x.ckpt",
+    )
     assert list(named_imports("test.ckpt")) == [("", "test.ckpt", None)]  # documented: the stdlib's `test` package
 
 
@@ -193,9 +215,18 @@ def test_commands_refuse_a_checkpoint_naming_a_module_without_importing_it(good,
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inputs / "a.png")
-    deqir = ["-c", str(REPO / "recipes/deqir_faces64.yaml"), "-c", str(REPO / "recipes/demo/deqir_cpu.yaml"),
-             "-c", str(REPO / "tests/configs/deqir_tiny.yaml"), f"--data.init_args.train_shards={sr_shards['train']}",
-             f"--data.init_args.val_shards={sr_shards['val']}", "--run_dir", str(tmp_path / "run")]  # fmt: skip
+    deqir = [
+        "-c",
+        str(REPO / "recipes/deqir_faces64.yaml"),
+        "-c",
+        str(REPO / "recipes/demo/deqir_cpu.yaml"),
+        "-c",
+        str(REPO / "tests/configs/deqir_tiny.yaml"),
+        f"--data.init_args.train_shards={sr_shards['train']}",
+        f"--data.init_args.val_shards={sr_shards['val']}",
+        "--run_dir",
+        str(tmp_path / "run"),
+    ]
     commands = {
         "restore": ["restore", "--ckpt", str(evil), "--input", str(inputs), "--output", str(tmp_path / "out")],
         "fit": ["fit", *deqir, "--ckpt_path", str(evil)],
@@ -203,11 +234,20 @@ def test_commands_refuse_a_checkpoint_naming_a_module_without_importing_it(good,
     }
     env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"}
     for command, words in commands.items():
-        result = subprocess.run([sys.executable, "-m", "ir_lightning", *words], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "ir_lightning", *words],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode == 2, (command, result.stderr[-2000:])
-        assert len(errors) == 1 and str(evil) in errors[0] and f"'{name}.Net'" in errors[0], (command, result.stderr[-2000:])
+        assert len(errors) == 1 and str(evil) in errors[0] and f"'{name}.Net'" in errors[0], (
+            command,
+            result.stderr[-2000:],
+        )
         assert "Traceback" not in result.stderr, command
         assert not marker.exists(), f"{command} imported the module the checkpoint names"
     assert not (tmp_path / "out").exists()
@@ -261,7 +301,9 @@ def fuzz_files(good: Path, folder: Path) -> list[Path]:
         "json": json.dumps({"state_dict": {}}).encode(),
         "png": png.getvalue(),
         "shard": _tar_bytes({"0001.gt.png": png.getvalue()}),
-        "legacy_tar": _tar_bytes({"storages": b"\x80\x02]q\x00.", "tensors": b"\x80\x02]q\x00.", "pickle": b"\x80\x02}q\x00."}),
+        "legacy_tar": _tar_bytes(
+            {"storages": b"\x80\x02]q\x00.", "tensors": b"\x80\x02]q\x00.", "pickle": b"\x80\x02}q\x00."}
+        ),
         "zip_other_layout": _zip_bytes({"hello.txt": b"hi", "data/0": b"\x00" * 8}),
         "zip_empty": _zip_bytes({}),
         "gzip": b"\x1f\x8b\x08\x00" + bytes(rng.randrange(256) for _ in range(64)),
@@ -276,11 +318,24 @@ def fuzz_files(good: Path, folder: Path) -> list[Path]:
         "hparams_list": _saved({"state_dict": weights, "hyper_parameters": [1, 2]}),
         "hparams_no_class": _saved({"state_dict": weights, "hyper_parameters": {"scale": 2}}),
         "hparams_bad_class": _saved({"state_dict": weights, "hyper_parameters": {"_class_path": "os.system"}}),
-        "weights_only_export": _saved({"state_dict": weights, "hyper_parameters": torch.load(good, weights_only=True)["hyper_parameters"]}),
-        "malformed_state": _saved({"state_dict": weights, **TRAINING_STATE, "global_step": "3",
-                                   "hyper_parameters": torch.load(good, weights_only=True)["hyper_parameters"]}),  # fmt: skip
-        "other_method": _saved({"state_dict": weights, **TRAINING_STATE,
-                                "hyper_parameters": {"_class_path": "ir_lightning.methods.SR3", "scale": 4}}),  # fmt: skip
+        "weights_only_export": _saved(
+            {"state_dict": weights, "hyper_parameters": torch.load(good, weights_only=True)["hyper_parameters"]}
+        ),
+        "malformed_state": _saved(
+            {
+                "state_dict": weights,
+                **TRAINING_STATE,
+                "global_step": "3",
+                "hyper_parameters": torch.load(good, weights_only=True)["hyper_parameters"],
+            }
+        ),
+        "other_method": _saved(
+            {
+                "state_dict": weights,
+                **TRAINING_STATE,
+                "hyper_parameters": {"_class_path": "ir_lightning.methods.SR3", "scale": 4},
+            }
+        ),
     }
     blobs = dict(fixed)
     for i in range(80):
@@ -290,7 +345,11 @@ def fuzz_files(good: Path, folder: Path) -> list[Path]:
     for i in range(80):  # half anywhere (mostly inside tensors: such a file still loads), half in the zip's
         flipped = bytearray(data)  # structure at either end (headers, the pickle, the central directory)
         for _ in range(rng.choice([1, 4, 32])):
-            position = rng.randrange(len(flipped)) if i < 40 else rng.choice([rng.randrange(1024), len(flipped) - 1 - rng.randrange(1024)])
+            position = (
+                rng.randrange(len(flipped))
+                if i < 40
+                else rng.choice([rng.randrange(1024), len(flipped) - 1 - rng.randrange(1024)])
+            )
             flipped[position] ^= 1 << rng.randrange(8)
         blobs[f"bitflip_{i}"] = bytes(flipped)
     for i in range(40):
@@ -320,9 +379,9 @@ def test_fuzz_every_bad_file_gets_one_clear_refusal_in_restore_fit_and_the_train
     for path in files:
         may_load = path.name.startswith(("bitflip_", "overwritten_tail_"))  # a flip inside a tensor still loads
         for name, read, error_class in (
-            ("restore", lambda: load_method(path, restore_args(path), torch.device("cpu")), RestoreError),
-            ("fit --ckpt_path", lambda: check_checkpoint_fits(path, DEQIR, resume=True), ConfigurationError),
-            ("Trainer", lambda: AtomicCheckpointIO().load_checkpoint(path), UnsafeCheckpointError),
+            ("restore", lambda: load_method(path, restore_args(path), torch.device("cpu")), RestoreError),  # noqa: B023 (called within this iteration)
+            ("fit --ckpt_path", lambda: check_checkpoint_fits(path, DEQIR, resume=True), ConfigurationError),  # noqa: B023 (called within this iteration)
+            ("Trainer", lambda: AtomicCheckpointIO().load_checkpoint(path), UnsafeCheckpointError),  # noqa: B023 (called within this iteration)
         ):
             try:
                 read()
@@ -333,10 +392,17 @@ def test_fuzz_every_bad_file_gets_one_clear_refusal_in_restore_fit_and_the_train
             assert may_load or name == "Trainer" and isinstance(read(), dict), f"{name} accepted {path.name}"
             outcomes["loaded"] += 1
     assert outcomes["refused"] >= 2 * 250, outcomes
-    for name, reason in (("empty", "the file is empty"), ("text", "it is a text file"), ("shard", "it is a tar archive"),
-                         ("png", "it is a PNG image"), ("zip_other_layout", "not in a subdirectory"),
-                         ("other_method", "is a checkpoint of SR3, but the recipe's model is DeqIR"),
-                         ("weights_only_export", "holds weights only"), ("malformed_state", "training state .* is malformed"), ("pickle_runs_code", "posix.system")):  # fmt: skip
+    for name, reason in (
+        ("empty", "the file is empty"),
+        ("text", "it is a text file"),
+        ("shard", "it is a tar archive"),
+        ("png", "it is a PNG image"),
+        ("zip_other_layout", "not in a subdirectory"),
+        ("other_method", "is a checkpoint of SR3, but the recipe's model is DeqIR"),
+        ("weights_only_export", "holds weights only"),
+        ("malformed_state", "training state .* is malformed"),
+        ("pickle_runs_code", "posix.system"),
+    ):
         with pytest.raises(ConfigurationError, match=reason):
             check_checkpoint_fits(tmp_path / f"{name}.ckpt", DEQIR, resume=True)
 

@@ -19,13 +19,13 @@ from PIL import Image
 from datamodules.format import ShardError, ShardSample
 from datamodules.writer import write_shards
 from ir_lightning.commands import evaluate
-from ir_lightning.commands.shards import main as shards
 from ir_lightning.commands.restore import main as restore
+from ir_lightning.commands.shards import main as shards
 from ir_lightning.inference.tiling import restored_bands
 from ir_lightning.io.atomic import host_tag
 from tests.commands.test_evaluate import Nearest, use_method
-from tests.helpers.checkpoints import save_checkpoint, small_deqir
 from tests.datamodules.test_presets import gopro
+from tests.helpers.checkpoints import save_checkpoint, small_deqir
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -44,8 +44,10 @@ def photos(folder: Path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file below `folder` (links not followed) with its bytes and modification time."""
-    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else b"", p.lstat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else b"", p.lstat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def files_below(folder: Path) -> list[str]:
@@ -100,7 +102,11 @@ def test_symlinks_inside_the_input_cannot_make_restore_write_outside_the_output(
     out = tmp_path / "out"
     assert restore(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--device", "cpu"]) == 0
     assert snapshot(outside) == before
-    assert files_below(out) == ["a.png", "link.png", "sub/b.png"]  # the linked file under its link's name; folders not entered
+    assert files_below(out) == [
+        "a.png",
+        "link.png",
+        "sub/b.png",
+    ]  # the linked file under its link's name; folders not entered
 
 
 def test_a_symlinked_folder_in_the_output_cannot_lead_restore_outside_it(tmp_path, ckpt, capsys):
@@ -110,7 +116,9 @@ def test_a_symlinked_folder_in_the_output_cannot_lead_restore_outside_it(tmp_pat
     (out / "sub").symlink_to(elsewhere)
     assert restore(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--device", "cpu"]) == 2
     err = one_error_line(capsys.readouterr().err)
-    assert f"--input {inputs / 'sub' / 'b.png'}: its output {out / 'sub' / 'b.png'} would be written outside {out}" in err
+    assert (
+        f"--input {inputs / 'sub' / 'b.png'}: its output {out / 'sub' / 'b.png'} would be written outside {out}" in err
+    )
     assert files_below(elsewhere) == [] and not (out / "a.png").exists()  # refused before any work
 
 
@@ -130,8 +138,24 @@ def evaluate_folders(root: Path) -> tuple[Path, Path]:
 
 
 def run_evaluate(gt: Path, lq: Path, out: Path) -> int:
-    return evaluate.main(["--ckpt", "unused.ckpt", "--preset", "gopro", "--gt", str(gt), "--lq", str(lq), "--out", str(out),
-                          "--save-images", "--no-wandb", "--device", "cpu"])  # fmt: skip
+    return evaluate.main(
+        [
+            "--ckpt",
+            "unused.ckpt",
+            "--preset",
+            "gopro",
+            "--gt",
+            str(gt),
+            "--lq",
+            str(lq),
+            "--out",
+            str(out),
+            "--save-images",
+            "--no-wandb",
+            "--device",
+            "cpu",
+        ]
+    )
 
 
 def test_evaluate_saves_nested_names_inside_out_images_and_never_through_a_symlink(tmp_path, monkeypatch, capsys):
@@ -177,7 +201,10 @@ def test_restore_refuses_an_output_folder_that_is_or_lies_in_the_input_folder(tm
 def test_restore_refuses_to_write_over_an_input_file(tmp_path, ckpt, capsys):
     inputs = photos(tmp_path / "photos")
     before = snapshot(inputs)
-    assert restore(["--ckpt", str(ckpt), "--input", str(inputs / "a.png"), "--output", str(inputs), "--device", "cpu"]) == 2
+    assert (
+        restore(["--ckpt", str(ckpt), "--input", str(inputs / "a.png"), "--output", str(inputs), "--device", "cpu"])
+        == 2
+    )
     err = one_error_line(capsys.readouterr().err)
     assert f"--output {inputs} would write {inputs / 'a.png'} over the input {inputs / 'a.png'}" in err
     assert snapshot(inputs) == before
@@ -236,7 +263,10 @@ def test_shards_into_a_folder_holding_that_prefix_are_refused_unless_overwrite(t
     capsys.readouterr()
     assert shards(["--gt", str(new), "--out", str(out), "--no-progress"]) == 2
     err = one_error_line(capsys.readouterr().err)
-    assert f"--out {out} already holds shards with the prefix 'train' (train-000000.tar, train-000001.tar, train-000002.tar and 2 more)" in err
+    assert (
+        f"--out {out} already holds shards with the prefix 'train' (train-000000.tar, train-000001.tar, train-000002.tar and 2 more)"
+        in err
+    )
     assert snapshot(out) == before
     assert shards(["--gt", str(new), "--out", str(out), "--no-progress", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["train-000000.tar"]  # the old set gone, no staging folder left
@@ -287,7 +317,9 @@ def test_a_preset_refuses_a_split_already_in_the_folder_unless_overwrite(tmp_pat
     (out / "test-000000.tar").write_bytes(b"an older test set")
     args = ["--preset", "gopro", "--root", str(root), "--out", str(out), "--no-progress"]
     assert shards(args) == 2
-    assert f"--out {out} already holds shards with the prefix 'test' (test-000000.tar)" in one_error_line(capsys.readouterr().err)
+    assert f"--out {out} already holds shards with the prefix 'test' (test-000000.tar)" in one_error_line(
+        capsys.readouterr().err
+    )
     assert sorted(p.name for p in out.iterdir()) == ["test-000000.tar"]  # train not written either
     assert shards([*args, "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["test-000000.tar", "train-000000.tar"]
@@ -304,12 +336,16 @@ def test_too_small_images_are_named_with_their_size_and_the_minimum_and_the_othe
     assert restore(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     for h, w in ((1, 1), (1, 40), (40, 1)):
-        assert (f"error: {inputs / f'{h}x{w}.png'}: {h} x {w} pixels is too small: this DeqIR checkpoint restores images "
-                "of at least 2 x 2 pixels") in err  # fmt: skip
+        assert (
+            f"error: {inputs / f'{h}x{w}.png'}: {h} x {w} pixels is too small: this DeqIR checkpoint restores images "
+            "of at least 2 x 2 pixels"
+        ) in err
     assert files_below(out) == ["8x8.png"]
     args = ["--ckpt", str(ckpt), "--input", str(inputs / "8x8.png"), "--device", "cpu", "--tile", "1", "--overlap", "0"]
     assert restore([*args, "--output", str(tmp_path / "tiles")]) == 1
-    assert "--tile 1 is below the smallest tile this DeqIR checkpoint restores (2 x 2 pixels)" in capsys.readouterr().err
+    assert (
+        "--tile 1 is below the smallest tile this DeqIR checkpoint restores (2 x 2 pixels)" in capsys.readouterr().err
+    )
 
 
 def test_tiles_of_a_narrow_image_are_clipped_to_it():

@@ -23,8 +23,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from datamodules import ShardDataModule
-from ir_lightning.training import run_lock
-from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
 from datamodules.stages import StreamStopped
 from ir_lightning.cli import instantiation_failure, main, user_message
 from ir_lightning.degradations import BicubicDownsample, Pipeline
@@ -32,12 +30,14 @@ from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.sr3 import SR3
 from ir_lightning.nets.unet import UNet
+from ir_lightning.training import run_lock
+from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
 from ir_lightning.training.preemption import FinalCheckpoint, newest_checkpoint
 from ir_lightning.training.run_checks import ConfigurationError, check_checkpoint_fits, check_config_files, check_scales
 from ir_lightning.training.run_lock import FolderLock, RunDirectoryLocked
 from tests.conftest import REPO
-from tests.test_cli import RECIPE, data_args, run
 from tests.helpers.checkpoints import save_checkpoint, small_deqir
+from tests.test_cli import RECIPE, data_args, run
 
 TINY_UNET = dict(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), norm_groups=4)
 
@@ -48,8 +48,11 @@ TINY_UNET = dict(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_b
 def test_a_second_lock_on_a_held_folder_names_the_holder_and_a_released_one_is_taken(tmp_path):
     first = FolderLock(tmp_path)
     first.acquire()
-    with pytest.raises(RunDirectoryLocked, match=rf"{tmp_path} is in use by another run: pid {os.getpid()} on "
-                                                  rf"{socket.gethostname()} since "):  # fmt: skip
+    with pytest.raises(
+        RunDirectoryLocked,
+        match=rf"{tmp_path} is in use by another run: pid {os.getpid()} on "
+        rf"{socket.gethostname()} since ",
+    ):
         FolderLock(tmp_path).acquire()
     first.release()
     second = FolderLock(tmp_path)
@@ -61,10 +64,16 @@ def test_a_second_lock_on_a_held_folder_names_the_holder_and_a_released_one_is_t
 @pytest.mark.slow
 def test_the_lock_of_a_process_killed_with_sigkill_is_taken_over(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from ir_lightning.training.run_lock import FolderLock; "
-         f"FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ir_lightning.training.run_lock import FolderLock; "
+            f"FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunDirectoryLocked, match=f"pid {holder.pid} "):
@@ -109,8 +118,14 @@ def test_two_fits_into_one_run_directory_the_second_stops_naming_the_first(sr_sh
     of its own); the first goes on and finishes with its checkpoints intact."""
     words = ["fit", *RECIPE, *data_args(sr_shards), "--run_dir", "runs/shared"]
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO))
-    first = subprocess.Popen([sys.executable, "-m", "ir_lightning", *words, "--trainer.max_steps=30"], cwd=tmp_path,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ir_lightning", *words, "--trainer.max_steps=30"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock_file = tmp_path / "runs/shared" / run_lock.LOCK_NAME
     deadline = time.monotonic() + 120
     while not (lock_file.exists() and lock_file.stat().st_size) and time.monotonic() < deadline:
@@ -152,14 +167,17 @@ def test_auto_resumes_from_the_furthest_checkpoint_whatever_its_name(tmp_path):
 def test_auto_passes_over_unreadable_files_and_refuses_when_none_reads(tmp_path):
     trainer = _trainer_with_checkpoints(tmp_path)
     (tmp_path / "checkpoints/step00000012.ckpt").write_bytes(b"PK\x03\x04 truncated by a copy")
-    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1)}, "global_step": 20},
-                                         tmp_path / "checkpoints/exported.ckpt")  # weights only: nothing to resume
+    AtomicCheckpointIO().save_checkpoint(
+        {"state_dict": {"w": torch.ones(1)}, "global_step": 20}, tmp_path / "checkpoints/exported.ckpt"
+    )  # weights only: nothing to resume
     _save_step(tmp_path / "checkpoints/last.ckpt", 6)
     with pytest.warns(UserWarning, match="passes over files that are no resumable checkpoints") as passed_over:
         assert newest_checkpoint(trainer) == tmp_path / "checkpoints/last.ckpt"
     assert "exported.ckpt" in str(passed_over[0].message) and "step00000012.ckpt" in str(passed_over[0].message)
     (tmp_path / "checkpoints/last.ckpt").write_bytes(b"")
-    with pytest.raises(ConfigurationError, match=r"--ckpt_path auto: no checkpoint of this run reads as one to resume \(.*last\.ckpt"):
+    with pytest.raises(
+        ConfigurationError, match=r"--ckpt_path auto: no checkpoint of this run reads as one to resume \(.*last\.ckpt"
+    ):
         newest_checkpoint(trainer)
 
 
@@ -182,8 +200,14 @@ class _Counter(pl.LightningModule):
 def test_a_run_that_ends_between_periodic_checkpoints_saves_its_last_step(tmp_path, final):
     """max_steps 5 with a checkpoint every 2 steps: last.ckpt holds step 5 (Lightning alone: step 4)."""
     callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True, save_top_k=-1)]
-    trainer = pl.Trainer(max_steps=5, callbacks=callbacks + ([FinalCheckpoint()] if final else []), logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=5,
+        callbacks=callbacks + ([FinalCheckpoint()] if final else []),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(_Counter())
     step = torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"]
     assert step == (5 if final else 4)
@@ -200,7 +224,8 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
 def test_a_constructors_refusal_is_one_line_naming_the_key_and_value(sr_shards, capsys):
     code, err = _cli(["fit", *RECIPE, *data_args(sr_shards), "--data.init_args.crop_size=0"], capsys)
     assert code == 2 and err.strip().splitlines()[-1] == (
-        "error: datamodules.ShardDataModule: data.crop_size (0) must be a positive multiple of data.scale (4)")
+        "error: datamodules.ShardDataModule: data.crop_size (0) must be a positive multiple of data.scale (4)"
+    )
     code, err = _cli(["fit", *RECIPE, *data_args(sr_shards), "--model.init_args.warmup_steps=-1"], capsys)
     assert code == 2 and "error: ir_lightning.methods.SR3: model.init_args.warmup_steps must be >= 0, got -1" in err
     assert "Traceback" not in err
@@ -220,7 +245,9 @@ def test_instantiation_failure_reads_the_innermost_error_and_the_failing_class()
 def test_a_scale_that_contradicts_the_degradation_or_the_paired_shards_stops_before_training():
     model = SR3(net=UNet(**TINY_UNET), scale=4, sampling=Sampling(steps=2))
     check_scales(model, ShardDataModule(crop_size=32, scale=4, degradation=Pipeline([BicubicDownsample(4)])))
-    with pytest.raises(ConfigurationError, match=r"^data.degradation reduces a 32 crop by 2, but model.init_args.scale is 4$"):
+    with pytest.raises(
+        ConfigurationError, match=r"^data.degradation reduces a 32 crop by 2, but model.init_args.scale is 4$"
+    ):
         check_scales(model, ShardDataModule(crop_size=32, scale=4, degradation=Pipeline([BicubicDownsample(2)])))
     with pytest.raises(ConfigurationError, match=r"^data.init_args.scale is 2 .*, but model.init_args.scale is 4$"):
         check_scales(model, ShardDataModule(crop_size=32, scale=2))
@@ -239,18 +266,26 @@ def deqir_checkpoints(tmp_path) -> dict[str, Path]:
 def test_ckpt_path_of_another_method_or_scale_or_an_export_is_refused_naming_it(deqir_checkpoints):
     sr3 = {"class_path": "ir_lightning.methods.SR3", "init_args": {"scale": 4}}
     training, export = deqir_checkpoints["training"], deqir_checkpoints["export"]
-    with pytest.raises(ConfigurationError, match=rf"--ckpt_path {training} is a checkpoint of DeqIR, but the recipe's model is SR3"):
+    with pytest.raises(
+        ConfigurationError, match=rf"--ckpt_path {training} is a checkpoint of DeqIR, but the recipe's model is SR3"
+    ):
         check_checkpoint_fits(training, sr3, resume=True)
     deqir = {"class_path": "ir_lightning.methods.deqir.DeqIR", "init_args": {}}
     assert check_checkpoint_fits(training, deqir, resume=True)["global_step"] == 3
-    with pytest.raises(ConfigurationError, match=rf"--ckpt_path {export} holds weights only .* give --init_weights {export}"):
+    with pytest.raises(
+        ConfigurationError, match=rf"--ckpt_path {export} holds weights only .* give --init_weights {export}"
+    ):
         check_checkpoint_fits(export, deqir, resume=True)
     check_checkpoint_fits(export, deqir, resume=False)  # validate/test/predict and --init_weights take it
     scaled = torch.load(training, weights_only=True)
     scaled["hyper_parameters"]["scale"] = 2
     torch.save(scaled, training)
-    with pytest.raises(ConfigurationError, match=r"was trained at scale 2, but the recipe sets model.init_args.scale: 4"):
-        check_checkpoint_fits(training, {"class_path": "ir_lightning.methods.DeqIR", "init_args": {"scale": 4}}, resume=True)
+    with pytest.raises(
+        ConfigurationError, match=r"was trained at scale 2, but the recipe sets model.init_args.scale: 4"
+    ):
+        check_checkpoint_fits(
+            training, {"class_path": "ir_lightning.methods.DeqIR", "init_args": {"scale": 4}}, resume=True
+        )
 
 
 def test_init_weights_loads_an_exports_weights_and_refuses_ones_that_do_not_fit(deqir_checkpoints):
@@ -259,9 +294,16 @@ def test_init_weights_loads_an_exports_weights_and_refuses_ones_that_do_not_fit(
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in export["state_dict"].items())
     fresh.load_initial_weights(export, "export.ckpt")
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in export["state_dict"].items())
-    wider = DeqIR(net=UNet(in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(),
-                           norm_groups=4), train_schedule=fresh.hparams.train_schedule, operator="sr2")  # fmt: skip
-    with pytest.raises(ValueError, match=r"^export.ckpt: its weights do not fit DeqIR as the recipe builds it \(other shapes:"):
+    wider = DeqIR(
+        net=UNet(
+            in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), norm_groups=4
+        ),
+        train_schedule=fresh.hparams.train_schedule,
+        operator="sr2",
+    )
+    with pytest.raises(
+        ValueError, match=r"^export.ckpt: its weights do not fit DeqIR as the recipe builds it \(other shapes:"
+    ):
         wider.load_initial_weights(export, "export.ckpt")
     # a file cannot excuse its missing network by listing it as left out: DeqIR trains nothing it drops
     hollow = {"state_dict": {}, "exported_without": ["net"], "hyper_parameters": export["hyper_parameters"]}
@@ -275,13 +317,20 @@ def test_a_data_error_raised_in_a_loader_worker_reaches_the_user_as_its_own_line
 
     try:
         try:
-            raise StreamStopped("51 training shard draws or samples in a row gave no sample; shards with no sample: ['e.tar']")
+            raise StreamStopped(
+                "51 training shard draws or samples in a row gave no sample; shards with no sample: ['e.tar']"
+            )
         except StreamStopped:
             ExceptionWrapper(where="in DataLoader worker process 0").reraise()
     except StreamStopped as error:
         assert "Traceback" in str(error) or "Original" in str(error)
-        assert user_message(error) == "51 training shard draws or samples in a row gave no sample; shards with no sample: ['e.tar']"
-    assert user_message(ConfigurationError("data.batch_size must be >= 1, got 0")) == "data.batch_size must be >= 1, got 0"
+        assert (
+            user_message(error)
+            == "51 training shard draws or samples in a row gave no sample; shards with no sample: ['e.tar']"
+        )
+    assert (
+        user_message(ConfigurationError("data.batch_size must be >= 1, got 0")) == "data.batch_size must be >= 1, got 0"
+    )
 
 
 @pytest.mark.slow
@@ -289,11 +338,23 @@ def test_training_on_empty_shards_with_workers_ends_in_one_line_and_leaves_no_pr
     empty = tmp_path / "empty-000000.tar"
     tarfile.open(empty, "w").close()
     before = set(psutil_children())
-    proc = run(["fit", *RECIPE, f"--data.init_args.train_shards={empty}", f"--data.init_args.val_shards={sr_shards['val']}",
-                "--data.init_args.num_workers=2", "--data.init_args.max_consecutive_skips=50"], tmp_path, check=False)  # fmt: skip
+    proc = run(
+        [
+            "fit",
+            *RECIPE,
+            f"--data.init_args.train_shards={empty}",
+            f"--data.init_args.val_shards={sr_shards['val']}",
+            "--data.init_args.num_workers=2",
+            "--data.init_args.max_consecutive_skips=50",
+        ],
+        tmp_path,
+        check=False,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    expected = (f"error: 51 training shard draws or samples in a row gave no sample (data.max_consecutive_skips: 50); "
-                f"last error: ValueError(\"shard '{empty}' holds no sample\"); shards with no sample: ['{empty}']")
+    expected = (
+        f"error: 51 training shard draws or samples in a row gave no sample (data.max_consecutive_skips: 50); "
+        f"last error: ValueError(\"shard '{empty}' holds no sample\"); shards with no sample: ['{empty}']"
+    )
     # (the other worker may still be printing its warning as the error is printed: the line may run on)
     assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(expected), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -326,9 +387,20 @@ def test_an_export_cannot_resume_a_run_but_starts_one_with_init_weights(sr_shard
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: --ckpt_path export.ckpt holds weights only (no optimizer_states, lr_schedulers, loops: an exported or "
         "imported checkpoint), so a run cannot resume from it; to start a new run from its weights, drop --ckpt_path "
-        "and give --init_weights export.ckpt (fit)")
-    run([*words, "--run_dir", "runs/b", "--init_weights", "export.ckpt", "--trainer.max_steps=1",
-         "--model.init_args.optimizer.init_args.lr=0"], tmp_path)  # fmt: skip
+        "and give --init_weights export.ckpt (fit)"
+    )
+    run(
+        [
+            *words,
+            "--run_dir",
+            "runs/b",
+            "--init_weights",
+            "export.ckpt",
+            "--trainer.max_steps=1",
+            "--model.init_args.optimizer.init_args.lr=0",
+        ],
+        tmp_path,
+    )
     exported = torch.load(tmp_path / "export.ckpt", weights_only=True)["state_dict"]
     trained = torch.load(tmp_path / "runs/b/checkpoints/last.ckpt", weights_only=True)["current_model_state"]
     assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in exported)

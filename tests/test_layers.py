@@ -71,8 +71,12 @@ def _first_party(name: str) -> str | None:
 
 
 def _typing_only(tree: ast.AST) -> set[int]:
-    return {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-            for node in ast.walk(block)}  # fmt: skip
+    return {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
 
 
 @cache
@@ -81,8 +85,12 @@ def imports_of(module: str) -> Imports:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skipped = _typing_only(tree)
-    late = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            for node in ast.walk(fn)}  # fmt: skip
+    late = {
+        id(node)
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for node in ast.walk(fn)
+    }
     found = Imports()
     for node in ast.walk(tree):
         if id(node) in skipped or not isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -140,18 +148,26 @@ def test_the_graph_sees_every_module_and_its_imports():
 
 
 def test_diffusion_and_nets_import_no_lightning_and_diffusion_no_method_or_network():
-    layers = [name for name in modules() if in_package(name, "ir_lightning.diffusion") or in_package(name, "ir_lightning.nets")]
+    layers = [
+        name
+        for name in modules()
+        if in_package(name, "ir_lightning.diffusion") or in_package(name, "ir_lightning.nets")
+    ]
     assert len(layers) >= 15
     bad = {name: found for name in layers if (found := lightning_importers(name))}
     assert not bad, f"modules that import Lightning, with the module that does: {bad}"
     for name in (name for name in layers if in_package(name, "ir_lightning.diffusion")):
         reached = runs_on_import(name) | imports_of(name).late
-        named = sorted(m for m in reached if in_package(m, "ir_lightning.methods") or in_package(m, "ir_lightning.nets"))
+        named = sorted(
+            m for m in reached if in_package(m, "ir_lightning.methods") or in_package(m, "ir_lightning.nets")
+        )
         assert not named, f"{name} imports {named}"
 
 
 def test_no_method_imports_another_methods_module():
-    methods = [name for name in modules() if in_package(name, "ir_lightning.methods") and name not in SHARED_METHOD_MODULES]
+    methods = [
+        name for name in modules() if in_package(name, "ir_lightning.methods") and name not in SHARED_METHOD_MODULES
+    ]
     assert len(methods) >= 5
     for name in methods:
         found = imports_of(name)
@@ -232,6 +248,12 @@ def test_moved_classes_keep_their_old_class_paths():
         alias, home = importlib.import_module(old), importlib.import_module(new)
         assert alias.__doc__.startswith("Alias kept for class paths"), old
         classes = [name for name in alias.__all__ if isinstance(getattr(alias, name), type)]
-        assert classes and all(getattr(alias, name) is getattr(home, name, getattr(alias, name)) for name in classes), old
+        assert classes and all(getattr(alias, name) is getattr(home, name, getattr(alias, name)) for name in classes), (
+            old
+        )
     for name in ("StepDecay", "MultiStep", "CosineRestarts", "Constant"):  # checkpoints name the schedules
-        assert allowed_class(f"ir_lightning.methods.lr.{name}") is allowed_class(f"ir_lightning.training.optim.{name}") is not None
+        assert (
+            allowed_class(f"ir_lightning.methods.lr.{name}")
+            is allowed_class(f"ir_lightning.training.optim.{name}")
+            is not None
+        )

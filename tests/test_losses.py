@@ -133,8 +133,15 @@ def test_unknown_layer_name(vgg_file):
 
 def test_named_layers_have_vgg_channels_and_strides(vgg):
     out = vgg(torch.randn(1, 3, 32, 48))
-    expected = {"conv1_2": (64, 1), "conv2_2": (128, 2), "conv3_4": (256, 4), "conv4_4": (512, 8),
-                "conv5_4": (512, 16), "relu1_2": (64, 1), "pool5": (512, 32)}
+    expected = {
+        "conv1_2": (64, 1),
+        "conv2_2": (128, 2),
+        "conv3_4": (256, 4),
+        "conv4_4": (512, 8),
+        "conv5_4": (512, 16),
+        "relu1_2": (64, 1),
+        "pool5": (512, 32),
+    }
     assert set(out) == set(expected)
     for name, (channels, stride) in expected.items():
         assert out[name].shape == (1, channels, 32 // stride, 48 // stride), name
@@ -188,8 +195,9 @@ def test_perceptual_options(vgg_file):
     pred, target = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     l1 = PerceptualLoss(vgg_file, layer_weights={"conv1_2": 1.0, "conv2_2": 0.5})
     raw = l1.vgg(pred)["conv2_2"], l1.vgg(target)["conv2_2"]  # no input normalisation
-    l2_raw = PerceptualLoss(vgg_file, layer_weights={"conv2_2": 1.0}, criterion="l2", use_input_norm=False,
-                            perceptual_weight=3.0)
+    l2_raw = PerceptualLoss(
+        vgg_file, layer_weights={"conv2_2": 1.0}, criterion="l2", use_input_norm=False, perceptual_weight=3.0
+    )
     torch.testing.assert_close(l2_raw(pred, target), 3.0 * F.mse_loss(*raw), rtol=1e-5, atol=0)
     in_pm1 = PerceptualLoss(vgg_file, layer_weights={"conv1_2": 1.0, "conv2_2": 0.5}, range_norm=True)
     torch.testing.assert_close(in_pm1(2 * pred - 1, 2 * target - 1), l1(pred, target), rtol=1e-5, atol=1e-7)

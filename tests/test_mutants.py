@@ -20,9 +20,17 @@ def test_every_break_applies_once_and_names_existing_tests():
 
 def test_the_breaks_span_the_math_nets_methods_metrics_degradations_and_data():
     paths = {Path(item.path).as_posix() for item in BREAKS}
-    for layer in ("ir_lightning/diffusion/", "ir_lightning/nets/", "ir_lightning/methods/", "ir_lightning/metrics/",
-                  "ir_lightning/metrics/fid.py", "ir_lightning/degradations/", "ir_lightning/training/", "ir_lightning/io/",
-                  "datamodules/"):  # fmt: skip
+    for layer in (
+        "ir_lightning/diffusion/",
+        "ir_lightning/nets/",
+        "ir_lightning/methods/",
+        "ir_lightning/metrics/",
+        "ir_lightning/metrics/fid.py",
+        "ir_lightning/degradations/",
+        "ir_lightning/training/",
+        "ir_lightning/io/",
+        "datamodules/",
+    ):
         assert any(path.startswith(layer) for path in paths), layer
 
 

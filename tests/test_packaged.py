@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_installed_recipes_are_the_checkouts_recipes_folder():
-    on_disk = sorted(p.relative_to(REPO / "recipes").with_suffix("").as_posix() for p in (REPO / "recipes").rglob("*.yaml"))
+    on_disk = sorted(
+        p.relative_to(REPO / "recipes").with_suffix("").as_posix() for p in (REPO / "recipes").rglob("*.yaml")
+    )
     assert packaged.recipe_names() == [n for n in on_disk if n != "base"] and "demo/sr3_x4_cpu" in on_disk
     assert packaged.recipe_path("base") == packaged.BASE_RECIPE and "sr3_x4" in on_disk  # read first, never run
     assert (packaged.SLURM / "train.sbatch").read_bytes() == (REPO / "slurm/train.sbatch").read_bytes()
@@ -31,12 +33,38 @@ def test_a_config_names_an_installed_recipe_unless_such_a_file_exists_here(tmp_p
     monkeypatch.chdir(tmp_path)
     sr3 = str(REPO / "ir_lightning/recipes/sr3_x4.yaml")
     overlay = str(REPO / "ir_lightning/recipes/demo/sr3_x4_cpu.yaml")
-    argv = ["fit", "-c", "sr3_x4", "--config", "recipes/sr3_x4.yaml", "--config=demo/sr3_x4_cpu", "-c", "nope",
-            "-c", "../recipes/sr3_x4", "--model.init_args.scale=4"]  # fmt: skip
-    assert packaged.resolve_configs(argv) == ["fit", "-c", sr3, "--config", sr3, f"--config={overlay}", "-c", "nope",
-                                              "-c", "../recipes/sr3_x4", "--model.init_args.scale=4"]  # fmt: skip
+    argv = [
+        "fit",
+        "-c",
+        "sr3_x4",
+        "--config",
+        "recipes/sr3_x4.yaml",
+        "--config=demo/sr3_x4_cpu",
+        "-c",
+        "nope",
+        "-c",
+        "../recipes/sr3_x4",
+        "--model.init_args.scale=4",
+    ]
+    assert packaged.resolve_configs(argv) == [
+        "fit",
+        "-c",
+        sr3,
+        "--config",
+        sr3,
+        f"--config={overlay}",
+        "-c",
+        "nope",
+        "-c",
+        "../recipes/sr3_x4",
+        "--model.init_args.scale=4",
+    ]
     assert packaged.resolve_configs(["fit", "-c=sr3_x4", "-cdemo/sr3_x4_cpu", "--ckpt_path=last"]) == [
-        "fit", f"-c={sr3}", f"-c{overlay}", "--ckpt_path=last"]  # argparse's other spellings of -c  # fmt: skip
+        "fit",
+        f"-c={sr3}",
+        f"-c{overlay}",
+        "--ckpt_path=last",
+    ]  # argparse's other spellings of -c
     (tmp_path / "elsewhere.yaml").write_text("trainer: {}\n")
     assert packaged.recipe_path(str(tmp_path / "elsewhere")) is None  # an absolute name is no installed recipe
     (tmp_path / "sr3_x4").write_text("trainer: {}\n")  # a file of that name here wins
@@ -92,8 +120,14 @@ def test_a_wheel_installed_outside_the_checkout_finds_its_recipes_and_scripts(tm
     env = dict(os.environ, PYTHONPATH=str(target), WANDB_MODE="offline")
 
     def run(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "ir_lightning", *args], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "ir_lightning", *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
@@ -105,13 +139,26 @@ def test_a_wheel_installed_outside_the_checkout_finds_its_recipes_and_scripts(tm
     assert (work / "demo_out/runs/sr3_x4_demo/checkpoints/last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("words", [["--version"], ["recipes"], ["sweep", "--help"], ["shards", "--help"], ["restore", "--help"],
-                                   ["evaluate", "--help"], ["export", "--help"], ["demo", "--help"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["--version"],
+        ["recipes"],
+        ["sweep", "--help"],
+        ["shards", "--help"],
+        ["restore", "--help"],
+        ["evaluate", "--help"],
+        ["export", "--help"],
+        ["demo", "--help"],
+    ],
+)
 def test_commands_that_need_no_lightning_do_not_import_it(words):
     """The entry point dispatches these before anything imports Lightning (or torch), so they start at once: a
     command imports torch, the methods and the networks once its arguments are parsed."""
-    code = ("import sys\nfrom ir_lightning.entry import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in ('lightning', 'torch', 'jsonargparse') if m in sys.modules)\n"
-            "print('heavy:', heavy, file=sys.stderr)")  # fmt: skip
+    code = (
+        "import sys\nfrom ir_lightning.entry import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('lightning', 'torch', 'jsonargparse') if m in sys.modules)\n"
+        "print('heavy:', heavy, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code, *words], capture_output=True, text=True, timeout=60, check=True)
     assert "heavy: []" in done.stderr, done.stderr[-2000:]

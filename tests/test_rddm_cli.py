@@ -12,10 +12,13 @@ from tests.test_cli import data_args, load, run
 pytestmark = pytest.mark.slow
 
 RDDM = [
-    "-c", str(REPO / "recipes/rddm_sr_x4.yaml"),
-    "-c", str(REPO / "recipes/demo/rddm_sr_x4_cpu.yaml"),
-    "-c", str(REPO / "tests/configs/rddm_tiny.yaml"),
-]  # fmt: skip
+    "-c",
+    str(REPO / "recipes/rddm_sr_x4.yaml"),
+    "-c",
+    str(REPO / "recipes/demo/rddm_sr_x4_cpu.yaml"),
+    "-c",
+    str(REPO / "tests/configs/rddm_tiny.yaml"),
+]
 
 
 def test_demo_overlay_trains_samples_and_validates(tmp_path, sr_shards):
@@ -30,8 +33,9 @@ def test_demo_overlay_trains_samples_and_validates(tmp_path, sr_shards):
     assert "val/psnr" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("recipe", ["rddm_derain", "rddm_deblur", "rddm_lowlight", "rddm_shadow", "rddm_sr_x4",
-                                    "rddm_generation"])  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe", ["rddm_derain", "rddm_deblur", "rddm_lowlight", "rddm_shadow", "rddm_sr_x4", "rddm_generation"]
+)
 def test_every_recipe_parses(tmp_path, recipe):
     done = run(["fit", "-c", str(REPO / f"recipes/{recipe}.yaml"), "--print_config"], tmp_path)
     assert "ir_lightning.methods.RDDM" in done.stdout

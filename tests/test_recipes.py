@@ -156,8 +156,10 @@ def test_print_config_shows_the_paths_and_name_that_run_name_and_run_dir_set(cap
     moved = print_config(capsys, "sr3_x4", flags=("--run_dir=elsewhere/a", "--ema.decay=0.5"))
     assert moved["trainer"]["default_root_dir"] == "elsewhere/a"
     assert moved["checkpoint"]["init_args"]["dirpath"] == "elsewhere/a/checkpoints"
-    assert moved["trainer"]["logger"][0]["init_args"] | {"name": "sr3_x4", "save_dir": "elsewhere/a"} == \
-        moved["trainer"]["logger"][0]["init_args"]  # fmt: skip
+    assert (
+        moved["trainer"]["logger"][0]["init_args"] | {"name": "sr3_x4", "save_dir": "elsewhere/a"}
+        == moved["trainer"]["logger"][0]["init_args"]
+    )
     assert moved["ema"]["init_args"]["decay"] == 0.5
     kept = print_config(capsys, "sr3_x4", flags=("--checkpoint.dirpath=/ckpt", "--trainer.logger.init_args.name=mine"))
     assert kept["checkpoint"]["init_args"]["dirpath"] == "/ckpt"  # run_name fills what is unset, overrides nothing

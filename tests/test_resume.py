@@ -6,15 +6,14 @@ with SLURM's SIGUSR1, saved an HPC checkpoint, asked for a requeue and stopped."
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.test_cli import RECIPE, data_args, load, run
 from tests.conftest import REPO
+from tests.test_cli import RECIPE, data_args, load, run
 
 pytestmark = pytest.mark.slow
 
@@ -86,16 +85,28 @@ def fake_slurm(tmp_path: Path) -> dict:
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
     return {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "resume-test",
-        "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
-    }  # fmt: skip
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "resume-test",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }
 
 
 def test_sigusr1_saves_an_hpc_checkpoint_requeues_and_the_restart_resumes_exactly(uninterrupted, sr_shards, tmp_path):
     env = fake_slurm(tmp_path)
-    warned = fit(tmp_path, sr_shards, "--trainer.callbacks.at_step=5", "--trainer.callbacks.signal_name=SIGUSR1",
-                 "--ckpt_path=auto", env=env)
+    warned = fit(
+        tmp_path,
+        sr_shards,
+        "--trainer.callbacks.at_step=5",
+        "--trainer.callbacks.signal_name=SIGUSR1",
+        "--ckpt_path=auto",
+        env=env,
+    )
     hpc = tmp_path / "runs/sr3_x4_demo/hpc_ckpt_1.ckpt"
     assert load(hpc)["global_step"] == 6  # the signal came during step 5; saved at its end
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]

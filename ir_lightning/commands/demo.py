@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from datamodules.format import ShardSample
@@ -37,9 +36,23 @@ SHIPPED_CKPT = Path(__file__).resolve().parents[1] / "assets" / "sr3_x4_demo.ckp
 
 # scikit-image's bundled photos (no download). Held out: never in a training shard.
 TRAIN_PHOTOS = (
-    "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "camera", "coins", "brick",
-    "grass", "gravel", "moon", "page", "text", "clock", "cell", "colorwheel", "logo",
-)  # fmt: skip
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "camera",
+    "coins",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "cell",
+    "colorwheel",
+    "logo",
+)
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")
 SCALE = 4
 VAL_CROP = 256
@@ -100,12 +113,19 @@ def build_shards(out: Path) -> dict[str, str]:
 def train(patterns: dict[str, str], out: Path, steps: int) -> Path:
     """Runs the real training command in `out` (its run lands in out/runs/sr3_x4_demo); returns its last checkpoint."""
     cmd = [
-        sys.executable, "-m", "ir_lightning", "fit", "-c", str(RECIPE), "-c", str(OVERLAY),
+        sys.executable,
+        "-m",
+        "ir_lightning",
+        "fit",
+        "-c",
+        str(RECIPE),
+        "-c",
+        str(OVERLAY),
         f"--trainer.max_steps={steps}",
         f"--trainer.val_check_interval={steps}",
         f"--data.init_args.train_shards={Path(patterns['train']).resolve()}",
         f"--data.init_args.val_shards={Path(patterns['val']).resolve()}",
-    ]  # fmt: skip
+    ]
     print("  $ " + " ".join(cmd[2:]).replace(str(RECIPES) + "/", ""), flush=True)  # installed recipes by name
     subprocess.run(cmd, check=True, cwd=out)
     return out / "runs" / "sr3_x4_demo" / "checkpoints" / "last.ckpt"
@@ -124,9 +144,12 @@ def held_out_batches(pattern: str) -> list[dict]:
     from ir_lightning.degradations import BicubicDownsample, Pipeline
 
     dm = ShardDataModule(
-        val_shards=pattern, val_crop_size=VAL_CROP, val_batch_size=1, num_workers=0,
+        val_shards=pattern,
+        val_crop_size=VAL_CROP,
+        val_batch_size=1,
+        num_workers=0,
         degradation=Pipeline(steps=[BicubicDownsample(scale=SCALE)]),
-    )  # fmt: skip
+    )
     dm.setup("validate")
     return [dm.on_after_batch_transfer(batch, 0) for batch in dm.val_dataloader()]
 
@@ -191,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-trained", action="store_true", help="also restore the held-out photos with the model just trained"
     )
     parser.add_argument(
-        "--checkpoint", type=Path, default=SHIPPED_CKPT, help="SR3 checkpoint to restore with (default: the shipped one)"
+        "--checkpoint",
+        type=Path,
+        default=SHIPPED_CKPT,
+        help="SR3 checkpoint to restore with (default: the shipped one)",
     )
     return parser
 
@@ -220,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[3/4] Restoring the held-out photos (LR {VAL_CROP // SCALE}x{VAL_CROP // SCALE} -> {VAL_CROP}x{VAL_CROP})")
     batches = held_out_batches(patterns["val"])
     shipped = load_sr3(args.checkpoint)
-    restorers = {"bicubic": bicubic, f"SR3 (shipped, {shipped.sampling.sampler}, {len(shipped.inference_gammas)} steps)": shipped.restore}
+    restorers = {
+        "bicubic": bicubic,
+        f"SR3 (shipped, {shipped.sampling.sampler}, {len(shipped.inference_gammas)} steps)": shipped.restore,
+    }
     if trained is not None and args.eval_trained:
         restorers[f"SR3 (this run, {args.train_steps} steps)"] = load_sr3(trained).restore
     scores, images = evaluate(batches, restorers)

@@ -116,7 +116,9 @@ def pair_files(gt_root: Path, lq_root: Path | None, lq_suffix: str) -> list[Pair
         hint = "" if lq_suffix else " (LQ names such as 'babyx4.png' for 'baby.png' need --lq-suffix x4)"
         raise EvaluateError(f"--lq {lq_root}: no LQ image named like the GT {_listed(pairing.lonely_gt)}{hint}")
     if pairing.lonely_lq:
-        raise EvaluateError(f"--lq {lq_root}: no GT image in {gt_root} for {_listed(pairing.lonely_lq)} (--lq-suffix {lq_suffix!r})")
+        raise EvaluateError(
+            f"--lq {lq_root}: no GT image in {gt_root} for {_listed(pairing.lonely_lq)} (--lq-suffix {lq_suffix!r})"
+        )
     return [Pair(pair.gt_stem, pair.gt, pair.lq) for pair in pairing.pairs]
 
 
@@ -137,8 +139,10 @@ def check_image_targets(out: Path, pairs: list[Pair], inputs: dict[str, Path | N
         hit = lands_in(target, folders.values())
         if hit is not None:
             flag = next(flag for flag, folder in folders.items() if folder == hit)
-            raise EvaluateError(f"--out {out} would write {target} inside {flag} {hit}: the inputs would be overwritten "
-                                f"or scored again; choose an --out outside {hit}")  # fmt: skip
+            raise EvaluateError(
+                f"--out {out} would write {target} inside {flag} {hit}: the inputs would be overwritten "
+                f"or scored again; choose an --out outside {hit}"
+            )
 
 
 def read(path: Path) -> ImageFile:
@@ -258,8 +262,10 @@ def markdown(results: dict[str, Any]) -> str:
     mean = results["mean"]
     with_lpips = "lpips" in mean
     if with_lpips:
-        lpips_line = (f"- LPIPS (v0.1, AlexNet, RGB, same crop): mean {mean['lpips']:.4f}; backbone "
-                      f"`{results['lpips']['backbone']}`, linear layers `{results['lpips']['linear']}`")  # fmt: skip
+        lpips_line = (
+            f"- LPIPS (v0.1, AlexNet, RGB, same crop): mean {mean['lpips']:.4f}; backbone "
+            f"`{results['lpips']['backbone']}`, linear layers `{results['lpips']['linear']}`"
+        )
     else:
         lpips_line = f"- LPIPS: {results['lpips']}"
     lines = [
@@ -290,8 +296,10 @@ def fid_line(results: dict[str, Any]) -> str:
         return "- FID: not computed (no --fid-weights given)"
     if isinstance(results["fid"], str):
         return f"- FID: {results['fid']}"
-    return (f"- FID (Inception-v3 pool features, restored vs GT set, RGB, same crop): {results['fid']:.4f}; "
-            f"weights `{results['fid_weights']}`")  # fmt: skip
+    return (
+        f"- FID (Inception-v3 pool features, restored vs GT set, RGB, same crop): {results['fid']:.4f}; "
+        f"weights `{results['fid_weights']}`"
+    )
 
 
 def log_to_wandb(results: dict[str, Any], out: Path) -> str:
@@ -305,8 +313,9 @@ def log_to_wandb(results: dict[str, Any], out: Path) -> str:
     run = wandb.init(project=WANDB_PROJECT, job_type="evaluate", name=name, dir=str(out), config=config)
     try:
         metrics = [k for k in ("psnr", "ssim", "lpips") if k in results["mean"]]
-        table = wandb.Table(columns=["image", *metrics],
-                            data=[[row["name"], *(row[k] for k in metrics)] for row in results["images"]])  # fmt: skip
+        table = wandb.Table(
+            columns=["image", *metrics], data=[[row["name"], *(row[k] for k in metrics)] for row in results["images"]]
+        )
         run.log({WANDB_TABLE_KEY: table})
         run.summary.update({f"eval/{k}": v for k, v in results["mean"].items()})
         run.summary.update({f"eval/{k}": results[k] for k in ("fid", "fid_warning") if k in results})
@@ -317,24 +326,44 @@ def log_to_wandb(results: dict[str, Any], out: Path) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ir-lightning evaluate", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog="ir-lightning evaluate",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ckpt", type=Path, help="a checkpoint of this suite (training or exported)")
-    p.add_argument("--preset", help="the test set and its protocol, e.g. set5_x4, gopro, rain100l (--presets lists them)")
+    p.add_argument(
+        "--preset", help="the test set and its protocol, e.g. set5_x4, gopro, rain100l (--presets lists them)"
+    )
     p.add_argument("--gt", type=Path, help="folder of the ground-truth images (searched recursively)")
-    p.add_argument("--lq", type=Path, help="folder of the degraded inputs; without it (SR only) bicubic LR images are made from --gt")
+    p.add_argument(
+        "--lq",
+        type=Path,
+        help="folder of the degraded inputs; without it (SR only) bicubic LR images are made from --gt",
+    )
     p.add_argument("--lq-suffix", default="", help="LQ name = GT name + this, e.g. x4 for babyx4.png (default: none)")
     p.add_argument("--out", type=Path, help="folder for results.json, results.md, wandb/ and images/ (created)")
     p.add_argument("--save-images", action="store_true", help="also write the restored images to <out>/images/")
     p.add_argument("--no-wandb", action="store_true", help="do not log the per-image table to W&B")
     p.add_argument("--presets", action="store_true", help="list the presets with their settings and exit")
-    p.add_argument("--lpips-backbone", type=Path, metavar="FILE",
-                   help="torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) for LPIPS; with --lpips-linear")
-    p.add_argument("--lpips-linear", type=Path, metavar="FILE",
-                   help="the lpips package's weights/v0.1/alex.pth; with --lpips-backbone (without both: LPIPS skipped)")
-    p.add_argument("--fid-weights", type=Path, metavar="FILE",
-                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for FID (without it: FID skipped)")
+    p.add_argument(
+        "--lpips-backbone",
+        type=Path,
+        metavar="FILE",
+        help="torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) for LPIPS; with --lpips-linear",
+    )
+    p.add_argument(
+        "--lpips-linear",
+        type=Path,
+        metavar="FILE",
+        help="the lpips package's weights/v0.1/alex.pth; with --lpips-backbone (without both: LPIPS skipped)",
+    )
+    p.add_argument(
+        "--fid-weights",
+        type=Path,
+        metavar="FILE",
+        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for FID (without it: FID skipped)",
+    )
     add_model_arguments(p, default_tile=0)  # whole images by default, as the papers test
     return p
 
@@ -345,12 +374,20 @@ def check_arguments(args: argparse.Namespace) -> Protocol:
         raise EvaluateError(f"missing {', '.join('--' + m for m in missing)} (see ir-lightning evaluate --help)")
     protocol = preset(args.preset)
     if args.lq is None and protocol.scale == 1:
-        raise EvaluateError(f"--preset {protocol.name} ({protocol.task}) needs --lq: only SR presets make their LQ images")
+        raise EvaluateError(
+            f"--preset {protocol.name} ({protocol.task}) needs --lq: only SR presets make their LQ images"
+        )
     if args.tile < 0 or args.tile_batch < 1 or (args.tile > 0 and not 0 <= args.overlap < args.tile):
-        raise EvaluateError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
-                            f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
+        raise EvaluateError(
+            f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
+            f"--overlap {args.overlap} --tile-batch {args.tile_batch}"
+        )
     if (args.lpips_backbone is None) != (args.lpips_linear is None):
-        given, needed = ("--lpips-backbone", "--lpips-linear") if args.lpips_linear is None else ("--lpips-linear", "--lpips-backbone")
+        given, needed = (
+            ("--lpips-backbone", "--lpips-linear")
+            if args.lpips_linear is None
+            else ("--lpips-linear", "--lpips-backbone")
+        )
         raise EvaluateError(f"{given} needs {needed} too: LPIPS is built from both files")
     return protocol
 
@@ -381,8 +418,15 @@ def load_fid(args: argparse.Namespace, device: torch.device) -> InceptionFID | N
         raise EvaluateError(f"FID weights: {error}") from error
 
 
-def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], model: RestorationModule, device: torch.device,
-             lpips: LPIPS | None = None, fid_network: InceptionFID | None = None) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    args: argparse.Namespace,
+    protocol: Protocol,
+    pairs: list[Pair],
+    model: RestorationModule,
+    device: torch.device,
+    lpips: LPIPS | None = None,
+    fid_network: InceptionFID | None = None,
+) -> dict[str, Any]:
     """Restore and score every pair; the results as written to results.json."""
     from tqdm import tqdm
 
@@ -397,7 +441,10 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
         try:
             restored = restore_image(model, lq, args, device)
         except (RuntimeError, ValueError) as error:  # out of memory, a size the network cannot take, ...
-            reason = size_problem(model, lq.shape[-2], lq.shape[-1], args.tile, device) or f"restoring failed ({first_line(error)})"
+            reason = (
+                size_problem(model, lq.shape[-2], lq.shape[-1], args.tile, device)
+                or f"restoring failed ({first_line(error)})"
+            )
             raise EvaluateError(f"{pair.lq or f'{pair.gt} (its bicubic LQ)'}: {reason}") from error
         if restored.shape != gt.shape:
             raise EvaluateError(
@@ -417,16 +464,44 @@ def evaluate(args: argparse.Namespace, protocol: Protocol, pairs: list[Pair], mo
             like = ImageFile(rgb=gt, alpha=None, bit_depth=gt_file.bit_depth, grey=gt_file.grey)
             write_png(image_target(args.out, pair), restored, like)
     mean = {k: math.fsum(row[k] for row in rows) / len(rows) for k in ("psnr", "ssim", "lpips") if k in rows[0]}
-    lq = (f"{args.lq} (names + {args.lq_suffix!r})" if args.lq_suffix else str(args.lq)) if args.lq else (
-        f"synthetic: MATLAB imresize(gt, 1/{protocol.scale}, 'bicubic') of the modcropped GT, rounded to 8 bits")  # fmt: skip
-    settings = {"lq": lq, "gt": str(args.gt), "ema": not args.no_ema, "set": list(args.set), "steps": args.steps,
-                "sampler": args.sampler, "operator": args.operator, "tile": args.tile, "overlap": args.overlap,
-                "tile_batch": args.tile_batch}  # fmt: skip
-    lpips_info = {"backbone": str(args.lpips_backbone), "linear": str(args.lpips_linear), "version": "0.1 (AlexNet)",
-                  "protocol": "RGB, uint8-quantised, protocol border cropped"} if lpips is not None else LPIPS_SKIPPED  # fmt: skip
-    return {"preset": protocol.name, "protocol": asdict(protocol), "checkpoint": str(args.ckpt),
-            "method": type(model).__name__, "settings": settings, "lpips": lpips_info,
-            **fid_results(args, restored_features, gt_features), "mean": mean, "images": rows}  # fmt: skip
+    lq = (
+        (f"{args.lq} (names + {args.lq_suffix!r})" if args.lq_suffix else str(args.lq))
+        if args.lq
+        else (f"synthetic: MATLAB imresize(gt, 1/{protocol.scale}, 'bicubic') of the modcropped GT, rounded to 8 bits")
+    )
+    settings = {
+        "lq": lq,
+        "gt": str(args.gt),
+        "ema": not args.no_ema,
+        "set": list(args.set),
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "operator": args.operator,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "tile_batch": args.tile_batch,
+    }
+    lpips_info = (
+        {
+            "backbone": str(args.lpips_backbone),
+            "linear": str(args.lpips_linear),
+            "version": "0.1 (AlexNet)",
+            "protocol": "RGB, uint8-quantised, protocol border cropped",
+        }
+        if lpips is not None
+        else LPIPS_SKIPPED
+    )
+    return {
+        "preset": protocol.name,
+        "protocol": asdict(protocol),
+        "checkpoint": str(args.ckpt),
+        "method": type(model).__name__,
+        "settings": settings,
+        "lpips": lpips_info,
+        **fid_results(args, restored_features, gt_features),
+        "mean": mean,
+        "images": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,7 +511,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch  # once the arguments are parsed (see the imports above)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     try:
         protocol = check_arguments(args)
         pairs = pair_files(args.gt, args.lq, args.lq_suffix)

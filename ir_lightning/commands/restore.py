@@ -78,14 +78,18 @@ def check_outputs(files: list[Path], root: Path, output: Path) -> None:
         target = output_path(source, root, output)
         if lands_in(target, [root]) is not None:
             where = "over the input" if root.is_file() else "inside --input"
-            raise RestoreError(f"--output {output} would write {target} {where} {root}: inputs would be overwritten "
-                               f"or restored again; choose an --output outside {root}")  # fmt: skip
+            raise RestoreError(
+                f"--output {output} would write {target} {where} {root}: inputs would be overwritten "
+                f"or restored again; choose an --output outside {root}"
+            )
         if target in seen:
             raise RestoreError(f"{seen[target]} and {source} would both be written to {target}; rename one")
         seen[target] = source
 
 
-def restore_file(model: RestorationModule, source: Path, target: Path, args: argparse.Namespace, device: torch.device) -> None:
+def restore_file(
+    model: RestorationModule, source: Path, target: Path, args: argparse.Namespace, device: torch.device
+) -> None:
     """Read one image, restore it (tiled unless the method needs whole images), write it atomically."""
     import itertools
 
@@ -95,6 +99,7 @@ def restore_file(model: RestorationModule, source: Path, target: Path, args: arg
     from ir_lightning.io.images import read_image, write_png
 
     image = read_image(source)
+
     def restore(lq: torch.Tensor) -> torch.Tensor:
         return model.restore(lq, progress=True)
 
@@ -128,9 +133,11 @@ def remove_stale_temporaries(output: Path) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ir-lightning restore", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog="ir-lightning restore",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ckpt", type=Path, required=True, help="a checkpoint of this suite (training or exported)")
     p.add_argument("--input", type=Path, required=True, help="an image file, or a folder searched recursively")
     p.add_argument("--output", type=Path, required=True, help="folder for the restored PNGs (created)")
@@ -143,14 +150,25 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
     """The options that choose how a checkpoint restores, shared by `restore` and `evaluate`."""
     p.add_argument("--method", help="check that the checkpoint holds this method (e.g. deqir); it is never needed")
     p.add_argument("--steps", type=int, help="sampling steps (sets sampling.steps)")
-    p.add_argument("--sampler", help="sampler (sampling.sampler: ddpm|ddim) or solver (sampling.solver.method: "
-                   "sequential|anderson|picard)")
+    p.add_argument(
+        "--sampler",
+        help="sampler (sampling.sampler: ddpm|ddim) or solver (sampling.solver.method: sequential|anderson|picard)",
+    )
     p.add_argument("--operator", help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other setting of the method; KEY may be dotted: sampling.solver.tolerance=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting of the method; KEY may be dotted: sampling.solver.tolerance=1e-4 (repeatable)",
+    )
     p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA weights")
-    p.add_argument("--tile", type=int, default=default_tile,
-                   help=f"tile side in input pixels (default {default_tile}; 0: whole images)")  # fmt: skip
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=default_tile,
+        help=f"tile side in input pixels (default {default_tile}; 0: whole images)",
+    )
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in input pixels (default 32)")
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per network call (default 4)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
@@ -162,11 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import UnidentifiedImageError
     from tqdm import tqdm
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     try:
         if args.tile < 0 or args.tile_batch < 1 or (args.tile > 0 and not 0 <= args.overlap < args.tile):
-            raise RestoreError(f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
-                               f"--overlap {args.overlap} --tile-batch {args.tile_batch}")  # fmt: skip
+            raise RestoreError(
+                f"need --tile >= 0, 0 <= --overlap < --tile and --tile-batch >= 1; got --tile {args.tile} "
+                f"--overlap {args.overlap} --tile-batch {args.tile_batch}"
+            )
         files = input_files(args.input)
         check_outputs(files, args.input, args.output)
         model = load_method(args.ckpt, args, device)
@@ -174,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.tile > 0 and not model.tileable:
-        print(f"{type(model).__name__} with these settings restores whole images only (--tile ignored)", file=sys.stderr)
+        print(
+            f"{type(model).__name__} with these settings restores whole images only (--tile ignored)", file=sys.stderr
+        )
     removed = remove_stale_temporaries(args.output)
     if removed:
         print(f"removed {removed} temporary files left by an interrupted run in {args.output}", file=sys.stderr)
@@ -190,11 +218,16 @@ def main(argv: list[str] | None = None) -> int:
             restore_file(model, source, target, args, device)
         except UnidentifiedImageError:
             failed.append(source)
-            tqdm.write(f"error: {source}: not an image file that can be read (PNG, JPEG, WebP, BMP, TIFF)", file=sys.stderr)
+            tqdm.write(
+                f"error: {source}: not an image file that can be read (PNG, JPEG, WebP, BMP, TIFF)", file=sys.stderr
+            )
             continue
         except (OSError, ValueError, RuntimeError) as error:
             failed.append(source)
-            tqdm.write(f"error: {source}: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+            tqdm.write(
+                f"error: {source}: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+                file=sys.stderr,
+            )
             continue
     done = len(files) - len(failed) - skipped
     print(f"{done} restored, {skipped} skipped (already there), {len(failed)} failed -> {args.output}")

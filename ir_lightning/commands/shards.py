@@ -39,9 +39,20 @@ DEFAULT_PREFIX = "train"
 """Shard name prefix when no validation split is asked for."""
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }  # decimal units (kB = 1000 B) and binary units (KiB = 1024 B), case-insensitive
 
 
@@ -92,32 +103,59 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--gt", type=Path, metavar="DIR", help="folder of clean (ground-truth) images (or --preset)")
-    parser.add_argument("--lq", type=Path, metavar="DIR",
-                        help="folder of degraded images, matched to --gt by file name without extension")
-    parser.add_argument("--lq-suffix", default="", metavar="TEXT",
-                        help="remove this from LQ names before matching, e.g. x4 for DIV2K's 0001x4.png")
+    parser.add_argument(
+        "--lq",
+        type=Path,
+        metavar="DIR",
+        help="folder of degraded images, matched to --gt by file name without extension",
+    )
+    parser.add_argument(
+        "--lq-suffix",
+        default="",
+        metavar="TEXT",
+        help="remove this from LQ names before matching, e.g. x4 for DIV2K's 0001x4.png",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the shards (created)")
-    parser.add_argument("--maxcount", type=int, default=1000, metavar="N",
-                        help="at most N samples a shard (default 1000)")
-    parser.add_argument("--maxsize", type=parse_size, default=1 << 30, metavar="SIZE",
-                        help="at most SIZE bytes a shard file: 500MB, 2GB, 1GiB or plain bytes (default 1GiB)")
+    parser.add_argument(
+        "--maxcount", type=int, default=1000, metavar="N", help="at most N samples a shard (default 1000)"
+    )
+    parser.add_argument(
+        "--maxsize",
+        type=parse_size,
+        default=1 << 30,
+        metavar="SIZE",
+        help="at most SIZE bytes a shard file: 500MB, 2GB, 1GiB or plain bytes (default 1GiB)",
+    )
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--val-count", type=int, metavar="N", help="hold out N random samples as val-*.tar")
     split.add_argument("--val-fraction", type=float, metavar="F", help="hold out a fraction F (0 < F < 1) as val-*.tar")
-    split.add_argument("--val-keys", metavar="A,B,...",
-                       help="hold out these sample keys (comma-separated) as val-*.tar")
+    split.add_argument(
+        "--val-keys", metavar="A,B,...", help="hold out these sample keys (comma-separated) as val-*.tar"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random validation split (default 0)")
-    parser.add_argument("--prefix", metavar="NAME",
-                        help=f"shard name without split: NAME-000000.tar (default {DEFAULT_PREFIX}); "
-                        "with a split: NAME-train-* and NAME-val-*")
-    parser.add_argument("--recursive", action="store_true",
-                        help="also search sub-folders; keys come from relative paths, e.g. a/0001 -> a_0001")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the shards of the same prefix already in --out (removed once the new set is "
-                        "complete; without it such a folder is refused)")
+    parser.add_argument(
+        "--prefix",
+        metavar="NAME",
+        help=f"shard name without split: NAME-000000.tar (default {DEFAULT_PREFIX}); "
+        "with a split: NAME-train-* and NAME-val-*",
+    )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also search sub-folders; keys come from relative paths, e.g. a/0001 -> a_0001",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards of the same prefix already in --out (removed once the new set is "
+        "complete; without it such a folder is refused)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--preset", metavar="NAME",
-                        help=f"a known data set read from --root as downloaded, instead of --gt/--lq: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help=f"a known data set read from --root as downloaded, instead of --gt/--lq: {', '.join(PRESETS)}",
+    )
     parser.add_argument("--root", type=Path, metavar="DIR", help="with --preset: the data set's folder as unpacked")
     return parser
 
@@ -168,8 +206,16 @@ def _run_preset(args: argparse.Namespace) -> int:
 def _check_preset_options(args: argparse.Namespace) -> None:
     if args.preset is None or args.root is None:
         raise PresetError("--preset NAME and --root DIR go together")
-    clashing = [option for option, value in (("--gt", args.gt), ("--lq", args.lq), ("--lq-suffix", args.lq_suffix),
-                                             ("--recursive", args.recursive)) if value]
+    clashing = [
+        option
+        for option, value in (
+            ("--gt", args.gt),
+            ("--lq", args.lq),
+            ("--lq-suffix", args.lq_suffix),
+            ("--recursive", args.recursive),
+        )
+        if value
+    ]
     if clashing:
         raise PresetError(f"{', '.join(clashing)} cannot be combined with --preset: the preset knows the folders")
     get_preset(args.preset)
@@ -179,7 +225,9 @@ def _val_keys(args: argparse.Namespace) -> list[str] | None:
     return [key.strip() for key in args.val_keys.split(",") if key.strip()] if args.val_keys else None
 
 
-def _write_splits(args: argparse.Namespace, splits: dict[str, tuple[Iterable[ShardSample], int]]) -> dict[str, ShardStats]:
+def _write_splits(
+    args: argparse.Namespace, splits: dict[str, tuple[Iterable[ShardSample], int]]
+) -> dict[str, ShardStats]:
     """Write each split (shard prefix -> samples and their count) into ``--out``; the prefixes ``--out``
     already holds are refused before anything is written, unless ``--overwrite``."""
     if not args.overwrite:
@@ -188,8 +236,9 @@ def _write_splits(args: argparse.Namespace, splits: dict[str, tuple[Iterable[Sha
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         for name, (samples, total) in splits.items():
-            results[name] = write_shards(samples, args.out, name, args.maxcount, args.maxsize,
-                                         progress=not args.no_progress, total=total)  # fmt: skip
+            results[name] = write_shards(
+                samples, args.out, name, args.maxcount, args.maxsize, progress=not args.no_progress, total=total
+            )
     return results
 
 

@@ -29,7 +29,7 @@ import re
 import shlex
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ir_lightning.io.atomic import atomic_write_text
@@ -104,7 +104,7 @@ def _check_run(run: str, path: Path, number: int) -> None:
 
 def write_tasks(runs: list[str], sweep: Path, root: Path) -> Path:
     """Freeze the expanded runs (a queued array must not change if the sweep file is edited)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     tasks = root / f"{sweep.stem}-{stamp}.tasks"
     atomic_write_text(tasks, "".join(f"{run}\n" for run in runs))
     return tasks
@@ -112,8 +112,15 @@ def write_tasks(runs: list[str], sweep: Path, root: Path) -> Path:
 
 def sbatch_command(tasks: Path, count: int, max_parallel: int | None, script: Path, extra: list[str]) -> list[str]:
     limit = f"%{max_parallel}" if max_parallel else ""
-    return ["sbatch", "--parsable", f"--array=0-{count - 1}{limit}", f"--job-name={tasks.stem}", *extra,
-            str(script), str(tasks)]  # fmt: skip
+    return [
+        "sbatch",
+        "--parsable",
+        f"--array=0-{count - 1}{limit}",
+        f"--job-name={tasks.stem}",
+        *extra,
+        str(script),
+        str(tasks),
+    ]
 
 
 def task_arguments(tasks: Path, index: int, array_job: str, root: Path) -> tuple[list[str], dict[str, str]]:
@@ -141,11 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", type=Path, help="the sweep file (one run per line)")
     parser.add_argument("--submit", action="store_true", help="submit the array job (default: only print it)")
     parser.add_argument("--max-parallel", type=int, default=None, help="at most this many tasks at once (%%N)")
-    parser.add_argument("--root", type=Path, default=Path(env["SWEEP_ROOT"] or DEFAULT_ROOT),
-                        help="where the tasks file and the run directories go (default: $SWEEP_ROOT or runs/sweeps)")
-    parser.add_argument("--script", type=Path, default=ARRAY_SCRIPT, help=f"the array batch script (default: {ARRAY_SCRIPT}, installed with the package)")
-    parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
-                        help="an extra sbatch option, e.g. --sbatch=--gpus-per-node=4 (repeatable)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(env["SWEEP_ROOT"] or DEFAULT_ROOT),
+        help="where the tasks file and the run directories go (default: $SWEEP_ROOT or runs/sweeps)",
+    )
+    parser.add_argument(
+        "--script",
+        type=Path,
+        default=ARRAY_SCRIPT,
+        help=f"the array batch script (default: {ARRAY_SCRIPT}, installed with the package)",
+    )
+    parser.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an extra sbatch option, e.g. --sbatch=--gpus-per-node=4 (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         runs = read_sweep(args.file)

@@ -25,7 +25,6 @@ from ir_lightning.degradations.basic import (
     uniform,
 )
 from ir_lightning.degradations.camera import CameraNoise
-from ir_lightning.degradations.resize import bicubic_upsample
 from ir_lightning.degradations.realesrgan import (
     KERNEL_TYPES,
     RealESRGANDegradation,
@@ -38,6 +37,7 @@ from ir_lightning.degradations.realesrgan import (
     restrict_support,
     sinc_kernels,
 )
+from ir_lightning.degradations.resize import bicubic_upsample
 
 __all__ = [
     "JPEG",

@@ -33,7 +33,6 @@ RGB_CHANNELS: int = 3
 """Channels the JPEG codec encodes (RGB converted to YCbCr)."""
 
 
-
 def uniform(
     value_range: tuple[float, float],
     batch_size: int,

@@ -409,15 +409,35 @@ class RealESRGANDegradation(Degradation):
         """The settings of degradation stage 1 or 2 (the second stage's arguments end in ``2``)."""
         if stage == 1:
             return StageSettings(
-                1.0, self.kernel_prob, self.sinc_prob, self.blur_sigma, self.betag_range, self.betap_range,
-                self.resize_prob, self.resize_range, self.gaussian_noise_prob, self.noise_range,
-                self.poisson_scale_range, self.gray_noise_prob, self.jpeg_range,
+                1.0,
+                self.kernel_prob,
+                self.sinc_prob,
+                self.blur_sigma,
+                self.betag_range,
+                self.betap_range,
+                self.resize_prob,
+                self.resize_range,
+                self.gaussian_noise_prob,
+                self.noise_range,
+                self.poisson_scale_range,
+                self.gray_noise_prob,
+                self.jpeg_range,
             )
         if stage == 2:
             return StageSettings(
-                self.second_blur_prob, self.kernel_prob2, self.sinc_prob2, self.blur_sigma2, self.betag_range2,
-                self.betap_range2, self.resize_prob2, self.resize_range2, self.gaussian_noise_prob2,
-                self.noise_range2, self.poisson_scale_range2, self.gray_noise_prob2, self.jpeg_range2,
+                self.second_blur_prob,
+                self.kernel_prob2,
+                self.sinc_prob2,
+                self.blur_sigma2,
+                self.betag_range2,
+                self.betap_range2,
+                self.resize_prob2,
+                self.resize_range2,
+                self.gaussian_noise_prob2,
+                self.noise_range2,
+                self.poisson_scale_range2,
+                self.gray_noise_prob2,
+                self.jpeg_range2,
             )
         raise ValueError(f"stage must be 1 or 2, got {stage}")
 

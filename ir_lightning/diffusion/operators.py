@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -217,9 +217,7 @@ class Blur(LinearOperator):
         _, _, height, width = _image_shape(input_shape, "Blur input")
         kh, kw = self.kernel.shape
         if kh > height or kw > width:
-            raise ValueError(
-                f"Blur kernel of size {kh} x {kw} is larger than the image of shape {tuple(input_shape)}"
-            )
+            raise ValueError(f"Blur kernel of size {kh} x {kw} is larger than the image of shape {tuple(input_shape)}")
         return tuple(int(s) for s in input_shape)
 
     def transfer_function(self, height: int, width: int, like: Tensor) -> Tensor:
@@ -366,8 +364,15 @@ class Colorization(LinearOperator):
 
 
 OPERATOR_NAMES: tuple[str, ...] = (
-    "sr<k>", "bicubic<k>", "deblur_gauss", "deblur_uni", "deblur_aniso", "inpaint_box", "inpaint_random<p>", "colorization",
-)  # fmt: skip
+    "sr<k>",
+    "bicubic<k>",
+    "deblur_gauss",
+    "deblur_uni",
+    "deblur_aniso",
+    "inpaint_box",
+    "inpaint_random<p>",
+    "colorization",
+)
 """The names `make_operator` understands (<k>: an integer scale, <p>: a percentage of missing pixels)."""
 
 

@@ -71,7 +71,9 @@ class ResidualSchedule:
     def __post_init__(self) -> None:
         a, b = self.alpha_bar, self.beta_bar
         if a.ndim != 1 or a.shape != b.shape or a.numel() < 2:
-            raise ValueError(f"alpha_bar and beta_bar must be 1-D of equal length >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
+            raise ValueError(
+                f"alpha_bar and beta_bar must be 1-D of equal length >= 2, got {tuple(a.shape)}, {tuple(b.shape)}"
+            )
         if a[0] != 0 or b[0] != 0:
             raise ValueError("alpha_bar_0 and beta_bar_0 must be 0 (t = 0 is the clean image)")
         if not bool((b[1:] > b[:-1]).all()):
@@ -102,7 +104,9 @@ class ResidualSchedule:
         return cls(alpha_bar, beta2_bar.sqrt())
 
     @classmethod
-    def convert_to_ddim(cls, n_steps: int = 1000, linear_start: float = 1e-4, linear_end: float = 2e-2) -> ResidualSchedule:
+    def convert_to_ddim(
+        cls, n_steps: int = 1000, linear_start: float = 1e-4, linear_end: float = 2e-2
+    ) -> ResidualSchedule:
         """DDPM's linear beta schedule in RDDM's coefficients: alpha_bar_t = 1 - sqrt(gamma_t),
         beta_bar_t^2 = 1 - gamma_t with gamma_t = prod(1 - beta). With I_in = 0,
         I_t = sqrt(gamma_t) I_0 + sqrt(1 - gamma_t) eps: DDPM's q(x_t | x_0) exactly."""
@@ -153,7 +157,9 @@ def eps_from_res(i_t: Tensor, i_in: Tensor, i_res: Tensor, alpha_bar: Tensor, be
     return ((i_t.double() - i_in.double() - (a - 1.0) * i_res.double()) / b).to(i_t.dtype)
 
 
-def res_from_eps(i_t: Tensor, i_in: Tensor, eps: Tensor, alpha_bar: Tensor, beta_bar: Tensor, clip: bool = True) -> Tensor:
+def res_from_eps(
+    i_t: Tensor, i_in: Tensor, eps: Tensor, alpha_bar: Tensor, beta_bar: Tensor, clip: bool = True
+) -> Tensor:
     """I_res implied by eps (objective pred_noise): I_0 = (I_t - alpha_bar_t I_in - beta_bar_t eps) / (1 - alpha_bar_t),
     I_res = I_in - I_0. At alpha_bar_t = 1 (t = T) I_t holds no trace of I_0: the denominator is
     floored at 1e-4 and I_0 clamped to [-1, 1] (`clip`), the official code's guard."""
@@ -165,9 +171,14 @@ def res_from_eps(i_t: Tensor, i_in: Tensor, eps: Tensor, alpha_bar: Tensor, beta
 
 
 def ddim_step(
-    i_t: Tensor, res_hat: Tensor, eps_hat: Tensor, coeff_t: tuple[Tensor, Tensor], coeff_s: tuple[Tensor, Tensor],
-    eta: float = 0.0, noise: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    i_t: Tensor,
+    res_hat: Tensor,
+    eps_hat: Tensor,
+    coeff_t: tuple[Tensor, Tensor],
+    coeff_s: tuple[Tensor, Tensor],
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """One generalised DDIM step t -> s per sample (coefficients (B,) each): (I_s, I_0_hat).
 
         I_0_hat = I_t - alpha_bar_t I_res_hat - beta_bar_t eps_hat                  (the forward process solved)

@@ -9,7 +9,7 @@ stays in float64; callers cast to the image dtype only where a coefficient meets
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -63,9 +63,7 @@ def cosine_alpha_bar(tau: Tensor) -> Tensor:
     return f / f0
 
 
-def make_betas(
-    schedule: str, n_steps: int, linear_start: float = 1e-6, linear_end: float = 1e-2
-) -> Tensor:
+def make_betas(schedule: str, n_steps: int, linear_start: float = 1e-6, linear_end: float = 1e-2) -> Tensor:
     """beta_1..beta_T as a float64 tensor of shape (n_steps,).
 
     `schedule` is one of `SCHEDULES`: "linear" (linspace start..end), "quad" (linspace of the square

@@ -158,5 +158,7 @@ def load_method(path: Path, options: LoadOptions, device: torch.device) -> Resto
     except Exception as error:  # noqa: BLE001 - a bad setting (the method's own check, or the CLI's type check), or
         # weights or settings of the file that do not fit the method: whatever it is, one line naming the file
         reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-        raise RestoreError(f"{path}: {reason if len(reason) <= MESSAGE_LIMIT else reason[:MESSAGE_LIMIT] + ' ...'}") from error
+        raise RestoreError(
+            f"{path}: {reason if len(reason) <= MESSAGE_LIMIT else reason[:MESSAGE_LIMIT] + ' ...'}"
+        ) from error
     return model.to(device).eval()

@@ -118,7 +118,9 @@ def restored_bands(
         if band is None:
             scale = restored.shape[-1] // tw
             if scale < 1 or restored.shape[-2:] != (th * scale, tw * scale):
-                raise ValueError(f"a {th} x {tw} tile came back {tuple(restored.shape[-2:])}: not an integer scale of it")
+                raise ValueError(
+                    f"a {th} x {tw} tile came back {tuple(restored.shape[-2:])}: not an integer scale of it"
+                )
             band = restored.new_zeros(1, restored.shape[1], th * scale, width * scale)
             weights = restored.new_zeros(1, 1, th * scale, width * scale)
         for (y, x), piece in zip(chunk, restored):
@@ -173,6 +175,7 @@ def size_problem(model: Any, height: int, width: int, tile: int, device: torch.d
     if side >= SMALLEST_SIDE_TRIED:
         return None
     if model not in _smallest_sides:
+
         def restore(lq: Tensor) -> Tensor:
             return model.restore(lq)
 

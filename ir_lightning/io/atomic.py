@@ -91,7 +91,7 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
         except FileNotFoundError:  # another process cleaned it first
             continue
         except OSError as error:
-            warnings.warn(f"could not remove the stale temporary checkpoint file {stale}: {error}")
+            warnings.warn(f"could not remove the stale temporary checkpoint file {stale}: {error}", stacklevel=2)
             continue
         removed.append(stale)
     return removed
@@ -142,7 +142,9 @@ def output_image_path(folder: Path, relative: Path, where: str) -> Path:
         checked_key(part, where)
     target = folder / relative.with_suffix(".png")
     if not resolved(target).is_relative_to(folder.resolve()):
-        raise ValueError(f"{where}: its output {target} would be written outside {folder} (a symlinked folder on the way)")
+        raise ValueError(
+            f"{where}: its output {target} would be written outside {folder} (a symlinked folder on the way)"
+        )
     return target
 
 

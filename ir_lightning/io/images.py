@@ -86,7 +86,9 @@ def _split(pixels: np.ndarray, has_alpha: bool, bit_depth: int) -> ImageFile:
     alpha = pixels[..., -1].copy() if has_alpha else None
     grey = colour.shape[-1] == 1
     chw = torch.from_numpy(np.ascontiguousarray(colour.transpose(2, 0, 1), dtype=np.float32)) / ((1 << bit_depth) - 1)
-    return ImageFile(rgb=chw.expand(3, -1, -1).contiguous() if grey else chw, alpha=alpha, bit_depth=bit_depth, grey=grey)
+    return ImageFile(
+        rgb=chw.expand(3, -1, -1).contiguous() if grey else chw, alpha=alpha, bit_depth=bit_depth, grey=grey
+    )
 
 
 Bands = Iterable[tuple[int, Tensor]]
@@ -115,7 +117,9 @@ def png_rows(bands: Bands, like: ImageFile, size: tuple[int, int]) -> Iterator[n
         yield from planes.transpose(1, 2, 0).reshape(planes.shape[1], -1)  # rows of W' x planes values
 
 
-def write_png(path: str | os.PathLike, restored: Tensor | Bands, like: ImageFile, size: tuple[int, int] | None = None) -> Path:
+def write_png(
+    path: str | os.PathLike, restored: Tensor | Bands, like: ImageFile, size: tuple[int, int] | None = None
+) -> Path:
     """Write a restored image (3 x H' x W' in [0, 1], or its bands with their total `size`) as a PNG with
     `like`'s bit depth, grey-ness and alpha, streamed row by row into a temporary file beside `path` that
     is renamed onto it at the end (an interrupted write leaves no `path`)."""

@@ -56,8 +56,17 @@ into the hyperparameters when a module loads)."""
 RESUME_KEYS: tuple[str, ...] = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "global_step", "epoch")
 """What a training checkpoint holds beyond the weights, and `fit --ckpt_path` needs to resume."""
 
-_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error:",
-                 "In PyTorch 2.6", "You can use", "Re-running", "Do it only if", "weights_only=False")
+_TORCH_ADVICE = (
+    "Weights only load failed",
+    "Please file an issue",
+    "Check the documentation",
+    "WeightsUnpickler error:",
+    "In PyTorch 2.6",
+    "You can use",
+    "Re-running",
+    "Do it only if",
+    "weights_only=False",
+)
 """Where torch's general advice starts in a load error (never repeated: retrying with weights_only=False
 would run the file's code)."""
 
@@ -123,7 +132,9 @@ def safe_load(load: Callable[[], Any], path: str | os.PathLike, kind: str = CHEC
     except MemoryError:
         raise
     except RuntimeError as error:
-        if any(word in str(error) for word in ("CUDA", "out of memory", "device")) and "PytorchStreamReader" not in str(error):
+        if any(word in str(error) for word in ("CUDA", "out of memory", "device")) and "PytorchStreamReader" not in str(
+            error
+        ):
             raise  # a device or memory problem: not the file's fault
         raise refusal(path, load_failure_reason(error), kind) from error
     except Exception as error:  # noqa: BLE001 - UnpicklingError, EOFError, KeyError, IndexError, struct.error, ...
@@ -175,7 +186,9 @@ def check_checkpoint(checkpoint: Any, path: str | os.PathLike, resume: bool = Fa
     if not isinstance(checkpoint, dict):
         raise refusal(path, f"it holds a {type(checkpoint).__name__}, not a dict of weights and settings")
     weights = checkpoint.get("state_dict")
-    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
+    ):
         raise refusal(path, "no state_dict of named tensors")
     check_settings(checkpoint, path)
     if resume:
@@ -226,7 +239,9 @@ class KeyReport:
         if self.unexpected:
             problems.append(f"unexpected keys {', '.join(self.unexpected)}")
         if self.mismatched:
-            problems.append(f"mis-shaped {', '.join(f'{key} {found} (expected {shape})' for key, found, shape in self.mismatched)}")
+            problems.append(
+                f"mis-shaped {', '.join(f'{key} {found} (expected {shape})' for key, found, shape in self.mismatched)}"
+            )
         return "; ".join(problems)
 
 
@@ -236,8 +251,11 @@ def key_report(found: Mapping[str, Tensor], expected: Mapping[str, Any]) -> KeyR
     return KeyReport(
         missing=[key for key in shapes if key not in found],
         unexpected=[key for key in found if key not in shapes],
-        mismatched=[(key, tuple(found[key].shape), shape) for key, shape in shapes.items()
-                    if key in found and tuple(found[key].shape) != shape],  # fmt: skip
+        mismatched=[
+            (key, tuple(found[key].shape), shape)
+            for key, shape in shapes.items()
+            if key in found and tuple(found[key].shape) != shape
+        ],
     )
 
 

@@ -8,5 +8,17 @@ from ir_lightning.methods.rddm import RDDM, RDDMSchedule
 from ir_lightning.methods.settings import NoiseSchedule, Sampling
 from ir_lightning.methods.sr3 import SR3
 
-__all__ = ["Restoration", "RestorationModule", "DenoisingAsAdaptation", "DeqIR", "DiffIRGAN", "DiffIRS1", "DiffIRS2", "RDDM",
-           "RDDMSchedule", "SR3", "NoiseSchedule", "Sampling"]  # fmt: skip
+__all__ = [
+    "Restoration",
+    "RestorationModule",
+    "DenoisingAsAdaptation",
+    "DeqIR",
+    "DiffIRGAN",
+    "DiffIRS1",
+    "DiffIRS2",
+    "RDDM",
+    "RDDMSchedule",
+    "SR3",
+    "NoiseSchedule",
+    "Sampling",
+]

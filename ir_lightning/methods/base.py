@@ -98,8 +98,11 @@ class RestorationModule(pl.LightningModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
-        for name, value, minimum in (("max_nonfinite_steps", max_nonfinite_steps, 1), ("warmup_steps", warmup_steps, 0),
-                                     ("crop_border", crop_border, 0)):  # fmt: skip
+        for name, value, minimum in (
+            ("max_nonfinite_steps", max_nonfinite_steps, 1),
+            ("warmup_steps", warmup_steps, 0),
+            ("crop_border", crop_border, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"model.init_args.{name} must be an integer >= {minimum}, got {value!r}")
             if value < minimum:
@@ -116,8 +119,15 @@ class RestorationModule(pl.LightningModule):
         self._generator_step: int | None = None
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> RestorationModule:  # fmt: skip
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> RestorationModule:
         """Lightning's `load_from_checkpoint`, after the file has been read safely and every class path in its
         hyperparameters checked against the allow-list (`ir_lightning.io.weights.read_checkpoint`): a refused file
         raises `WeightsError` naming it, before anything it names is imported. Always
@@ -126,7 +136,9 @@ class RestorationModule(pl.LightningModule):
             checkpoint = read_checkpoint(checkpoint_path, mmap=True)
         else:  # a file object
             start = checkpoint_path.tell()
-            checkpoint = safe_load(lambda: torch.load(checkpoint_path, map_location="cpu", weights_only=True), "<file object>")
+            checkpoint = safe_load(
+                lambda: torch.load(checkpoint_path, map_location="cpu", weights_only=True), "<file object>"
+            )
             check_checkpoint(checkpoint, "<file object>")
             checkpoint_path.seek(start)
         hparams = checkpoint.get("hyper_parameters")
@@ -135,7 +147,9 @@ class RestorationModule(pl.LightningModule):
             checkpoint_path = io.BytesIO()
             torch.save({**checkpoint, "hyper_parameters": cls.upgrade_hyperparameters(hparams)}, checkpoint_path)
             checkpoint_path.seek(0)
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+        )
 
     @classmethod
     def setting_parameters(cls) -> dict[str, inspect.Parameter]:
@@ -170,9 +184,14 @@ class RestorationModule(pl.LightningModule):
         unexpected, missing = report.unexpected, [key for key in report.missing if not key.startswith(left_out)]
         mismatched = [f"{key} {found} vs {shape}" for key, found, shape in report.mismatched]
         if unexpected or missing or mismatched:
-            problems = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                        for label, keys in (("unexpected", unexpected), ("missing", missing), ("other shapes:", mismatched)) if keys]  # fmt: skip
-            raise ValueError(f"{source}: its weights do not fit {type(self).__name__} as the recipe builds it ({'; '.join(problems)})")
+            problems = [
+                f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("unexpected", unexpected), ("missing", missing), ("other shapes:", mismatched))
+                if keys
+            ]
+            raise ValueError(
+                f"{source}: its weights do not fit {type(self).__name__} as the recipe builds it ({'; '.join(problems)})"
+            )
         self.load_state_dict(weights, strict=False)
 
     def save_hyperparameters_as_plain_data(self, ignore: list[str]) -> None:
@@ -215,7 +234,13 @@ class RestorationModule(pl.LightningModule):
         '_thread.lock' object"). The average needs neither, so the copy points to the originals.
         """
         # `_trainer`: the Trainer as the module holds it (private; the public `trainer` raises when there is none)
-        for shared in (self._trainer, self.optimizer_factory, self._generator, self.nonfinite_steps, *self.shared_in_copies()):
+        for shared in (
+            self._trainer,
+            self.optimizer_factory,
+            self._generator,
+            self.nonfinite_steps,
+            *self.shared_in_copies(),
+        ):
             if shared is not None:
                 memo[id(shared)] = shared
         clone = type(self).__new__(type(self))
@@ -227,16 +252,18 @@ class RestorationModule(pl.LightningModule):
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
 
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         """Restore `lq` (B x C x h x w in [0, 1]) to `size` (None: the method's own scale of `lq`), with the
         method's sampler and settings; `mask` for a method that takes one (`uses_mask`); `progress` shows the
         sampling steps or solver iterations. Returns the images in [0, 1] and the solve's report, if any."""
         raise NotImplementedError(f"{type(self).__name__} must implement restoration")
 
     @torch.no_grad()
-    def restore(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                progress: bool = False) -> Tensor:  # fmt: skip
+    def restore(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Tensor:
         """The restored images in [0, 1] (see `restoration`)."""
         return self.restoration(lq, size=size, mask=mask, progress=progress).image
 
@@ -355,8 +382,13 @@ class RestorationModule(pl.LightningModule):
         """An optimizer over `groups` and a per-step `LambdaLR` with one schedule per group (and the warm-up)."""
         optimizer = factory(groups)
         if len(schedules) != len(optimizer.param_groups):
-            raise ValueError(f"{type(self).__name__}: {len(schedules)} LR schedules for {len(optimizer.param_groups)} parameter groups")
-        factors = [lr_factor(schedule, group["lr"], self.warmup_steps) for schedule, group in zip(schedules, optimizer.param_groups)]
+            raise ValueError(
+                f"{type(self).__name__}: {len(schedules)} LR schedules for {len(optimizer.param_groups)} parameter groups"
+            )
+        factors = [
+            lr_factor(schedule, group["lr"], self.warmup_steps)
+            for schedule, group in zip(schedules, optimizer.param_groups)
+        ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -369,8 +401,9 @@ class RestorationModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if "n_skipped" in batch:
             # samples the loader workers skipped (corrupt members, undecodable or too small images)
-            self.log("data/skipped", batch["n_skipped"].float().sum(), reduce_fx="sum", sync_dist=True,
-                     batch_size=batch_size)  # summed over ranks
+            self.log(
+                "data/skipped", batch["n_skipped"].float().sum(), reduce_fx="sum", sync_dist=True, batch_size=batch_size
+            )  # summed over ranks
         return loss
 
     def _nonfinite_anywhere(self, loss: Tensor) -> bool:

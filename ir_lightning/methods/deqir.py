@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.diffusion import noised_training_sample
-from ir_lightning.diffusion.deq import SolverSettings, ddnm_chain, draw_noises, precondition, run_chain, spectral_prior_eps
+from ir_lightning.diffusion.deq import (
+    SolverSettings,
+    ddnm_chain,
+    draw_noises,
+    precondition,
+    run_chain,
+    spectral_prior_eps,
+)
 from ir_lightning.diffusion.operators import LinearOperator, make_operator
 from ir_lightning.diffusion.ranges import to_signed, to_unit
 from ir_lightning.diffusion.schedules import respaced_timesteps
@@ -82,10 +89,14 @@ class DeqIR(RestorationModule):
             raise ValueError(f"model.init_args.sigma_y must be >= 0, got {sigma_y}")
         self.sampling = check_sampler(Sampling.of(sampling), self.SAMPLERS, "DeqIR")
         if not 1 <= self.sampling.steps <= self.alpha_bars.shape[0]:
-            raise ValueError(f"model.init_args.sampling.steps must be in [1, {self.alpha_bars.shape[0]}], got {self.sampling.steps}")
+            raise ValueError(
+                f"model.init_args.sampling.steps must be in [1, {self.alpha_bars.shape[0]}], got {self.sampling.steps}"
+            )
         if self.sampling.clip:
-            raise ValueError("model.init_args.sampling.clip: DeqIR's chain does not clamp (DDNM's projection keeps A x_0 = y); "
-                             "set it to false")  # fmt: skip
+            raise ValueError(
+                "model.init_args.sampling.clip: DeqIR's chain does not clamp (DDNM's projection keeps A x_0 = y); "
+                "set it to false"
+            )
         self.operator_name, self.sigma_y = operator, sigma_y
         if preconditioner not in ("spectral", "none"):
             raise ValueError(f"model.init_args.preconditioner must be spectral or none, got {preconditioner!r}")
@@ -100,7 +111,9 @@ class DeqIR(RestorationModule):
     # --- the prior -------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         x0 = to_signed(batch["gt"])
-        x_noisy, level, noise = noised_training_sample(x0, self.on_device(self.alpha_bars, x0.device), self.training_generator())
+        x_noisy, level, noise = noised_training_sample(
+            x0, self.on_device(self.alpha_bars, x0.device), self.training_generator()
+        )
         return F.mse_loss(self.net(x_noisy, level), noise)  # DDPM's simple loss, eps-prediction
 
     # --- restoration -----------------------------------------------------------------------------
@@ -119,8 +132,9 @@ class DeqIR(RestorationModule):
         return measurement.shape[-2] * scale, measurement.shape[-1] * scale
 
     @torch.no_grad()
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         """Restore from the measurement `lq` = A x in [0, 1] (for colorization: any channel count, the
         mean is taken) with the configured operator, chain and solver."""
         self.no_mask(mask)
@@ -128,7 +142,9 @@ class DeqIR(RestorationModule):
         return self.restoration_with(self.operator_for(size), lq, size, progress)
 
     @torch.no_grad()
-    def restoration_with(self, operator: LinearOperator, lq: Tensor, size: tuple[int, int], progress: bool = False) -> Restoration:
+    def restoration_with(
+        self, operator: LinearOperator, lq: Tensor, size: tuple[int, int], progress: bool = False
+    ) -> Restoration:
         """`restoration` with a given operator (validation's: the one that measured `lq`)."""
         if self.operator_name == "colorization":
             lq = lq.mean(dim=1, keepdim=True)
@@ -146,7 +162,9 @@ class DeqIR(RestorationModule):
         chain = ddnm_chain(eps_model, operator, y, alpha_bars, timesteps, self.sampling.eta, noises)
         if self.sampling.parallel and self.preconditioner == "spectral":
             gaussian = spectral_prior_eps(alpha_bars, self.prior_variance)
-            chain = precondition(chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.sampling.eta, noises))
+            chain = precondition(
+                chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.sampling.eta, noises)
+            )
         x0, result = run_chain(chain, x_T, self.sampling.solver, progress)
         return Restoration.of(to_unit(x0), result)
 
@@ -171,11 +189,21 @@ class DeqIR(RestorationModule):
         gt = batch["gt"]
         operator, measurement = self.measurement(gt)
         restored, solve = self.restoration_with(operator, measurement, tuple(gt.shape[-2:]))
-        stage = None if self.attached_trainer is None else "val" if self.trainer.validating else "test" if self.trainer.testing else None
+        stage = (
+            None
+            if self.attached_trainer is None
+            else "val"
+            if self.trainer.validating
+            else "test"
+            if self.trainer.testing
+            else None
+        )
         if solve is not None and stage is not None:  # predict may not log
             self.log(f"{stage}/solver_iterations", float(solve.iterations), batch_size=gt.shape[0])
             # 1 when the residual met the tolerance, 0 when the iteration cap or the T bound ended the solve
-            self.log(f"{stage}/solver_stopped_by_tolerance", float(solve.stopped_by == "tolerance"), batch_size=gt.shape[0])
+            self.log(
+                f"{stage}/solver_stopped_by_tolerance", float(solve.stopped_by == "tolerance"), batch_size=gt.shape[0]
+            )
         return restored
 
 

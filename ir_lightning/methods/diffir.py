@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ir_lightning.diffusion.prior import noised_start, reverse_chain
@@ -34,12 +36,21 @@ from ir_lightning.methods.settings import NoiseSchedule
 from ir_lightning.nets.diffir import input_multiple
 from ir_lightning.nets.padding import pad_to_multiple
 from ir_lightning.training.optim import LRSchedule
-from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 
-
-OBJECT_ARGUMENTS = ("restorer", "cpen_s1", "cpen_s2", "denoiser", "discriminator", "perceptual", "gan_loss",
-                    "optimizer", "d_optimizer", "lr_schedule", "prior_lr_schedule", "d_lr_schedule")  # fmt: skip
+OBJECT_ARGUMENTS = (
+    "restorer",
+    "cpen_s1",
+    "cpen_s2",
+    "denoiser",
+    "discriminator",
+    "perceptual",
+    "gan_loss",
+    "optimizer",
+    "d_optimizer",
+    "lr_schedule",
+    "prior_lr_schedule",
+    "d_lr_schedule",
+)
 """Arguments of the DiffIR modules that are objects (kept out of the hyperparameters when built in Python)."""
 
 
@@ -57,8 +68,12 @@ def upgrade_prior_schedule(hparams: dict[str, Any]) -> dict[str, Any]:
     if "prior_schedule" in hparams or not any(key in hparams for key in ("n_steps", "beta_start", "beta_end")):
         return hparams
     hparams = dict(hparams)
-    hparams["prior_schedule"] = {"kind": "quad", "n_steps": hparams.pop("n_steps", 4),
-                                 "linear_start": hparams.pop("beta_start", 0.1), "linear_end": hparams.pop("beta_end", 0.99)}  # fmt: skip
+    hparams["prior_schedule"] = {
+        "kind": "quad",
+        "n_steps": hparams.pop("n_steps", 4),
+        "linear_start": hparams.pop("beta_start", 0.1),
+        "linear_end": hparams.pop("beta_end", 0.99),
+    }
     return hparams
 
 
@@ -128,8 +143,9 @@ class DiffIRS1(RestorationModule):
         restored = self.restorer(lq, self.cpen_s1(lq, gt))
         return F.l1_loss(restored, gt)
 
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         raise ValueError(
             "DiffIR stage 1 restores with the ground truth's prior (it is the teacher of stage 2): give "
             "batches with 'gt', or restore with a stage-2 (DiffIRS2) checkpoint"
@@ -233,7 +249,9 @@ class DiffIRS2(DiffIRS1):
                 f"{path}: the DIRformer does not match model.init_args.restorer: {_describe({'shape': report['shape']})}"
             )
         if not set(restorer) & set(self.restorer.state_dict()):
-            raise Stage1CheckpointError(f"{path}: no DIRformer weight (restorer.*) loads: is it a DiffIR stage-1 checkpoint?")
+            raise Stage1CheckpointError(
+                f"{path}: no DIRformer weight (restorer.*) loads: is it a DiffIR stage-1 checkpoint?"
+            )
         self.cpen_s1.load_state_dict(teacher)
         self.restorer.load_state_dict(restorer, strict=False)
         loaded = len(set(restorer) & set(self.restorer.state_dict()))
@@ -251,8 +269,10 @@ class DiffIRS2(DiffIRS1):
         return [{"params": prior, "name": "prior"}, {"params": list(self.restorer.parameters()), "name": "restorer"}]
 
     def lr_schedules(self) -> list[LRSchedule | None]:
-        return [_Phased(self.prior_steps, self.prior_lr_schedule, self.lr_schedule, rest_at_zero=False),
-                _Phased(self.prior_steps, None, self.lr_schedule, rest_at_zero=True)]  # fmt: skip
+        return [
+            _Phased(self.prior_steps, self.prior_lr_schedule, self.lr_schedule, rest_at_zero=False),
+            _Phased(self.prior_steps, None, self.lr_schedule, rest_at_zero=True),
+        ]
 
     def predict_ipr(self, lq: Tensor, start: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """The 4 reverse steps from `start` (z_{T-1}; None: drawn from N(0, I) with `generator`),
@@ -292,13 +312,16 @@ class DiffIRS2(DiffIRS1):
 
     # --- restoration -----------------------------------------------------------------------------
     @torch.no_grad()
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         """Restored images in [0, 1]; the IPR comes from N(0, I) (seeded by `sample_seed`) in the prior's 4 steps."""
         self.no_mask(mask)
         lq_padded, _ = self.padded(lq)
         generator = torch.Generator(device=lq.device).manual_seed(self.sample_seed)
-        return Restoration(self.cropped(self.restorer(lq_padded, self.predict_ipr(lq_padded, generator=generator)), size, lq))
+        return Restoration(
+            self.cropped(self.restorer(lq_padded, self.predict_ipr(lq_padded, generator=generator)), size, lq)
+        )
 
 
 def adam_discriminator(params: Any) -> torch.optim.Optimizer:
@@ -352,8 +375,18 @@ class DiffIRGAN(DiffIRS2):
         y_channel: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(restorer, cpen_s1, cpen_s2, denoiser, stage1_ckpt=None, prior_steps=0, prior_lr_schedule=None,
-                         scale=scale, y_channel=y_channel, **kwargs)  # fmt: skip
+        super().__init__(
+            restorer,
+            cpen_s1,
+            cpen_s2,
+            denoiser,
+            stage1_ckpt=None,
+            prior_steps=0,
+            prior_lr_schedule=None,
+            scale=scale,
+            y_channel=y_channel,
+            **kwargs,
+        )
         for fixed in ("stage1_ckpt", "prior_steps", "prior_lr_schedule"):  # set by this stage, not settings of it
             self.hparams.pop(fixed, None)
         self.automatic_optimization = False
@@ -393,9 +426,10 @@ class DiffIRGAN(DiffIRS2):
     def configure_optimizers(self) -> Any:
         generator = self.optimizer_with_schedules(self.optimizer_factory, self.param_groups(), self.lr_schedules())
         discriminator = self.optimizer_with_schedules(
-            self.d_optimizer_factory, [{"params": list(self.discriminator.parameters()), "name": "discriminator"}],
+            self.d_optimizer_factory,
+            [{"params": list(self.discriminator.parameters()), "name": "discriminator"}],
             [self.d_lr_schedule],
-        )  # fmt: skip
+        )
         return [generator, discriminator]
 
     def generator_losses(self, lq: Tensor, gt: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -460,7 +494,7 @@ class _Phased(LRSchedule):
 
 
 def _part(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
 
 
 def _compare(expected: dict[str, Tensor], given: dict[str, Tensor]) -> dict[str, list[str]]:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ir_lightning.diffusion import noised_training_sample
-from ir_lightning.losses import charbonnier
 from ir_lightning.diffusion.ranges import to_signed
+from ir_lightning.losses import charbonnier
 from ir_lightning.methods.base import Restoration, RestorationModule
 from ir_lightning.methods.settings import NoiseSchedule
 from ir_lightning.nets.padding import pad_to_multiple
@@ -59,7 +59,9 @@ def shuffle_slots(first: Tensor, second: Tensor, swap: Tensor) -> tuple[Tensor, 
     return torch.where(mask, second, first), torch.where(mask, first, second)
 
 
-def swapped_residual_negatives(lq_syn: Tensor, lq_real: Tensor, res_syn: Tensor, res_real: Tensor) -> tuple[Tensor, Tensor]:
+def swapped_residual_negatives(
+    lq_syn: Tensor, lq_real: Tensor, res_syn: Tensor, res_real: Tensor
+) -> tuple[Tensor, Tensor]:
     """The contrastive negatives: each domain's input corrected with the other domain's residual,
     (y_syn + r_real, y_real + r_syn)."""
     return lq_syn + res_real, lq_real + res_syn
@@ -126,7 +128,9 @@ class DenoisingAsAdaptation(RestorationModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(y_channel=y_channel, **kwargs)
-        self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("restorer", "diffusion", "optimizer"))
+        self.save_hyperparameters_as_plain_data(
+            ignore=self.objects_kept_out_of_hparams("restorer", "diffusion", "optimizer")
+        )
         schedule = NoiseSchedule.of(schedule)
         if ramp_steps < 1:
             raise ValueError(f"model.init_args.ramp_steps must be >= 1, got {ramp_steps}")
@@ -146,12 +150,15 @@ class DenoisingAsAdaptation(RestorationModule):
         return self.restorer(lq) - lq
 
     @torch.no_grad()
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         """The restorer alone (the diffusion network plays no part in restoration); same size as `lq`."""
         self.no_mask(mask)
         if size is not None and tuple(size) != tuple(lq.shape[-2:]):
-            raise ValueError(f"Denoising as Adaptation restores at the input's size {tuple(lq.shape[-2:])}, not {tuple(size)}")
+            raise ValueError(
+                f"Denoising as Adaptation restores at the input's size {tuple(lq.shape[-2:])}, not {tuple(size)}"
+            )
         multiple = getattr(self.restorer, "pad_multiple", 1)
         height, width = lq.shape[-2:]
         restored = self.restorer(pad_to_multiple(lq, multiple))[..., :height, :width]
@@ -178,14 +185,21 @@ class DenoisingAsAdaptation(RestorationModule):
         noise_loss = combined_noise_loss(denoise_loss, contrast)
         if contrast is not None:
             self.log("train/triplet", contrast, batch_size=batch_size)
-        self.log_dict({"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
-                      batch_size=batch_size)  # fmt: skip
+        self.log_dict(
+            {"train/pixel_loss": pixel_loss, "train/noise_loss": noise_loss, "train/noise_weight": weight},
+            batch_size=batch_size,
+        )
         if self.ramp_restorer_only:
             return pixel_loss + noise_loss  # D at full weight; the restorer's share was scaled in `noise_terms`
         return pixel_loss + weight * noise_loss
 
     def noise_terms(
-        self, batch: dict[str, Any], res_syn: Tensor, res_real: Tensor, generator: torch.Generator, restorer_share: float = 1.0
+        self,
+        batch: dict[str, Any],
+        res_syn: Tensor,
+        res_real: Tensor,
+        generator: torch.Generator,
+        restorer_share: float = 1.0,
     ) -> tuple[Tensor, Tensor | None]:
         """D's denoising MSE on the noised clean target given the (shuffled) restored pair, and the
         triplet against the residual-swapped negatives (None without `contrastive`).
@@ -196,7 +210,9 @@ class DenoisingAsAdaptation(RestorationModule):
         lq_syn, gt, lq_real = batch["lq"], batch["gt"], batch["real_lq"]
         batch_size, device = gt.shape[0], gt.device
         target = gt if self.contrastive else self.unpaired_reference(batch, generator)
-        y_noisy, level, noise = noised_training_sample(to_signed(target), self.on_device(self.gammas, device), generator)
+        y_noisy, level, noise = noised_training_sample(
+            to_signed(target), self.on_device(self.gammas, device), generator
+        )
 
         def predict(a: Tensor, b: Tensor) -> Tensor:
             if restorer_share != 1.0:

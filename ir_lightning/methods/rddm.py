@@ -126,7 +126,9 @@ class RDDM(RestorationModule):
         parts = [i_t, i_in]
         if self.use_mask:
             if mask is None:
-                raise KeyError("model.init_args.use_mask is set but the batch has no 'mask' (shards need <key>.mask.png)")
+                raise KeyError(
+                    "model.init_args.use_mask is set but the batch has no 'mask' (shards need <key>.mask.png)"
+                )
             parts.append(to_signed(mask))
         return torch.cat(parts, dim=1)
 
@@ -144,7 +146,6 @@ class RDDM(RestorationModule):
         if len(out) != expected:
             raise ValueError(f"objective {self.objective} needs a net with {expected} output(s), got {len(out)}")
         return out
-
 
     # --- training ----------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -183,8 +184,9 @@ class RDDM(RestorationModule):
         return predict
 
     @torch.no_grad()
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         """Restored images in [0, 1] with `sampling.steps` steps of the sampler (seeded by `sampling.seed`)."""
         if not self.use_mask:
             self.no_mask(mask)
@@ -193,7 +195,9 @@ class RDDM(RestorationModule):
         like = torch.empty(lq.shape[0], 3, *size, device=lq.device)
         i_in = self.input_image({"lq": lq}, like)
         generator = torch.Generator(device=lq.device).manual_seed(self.sampling.seed)
-        schedule = ResidualSchedule(self.on_device(self.schedule.alpha_bar, lq.device), self.on_device(self.schedule.beta_bar, lq.device))
+        schedule = ResidualSchedule(
+            self.on_device(self.schedule.alpha_bar, lq.device), self.on_device(self.schedule.beta_bar, lq.device)
+        )
         if self.sampling.parallel:
             noise = gaussian_like(i_in, generator)  # as `sample` draws it: I_T = I_in + beta_bar_T noise
             i_T = (i_in.double() + schedule.beta_bar[-1].item() * noise.double()).to(i_in.dtype)
@@ -205,8 +209,15 @@ class RDDM(RestorationModule):
             chain = rddm_chain(conditioned, i_in, schedule, self.sampling.steps)
             x0, result = run_chain(chain, i_T, self.sampling.solver, progress)
             return Restoration.of(to_unit(x0), result)
-        out = sample(self.predictor(i_in, mask), i_in, schedule, self.sampling.steps, eta=self.sampling.eta,
-                     generator=generator, progress=progress)  # fmt: skip
+        out = sample(
+            self.predictor(i_in, mask),
+            i_in,
+            schedule,
+            self.sampling.steps,
+            eta=self.sampling.eta,
+            generator=generator,
+            progress=progress,
+        )
         return Restoration(to_unit(out))
 
     def restore_batch(self, batch: dict[str, Any]) -> Tensor:

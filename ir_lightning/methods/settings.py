@@ -72,8 +72,10 @@ class Sampling:
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"sampling.eta must lie in [0, 1] (0: DDIM, 1: DDPM variance), got {self.eta!r}")
         if self.solver.method != "sequential" and (self.sampler != "ddim" or self.eta != 0):
-            raise ValueError(f"sampling.solver.method={self.solver.method} solves the deterministic chain (sampler ddim, "
-                             f"eta 0) in parallel; got sampler={self.sampler!r}, eta={self.eta}")  # fmt: skip
+            raise ValueError(
+                f"sampling.solver.method={self.solver.method} solves the deterministic chain (sampler ddim, "
+                f"eta 0) in parallel; got sampler={self.sampler!r}, eta={self.eta}"
+            )
 
     @property
     def parallel(self) -> bool:
@@ -98,16 +100,32 @@ class Sampling:
 def check_sampler(sampling: Sampling, offered: tuple[str, ...], method: str) -> Sampling:
     """`sampling`, after checking that `method` offers its sampler."""
     if sampling.sampler not in offered:
-        raise ValueError(f"model.init_args.sampling.sampler: {method} samples with {' or '.join(offered)}, got {sampling.sampler!r}")
+        raise ValueError(
+            f"model.init_args.sampling.sampler: {method} samples with {' or '.join(offered)}, got {sampling.sampler!r}"
+        )
     return sampling
 
 
-LEGACY_SAMPLING = {"sample_steps": "steps", "sampler": "sampler", "eta": "eta", "sample_seed": "seed",
-                   "clip_y0": "clip", "clip": "clip"}  # fmt: skip
+LEGACY_SAMPLING = {
+    "sample_steps": "steps",
+    "sampler": "sampler",
+    "eta": "eta",
+    "sample_seed": "seed",
+    "clip_y0": "clip",
+    "clip": "clip",
+}
 """Flat sampling arguments of the methods before the `sampling` object -> its field."""
 
-LEGACY_SOLVER = {"solver": "method", "solver_tolerance": "tolerance", "memory": "memory", "regularisation": "regularisation",
-                 "mixing": "mixing", "tolerance": "tolerance", "max_iterations": "max_iter", "chunk_size": "chunk_size"}  # fmt: skip
+LEGACY_SOLVER = {
+    "solver": "method",
+    "solver_tolerance": "tolerance",
+    "memory": "memory",
+    "regularisation": "regularisation",
+    "mixing": "mixing",
+    "tolerance": "tolerance",
+    "max_iterations": "max_iter",
+    "chunk_size": "chunk_size",
+}
 """Flat solver arguments of the methods before the `sampling.solver` object -> its field."""
 
 

@@ -100,14 +100,16 @@ class SR3(RestorationModule):
         return self.loss_fn(eps_hat, noise)  # SR3 eq. 6, p = 1 or 2
 
     @torch.no_grad()
-    def restoration(self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None,
-                    progress: bool = False) -> Restoration:  # fmt: skip
+    def restoration(
+        self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
+    ) -> Restoration:
         self.no_mask(mask)
         x = to_signed(self.upsample(lq, size))
         generator = torch.Generator(device=x.device).manual_seed(self.sampling.seed)
         y_T = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         gammas = self.on_device(self.inference_gammas, x.device)
         if self.sampling.parallel:
+
             def conditioned(y_t: Tensor, level: Tensor, condition: Tensor) -> Tensor:
                 return self.net(torch.cat([condition, y_t.to(x.dtype)], dim=1), level.to(x.device))
 
@@ -120,5 +122,7 @@ class SR3(RestorationModule):
 
         kwargs = {"eta": self.sampling.eta} if self.sampling.sampler == "ddim" else {}
         sampler = get_sampler(self.sampling.sampler)
-        y0 = sampler(eps_model, y_T, gammas, generator=generator, clip_y0=self.sampling.clip, progress=progress, **kwargs)
+        y0 = sampler(
+            eps_model, y_T, gammas, generator=generator, clip_y0=self.sampling.clip, progress=progress, **kwargs
+        )
         return Restoration(to_unit(y0))

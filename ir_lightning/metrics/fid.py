@@ -136,18 +136,30 @@ def block_35(pool_channels: int) -> tuple[Branch, ...]:
     return (
         Branch((Conv("branch1x1", 64, 1),)),
         Branch((Conv("branch5x5_1", 48, 1), Conv("branch5x5_2", 64, 5, padding=2))),
-        Branch((Conv("branch3x3dbl_1", 64, 1), Conv("branch3x3dbl_2", 96, 3, padding=1), Conv("branch3x3dbl_3", 96, 3, padding=1))),
+        Branch(
+            (
+                Conv("branch3x3dbl_1", 64, 1),
+                Conv("branch3x3dbl_2", 96, 3, padding=1),
+                Conv("branch3x3dbl_3", 96, 3, padding=1),
+            )
+        ),
         Branch((Conv("branch_pool", pool_channels, 1),), pool="avg"),
-    )  # fmt: skip
+    )
 
 
 def reduction_35() -> tuple[Branch, ...]:
     """Mixed_6a (35 -> 17): 3x3 stride 2; 1x1 -> 3x3 -> 3x3 stride 2; max pool stride 2."""
     return (
         Branch((Conv("branch3x3", 384, 3, stride=2),)),
-        Branch((Conv("branch3x3dbl_1", 64, 1), Conv("branch3x3dbl_2", 96, 3, padding=1), Conv("branch3x3dbl_3", 96, 3, stride=2))),
+        Branch(
+            (
+                Conv("branch3x3dbl_1", 64, 1),
+                Conv("branch3x3dbl_2", 96, 3, padding=1),
+                Conv("branch3x3dbl_3", 96, 3, stride=2),
+            )
+        ),
         Branch(pool="max_s2"),
-    )  # fmt: skip
+    )
 
 
 def block_17(c7: int) -> tuple[Branch, ...]:
@@ -156,39 +168,74 @@ def block_17(c7: int) -> tuple[Branch, ...]:
     return (
         Branch((Conv("branch1x1", 192, 1),)),
         Branch((Conv("branch7x7_1", c7, 1), Conv("branch7x7_2", c7, **row), Conv("branch7x7_3", 192, **col))),
-        Branch((Conv("branch7x7dbl_1", c7, 1), Conv("branch7x7dbl_2", c7, **col), Conv("branch7x7dbl_3", c7, **row),
-                Conv("branch7x7dbl_4", c7, **col), Conv("branch7x7dbl_5", 192, **row))),
+        Branch(
+            (
+                Conv("branch7x7dbl_1", c7, 1),
+                Conv("branch7x7dbl_2", c7, **col),
+                Conv("branch7x7dbl_3", c7, **row),
+                Conv("branch7x7dbl_4", c7, **col),
+                Conv("branch7x7dbl_5", 192, **row),
+            )
+        ),
         Branch((Conv("branch_pool", 192, 1),), pool="avg"),
-    )  # fmt: skip
+    )
 
 
 def reduction_17() -> tuple[Branch, ...]:
     """Mixed_7a (17 -> 8): 1x1 -> 3x3 stride 2; 1x1 -> 1x7 -> 7x1 -> 3x3 stride 2; max pool stride 2."""
     return (
         Branch((Conv("branch3x3_1", 192, 1), Conv("branch3x3_2", 320, 3, stride=2))),
-        Branch((Conv("branch7x7x3_1", 192, 1), Conv("branch7x7x3_2", 192, (1, 7), padding=(0, 3)),
-                Conv("branch7x7x3_3", 192, (7, 1), padding=(3, 0)), Conv("branch7x7x3_4", 192, 3, stride=2))),
+        Branch(
+            (
+                Conv("branch7x7x3_1", 192, 1),
+                Conv("branch7x7x3_2", 192, (1, 7), padding=(0, 3)),
+                Conv("branch7x7x3_3", 192, (7, 1), padding=(3, 0)),
+                Conv("branch7x7x3_4", 192, 3, stride=2),
+            )
+        ),
         Branch(pool="max_s2"),
-    )  # fmt: skip
+    )
 
 
 def block_8(pool: str) -> tuple[Branch, ...]:
     """Mixed_7b/7c (8 x 8): 1x1; 1x1 -> (1x3 | 3x1); 1x1 -> 3x3 -> (1x3 | 3x1); pool -> 1x1. The graph pools
     with an average in Mixed_7b and with a max in Mixed_7c."""
-    split = lambda prefix: (Conv(f"{prefix}a", 384, (1, 3), padding=(0, 1)), Conv(f"{prefix}b", 384, (3, 1), padding=(1, 0)))  # noqa: E731
+    split = lambda prefix: (
+        Conv(f"{prefix}a", 384, (1, 3), padding=(0, 1)),
+        Conv(f"{prefix}b", 384, (3, 1), padding=(1, 0)),
+    )  # noqa: E731
     return (
         Branch((Conv("branch1x1", 320, 1),)),
         Branch((Conv("branch3x3_1", 384, 1),), split=split("branch3x3_2")),
-        Branch((Conv("branch3x3dbl_1", 448, 1), Conv("branch3x3dbl_2", 384, 3, padding=1)), split=split("branch3x3dbl_3")),
+        Branch(
+            (Conv("branch3x3dbl_1", 448, 1), Conv("branch3x3dbl_2", 384, 3, padding=1)), split=split("branch3x3dbl_3")
+        ),
         Branch((Conv("branch_pool", 192, 1),), pool=pool),
-    )  # fmt: skip
+    )
 
 
-STEM = (Conv("Conv2d_1a_3x3", 32, 3, stride=2), Conv("Conv2d_2a_3x3", 32, 3), Conv("Conv2d_2b_3x3", 64, 3, padding=1),
-        None, Conv("Conv2d_3b_1x1", 80, 1), Conv("Conv2d_4a_3x3", 192, 3), None)  # fmt: skip  # None: 3 x 3 max pool, stride 2
-MIXED = {"Mixed_5b": block_35(32), "Mixed_5c": block_35(64), "Mixed_5d": block_35(64), "Mixed_6a": reduction_35(),
-         "Mixed_6b": block_17(128), "Mixed_6c": block_17(160), "Mixed_6d": block_17(160), "Mixed_6e": block_17(192),
-         "Mixed_7a": reduction_17(), "Mixed_7b": block_8("avg"), "Mixed_7c": block_8("max")}  # fmt: skip
+STEM = (
+    Conv("Conv2d_1a_3x3", 32, 3, stride=2),
+    Conv("Conv2d_2a_3x3", 32, 3),
+    Conv("Conv2d_2b_3x3", 64, 3, padding=1),
+    None,
+    Conv("Conv2d_3b_1x1", 80, 1),
+    Conv("Conv2d_4a_3x3", 192, 3),
+    None,
+)  # None: 3 x 3 max pool, stride 2
+MIXED = {
+    "Mixed_5b": block_35(32),
+    "Mixed_5c": block_35(64),
+    "Mixed_5d": block_35(64),
+    "Mixed_6a": reduction_35(),
+    "Mixed_6b": block_17(128),
+    "Mixed_6c": block_17(160),
+    "Mixed_6d": block_17(160),
+    "Mixed_6e": block_17(192),
+    "Mixed_7a": reduction_17(),
+    "Mixed_7b": block_8("avg"),
+    "Mixed_7c": block_8("max"),
+}
 
 
 def resize_bilinear_tf1(x: Tensor, height: int, width: int) -> Tensor:
@@ -197,7 +244,9 @@ def resize_bilinear_tf1(x: Tensor, height: int, width: int) -> Tensor:
     floor(s) and min(floor(s) + 1, in - 1); the width is interpolated first, then the height."""
 
     def taps(size_in: int, size_out: int) -> tuple[Tensor, Tensor, Tensor]:
-        source = torch.arange(size_out, dtype=torch.float32, device=x.device) * torch.tensor(size_in / size_out, dtype=torch.float32)
+        source = torch.arange(size_out, dtype=torch.float32, device=x.device) * torch.tensor(
+            size_in / size_out, dtype=torch.float32
+        )
         low = source.floor().long()
         return low, (low + 1).clamp(max=size_in - 1), (source - low).to(x.dtype)
 
@@ -240,7 +289,9 @@ class InceptionFID(nn.Module):
         expected |= {"fc.weight": torch.Size((CLASSES, FEATURES)), "fc.bias": torch.Size((CLASSES,))}
         state = read_state_dict(path)
         given = {key: value for key, value in state.items() if key not in tracked}
-        check_keys(path, given, expected, "the FID Inception-v3 weights (torch-fidelity's weights-inception-2015-12-05)")
+        check_keys(
+            path, given, expected, "the FID Inception-v3 weights (torch-fidelity's weights-inception-2015-12-05)"
+        )
         weights = {key: value for key, value in given.items() if not key.startswith("fc.")}
         model.load_state_dict(weights | {key: own[key] for key in tracked}, strict=True)
         return model
@@ -285,8 +336,10 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     warns of a singular matrix and needs an offset added to the diagonal; neither happens here."""
     mu1, mu2, sigma1, sigma2 = (t.to(torch.float64) for t in (mu1, mu2, sigma1, sigma2))
     if mu1.shape != mu2.shape or mu1.ndim != 1 or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
-        raise ValueError(f"need two means of one length D and two D x D covariances, got {tuple(mu1.shape)}, "
-                         f"{tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}")  # fmt: skip
+        raise ValueError(
+            f"need two means of one length D and two D x D covariances, got {tuple(mu1.shape)}, "
+            f"{tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}"
+        )
     root1 = psd_sqrt(symmetric(sigma1))
     return gaussian_distance(mu1, sigma1, mu2, sigma2, trace_sqrt_psd(root1 @ sigma2 @ root1))
 

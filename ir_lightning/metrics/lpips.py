@@ -39,7 +39,13 @@ LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10  # the lpips package's channel normalisation: x / (||x||_2 + eps)
 # AlexNet's `features` as torchvision numbers it: index -> (in, out, kernel, stride, padding) of each conv.
-ALEXNET_CONVS = {0: (3, 64, 11, 4, 2), 3: (64, 192, 5, 1, 2), 6: (192, 384, 3, 1, 1), 8: (384, 256, 3, 1, 1), 10: (256, 256, 3, 1, 1)}  # fmt: skip
+ALEXNET_CONVS = {
+    0: (3, 64, 11, 4, 2),
+    3: (64, 192, 5, 1, 2),
+    6: (192, 384, 3, 1, 1),
+    8: (384, 256, 3, 1, 1),
+    10: (256, 256, 3, 1, 1),
+}
 ALEXNET_POOLS = (2, 5)  # max pooling, 3 x 3 windows, stride 2, no padding (the last one, index 12, is not needed)
 TAPS = (1, 4, 7, 9, 11)  # the ReLUs after conv1 ... conv5: the layers LPIPS compares
 # The smallest side that leaves every tapped map at least one pixel: conv1 gives (H - 7) // 4 + 1 rows, two
@@ -110,16 +116,22 @@ class LPIPS(nn.Module):
         expected_lins = {lin_key(i): lin.weight.shape for i, lin in enumerate(model.lins)}
         lins = read_state_dict(linear)
         check_keys(linear, lins, expected_lins, "the lpips package's v0.1 AlexNet linear layers (linK.model.1.weight)")
-        model.backbone.features.load_state_dict({k.removeprefix("features."): v for k, v in features.items()}, strict=True)
+        model.backbone.features.load_state_dict(
+            {k.removeprefix("features."): v for k, v in features.items()}, strict=True
+        )
         for i, lin in enumerate(model.lins):
             lin.weight.copy_(lins[lin_key(i)])
         return model
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs two B x 3 x H x W batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"LPIPS needs two B x 3 x H x W batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if min(x.shape[-2:]) < MIN_SIDE:
-            raise ValueError(f"LPIPS (AlexNet) needs images of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {x.shape[-2]} x {x.shape[-1]}")
+            raise ValueError(
+                f"LPIPS (AlexNet) needs images of at least {MIN_SIDE} x {MIN_SIDE} pixels, got {x.shape[-2]} x {x.shape[-1]}"
+            )
         features_x, features_y = self.backbone(self.scaled(x)), self.backbone(self.scaled(y))
         distance = x.new_zeros(x.shape[0])
         for lin, fx, fy in zip(self.lins, features_x, features_y):

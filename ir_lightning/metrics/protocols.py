@@ -41,8 +41,10 @@ class Protocol:
 # - BasicSR scripts/matlab_scripts/generate_bicubic_img.m: the LR sets are MATLAB imresize(modcrop(gt),
 #   1/scale, 'bicubic') of the modcropped GT (BasicSR's GTmod12 folders crop to a multiple of 12 for all
 #   scales at once; a GT folder that is already a multiple of 12 gives the same pairs here).
-SR_SOURCE = ("BasicSR options/test/SwinIR/test_SwinIR_x4.yml + data/paired_image_dataset.py + "
-             "scripts/matlab_scripts/generate_bicubic_img.m; DiffIR DiffIR-SRGAN/options/test_DiffIRS2_GAN_x4.yml")  # fmt: skip
+SR_SOURCE = (
+    "BasicSR options/test/SwinIR/test_SwinIR_x4.yml + data/paired_image_dataset.py + "
+    "scripts/matlab_scripts/generate_bicubic_img.m; DiffIR DiffIR-SRGAN/options/test_DiffIRS2_GAN_x4.yml"
+)
 SR_SETS = ("set5", "set14", "b100", "urban100", "manga109", "div2k_val")
 SR_SCALES = (2, 3, 4)
 
@@ -100,7 +102,9 @@ def presets_table() -> str:
     """Every preset with its settings, one per line (`ir-lightning evaluate --presets`)."""
     rows = [f"{'preset':<16} {'task':<22} {'scale':>5} {'modcrop':>7} {'crop':>4}  space"]
     for p in PRESETS.values():
-        rows.append(f"{p.name:<16} {p.task:<22} {p.scale:>5} {p.modcrop:>7} {p.crop_border:>4}  {'Y' if p.y_channel else 'RGB'}")
+        rows.append(
+            f"{p.name:<16} {p.task:<22} {p.scale:>5} {p.modcrop:>7} {p.crop_border:>4}  {'Y' if p.y_channel else 'RGB'}"
+        )
     return "\n".join(rows)
 
 

@@ -70,8 +70,7 @@ def _check_pair(pred: Tensor, target: Tensor) -> None:
     """Raise ``ValueError`` unless pred and target are matching B x C x H x W, C in {1, 3}."""
     if pred.shape != target.shape:
         raise ValueError(
-            f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
-            f"and target {tuple(target.shape)}"
+            f"pred and target must have the same shape, got pred {tuple(pred.shape)} and target {tuple(target.shape)}"
         )
     if pred.ndim != 4 or pred.shape[1] not in (1, 3):
         raise ValueError(f"expected B x C x H x W images with C = 1 or 3, got shape {tuple(pred.shape)}")
@@ -113,8 +112,7 @@ def ssim_per_image(pred: Tensor, target: Tensor, crop_border: int, y_channel: bo
     pred_q, target_q = _prepare(pred, target, crop_border, y_channel)
     if min(pred_q.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(
-            f"SSIM needs at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels after cropping, "
-            f"got {tuple(pred_q.shape[-2:])}"
+            f"SSIM needs at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels after cropping, got {tuple(pred_q.shape[-2:])}"
         )
     _, ssim_map = structural_similarity_index_measure(
         pred_q,

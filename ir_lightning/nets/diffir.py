@@ -227,7 +227,9 @@ class DIRformer(nn.Module):
         self.ups = nn.ModuleList(upsample(width[level + 1]) for level in range(3))
         # levels 3 and 2 reduce the concatenated skip by a 1x1 conv; level 1 keeps 2 x dim channels
         self.reduce = nn.ModuleList(nn.Conv2d(2 * width[level], width[level], 1, bias=bias) for level in (1, 2))
-        self.decoders = nn.ModuleList([stage(num_blocks[0], 0, 2 * dim), stage(num_blocks[1], 1), stage(num_blocks[2], 2)])
+        self.decoders = nn.ModuleList(
+            [stage(num_blocks[0], 0, 2 * dim), stage(num_blocks[1], 1), stage(num_blocks[2], 2)]
+        )
         self.refinement = stage(num_refinement_blocks, 0, 2 * dim)
         if scale == 1:
             self.output = nn.Conv2d(2 * dim, out_channels, 3, padding=1, bias=bias)
@@ -288,16 +290,19 @@ class CPEN(nn.Module):
         in_channels = 3 * self.unshuffle_lq**2 + (3 * PRIOR_GRID**2 if with_gt else 0)
         act = nn.LeakyReLU(0.1, inplace=True)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, features, 3, padding=1), act,
+            nn.Conv2d(in_channels, features, 3, padding=1),
+            act,
             *(ResBlock(features) for _ in range(res_blocks)),
-            nn.Conv2d(features, 2 * features, 3, padding=1), act,
-            nn.Conv2d(2 * features, 2 * features, 3, padding=1), act,
-            nn.Conv2d(2 * features, 4 * features, 3, padding=1), act,
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
-        self.mlp = nn.Sequential(
-            nn.Linear(4 * features, 4 * features), act, nn.Linear(4 * features, 4 * features), act
+            nn.Conv2d(features, 2 * features, 3, padding=1),
+            act,
+            nn.Conv2d(2 * features, 2 * features, 3, padding=1),
+            act,
+            nn.Conv2d(2 * features, 4 * features, 3, padding=1),
+            act,
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
+        self.mlp = nn.Sequential(nn.Linear(4 * features, 4 * features), act, nn.Linear(4 * features, 4 * features), act)
 
     def inputs(self, lq: Tensor, gt: Tensor | None) -> Tensor:
         """The LQ (and GT) on the GT / 4 grid, concatenated along channels."""

@@ -83,11 +83,17 @@ class TwoUNets(nn.Module):
             raise ValueError(f"TwoUNets: coefficient_per_net needs cond_dims=2 (alpha_bar, beta_bar), got {cond_dims}")
         self.coefficient_per_net = coefficient_per_net
         unet = dict(
-            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
-            channel_mults=channel_mults, num_res_blocks=num_res_blocks, attn_levels=attn_levels,
-            dropout=dropout, norm_groups=norm_groups, emb_dim=emb_dim,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            base_channels=base_channels,
+            channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks,
+            attn_levels=attn_levels,
+            dropout=dropout,
+            norm_groups=norm_groups,
+            emb_dim=emb_dim,
             cond_dims=1 if coefficient_per_net else cond_dims,
-        )  # fmt: skip
+        )
         self.res_net = UNet(**unet)
         self.noise_net = UNet(**unet)
 
@@ -130,9 +136,14 @@ class SharedEncoderUNet(nn.Module):
         self.factor = 2 ** (len(channel_mults) - 1)
         self.embed = NoiseLevelEmbedding(emb_dim or base_channels, n_inputs=cond_dims)
         levels = dict(
-            base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
-            attn_levels=attn_levels, dropout=dropout, norm_groups=norm_groups, emb_dim=self.embed.out_dim,
-        )  # fmt: skip
+            base_channels=base_channels,
+            channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks,
+            attn_levels=attn_levels,
+            dropout=dropout,
+            norm_groups=norm_groups,
+            emb_dim=self.embed.out_dim,
+        )
         self.encoder = UNetEncoder(in_channels, **levels)
         self.res_decoder = UNetDecoder(out_channels, **levels, use_skips=res_decoder_skips)
         self.noise_decoder = UNetDecoder(out_channels, **levels)
@@ -168,10 +179,17 @@ class TwoHeadUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.unet = UNet(
-            in_channels=in_channels, out_channels=2 * out_channels, base_channels=base_channels,
-            channel_mults=channel_mults, num_res_blocks=num_res_blocks, attn_levels=attn_levels,
-            dropout=dropout, norm_groups=norm_groups, emb_dim=emb_dim, cond_dims=cond_dims,
-        )  # fmt: skip
+            in_channels=in_channels,
+            out_channels=2 * out_channels,
+            base_channels=base_channels,
+            channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks,
+            attn_levels=attn_levels,
+            dropout=dropout,
+            norm_groups=norm_groups,
+            emb_dim=emb_dim,
+            cond_dims=cond_dims,
+        )
 
     def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         res_hat, eps_hat = self.unet(x, cond).chunk(2, dim=1)

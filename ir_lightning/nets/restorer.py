@@ -18,9 +18,11 @@ from torch import Tensor, nn
 def conv_block(in_channels: int, out_channels: int, slope: float) -> nn.Sequential:
     """Two 3x3 convolutions, each followed by LeakyReLU(slope)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(slope, inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.LeakyReLU(slope, inplace=True),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(slope, inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(slope, inplace=True),
+    )
 
 
 class UpBlock(nn.Module):
@@ -46,16 +48,22 @@ class ResidualUNet(nn.Module):
         slope: LeakyReLU slope (0.2).
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, width: int = 64, depth: int = 4, slope: float = 0.2):
+    def __init__(
+        self, in_channels: int = 3, out_channels: int = 3, width: int = 64, depth: int = 4, slope: float = 0.2
+    ):
         super().__init__()
         if in_channels != out_channels:
-            raise ValueError(f"ResidualUNet adds its input back: in_channels ({in_channels}) must equal out_channels ({out_channels})")
+            raise ValueError(
+                f"ResidualUNet adds its input back: in_channels ({in_channels}) must equal out_channels ({out_channels})"
+            )
         if depth < 1:
             raise ValueError(f"ResidualUNet: depth must be >= 1, got {depth}")
         widths = [width * 2**level for level in range(depth)]
         self.pad_multiple = 2 ** (depth - 1)
         self.down = nn.ModuleList(conv_block(c_in, c_out, slope) for c_in, c_out in zip([in_channels, *widths], widths))
-        self.up = nn.ModuleList(UpBlock(widths[level + 1], widths[level], slope) for level in reversed(range(depth - 1)))
+        self.up = nn.ModuleList(
+            UpBlock(widths[level + 1], widths[level], slope) for level in reversed(range(depth - 1))
+        )
         self.last = nn.Conv2d(width, out_channels, 3, padding=1)
 
     def residual(self, x: Tensor) -> Tensor:

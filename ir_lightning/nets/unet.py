@@ -306,9 +306,16 @@ class UNetDecoder(DecoderPath, nn.Module):
         super().__init__()
         check_channel_mults(channel_mults)
         self.build_decoder(
-            out_channels, base_channels, channel_mults, num_res_blocks, attn_levels, dropout, norm_groups, emb_dim,
+            out_channels,
+            base_channels,
+            channel_mults,
+            num_res_blocks,
+            attn_levels,
+            dropout,
+            norm_groups,
+            emb_dim,
             use_skips,
-        )  # fmt: skip
+        )
 
     def forward(self, h: Tensor, skips: Sequence[Tensor], emb: Tensor) -> Tensor:
         return self.decode(h, skips, emb)
@@ -355,9 +362,14 @@ class UNet(EncoderPath, DecoderPath, nn.Module):
         self.factor = 2 ** (len(channel_mults) - 1)
         self.embed = NoiseLevelEmbedding(emb_dim or base_channels, n_inputs=cond_dims)
         levels = dict(
-            base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
-            attn_levels=attn_levels, dropout=dropout, norm_groups=norm_groups, emb_dim=self.embed.out_dim,
-        )  # fmt: skip
+            base_channels=base_channels,
+            channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks,
+            attn_levels=attn_levels,
+            dropout=dropout,
+            norm_groups=norm_groups,
+            emb_dim=self.embed.out_dim,
+        )
         self.build_encoder(in_channels, **levels)
         self.build_decoder(out_channels, **levels)
 

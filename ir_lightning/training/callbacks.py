@@ -98,8 +98,9 @@ class ImageGridLogger(Callback):
             atomic_write_bytes(Path(self._log_dir) / "samples" / f"val-step{step:07d}.png", png_bytes(grid))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="val/samples", images=[to_uint8_hwc(grid)], step=step,
-                                 caption=["LR | bicubic | restored | HR"])
+                logger.log_image(
+                    key="val/samples", images=[to_uint8_hwc(grid)], step=step, caption=["LR | bicubic | restored | HR"]
+                )
 
 
 class Throughput(Callback):
@@ -243,8 +244,7 @@ class ProgressivePatches(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         crop_size, batch_size = self.epoch_sizes(trainer.current_epoch)
         for name, value in (("train/crop_size", crop_size), ("train/batch_size", batch_size)):
-            pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=batch_size,
-                          rank_zero_only=True)  # fmt: skip
+            pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=batch_size, rank_zero_only=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps_per_epoch": self.steps_per_epoch}

@@ -70,9 +70,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Install it with `Trainer(plugins=[AtomicCheckpointIO()])`.
     """
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         location = map_location if map_location is not None else _on_cpu  # Lightning's default: tensors stay on the CPU
-        checkpoint = safe_load(lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, location, weights_only=True), path)
+        checkpoint = safe_load(
+            lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, location, weights_only=True), path
+        )
         if not isinstance(checkpoint, dict):
             raise refusal(path, f"it holds a {type(checkpoint).__name__}, not a dict of weights and settings")
         check_settings(checkpoint, path)
@@ -92,7 +96,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             clean_stale_temp_files(directory)
         except OSError as error:  # the save itself may still succeed; cleaning is a courtesy
-            warnings.warn(f"could not look for stale temporary checkpoint files in {directory}: {error}")
+            warnings.warn(f"could not look for stale temporary checkpoint files in {directory}: {error}", stacklevel=2)
         _save_atomically(checkpoint, target)
 
 
@@ -223,7 +227,7 @@ def _discard(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError as error:  # do not hide the error that made us discard it
-        warnings.warn(f"could not remove the temporary checkpoint file {path}: {error}")
+        warnings.warn(f"could not remove the temporary checkpoint file {path}: {error}", stacklevel=2)
 
 
 def _storage_bytes(obj: Any) -> int | None:

@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ir_lightning.io.weights import WeightsError, read_checkpoint
 from ir_lightning.errors import ConfigurationError
+from ir_lightning.io.weights import WeightsError, read_checkpoint
 
 HPC_CHECKPOINT = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 """Lightning's name for preemption checkpoints in the run directory (`trainer.default_root_dir`)."""
@@ -132,7 +132,6 @@ class SlurmRequeue(Callback):
             rank_zero_info(f"Requeued SLURM job {job}")
 
 
-
 def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
     """Where a run resumes from: the furthest complete checkpoint among its HPC checkpoints (in
     `default_root_dir`) and every `*.ckpt` in the folders of its ModelCheckpoint callbacks.
@@ -189,8 +188,11 @@ class FinalCheckpoint(Checkpoint):
             return  # preempted: the HPC checkpoint of this step is written, and SLURM's grace time is short
         step = trainer.global_step
         # private: ModelCheckpoint's record of the step it last saved; no public API says or sets it
-        behind = [c for c in trainer.checkpoint_callbacks
-                  if isinstance(c, ModelCheckpoint) and c.dirpath and getattr(c, "_last_global_step_saved", -1) != step]  # fmt: skip
+        behind = [
+            c
+            for c in trainer.checkpoint_callbacks
+            if isinstance(c, ModelCheckpoint) and c.dirpath and getattr(c, "_last_global_step_saved", -1) != step
+        ]
         for folder in dict.fromkeys(Path(c.dirpath) for c in behind):
             target = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
             trainer.save_checkpoint(target)

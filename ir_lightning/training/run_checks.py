@@ -58,7 +58,9 @@ def _class_of(class_path: str) -> type | None:
         return None
 
 
-def check_checkpoint_fits(path: str | os.PathLike, model_config: Any, resume: bool, flag: str = "--ckpt_path") -> dict[str, Any]:
+def check_checkpoint_fits(
+    path: str | os.PathLike, model_config: Any, resume: bool, flag: str = "--ckpt_path"
+) -> dict[str, Any]:
     """The checkpoint at `path`, read safely, if it is one the run can use: of the same method as
     `model_config` (the config's `model`: `class_path` and `init_args`) and, where both name one, the same
     scale; with `resume`, holding the training state. Else `ConfigurationError` naming the file."""
@@ -108,9 +110,15 @@ def check_scales(model: Any, data: Any) -> None:
         try:
             made = degradation_scale(degradation, crop_size)
         except (ValueError, RuntimeError) as error:
-            raise ConfigurationError(f"data.degradation cannot degrade a data.crop_size {crop_size} crop: {error}") from error
+            raise ConfigurationError(
+                f"data.degradation cannot degrade a data.crop_size {crop_size} crop: {error}"
+            ) from error
         if made != scale:
-            what = f"reduces a {crop_size} crop by {made}" if made is not None else "does not reduce the image by a whole factor"
+            what = (
+                f"reduces a {crop_size} crop by {made}"
+                if made is not None
+                else "does not reduce the image by a whole factor"
+            )
             raise ConfigurationError(f"data.degradation {what}, but model.init_args.scale is {scale}")
         return
     data_scale = getattr(data, "scale", None)

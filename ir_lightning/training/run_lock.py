@@ -30,8 +30,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from ir_lightning.io.atomic import pid_alive
 from ir_lightning.errors import ConfigurationError
+from ir_lightning.io.atomic import pid_alive
 
 LOCK_NAME = ".ir-lightning.lock"
 """The lock file in each locked folder."""
@@ -50,12 +50,14 @@ class RunDirectoryLocked(ConfigurationError):
 
 
 def _holder_text() -> str:
-    return json.dumps({
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": " ".join(sys.argv)[:500],
-    })
+    return json.dumps(
+        {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv)[:500],
+        }
+    )
 
 
 def _describe(text: str) -> str:
@@ -220,6 +222,7 @@ class RunLock(Callback):
     def __getstate__(self) -> dict[str, Any]:
         """A copy (a spawned process's) holds no lock: the descriptors are this process's."""
         return {**self.__dict__, "locks": []}
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._release()

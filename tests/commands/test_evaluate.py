@@ -21,10 +21,16 @@ from tests.helpers.checkpoints import save_checkpoint, small_deqir
 from tests.wandb_records import history, offline_runs, records
 
 SAME_SIZE_PROTOCOLS = {  # preset: (crop_border, Y channel), from the official scripts (see ir_lightning/metrics/protocols.py)
-    "gopro": (0, False), "hide": (0, False), "sidd": (0, False),
-    "rain100l": (0, True), "rain100h": (0, True), "lol": (0, True),
-}  # fmt: skip
-SR_PRESETS = [f"{name}_x{s}" for name in ("set5", "set14", "b100", "urban100", "manga109", "div2k_val") for s in (2, 3, 4)]
+    "gopro": (0, False),
+    "hide": (0, False),
+    "sidd": (0, False),
+    "rain100l": (0, True),
+    "rain100h": (0, True),
+    "lol": (0, True),
+}
+SR_PRESETS = [
+    f"{name}_x{s}" for name in ("set5", "set14", "b100", "urban100", "manga109", "div2k_val") for s in (2, 3, 4)
+]
 GT_SIZES = {"a": (37, 34), "sub/b": (30, 41)}  # not multiples of 2, 3 or 4: modcrop matters
 
 
@@ -119,7 +125,9 @@ def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.clip(ramp + rng.normal(0, 12, ramp.shape), 0, 255).astype(np.uint8)
 
 
-def folder_set(root: Path, scale: int, lq_suffix: str = "", grey: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def folder_set(
+    root: Path, scale: int, lq_suffix: str = "", grey: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """GT images of GT_SIZES (plus a grey one) in root/gt, their LQ (every scale-th pixel of the modcropped
     GT, plus noise) in root/lq named with `lq_suffix`; returns name -> (modcropped GT, LQ) as uint8 RGB."""
     rng = np.random.default_rng(scale)
@@ -131,7 +139,9 @@ def folder_set(root: Path, scale: int, lq_suffix: str = "", grey: bool = True) -
             gt = np.repeat(gt[..., :1], 3, axis=-1)
         save(root / "gt" / f"{name}.png", gt[..., 0] if name == "grey" else gt)
         gt_mod = gt[: h - h % scale, : w - w % scale]
-        lq = np.clip(gt_mod[::scale, ::scale].astype(int) + rng.integers(-20, 21, gt_mod[::scale, ::scale].shape), 0, 255).astype(np.uint8)
+        lq = np.clip(
+            gt_mod[::scale, ::scale].astype(int) + rng.integers(-20, 21, gt_mod[::scale, ::scale].shape), 0, 255
+        ).astype(np.uint8)
         save(root / "lq" / f"{name}{lq_suffix}.png", lq)
         pairs[name] = (gt_mod, lq)
     return pairs
@@ -142,7 +152,9 @@ def nearest(lq: np.ndarray, scale: int) -> np.ndarray:
 
 
 def run(tmp_path: Path, *args: str) -> int:
-    return evaluate.main(["--ckpt", str(tmp_path / "unused.ckpt"), "--out", str(tmp_path / "out"), "--device", "cpu", *args])
+    return evaluate.main(
+        ["--ckpt", str(tmp_path / "unused.ckpt"), "--out", str(tmp_path / "out"), "--device", "cpu", *args]
+    )
 
 
 # --- tests ------------------------------------------------------------------------------------------------
@@ -161,7 +173,17 @@ def test_each_preset_scores_a_folder_set_as_the_numpy_reference_of_its_protocol(
     crop, y_channel = (scale, True) if name in SR_PRESETS else SAME_SIZE_PROTOCOLS[name]
     pairs = folder_set(tmp_path, scale, lq_suffix=f"x{scale}")
     use_method(monkeypatch, Nearest(scale))
-    args = ["--preset", name, "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq"), "--lq-suffix", f"x{scale}", "--no-wandb"]
+    args = [
+        "--preset",
+        name,
+        "--gt",
+        str(tmp_path / "gt"),
+        "--lq",
+        str(tmp_path / "lq"),
+        "--lq-suffix",
+        f"x{scale}",
+        "--no-wandb",
+    ]
     assert run(tmp_path, *args) == 0
     results = json.loads((tmp_path / "out/results.json").read_text())
     assert [row["name"] for row in results["images"]] == ["a", "grey", "sub/b"]
@@ -218,18 +240,47 @@ def test_a_checkpoint_s_results_json_markdown_images_and_wandb_table(tmp_path, m
         h, w = gt.shape[0] // 2, gt.shape[1] // 2
         save(tmp_path / "lq" / f"{name}x2.png", smooth_image(rng, h, w))
     out = tmp_path / "out"
-    status = evaluate.main(["--ckpt", str(ckpt), "--preset", "set5_x2", "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq"),
-                            "--lq-suffix", "x2", "--out", str(out), "--device", "cpu", "--save-images"])  # fmt: skip
+    status = evaluate.main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--preset",
+            "set5_x2",
+            "--gt",
+            str(tmp_path / "gt"),
+            "--lq",
+            str(tmp_path / "lq"),
+            "--lq-suffix",
+            "x2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--save-images",
+        ]
+    )
     assert status == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["preset"], results["method"], results["checkpoint"]) == ("set5_x2", "DeqIR", str(ckpt))
-    assert results["protocol"] | {"source": None} == {"name": "set5_x2", "task": "bicubic SR x2", "scale": 2, "modcrop": 2,
-                                                      "crop_border": 2, "y_channel": True, "source": None}  # fmt: skip
+    assert results["protocol"] | {"source": None} == {
+        "name": "set5_x2",
+        "task": "bicubic SR x2",
+        "scale": 2,
+        "modcrop": 2,
+        "crop_border": 2,
+        "y_channel": True,
+        "source": None,
+    }
     assert results["settings"]["ema"] is True and results["settings"]["tile"] == 0
     for row in results["images"]:
         gt = gts[row["name"]]
         gt = gt[: gt.shape[0] - gt.shape[0] % 2, : gt.shape[1] - gt.shape[1] % 2]
-        lq = torch.from_numpy(np.array(Image.open(tmp_path / "lq" / f"{row['name']}x2.png"))).permute(2, 0, 1)[None].float() / 255
+        lq = (
+            torch.from_numpy(np.array(Image.open(tmp_path / "lq" / f"{row['name']}x2.png")))
+            .permute(2, 0, 1)[None]
+            .float()
+            / 255
+        )
         with torch.no_grad():
             restored = to_uint8_hwc(model.restore(lq)[0].clamp(0, 1))
         assert row["psnr"] == pytest.approx(ref_psnr(restored, gt, 2, True), abs=1e-6)
@@ -266,21 +317,34 @@ def test_errors_name_the_bad_preset_folder_or_file(tmp_path, monkeypatch, capsys
         assert run(tmp_path, *args, "--no-wandb") == 2
         return capsys.readouterr().err
 
-    assert "--preset set5_x8: no such preset; presets: set5_x2, set5_x3, set5_x4" in error("--preset", "set5_x8", "--gt", gt)
-    assert f"--gt {tmp_path / 'nowhere'}: no such folder" in error("--preset", "set5_x4", "--gt", str(tmp_path / "nowhere"))
+    assert "--preset set5_x8: no such preset; presets: set5_x2, set5_x3, set5_x4" in error(
+        "--preset", "set5_x8", "--gt", gt
+    )
+    assert f"--gt {tmp_path / 'nowhere'}: no such folder" in error(
+        "--preset", "set5_x4", "--gt", str(tmp_path / "nowhere")
+    )
     assert "--preset gopro (motion deblurring) needs --lq" in error("--preset", "gopro", "--gt", gt)
     message = error("--preset", "set5_x4", "--gt", gt, "--lq", lq)  # names are babyx4-style, no --lq-suffix
     assert f"no LQ image named like the GT {tmp_path / 'gt/a.png'}" in message and "--lq-suffix x4" in message
     save(tmp_path / "lq/c_x4.png", np.zeros((8, 8, 3), np.uint8))
-    assert f"no GT image in {gt} for {tmp_path / 'lq/c_x4.png'}" in error("--preset", "set5_x4", "--gt", gt, "--lq", lq, "--lq-suffix", "x4")
+    assert f"no GT image in {gt} for {tmp_path / 'lq/c_x4.png'}" in error(
+        "--preset", "set5_x4", "--gt", gt, "--lq", lq, "--lq-suffix", "x4"
+    )
     (tmp_path / "lq/c_x4.png").unlink()
     save(tmp_path / "lq/ax4.png", np.zeros((10, 8, 3), np.uint8))
     message = error("--preset", "set5_x4", "--gt", gt, "--lq", lq, "--lq-suffix", "x4")
-    assert f"{tmp_path / 'lq/ax4.png'}: 10 x 8 pixels, but {tmp_path / 'gt/a.png'} cropped to a multiple of 4 is 36 x 32" in message
+    assert (
+        f"{tmp_path / 'lq/ax4.png'}: 10 x 8 pixels, but {tmp_path / 'gt/a.png'} cropped to a multiple of 4 is 36 x 32"
+        in message
+    )
     assert "must be 9 x 8" in message
-    assert "a: the restored image is (72, 68) but its GT is (36, 34)" in error("--preset", "set5_x2", "--gt", gt)  # an x4 model
+    assert "a: the restored image is (72, 68) but its GT is (36, 34)" in error(
+        "--preset", "set5_x2", "--gt", gt
+    )  # an x4 model
     save(tmp_path / "gt/tiny.png", np.zeros((18, 17, 3), np.uint8))  # 16 x 16 once modcropped, 8 x 8 after the crop
-    assert f"{tmp_path / 'gt/tiny.png'}: SSIM needs at least 11 x 11 pixels after cropping" in error("--preset", "set5_x4", "--gt", gt)
+    assert f"{tmp_path / 'gt/tiny.png'}: SSIM needs at least 11 x 11 pixels after cropping" in error(
+        "--preset", "set5_x4", "--gt", gt
+    )
     (tmp_path / "gt/tiny.png").unlink()
     (tmp_path / "gt/a.png").write_bytes(b"not an image")
     assert f"{tmp_path / 'gt/a.png'}: not an image file" in error("--preset", "set5_x4", "--gt", gt)
@@ -316,7 +380,10 @@ def test_lpips_from_local_weight_files_or_reported_as_skipped(tmp_path, monkeypa
     assert "--lpips-backbone needs --lpips-linear too" in error("--lpips-backbone", str(backbone))
     assert "--lpips-linear needs --lpips-backbone too" in error("--lpips-linear", str(linear))
     message = error("--lpips-backbone", str(linear), "--lpips-linear", str(backbone))  # the two files swapped
-    assert f"LPIPS weights: {linear}: not torchvision's AlexNet weights" in message and "missing keys features.0.weight" in message
+    assert (
+        f"LPIPS weights: {linear}: not torchvision's AlexNet weights" in message
+        and "missing keys features.0.weight" in message
+    )
     assert not (tmp_path / "out/results.json").exists()
 
     assert run(tmp_path, *common, "--lpips-backbone", str(backbone), "--lpips-linear", str(linear)) == 0
@@ -337,7 +404,9 @@ def test_lpips_from_local_weight_files_or_reported_as_skipped(tmp_path, monkeypa
     assert f"- LPIPS (v0.1, AlexNet, RGB, same crop): mean {mean['lpips']:.4f}; backbone `{backbone}`" in text
     for row in results["images"]:
         assert f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['lpips']:.4f} |" in text
-    assert text.rstrip().endswith(f"| **mean** | **{mean['psnr']:.2f}** | **{mean['ssim']:.4f}** | **{mean['lpips']:.4f}** |")
+    assert text.rstrip().endswith(
+        f"| **mean** | **{mean['psnr']:.2f}** | **{mean['ssim']:.4f}** | **{mean['lpips']:.4f}** |"
+    )
     (run_file,) = offline_runs(out / "wandb")
     key = evaluate.WANDB_TABLE_KEY
     (row,) = [r for r in history(run_file) if f"{key}/_type" in r]
@@ -357,7 +426,10 @@ def test_lpips_from_local_weight_files_or_reported_as_skipped(tmp_path, monkeypa
     save(tmp_path / "small_lq/baby.png", pairs["baby"][3][:17, :17])
     weights = ["--lpips-backbone", str(backbone), "--lpips-linear", str(linear)]
     message = error("--gt", str(tmp_path / "small"), "--lq", str(tmp_path / "small_lq"), *weights)
-    assert f"{tmp_path / 'small/baby.png'}: LPIPS (AlexNet) needs images of at least 31 x 31 pixels, got 30 x 30" in message
+    assert (
+        f"{tmp_path / 'small/baby.png'}: LPIPS (AlexNet) needs images of at least 31 x 31 pixels, got 30 x 30"
+        in message
+    )
 
 
 def test_fid_from_a_local_weight_file_or_reported_as_skipped(tmp_path, monkeypatch, capsys):
@@ -370,7 +442,12 @@ def test_fid_from_a_local_weight_file_or_reported_as_skipped(tmp_path, monkeypat
     pairs = {}
     for name, (h, w) in {"baby": (30, 26), "bird": (24, 34)}.items():
         gt = smooth_image(rng, h, w)
-        pairs[name] = (save(tmp_path / "gt" / f"{name}.png", gt), gt, save(tmp_path / "lq" / f"{name}.png", gt[::2, ::2]), gt[::2, ::2])
+        pairs[name] = (
+            save(tmp_path / "gt" / f"{name}.png", gt),
+            gt,
+            save(tmp_path / "lq" / f"{name}.png", gt[::2, ::2]),
+            gt[::2, ::2],
+        )
     use_method(monkeypatch, Nearest(2))
     common = ["--preset", "set5_x2", "--gt", str(tmp_path / "gt"), "--lq", str(tmp_path / "lq")]
     out = tmp_path / "out"
@@ -390,18 +467,30 @@ def test_fid_from_a_local_weight_file_or_reported_as_skipped(tmp_path, monkeypat
     restored, target = (np.stack([f[k] for f in features]) for k in (0, 1))
     x1, x2 = restored - restored.mean(0), target - target.mean(0)
     n = len(pairs)
-    expected = (np.sum((restored.mean(0) - target.mean(0)) ** 2) + (np.sum(x1**2) + np.sum(x2**2)) / (n - 1)
-                - 2 * np.linalg.norm(x1 @ x2.T, "nuc") / (n - 1))  # fmt: skip
+    expected = (
+        np.sum((restored.mean(0) - target.mean(0)) ** 2)
+        + (np.sum(x1**2) + np.sum(x2**2)) / (n - 1)
+        - 2 * np.linalg.norm(x1 @ x2.T, "nuc") / (n - 1)
+    )
     assert results["fid"] == pytest.approx(expected, rel=1e-4) and results["fid"] > 0
     assert results["fid_weights"] == str(weights)
     assert results["fid_warning"].startswith("FID on 2 images: a covariance of 2048-d features needs at least 2049")
     text = (out / "results.md").read_text()
-    assert f"- FID (Inception-v3 pool features, restored vs GT set, RGB, same crop): {results['fid']:.4f}; weights `{weights}`" in text
+    assert (
+        f"- FID (Inception-v3 pool features, restored vs GT set, RGB, same crop): {results['fid']:.4f}; weights `{weights}`"
+        in text
+    )
     assert f"- warning: {results['fid_warning']}\n" in text
     (run_file,) = offline_runs(out / "wandb")
-    summary = {i.key: json.loads(i.value_json) for r in records(run_file) if r.WhichOneof("record_type") == "summary"
-               for i in r.summary.update}  # fmt: skip
-    assert summary["eval/fid"] == pytest.approx(results["fid"]) and summary["eval/fid_warning"] == results["fid_warning"]
+    summary = {
+        i.key: json.loads(i.value_json)
+        for r in records(run_file)
+        if r.WhichOneof("record_type") == "summary"
+        for i in r.summary.update
+    }
+    assert (
+        summary["eval/fid"] == pytest.approx(results["fid"]) and summary["eval/fid_warning"] == results["fid_warning"]
+    )
     captured = capsys.readouterr()
     assert f"FID {results['fid']:.4f}" in captured.out and "warning: FID on 2 images" in captured.err
 

@@ -27,6 +27,7 @@ from ir_lightning.training.image_grid import to_uint8_hwc
 from tests.conftest import REPO
 from tests.helpers.checkpoints import RunsCode, save_checkpoint, small_deqir
 
+
 def write_inputs(folder: Path) -> Path:
     generator = np.random.default_rng(0)
     (folder / "sub").mkdir(parents=True)
@@ -56,7 +57,9 @@ def test_restores_every_readable_input_as_the_method_does_and_names_the_broken_o
     model = small_deqir()
     ckpt = save_checkpoint(model, tmp_path / "deqir.ckpt")
     inputs, out = write_inputs(tmp_path / "in"), tmp_path / "out"
-    status = main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--method", "deqir", "--device", "cpu"])
+    status = main(
+        ["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--method", "deqir", "--device", "cpu"]
+    )
     assert status == 1  # one input failed
     captured = capsys.readouterr()
     assert f"error: {inputs / 'broken.png'}: not an image file" in captured.err
@@ -74,7 +77,9 @@ def test_settings_reach_the_method(tmp_path):
     inputs.mkdir()
     Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(inputs / "x.png")
     args = ["--ckpt", str(ckpt), "--input", str(inputs / "x.png"), "--device", "cpu"]
-    assert main([*args, "--output", str(tmp_path / "o1"), "--operator", "sr4", "--steps", "2", "--sampler", "picard"]) == 0
+    assert (
+        main([*args, "--output", str(tmp_path / "o1"), "--operator", "sr4", "--steps", "2", "--sampler", "picard"]) == 0
+    )
     changed = small_deqir(operator="sr4", steps=2, solver="picard")  # the same weights: seed 0
     np.testing.assert_array_equal(read(tmp_path / "o1/x.png"), expected(changed, inputs / "x.png"))
     assert read(tmp_path / "o1/x.png").shape == (32, 32, 3)
@@ -92,7 +97,12 @@ def test_no_ema_uses_the_trained_weights(tmp_path):
     np.testing.assert_array_equal(read(tmp_path / "ema/a.png"), expected(ema, inputs / "sub/a.png"))
     np.testing.assert_array_equal(read(tmp_path / "trained/a.png"), expected(trained, inputs / "sub/a.png"))
     exported = save_checkpoint(ema, tmp_path / "exported.ckpt")
-    assert main(["--ckpt", str(exported), "--input", str(inputs / "sub/a.png"), "--output", str(tmp_path / "x"), "--no-ema"]) == 2
+    assert (
+        main(
+            ["--ckpt", str(exported), "--input", str(inputs / "sub/a.png"), "--output", str(tmp_path / "x"), "--no-ema"]
+        )
+        == 2
+    )
 
 
 def test_skip_existing_keeps_finished_outputs(tmp_path, capsys):
@@ -101,7 +111,9 @@ def test_skip_existing_keeps_finished_outputs(tmp_path, capsys):
     (inputs / "broken.png").unlink()
     (out / "sub").mkdir(parents=True)
     (out / "sub/a.png").write_bytes(b"finished earlier")
-    status = main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--skip-existing", "--device", "cpu"])
+    status = main(
+        ["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(out), "--skip-existing", "--device", "cpu"]
+    )
     assert status == 0 and "1 restored, 1 skipped (already there), 0 failed" in capsys.readouterr().out
     assert (out / "sub/a.png").read_bytes() == b"finished earlier" and (out / "b.png").is_file()
 
@@ -125,16 +137,24 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_p
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--method", "sr3"], "--method sr3: {ckpt} holds a DeqIR checkpoint"),
-     (["--set", "sample_step=5"], "--set sample_step: DeqIR has no such setting; its settings: net, "),
-     (["--set", "sampling.steps"], "--set 'sampling.steps': expected KEY=VALUE"),
-     (["--set", "sampling.stepz=5"], "--set sampling.stepz: sampling has no field 'stepz'; its fields: steps, sampler, eta, seed"),
-     (["--set", "sampling.solver.tol=0.1"], "--set sampling.solver.tol: sampling.solver has no field 'tol'; its fields: method, memory, "),
-     (["--set", "operator.name=sr4"], "--set operator.name: DeqIR's operator has no fields to set"),
-     (["--steps", "0"], "sampling.steps must be an integer >= 1, got 0"),
-     (["--operator", "sr"], "unknown operator 'sr'"),
-     (["--set", "sampling.solver.method=newton"], "Got value: newton")],
-)  # fmt: skip
+    [
+        (["--method", "sr3"], "--method sr3: {ckpt} holds a DeqIR checkpoint"),
+        (["--set", "sample_step=5"], "--set sample_step: DeqIR has no such setting; its settings: net, "),
+        (["--set", "sampling.steps"], "--set 'sampling.steps': expected KEY=VALUE"),
+        (
+            ["--set", "sampling.stepz=5"],
+            "--set sampling.stepz: sampling has no field 'stepz'; its fields: steps, sampler, eta, seed",
+        ),
+        (
+            ["--set", "sampling.solver.tol=0.1"],
+            "--set sampling.solver.tol: sampling.solver has no field 'tol'; its fields: method, memory, ",
+        ),
+        (["--set", "operator.name=sr4"], "--set operator.name: DeqIR's operator has no fields to set"),
+        (["--steps", "0"], "sampling.steps must be an integer >= 1, got 0"),
+        (["--operator", "sr"], "unknown operator 'sr'"),
+        (["--set", "sampling.solver.method=newton"], "Got value: newton"),
+    ],
+)
 def test_bad_arguments_name_the_key_and_value(tmp_path, capsys, extra, message):
     ckpt = save_checkpoint(small_deqir(), tmp_path / "deqir.ckpt")
     inputs = write_inputs(tmp_path / "in")
@@ -147,7 +167,10 @@ def test_inputs_that_would_share_an_output_are_refused_before_any_work(tmp_path,
     inputs = write_inputs(tmp_path / "in")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inputs / "b.png")  # beside b.jpg
     assert main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
-    assert f"{inputs / 'b.jpg'} and {inputs / 'b.png'} would both be written to {tmp_path / 'out' / 'b.png'}" in capsys.readouterr().err
+    assert (
+        f"{inputs / 'b.jpg'} and {inputs / 'b.png'} would both be written to {tmp_path / 'out' / 'b.png'}"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -156,7 +179,10 @@ def test_missing_inputs_and_checkpoints_are_named(tmp_path, capsys):
     assert main(["--ckpt", str(ckpt), "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
     assert f"--input {tmp_path / 'nothing'}: no such file or folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["--ckpt", str(tmp_path / "no.ckpt"), "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--ckpt", str(tmp_path / "no.ckpt"), "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")])
+        == 2
+    )
     assert "no image files" in capsys.readouterr().err
     inputs = write_inputs(tmp_path / "in")
     assert main(["--ckpt", str(tmp_path / "no.ckpt"), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 2
@@ -171,8 +197,20 @@ def test_a_killed_restore_leaves_only_complete_images_and_skip_existing_finishes
     pixels = np.random.default_rng(3).integers(0, 256, (30, 24, 24, 3), dtype=np.uint8)
     for i, image in enumerate(pixels):
         Image.fromarray(image).save(inputs / f"{i:02d}.png")
-    command = [sys.executable, "-m", "ir_lightning", "restore", "--ckpt", str(ckpt), "--input", str(inputs),
-               "--output", str(out), "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ir_lightning",
+        "restore",
+        "--ckpt",
+        str(ckpt),
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # a few tenths of a second per image
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -212,7 +250,9 @@ def test_large_images_are_restored_in_tiles_and_inpainting_whole(tmp_path, capsy
     assert "restores whole images only" not in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "whole"), "--operator", "inpaint_box"]) == 0
     assert "DeqIR with these settings restores whole images only (--tile ignored)" in capsys.readouterr().err
-    np.testing.assert_array_equal(read(tmp_path / "whole/big.png"), expected(small_deqir(operator="inpaint_box"), inputs / "big.png"))
+    np.testing.assert_array_equal(
+        read(tmp_path / "whole/big.png"), expected(small_deqir(operator="inpaint_box"), inputs / "big.png")
+    )
     assert main([*args, "--output", str(tmp_path / "x"), "--overlap", "16"]) == 2
     assert "0 <= --overlap < --tile" in capsys.readouterr().err
 
@@ -224,7 +264,10 @@ def test_a_class_path_outside_the_suite_is_refused_without_importing_it(tmp_path
     assert "this" not in sys.modules
     inputs = write_inputs(tmp_path / "in")
     assert main(["--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
-    assert "hyper_parameters._class_path names 'this.Anything', which is not a class of this suite" in capsys.readouterr().err
+    assert (
+        "hyper_parameters._class_path names 'this.Anything', which is not a class of this suite"
+        in capsys.readouterr().err
+    )
     assert "this" not in sys.modules  # importing it would have run its code
 
 

@@ -29,8 +29,21 @@ def test_main_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     write_images(tmp_path / "hr", [f"{i:04d}.png" for i in range(5)])
     write_images(tmp_path / "lr", [f"{i:04d}x2.png" for i in range(5)])
     out = tmp_path / "shards"
-    argv = ["--gt", str(tmp_path / "hr"), "--lq", str(tmp_path / "lr"), "--lq-suffix", "x2", "--out", str(out),
-            "--val-count", "1", "--maxcount", "2", "--no-progress"]
+    argv = [
+        "--gt",
+        str(tmp_path / "hr"),
+        "--lq",
+        str(tmp_path / "lr"),
+        "--lq-suffix",
+        "x2",
+        "--out",
+        str(out),
+        "--val-count",
+        "1",
+        "--maxcount",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "train: 4 samples in 2 shards" in printed and "val: 1 samples in 1 shards" in printed
@@ -43,8 +56,21 @@ def test_main_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_help_names_every_option_and_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    options = ["--gt", "--lq", "--lq-suffix", "--out", "--maxcount", "--maxsize", "--val-count", "--val-fraction",
-               "--val-keys", "--seed", "--prefix", "--recursive", "--no-progress"]
+    options = [
+        "--gt",
+        "--lq",
+        "--lq-suffix",
+        "--out",
+        "--maxcount",
+        "--maxsize",
+        "--val-count",
+        "--val-fraction",
+        "--val-keys",
+        "--seed",
+        "--prefix",
+        "--recursive",
+        "--no-progress",
+    ]
     assert all(option in text for option in options) and "examples:" in text
 
 

@@ -30,8 +30,10 @@ def test_comments_and_blank_lines_are_skipped(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = write(tmp_path, "# a comment\n\nfit -c recipe.yaml --seed_everything={{1,2}}\n  test -c recipe.yaml\n")
     assert read_sweep(sweep) == [
-        "fit -c recipe.yaml --seed_everything=1", "fit -c recipe.yaml --seed_everything=2", "test -c recipe.yaml"
-    ]  # fmt: skip
+        "fit -c recipe.yaml --seed_everything=1",
+        "fit -c recipe.yaml --seed_everything=2",
+        "test -c recipe.yaml",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -58,8 +60,14 @@ def test_each_task_gets_its_own_run_dir_wandb_id_and_group(tmp_path):
     tasks = tmp_path / "lr-20260101T000000.tasks"
     tasks.write_text("fit -c a.yaml --seed_everything=1\ntest -c a.yaml --ckpt_path=x.ckpt\n")
     words, env = task_arguments(tasks, 0, "812", Path("runs/sweeps"))
-    assert words == ["fit", "-c", "a.yaml", "--seed_everything=1",
-                     "--run_dir=runs/sweeps/lr-20260101T000000/812_0", "--ckpt_path=auto"]  # fmt: skip
+    assert words == [
+        "fit",
+        "-c",
+        "a.yaml",
+        "--seed_everything=1",
+        "--run_dir=runs/sweeps/lr-20260101T000000/812_0",
+        "--ckpt_path=auto",
+    ]
     assert env == {"WANDB_RUN_ID": "812_0", "WANDB_RUN_GROUP": "sweep-812", "WANDB_RESUME": "allow"}
     words, _ = task_arguments(tasks, 1, "812", Path("runs/sweeps"))
     assert words[-1] == "--run_dir=runs/sweeps/lr-20260101T000000/812_1"  # test: its own ckpt_path is kept

@@ -69,8 +69,12 @@ def write_domain_shards(root: Path) -> dict[str, str]:
         write_shard(root / f"real-{index}.tar", [f"r{index}x{k}" for k in range(4)], seed=10 + index, members=("lq",))
     write_shard(root / "realval-0.tar", ["v0", "v1", "v2"], seed=20)
     write_shard(root / "realpair-0.tar", ["p0", "p1"], seed=21, members=("gt", "lq"))
-    return {"clean": str(root / "clean-{0..1}.tar"), "real": str(root / "real-{0..1}.tar"),
-            "real_val": str(root / "realval-0.tar"), "real_paired": str(root / "realpair-0.tar")}
+    return {
+        "clean": str(root / "clean-{0..1}.tar"),
+        "real": str(root / "real-{0..1}.tar"),
+        "real_val": str(root / "realval-0.tar"),
+        "real_paired": str(root / "realpair-0.tar"),
+    }
 
 
 @pytest.fixture()
@@ -80,8 +84,9 @@ def shards(tmp_path: Path) -> dict[str, str]:
 
 def trainer_stub(rank: int = 0, world_size: int = 1, training: bool = True, step: int = 0) -> SimpleNamespace:
     """The trainer attributes the data modules read."""
-    return SimpleNamespace(global_rank=rank, world_size=world_size, current_epoch=0, training=training,
-                           global_step=step)
+    return SimpleNamespace(
+        global_rank=rank, world_size=world_size, current_epoch=0, training=training, global_step=step
+    )
 
 
 def child(**kwargs) -> ShardDataModule:
@@ -103,8 +108,9 @@ def adaptation(
     if real == "lq_only":
         real_child = child(train_shards=shards["real"], require_gt=False, batch_size=3, seed=8, **real_kwargs)
     else:
-        real_child = child(train_shards=shards["clean"], degradation=Pipeline([CameraNoise()]), batch_size=3, seed=8,
-                           **real_kwargs)
+        real_child = child(
+            train_shards=shards["clean"], degradation=Pipeline([CameraNoise()]), batch_size=3, seed=8, **real_kwargs
+        )
     return AdaptationDataModule(synthetic, real_child)
 
 
@@ -137,8 +143,11 @@ def test_lq_only_shards_stream_crops_of_the_requested_size(tmp_path, scale, lq_s
         for key, crop in zip(batch["__key__"], batch["lq"]):
             source = torch.from_numpy(sources[key]).permute(2, 0, 1).float() / 255
             windows = source.unfold(1, lq_side, 1).unfold(2, lq_side, 1)  # C x H' x W' x side x side
-            candidates = [torch.rot90(crop.flip(-1) if mirror else crop, -turns, dims=(1, 2))
-                          for mirror in (False, True) for turns in range(4)]  # the 8 symmetries of the square
+            candidates = [
+                torch.rot90(crop.flip(-1) if mirror else crop, -turns, dims=(1, 2))
+                for mirror in (False, True)
+                for turns in range(4)
+            ]  # the 8 symmetries of the square
             assert any((windows == c[:, None, None]).all(dim=(0, 3, 4)).any() for c in candidates)
 
 
@@ -177,8 +186,9 @@ def test_training_batches_hold_both_domains_and_never_the_real_gt(shards, real):
         assert batch["gt"].shape == batch["lq"].shape == (2, 3, CROP, CROP)
         assert batch["real_lq"].shape == (3, 3, CROP, CROP)
         assert len(batch["__key__"]) == 2 and len(batch["real___key__"]) == 3
-        assert not any(name.startswith("real_") and name not in ("real_lq", "real___key__", "real_n_skipped")
-                       for name in batch)  # no real gt, no real mask
+        assert not any(
+            name.startswith("real_") and name not in ("real_lq", "real___key__", "real_n_skipped") for name in batch
+        )  # no real gt, no real mask
         assert all(key.startswith("c") for key in batch["__key__"])
         assert all(key.startswith("r" if real == "lq_only" else "c") for key in batch["real___key__"])
         assert int(batch["n_skipped"]) == int(batch["real_n_skipped"]) == 0
@@ -195,8 +205,10 @@ def test_the_two_streams_differ_even_over_the_same_shards(shards):
     datamodule = set_up(AdaptationDataModule(synthetic, real), step=5)
     loaded = list(datamodule.train_dataloader())
     real_gt = [batch["real_gt"].clone() for batch in loaded]  # looked at here only; the hook drops it
-    crops = {side: {(key, digest(image)) for b in loaded for key, image in zip(b[f"{side}__key__"], b[f"{side}gt"])}
-             for side in ("", "real_")}  # fmt: skip
+    crops = {
+        side: {(key, digest(image)) for b in loaded for key, image in zip(b[f"{side}__key__"], b[f"{side}gt"])}
+        for side in ("", "real_")
+    }
     assert len(crops[""]) == len(crops["real_"]) == 2 * STEPS and not crops[""] & crops["real_"]
     assert [b["__key__"] for b in loaded] != [b["real___key__"] for b in loaded]
     for batch, clean in zip((datamodule.on_after_batch_transfer(b, 0) for b in loaded), real_gt):
@@ -240,28 +252,35 @@ def test_a_resumed_combined_loader_continues_like_an_uninterrupted_one(shards, n
 
 def test_mismatched_steps_per_epoch_raise_naming_both_values(shards):
     with pytest.raises(ValueError, match=r"synthetic.steps_per_epoch \(4\) and data.real.steps_per_epoch \(6\)"):
-        AdaptationDataModule(child(train_shards=shards["clean"]), child(train_shards=shards["real"], steps_per_epoch=6,
-                                                                         seed=8))
+        AdaptationDataModule(
+            child(train_shards=shards["clean"]), child(train_shards=shards["real"], steps_per_epoch=6, seed=8)
+        )
 
 
 def test_equal_seeds_and_unread_synthetic_eval_shards_raise(shards):
     with pytest.raises(ValueError, match="seed are both 7"):
         AdaptationDataModule(child(train_shards=shards["clean"]), child(train_shards=shards["real"]))
     with pytest.raises(ValueError, match="data.synthetic sets val_shards"):
-        AdaptationDataModule(child(train_shards=shards["clean"], val_shards=shards["real_val"]),
-                             child(train_shards=shards["real"], seed=8))
+        AdaptationDataModule(
+            child(train_shards=shards["clean"], val_shards=shards["real_val"]),
+            child(train_shards=shards["real"], seed=8),
+        )
 
 
 def test_a_missing_real_shard_is_named_with_its_child(shards, tmp_path):
-    datamodule = AdaptationDataModule(child(train_shards=shards["clean"]),
-                                      child(train_shards=str(tmp_path / "none-*.tar"), seed=8))
+    datamodule = AdaptationDataModule(
+        child(train_shards=shards["clean"]), child(train_shards=str(tmp_path / "none-*.tar"), seed=8)
+    )
     with pytest.raises(FileNotFoundError, match=r"data.real: data.train_shards: pattern .*none-"):
         set_up(datamodule)
 
 
 def test_real_clean_shards_without_a_degradation_raise(shards):
-    datamodule = set_up(AdaptationDataModule(child(train_shards=shards["clean"], degradation=noise(5.0)),
-                                             child(train_shards=shards["clean"], seed=8)))
+    datamodule = set_up(
+        AdaptationDataModule(
+            child(train_shards=shards["clean"], degradation=noise(5.0)), child(train_shards=shards["clean"], seed=8)
+        )
+    )
     with pytest.raises(ValueError, match="real training batch .* has no lq"):
         datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
@@ -270,9 +289,14 @@ def test_real_clean_shards_without_a_degradation_raise(shards):
 def test_validation_batches_come_from_the_real_domain(shards, paired):
     """Clean real val images degraded by the real child's camera noise (the same each epoch), or
     paired real val shards passed through; the synthetic child's Gaussian noise is never used."""
-    real = child(train_shards=shards["real"], require_gt=False, seed=8, val_batch_size=1,
-                 val_shards=shards["real_paired" if paired else "real_val"],
-                 degradation=Pipeline([CameraNoise(photons=(30.0, 30.0))]))
+    real = child(
+        train_shards=shards["real"],
+        require_gt=False,
+        seed=8,
+        val_batch_size=1,
+        val_shards=shards["real_paired" if paired else "real_val"],
+        degradation=Pipeline([CameraNoise(photons=(30.0, 30.0))]),
+    )
     datamodule = AdaptationDataModule(child(train_shards=shards["clean"], degradation=noise(25.0)), real)
     set_up(datamodule, "validate", training=False)
 
@@ -355,9 +379,24 @@ def test_jsonargparse_builds_it_from_a_recipe_as_lightning_cli_does(shards):
 def test_the_command_line_prints_the_nested_config(shards, tmp_path):
     config = tmp_path / "data.yaml"
     config.write_text(RECIPE.format(**shards))
-    done = subprocess.run([sys.executable, "-m", "ir_lightning", "fit", "--model", "ir_lightning.methods.SR3",
-                           "-c", str(config), "--print_config"], cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="offline"), timeout=240)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ir_lightning",
+            "fit",
+            "--model",
+            "ir_lightning.methods.SR3",
+            "-c",
+            str(config),
+            "--print_config",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="offline"),
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout
     assert "class_path: datamodules.AdaptationDataModule" in printed
@@ -378,11 +417,15 @@ class StreamRecorder(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         assert "real_gt" not in batch, "the real domain's clean images reached the method"
-        self.steps.append({
-            "keys": list(batch["__key__"]), "real_keys": list(batch["real___key__"]),
-            "gt": [digest(img) for img in batch["gt"]], "lq": [digest(img) for img in batch["lq"]],
-            "real_lq": [digest(img) for img in batch["real_lq"]],
-        })  # fmt: skip
+        self.steps.append(
+            {
+                "keys": list(batch["__key__"]),
+                "real_keys": list(batch["real___key__"]),
+                "gt": [digest(img) for img in batch["gt"]],
+                "lq": [digest(img) for img in batch["lq"]],
+                "real_lq": [digest(img) for img in batch["real_lq"]],
+            }
+        )
         return (self.weight - batch["lq"].mean() - batch["real_lq"].mean()) ** 2
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -397,9 +440,16 @@ def fit(shards: dict[str, str], root: Path, max_steps: int, ckpt_path: str | Non
     """Fit StreamRecorder on camera-noise real data (val on the real clean val shard); return it."""
     datamodule = adaptation(shards, "camera", val_shards=shards["real_val"])
     model = StreamRecorder()
-    trainer = pl.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0,
-                         **trainer_kwargs)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return model
 
@@ -428,9 +478,14 @@ def test_two_process_ddp_with_both_streams(tmp_path):
     for each stream the ranks' training crops (key + pixels) are disjoint (each rank draws its own)."""
     shard_dir = tmp_path / "shards"
     write_domain_shards(shard_dir)
-    done = subprocess.run([sys.executable, "-m", "tests.datamodules.test_adaptation", str(shard_dir),
-                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="offline"))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.datamodules.test_adaptation", str(shard_dir), str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="offline"),
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"out/rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [len(r["steps"]) for r in ranks] == [STEPS, STEPS]
@@ -449,9 +504,17 @@ def ddp_probe(shard_dir: Path, out: Path) -> None:
     datamodule = adaptation(names, "lq_only")
     datamodule.real.batch_size = 2
     model = StreamRecorder()
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=STEPS, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         default_root_dir=out)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=STEPS,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=out,
+    )
     trainer.fit(model, datamodule=datamodule)
     out.mkdir(parents=True, exist_ok=True)
     record = {"world": trainer.world_size, "steps": model.steps, "weight": float(model.weight)}

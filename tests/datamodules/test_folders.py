@@ -102,14 +102,22 @@ def test_listing_by_suffix_in_any_case_sorted_with_hidden_and_recursive_switches
     write_images(tmp_path, [name for name in names if name != "notes.txt"])
     (tmp_path / "notes.txt").write_text("not an image")
     relative = lambda paths: [path.relative_to(tmp_path).as_posix() for path in paths]  # noqa: E731
-    assert relative(image_files_below(tmp_path)) == [".cache/d.png", ".hidden.png", "a.jpg", "b.PNG", "sub/c.webp",
-                                                     "sub/e.tiff"]  # fmt: skip
+    assert relative(image_files_below(tmp_path)) == [
+        ".cache/d.png",
+        ".hidden.png",
+        "a.jpg",
+        "b.PNG",
+        "sub/c.webp",
+        "sub/e.tiff",
+    ]
     assert relative(image_files_below(tmp_path, hidden=False)) == ["a.jpg", "b.PNG", "sub/c.webp", "sub/e.tiff"]
     assert relative(image_files_below(tmp_path, recursive=False, hidden=False)) == ["a.jpg", "b.PNG"]
     write_images(tmp_path, ["sub/c.png"])
     groups = images_by_stem(tmp_path, hidden=False)
-    assert list(groups) == ["a", "b", "sub/c", "sub/e"] and clashing(groups) == [tmp_path / "sub/c.png",
-                                                                                   tmp_path / "sub/c.webp"]
+    assert list(groups) == ["a", "b", "sub/c", "sub/e"] and clashing(groups) == [
+        tmp_path / "sub/c.png",
+        tmp_path / "sub/c.webp",
+    ]
 
 
 def test_pair_by_stem_matches_by_rule_and_reports_both_sides_in_order() -> None:

@@ -128,20 +128,23 @@ def test_an_unsafe_key_in_training_is_skipped_and_counted(tmp_path):
 # ---------------------------------------------------------------- 2: sizes, counts, probabilities
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"batch_size": 0}, "data.batch_size must be an integer >= 1, got 0"),
-    ({"batch_size": -3}, "data.batch_size must be an integer >= 1, got -3"),
-    ({"val_batch_size": 0}, "data.val_batch_size must be an integer >= 1, got 0"),
-    ({"steps_per_epoch": 0}, "data.steps_per_epoch must be an integer >= 1, got 0"),
-    ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
-    ({"shuffle_buffer": -1}, "data.shuffle_buffer must be an integer >= 0, got -1"),
-    ({"max_consecutive_skips": -1}, "data.max_consecutive_skips must be an integer >= 0, got -1"),
-    ({"retries": -1}, "data.retries must be an integer >= 0, got -1"),
-    ({"batch_size": 2.5}, "data.batch_size must be an integer >= 1, got 2.5"),
-    ({"read_timeout": 0}, "data.read_timeout must be a number of seconds > 0, got 0"),
-    ({"read_timeout": math.inf}, "data.read_timeout must be a number of seconds > 0, got inf"),
-    ({"require_gt": False, "require_lq": False}, "data.require_gt and data.require_lq are both false"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "data.batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": -3}, "data.batch_size must be an integer >= 1, got -3"),
+        ({"val_batch_size": 0}, "data.val_batch_size must be an integer >= 1, got 0"),
+        ({"steps_per_epoch": 0}, "data.steps_per_epoch must be an integer >= 1, got 0"),
+        ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
+        ({"shuffle_buffer": -1}, "data.shuffle_buffer must be an integer >= 0, got -1"),
+        ({"max_consecutive_skips": -1}, "data.max_consecutive_skips must be an integer >= 0, got -1"),
+        ({"retries": -1}, "data.retries must be an integer >= 0, got -1"),
+        ({"batch_size": 2.5}, "data.batch_size must be an integer >= 1, got 2.5"),
+        ({"read_timeout": 0}, "data.read_timeout must be a number of seconds > 0, got 0"),
+        ({"read_timeout": math.inf}, "data.read_timeout must be a number of seconds > 0, got inf"),
+        ({"require_gt": False, "require_lq": False}, "data.require_gt and data.require_lq are both false"),
+    ],
+)
 def test_shard_datamodule_refuses_bad_sizes_and_counts_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         ShardDataModule(**kwargs)
@@ -155,21 +158,24 @@ def test_adaptation_datamodule_refuses_bad_arguments_at_construction():
         AdaptationDataModule(synthetic, real, real_key_prefix=3)
 
 
-@pytest.mark.parametrize(("build", "message"), [
-    (lambda: BicubicDownsample(scale=2.5), "scale must be an integer >= 1, got 2.5"),
-    (lambda: GaussianBlur(kernel_size=True), "kernel_size must be a positive odd integer"),
-    (lambda: GaussianBlur(sigma=(1.0, math.inf)), r"sigma must be a \(low, high\) pair of finite numbers"),
-    (lambda: GaussianNoise(sigma=(1.0,)), r"sigma must be a \(low, high\) pair"),
-    (lambda: GaussianNoise(sigma=(math.nan, 1.0)), r"sigma must be a \(low, high\) pair"),
-    (lambda: GaussianNoise(gray_prob=1.5), r"gray_prob must be a probability in \[0, 1\], got 1.5"),
-    (lambda: JPEG(quality=(90.0, 10.0)), "quality must satisfy"),
-    (lambda: Pipeline([GaussianNoise(), 3]), r"steps\[1\] must be a degradation"),
-    (lambda: CameraNoise(gamma=math.inf), "gamma must be positive"),
-    (lambda: RealESRGANDegradation(sinc_small_below=0), "sinc_small_below must be an integer >= 1, got 0"),
-    (lambda: RealESRGANDegradation(kernel_sizes=(7, 21, 23)), "kernel_sizes must be odd sizes"),
-    (lambda: RealESRGANDegradation(rotation_range=(0.0, math.inf)), "rotation_range must be a"),
-    (lambda: RealESRGANDegradation(kernel_prob=(math.nan, 1, 1, 1, 1, 1)), "kernel_prob must be 6 non-negative"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: BicubicDownsample(scale=2.5), "scale must be an integer >= 1, got 2.5"),
+        (lambda: GaussianBlur(kernel_size=True), "kernel_size must be a positive odd integer"),
+        (lambda: GaussianBlur(sigma=(1.0, math.inf)), r"sigma must be a \(low, high\) pair of finite numbers"),
+        (lambda: GaussianNoise(sigma=(1.0,)), r"sigma must be a \(low, high\) pair"),
+        (lambda: GaussianNoise(sigma=(math.nan, 1.0)), r"sigma must be a \(low, high\) pair"),
+        (lambda: GaussianNoise(gray_prob=1.5), r"gray_prob must be a probability in \[0, 1\], got 1.5"),
+        (lambda: JPEG(quality=(90.0, 10.0)), "quality must satisfy"),
+        (lambda: Pipeline([GaussianNoise(), 3]), r"steps\[1\] must be a degradation"),
+        (lambda: CameraNoise(gamma=math.inf), "gamma must be positive"),
+        (lambda: RealESRGANDegradation(sinc_small_below=0), "sinc_small_below must be an integer >= 1, got 0"),
+        (lambda: RealESRGANDegradation(kernel_sizes=(7, 21, 23)), "kernel_sizes must be odd sizes"),
+        (lambda: RealESRGANDegradation(rotation_range=(0.0, math.inf)), "rotation_range must be a"),
+        (lambda: RealESRGANDegradation(kernel_prob=(math.nan, 1, 1, 1, 1, 1)), "kernel_prob must be 6 non-negative"),
+    ],
+)
 def test_degradations_refuse_bad_arguments_naming_them(build, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         build()
@@ -178,13 +184,19 @@ def test_degradations_refuse_bad_arguments_naming_them(build, message):
 # ---------------------------------------------------------------- 3a: shards that give no sample
 
 
-@pytest.mark.parametrize("empty", [EMPTY_TAR, tar_bytes([("README", b"no key.ext member here")])],
-                         ids=["no member", "no sample member"])  # fmt: skip
+@pytest.mark.parametrize(
+    "empty", [EMPTY_TAR, tar_bytes([("README", b"no key.ext member here")])], ids=["no member", "no sample member"]
+)
 def test_an_empty_shard_among_good_ones_is_skipped_and_counted(tmp_path, empty):
     write_shard(tmp_path / "train-000000.tar", ["a", "b", "c"], seed=0)
     (tmp_path / "train-000001.tar").write_bytes(empty)
-    datamodule = module(tmp_path, train_shards=str(tmp_path / "train-{000000..000001}.tar"), batch_size=1,
-                        shuffle_buffer=0, steps_per_epoch=12)  # fmt: skip
+    datamodule = module(
+        tmp_path,
+        train_shards=str(tmp_path / "train-{000000..000001}.tar"),
+        batch_size=1,
+        shuffle_buffer=0,
+        steps_per_epoch=12,
+    )
     with deadline(20), pytest.warns(UserWarning, match=r"skipping empty shard .*train-000001\.tar"):
         batches = first_batches(datamodule, 12)
     assert len(batches) == 12 and {key for batch in batches for key in batch["__key__"]} == {"a", "b", "c"}
@@ -197,8 +209,10 @@ def test_all_empty_training_shards_stop_within_seconds_naming_them(tmp_path, num
         (tmp_path / f"empty-{index:06d}.tar").write_bytes(EMPTY_TAR)
     datamodule = module(tmp_path, train_shards=str(tmp_path / "empty-{000000..000001}.tar"), num_workers=num_workers)
     start = time.monotonic()
-    expected = (r"1001 training shard draws or samples in a row gave no sample .*shards with no sample: "
-                rf"\['{tmp_path}/empty-00000[01].tar', '{tmp_path}/empty-00000[01].tar'\]")  # fmt: skip
+    expected = (
+        r"1001 training shard draws or samples in a row gave no sample .*shards with no sample: "
+        rf"\['{tmp_path}/empty-00000[01].tar', '{tmp_path}/empty-00000[01].tar'\]"
+    )
     with deadline(30), warnings.catch_warnings(), pytest.raises(RuntimeError, match=expected):
         warnings.simplefilter("ignore")  # (a worker's warnings do not reach this process)
         batches_of(datamodule.train_dataloader(), 1)
@@ -244,8 +258,13 @@ def test_loader_workers_die_when_the_main_process_is_killed(tmp_path):
     """A worker spinning on an all-empty stream (no skip limit) outlives a kill -9 of its parent unless
     it asked the kernel to kill it then."""
     (tmp_path / "empty-000000.tar").write_bytes(EMPTY_TAR)
-    main = subprocess.Popen([sys.executable, "-c", SPINNING_LOADER, str(tmp_path / "empty-000000.tar")], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    main = subprocess.Popen(
+        [sys.executable, "-c", SPINNING_LOADER, str(tmp_path / "empty-000000.tar")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     workers: list[int] = []
     try:
         with deadline(120):
@@ -449,8 +468,11 @@ def test_a_truncated_image_in_validation_names_the_shard_and_the_key(tmp_path):
     shard = tmp_path / "val-000000.tar"
     whole = gt_png(7)
     shard.write_bytes(tar_bytes([("v0.gt.png", gt_png()), ("v1.gt.png", whole[: len(whole) // 2])]))
-    with pytest.raises(ValueError, match=rf"^sample 'v1' of shard '{shard}': its gt image does not decode: "
-                                         r"OSError\('image file is truncated"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"^sample 'v1' of shard '{shard}': its gt image does not decode: "
+        r"OSError\('image file is truncated",
+    ):
         val_keys(module(tmp_path, val_shards=str(shard)))
 
 
@@ -482,8 +504,12 @@ def test_a_truncated_validation_tar_names_the_shard_and_the_member(tmp_path):
 def test_an_empty_validation_set_is_an_error_naming_the_shards(tmp_path, num_workers):
     for index in range(2):
         (tmp_path / f"val-{index:06d}.tar").write_bytes(EMPTY_TAR)
-    datamodule = module(tmp_path, val_shards=str(tmp_path / "val-{000000..000001}.tar"), num_workers=num_workers,
-                        persistent_workers=False)  # fmt: skip
+    datamodule = module(
+        tmp_path,
+        val_shards=str(tmp_path / "val-{000000..000001}.tar"),
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
     expected = rf"data.val_shards \['{tmp_path}/val-000000.tar', '{tmp_path}/val-000001.tar'\] hold no sample"
     with deadline(30), pytest.raises(ValueError, match=expected):
         val_keys(datamodule)
@@ -492,8 +518,13 @@ def test_an_empty_validation_set_is_an_error_naming_the_shards(tmp_path, num_wor
 def test_trainer_validate_on_an_empty_set_fails_instead_of_reporting_nan(tmp_path):
     (tmp_path / "val-000000.tar").write_bytes(EMPTY_TAR)
     datamodule = ShardDataModule(val_shards=str(tmp_path / "val-000000.tar"), num_workers=0)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="hold no sample: the evaluation set is empty"):
         trainer.validate(MeanModel(), datamodule=datamodule)
 
@@ -527,8 +558,9 @@ def paired_shard_whose_first_sample_lacks_lq(path: Path) -> None:
 
 def train_on(tmp_path: Path, steps: int = 16, **kwargs) -> list[dict]:
     paired_shard_whose_first_sample_lacks_lq(tmp_path / "pairs-000000.tar")
-    settings = dict(train_shards=str(tmp_path / "pairs-000000.tar"), batch_size=1, shuffle_buffer=0, scale=2,
-                    steps_per_epoch=steps)  # fmt: skip
+    settings = dict(
+        train_shards=str(tmp_path / "pairs-000000.tar"), batch_size=1, shuffle_buffer=0, scale=2, steps_per_epoch=steps
+    )
     return first_batches(module(tmp_path, **{**settings, **kwargs}), steps)
 
 
@@ -540,8 +572,11 @@ def test_with_a_degradation_the_shards_lq_is_ignored_and_every_sample_used(tmp_p
 
 
 def test_without_a_degradation_a_mixed_set_stops_and_asks_for_require_lq(tmp_path):
-    with pytest.raises(ValueError, match=r"mix samples with and without lq \(sample 's1' .* has one, sample 's0' "
-                                         r".* has none\) and data.require_lq is not set"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"mix samples with and without lq \(sample 's1' .* has one, sample 's0' "
+        r".* has none\) and data.require_lq is not set",
+    ):
         train_on(tmp_path)
 
 
@@ -566,8 +601,10 @@ def test_an_lq_only_stream_ignores_gt_and_needs_lq(tmp_path):
     with pytest.warns(UserWarning) as record:
         batches = train_on(tmp_path, steps=14, require_gt=False, scale=1, crop_size=4)
     messages = [str(warning.message) for warning in record]
-    assert any("ignores the shards' gt images (warned once per worker): data.require_gt is false" in message
-               for message in messages)  # fmt: skip
+    assert any(
+        "ignores the shards' gt images (warned once per worker): data.require_gt is false" in message
+        for message in messages
+    )
     assert any("'s0'" in message and "an LQ-only stream (data.require_gt: false)" in message for message in messages)
     assert all(set(batch) == {"__key__", "lq", "n_skipped"} for batch in batches)
     assert [batch["__key__"][0] for batch in batches] == [f"s{index}" for index in range(1, 8)] * 2
@@ -576,8 +613,10 @@ def test_an_lq_only_stream_ignores_gt_and_needs_lq(tmp_path):
 def test_a_batch_keeps_masks_only_when_every_sample_has_one_and_fills_missing_meta():
     pixels = (np.zeros((4, 4, 3), np.uint8), 255.0)
     mask = (np.zeros((4, 4, 1), np.uint8), 255.0)
-    samples = [{"__key__": "a", "__url__": "u", "gt": pixels, "mask": mask, "meta": {"iso": 100}},
-               {"__key__": "b", "__url__": "u", "gt": pixels}]  # fmt: skip
+    samples = [
+        {"__key__": "a", "__url__": "u", "gt": pixels, "mask": mask, "meta": {"iso": 100}},
+        {"__key__": "b", "__url__": "u", "gt": pixels},
+    ]
     collate = Collate(SkipCounter(0))
     with pytest.warns(UserWarning, match=r"dropping the masks of batch \['a', 'b'\]"):
         batch = collate(samples)
@@ -607,4 +646,3 @@ def _no_leftover_children():
         time.sleep(0.05)
     leftovers = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children(os.getpid())}
     assert not leftovers, f"processes left behind: {leftovers}"
-

@@ -14,8 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("datamodules", "ir_lightning")
 """First-party top-level packages: the import graph is followed inside them."""
 
-WRITE_SIDE = ("datamodules.format", "datamodules.folders", "datamodules.writer", "datamodules.presets",
-              "ir_lightning.commands.shards")  # fmt: skip
+WRITE_SIDE = (
+    "datamodules.format",
+    "datamodules.folders",
+    "datamodules.writer",
+    "datamodules.presets",
+    "ir_lightning.commands.shards",
+)
 """Modules that ``ir-lightning shards`` (and its --help) loads: they must start without torch."""
 
 
@@ -34,8 +39,12 @@ def imports_of(module: str) -> set[str]:
     if not path.is_file():
         path = REPO / module.replace(".", "/") / "__init__.py"
     tree = ast.parse(path.read_text())
-    typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                   for node in ast.walk(block)}  # fmt: skip
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -84,7 +93,9 @@ def test_datamodules_imports_no_method_and_the_write_side_no_torch():
         "methods = sorted(m for m in sys.modules if m.startswith(('ir_lightning.methods', 'ir_lightning.nets')))\n"
         "print(heavy, methods)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=REPO
+    )
     assert done.stdout.split("\n")[0] == "[] []", done.stdout + done.stderr[-2000:]
 
 

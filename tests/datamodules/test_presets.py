@@ -92,23 +92,33 @@ def gopro(root: Path) -> Expected:
     def sequence(split: str, name: str, frames: list[str]) -> dict[str, dict[str, Path]]:
         for frame in frames:
             image(root, f"{split}/{name}/blur_gamma/{frame}.png")  # decoy: not the LQ
-        return pairs(root, [
-            (f"{name}_{frame}", f"{split}/{name}/sharp/{frame}.png", f"{split}/{name}/blur/{frame}.png")
-            for frame in frames
-        ])
+        return pairs(
+            root,
+            [
+                (f"{name}_{frame}", f"{split}/{name}/sharp/{frame}.png", f"{split}/{name}/blur/{frame}.png")
+                for frame in frames
+            ],
+        )
 
     train = sequence("train", "GOPR0372_07_00", ["000047", "000048"]) | sequence("train", "GOPR0374_11_00", ["000001"])
     return {"train": train, "test": sequence("test", "GOPR0384_11_00", ["000001", "000002"])}
 
 
 def rain13k(root: Path) -> Expected:
-    expected = {"train": pairs(root, [
-        (name, f"train/Rain13K/target/{name}.jpg", f"train/Rain13K/input/{name}.jpg") for name in ("1", "2", "10")
-    ])}
+    expected = {
+        "train": pairs(
+            root,
+            [
+                (name, f"train/Rain13K/target/{name}.jpg", f"train/Rain13K/input/{name}.jpg")
+                for name in ("1", "2", "10")
+            ],
+        )
+    }
     for test_set in ("Rain100H", "Rain100L", "Test100", "Test1200", "Test2800"):
-        expected[f"test-{test_set.lower()}"] = pairs(root, [
-            (name, f"test/{test_set}/target/{name}.png", f"test/{test_set}/input/{name}.png") for name in ("1", "2")
-        ])
+        expected[f"test-{test_set.lower()}"] = pairs(
+            root,
+            [(name, f"test/{test_set}/target/{name}.png", f"test/{test_set}/input/{name}.png") for name in ("1", "2")],
+        )
     return expected
 
 
@@ -118,11 +128,17 @@ def sidd(root: Path) -> Expected:
     train = {}
     for scene in ("0001_001_S6_00100_00060_3200_L", "0052_002_S6_01600_01000_5500_N"):
         number = scene[:4]
-        train |= pairs(root, [
-            (f"{scene}_{capture}", f"Data/{scene}/{number}_GT_SRGB_{capture}.PNG",
-             f"Data/{scene}/{number}_NOISY_SRGB_{capture}.PNG")
-            for capture in ("010", "011")
-        ])
+        train |= pairs(
+            root,
+            [
+                (
+                    f"{scene}_{capture}",
+                    f"Data/{scene}/{number}_GT_SRGB_{capture}.PNG",
+                    f"Data/{scene}/{number}_NOISY_SRGB_{capture}.PNG",
+                )
+                for capture in ("010", "011")
+            ],
+        )
     return {"train": train}
 
 
@@ -158,8 +174,10 @@ def realblur(variant: str) -> Callable[[Path], Expected]:
         expected = {}
         listed = {"train": [("scene001", 1), ("scene001", 2), ("scene002", 1)], "test": [("scene230", 7)]}
         for split, items in listed.items():
-            rows = [(f"{scene}_gt_{n}", f"{top}/{scene}/gt/gt_{n}.png", f"{top}/{scene}/blur/blur_{n}.png")
-                    for scene, n in items]
+            rows = [
+                (f"{scene}_gt_{n}", f"{top}/{scene}/gt/gt_{n}.png", f"{top}/{scene}/blur/blur_{n}.png")
+                for scene, n in items
+            ]
             expected[split] = pairs(root, rows)
             text = "".join(f"{gt} {lq}\n" for _, gt, lq in rows)
             (root / f"RealBlur_{variant}_{split}_list.txt").write_text(text + "\n")  # a trailing empty line
@@ -349,8 +367,10 @@ def test_name_rules_report_unmatched_files(tmp_path: Path) -> None:
 def test_realblur_list_naming_a_missing_file(tmp_path: Path) -> None:
     realblur("J")(tmp_path)
     listing = tmp_path / "RealBlur_J_test_list.txt"
-    listing.write_text(listing.read_text() + "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene231/gt/gt_1.png "
-                       "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene231/blur/blur_1.png\n")
+    listing.write_text(
+        listing.read_text() + "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene231/gt/gt_1.png "
+        "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene231/blur/blur_1.png\n"
+    )
     where = r"RealBlur_J_test_list\.txt, line 3 names the GT image .*scene231/gt/gt_1\.png"
     with pytest.raises(PresetError, match=where):
         collect_preset("realblur-j", tmp_path)

@@ -63,8 +63,9 @@ def write_shard(path: Path, keys: list[str], seed: int, paired: bool = False) ->
 
 def fake_trainer(rank: int = 0, world_size: int = 1, training: bool = True, step: int = 0) -> SimpleNamespace:
     """The trainer attributes ShardDataModule reads."""
-    return SimpleNamespace(global_rank=rank, world_size=world_size, current_epoch=0, training=training,
-                           global_step=step)
+    return SimpleNamespace(
+        global_rank=rank, world_size=world_size, current_epoch=0, training=training, global_step=step
+    )
 
 
 def module(tmp_path: Path, rank: int = 0, world_size: int = 1, **kwargs) -> ShardDataModule:
@@ -124,8 +125,14 @@ def test_paired_crops_stay_aligned_through_flips_and_rotations(tmp_path):
 
 def test_crops_are_flipped_and_rotated_copies_of_the_source(tmp_path):
     gts = write_shard(tmp_path / "one-000000.tar", ["only"], seed=5)
-    datamodule = module(tmp_path, train_shards=str(tmp_path / "one-000000.tar"), crop_size=16, batch_size=1,
-                        steps_per_epoch=40, shuffle_buffer=0)
+    datamodule = module(
+        tmp_path,
+        train_shards=str(tmp_path / "one-000000.tar"),
+        crop_size=16,
+        batch_size=1,
+        steps_per_epoch=40,
+        shuffle_buffer=0,
+    )
     source = gts["only"].astype(np.float32) / 255.0
     seen = set()
     for batch in datamodule.train_dataloader():
@@ -158,8 +165,9 @@ def test_undecodable_gt_is_skipped_and_counted(tmp_path):
     good = png_bytes(np.zeros((*GT_SIZE, 3), np.uint8))
     members = [("a.gt.png", good), ("bad.gt.png", b"not a png at all"), ("c.gt.png", good)]
     (tmp_path / "bad-000000.tar").write_bytes(tar_bytes(members))
-    datamodule = module(tmp_path, train_shards=str(tmp_path / "bad-000000.tar"), batch_size=1,
-                        shuffle_buffer=0, steps_per_epoch=4)
+    datamodule = module(
+        tmp_path, train_shards=str(tmp_path / "bad-000000.tar"), batch_size=1, shuffle_buffer=0, steps_per_epoch=4
+    )
     with pytest.warns(UserWarning, match="skipping corrupt"):
         batches = list(datamodule.train_dataloader())
     # one shard read twice: a, (bad skipped) c, a, (bad skipped) c
@@ -172,8 +180,9 @@ def test_truncated_tar_is_skipped_and_the_stream_continues(tmp_path):
     whole = tar_bytes(members)
     cut = whole.find(b"k2.gt.png") + 512 + 50  # header block of k2, then 50 bytes of its data
     (tmp_path / "cut-000000.tar").write_bytes(whole[:cut])
-    datamodule = module(tmp_path, train_shards=str(tmp_path / "cut-000000.tar"), batch_size=1,
-                        shuffle_buffer=0, steps_per_epoch=6)
+    datamodule = module(
+        tmp_path, train_shards=str(tmp_path / "cut-000000.tar"), batch_size=1, shuffle_buffer=0, steps_per_epoch=6
+    )
     with pytest.warns(UserWarning, match="skipping corrupt"):
         batches = list(datamodule.train_dataloader())
     assert len(batches) == 6
@@ -190,11 +199,14 @@ def test_a_run_of_failures_longer_than_the_limit_stops_the_stream(tmp_path):
 
 
 def test_image_smaller_than_crop_is_skipped_with_one_warning(tmp_path):
-    members = [("small.gt.png", png_bytes(np.zeros((4, 4, 3), np.uint8))),
-               ("big.gt.png", png_bytes(np.zeros((*GT_SIZE, 3), np.uint8)))]
+    members = [
+        ("small.gt.png", png_bytes(np.zeros((4, 4, 3), np.uint8))),
+        ("big.gt.png", png_bytes(np.zeros((*GT_SIZE, 3), np.uint8))),
+    ]
     (tmp_path / "mixed-000000.tar").write_bytes(tar_bytes(members))
-    datamodule = module(tmp_path, train_shards=str(tmp_path / "mixed-000000.tar"), batch_size=1,
-                        shuffle_buffer=0, steps_per_epoch=3)
+    datamodule = module(
+        tmp_path, train_shards=str(tmp_path / "mixed-000000.tar"), batch_size=1, shuffle_buffer=0, steps_per_epoch=3
+    )
     with pytest.warns(UserWarning, match="small") as record:
         batches = list(datamodule.train_dataloader())
     assert sum("'small'" in str(warning.message) for warning in record) == 1
@@ -253,8 +265,11 @@ def test_http_and_pipe_urls_give_the_local_keys(tmp_path):
     try:
         port = server.server_address[1]
         keys = {}
-        for name, url in {"local": str(local_path), "http": f"http://127.0.0.1:{port}/val-000000.tar",
-                          "pipe": f"pipe:cat {local_path}"}.items():
+        for name, url in {
+            "local": str(local_path),
+            "http": f"http://127.0.0.1:{port}/val-000000.tar",
+            "pipe": f"pipe:cat {local_path}",
+        }.items():
             datamodule = module(tmp_path, val_shards=url)
             keys[name] = [key for batch in datamodule.val_dataloader() for key in batch["__key__"]]
     finally:
@@ -323,22 +338,40 @@ class MeanModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize(("with_val", "limit_val_batches", "val_keys_seen"), [
-    (False, 1.0, 0),  # no val_shards: no validation loop
-    (True, 0, 0),  # validation switched off
-    (True, 1.0, 2 * 3),  # 2 epochs x the 3 validation samples
-])
+@pytest.mark.parametrize(
+    ("with_val", "limit_val_batches", "val_keys_seen"),
+    [
+        (False, 1.0, 0),  # no val_shards: no validation loop
+        (True, 0, 0),  # validation switched off
+        (True, 1.0, 2 * 3),  # 2 epochs x the 3 validation samples
+    ],
+)
 def test_trainer_fit_with_and_without_validation(train_shards, tmp_path, with_val, limit_val_batches, val_keys_seen):
     val_shards = None
     if with_val:
         write_shard(tmp_path / "val-000000.tar", ["v0", "v1", "v2"], seed=1)
         val_shards = str(tmp_path / "val-000000.tar")
-    datamodule = ShardDataModule(train_shards=train_shards, val_shards=val_shards, crop_size=8, batch_size=2,
-                                 steps_per_epoch=2, num_workers=0, shuffle_buffer=0)
+    datamodule = ShardDataModule(
+        train_shards=train_shards,
+        val_shards=val_shards,
+        crop_size=8,
+        batch_size=2,
+        steps_per_epoch=2,
+        num_workers=0,
+        shuffle_buffer=0,
+    )
     model = MeanModel()
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         limit_val_batches=limit_val_batches, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=limit_val_batches,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 4 and model.seen == 8
     assert len(model.val_keys) == val_keys_seen
@@ -352,7 +385,9 @@ def batch_ids(batches: list[dict]) -> list[tuple]:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("taken", [0, 1, 4, 5])
-def test_a_resumed_stream_continues_with_the_batches_of_an_uninterrupted_one(train_shards, tmp_path, num_workers, taken):
+def test_a_resumed_stream_continues_with_the_batches_of_an_uninterrupted_one(
+    train_shards, tmp_path, num_workers, taken
+):
     """Epochs of 5 batches; the checkpoint is taken after ``taken`` batches of epoch 1 (5 = at its end)."""
 
     def loader():
@@ -396,8 +431,14 @@ def test_one_shard_feeds_two_ranks_of_two_workers_each(tmp_path):
     write_shard(tmp_path / "only-000000.tar", ["a", "b", "c"], seed=1)
     streams = []
     for rank in (0, 1):
-        datamodule = module(tmp_path, train_shards=str(tmp_path / "only-000000.tar"), rank=rank, world_size=2,
-                            num_workers=2, steps_per_epoch=4)  # fmt: skip
+        datamodule = module(
+            tmp_path,
+            train_shards=str(tmp_path / "only-000000.tar"),
+            rank=rank,
+            world_size=2,
+            num_workers=2,
+            steps_per_epoch=4,
+        )
         loader = datamodule.train_dataloader()
         streams.append(batch_ids(list(loader)))
         loader.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -77,8 +76,12 @@ def test_bicubic_matches_pil_float_resize(scale: int) -> None:
     img = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.uint8)
     ours = BicubicDownsample(scale)(to_tensor(img))[0].numpy()
     size = (40 // scale, 40 // scale)
-    ref = np.stack([np.asarray(Image.fromarray(img[..., c].astype(np.float32) / 255).resize(size, Image.BICUBIC))
-                    for c in range(3)])
+    ref = np.stack(
+        [
+            np.asarray(Image.fromarray(img[..., c].astype(np.float32) / 255).resize(size, Image.BICUBIC))
+            for c in range(3)
+        ]
+    )
     assert ours.shape == (3, *size)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
 
@@ -305,7 +308,7 @@ degradation:
 
 def test_jsonargparse_builds_pipeline_from_yaml() -> None:
     parser = ArgumentParser()
-    parser.add_argument("--degradation", type=Optional[Pipeline])
+    parser.add_argument("--degradation", type=Pipeline | None)
     built = parser.instantiate(parser.parse_string(RECIPE)).degradation
     assert isinstance(built, Pipeline) and built.quantize and built.clamp
     assert [type(step) for step in built.steps] == [GaussianBlur, BicubicDownsample, GaussianNoise, JPEG]

@@ -4,7 +4,6 @@ correlation against its closed form and against AWGN, the gamma path, argument c
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pytest
 import torch
@@ -130,7 +129,7 @@ degradation:
         init_args: {photons: [20, 80], read_noise: [3, 3], correlation: [1.0, 1.0], gamma: 2.2}
 """
     parser = ArgumentParser()
-    parser.add_argument("--degradation", type=Optional[Pipeline])
+    parser.add_argument("--degradation", type=Pipeline | None)
     built = parser.instantiate(parser.parse_string(recipe)).degradation
     (step,) = built.steps
     assert isinstance(step, CameraNoise)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -97,9 +96,9 @@ def test_isotropic_kernels_are_rotation_and_transposition_invariant(family: str)
     for theta in (0.0, 0.4, 2.0):  # the angle must not matter when sigma_x == sigma_y
         angle = torch.full_like(sigma, theta)
         kernels = {
-            "gaussian": lambda: gaussian_kernels(sigma, sigma, angle),
-            "generalized": lambda: generalized_gaussian_kernels(sigma, sigma, angle, beta),
-            "plateau": lambda: plateau_kernels(sigma, sigma, angle, beta),
+            "gaussian": lambda: gaussian_kernels(sigma, sigma, angle),  # noqa: B023 (called within this iteration)
+            "generalized": lambda: generalized_gaussian_kernels(sigma, sigma, angle, beta),  # noqa: B023 (called within this iteration)
+            "plateau": lambda: plateau_kernels(sigma, sigma, angle, beta),  # noqa: B023 (called within this iteration)
             "sinc": lambda: sinc_kernels(cutoff),
         }[family]()
         if theta == 0.0:
@@ -203,8 +202,9 @@ def test_kernel_family_and_blur_probabilities_are_honoured() -> None:
     assert float((asymmetry > 1e-3).float().mean()) > 0.8  # random angles and unequal sigmas: transposes differ
     no_second_blur = RealESRGANDegradation(second_blur_prob=0.0).sample_blur_kernels(2, 16, seeded(), CPU)
     assert torch.equal(no_second_blur, pulse_kernels(16))
-    assert torch.equal(RealESRGANDegradation(final_sinc_prob=0.0).sample_final_sinc_kernels(16, seeded(), CPU),
-                       pulse_kernels(16))
+    assert torch.equal(
+        RealESRGANDegradation(final_sinc_prob=0.0).sample_final_sinc_kernels(16, seeded(), CPU), pulse_kernels(16)
+    )
     always = RealESRGANDegradation(final_sinc_prob=1.0).sample_final_sinc_kernels(16, seeded(), CPU)
     assert torch.all(always[:, 10, 10] < 1.0)  # every one a real low-pass, none the identity
 
@@ -226,8 +226,12 @@ def test_filter_per_sample_uses_each_samples_kernel() -> None:
 def test_gaussian_noise_std_matches_sigma(stage: int) -> None:
     sigma_255 = 12.0
     model = RealESRGANDegradation(
-        gaussian_noise_prob=1.0, noise_range=(sigma_255, sigma_255), gray_noise_prob=0.0,
-        gaussian_noise_prob2=1.0, noise_range2=(sigma_255, sigma_255), gray_noise_prob2=0.0,
+        gaussian_noise_prob=1.0,
+        noise_range=(sigma_255, sigma_255),
+        gray_noise_prob=0.0,
+        gaussian_noise_prob2=1.0,
+        noise_range2=(sigma_255, sigma_255),
+        gray_noise_prob2=0.0,
     )
     clean = torch.full((4, 3, 48, 48), 0.5, dtype=torch.float64)  # 0.5 is 10 sigma from the clamp
     residual = model.add_noise(clean, seeded(), stage=stage) - clean
@@ -360,7 +364,7 @@ degradation:
 
 def test_recipe_builds_from_class_path_and_init_args() -> None:
     parser = ArgumentParser()
-    parser.add_argument("--degradation", type=Optional[Pipeline])
+    parser.add_argument("--degradation", type=Pipeline | None)
     built = parser.instantiate(parser.parse_string(RECIPE)).degradation
     (step,) = built.steps
     assert isinstance(step, RealESRGANDegradation)

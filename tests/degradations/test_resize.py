@@ -22,7 +22,9 @@ from ir_lightning.degradations.resize import (
 def cubic_reference(x: np.ndarray) -> np.ndarray:
     """Keys' cubic with a = -0.5 (MATLAB imresize's 'bicubic')."""
     ax = np.abs(x)
-    return np.where(ax <= 1, 1.5 * ax**3 - 2.5 * ax**2 + 1, np.where(ax < 2, -0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2, 0.0))
+    return np.where(
+        ax <= 1, 1.5 * ax**3 - 2.5 * ax**2 + 1, np.where(ax < 2, -0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2, 0.0)
+    )
 
 
 def matlab_downscale_axis(x: np.ndarray, scale: int, axis: int) -> np.ndarray:

@@ -220,8 +220,15 @@ def chain_and_start(name: str, n_steps: int) -> tuple[Chain, Tensor]:
     return chain, x_T
 
 
-CHAINS = ["sr3", "rddm", "ddnm-sr2-0.0", "ddnm-inpaint-0.0", "ddnm-sr2-0.5", "ddnm-inpaint-0.5",
-          "ddnm-inpaint-0.5-preconditioned"]  # fmt: skip
+CHAINS = [
+    "sr3",
+    "rddm",
+    "ddnm-sr2-0.0",
+    "ddnm-inpaint-0.0",
+    "ddnm-sr2-0.5",
+    "ddnm-inpaint-0.5",
+    "ddnm-inpaint-0.5-preconditioned",
+]
 
 
 @pytest.mark.parametrize("method", ["anderson", "picard"])
@@ -402,7 +409,9 @@ def test_bad_solver_settings_name_the_field(kwargs, message):
 def test_solver_settings_accept_every_method_and_the_bounds():
     assert SOLVERS == ("sequential", "anderson", "picard")
     for method in SOLVERS:
-        bounds = SolverSettings(method, memory=1, regularisation=1, mixing=1, tolerance=1e-300, max_iter=1, chunk_size=1)
+        bounds = SolverSettings(
+            method, memory=1, regularisation=1, mixing=1, tolerance=1e-300, max_iter=1, chunk_size=1
+        )
         assert bounds.method == method and bounds.max_iter == 1
 
 

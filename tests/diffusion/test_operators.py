@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -290,10 +290,17 @@ def test_errors_name_the_bad_value(build: Callable[[], object], match: str) -> N
 
 @pytest.mark.parametrize(
     ("name", "kind", "out_hw"),
-    [("sr4", AveragePoolSR, (4, 6)), ("bicubic2", BicubicSR, (8, 12)), ("deblur_gauss", Blur, (16, 24)),
-     ("deblur_uni", Blur, (16, 24)), ("deblur_aniso", Blur, (16, 24)), ("inpaint_box", Inpainting, (16, 24)),
-     ("inpaint_random50", Inpainting, (16, 24)), ("colorization", Colorization, (16, 24))],
-)  # fmt: skip
+    [
+        ("sr4", AveragePoolSR, (4, 6)),
+        ("bicubic2", BicubicSR, (8, 12)),
+        ("deblur_gauss", Blur, (16, 24)),
+        ("deblur_uni", Blur, (16, 24)),
+        ("deblur_aniso", Blur, (16, 24)),
+        ("inpaint_box", Inpainting, (16, 24)),
+        ("inpaint_random50", Inpainting, (16, 24)),
+        ("colorization", Colorization, (16, 24)),
+    ],
+)
 def test_make_operator_by_name(name, kind, out_hw):
     operator = make_operator(name, (16, 24), seed=1)
     assert isinstance(operator, kind)

@@ -15,7 +15,9 @@ def test_betas_are_linear_in_sqrt_beta():
     betas = prior_betas()
     torch.testing.assert_close(betas, torch.tensor([0.1, 0.294, 0.591, 0.99], dtype=torch.float64), atol=1e-3, rtol=0)
     roots = betas.sqrt()
-    torch.testing.assert_close(roots.diff(), torch.full((3,), (math.sqrt(0.99) - math.sqrt(0.1)) / 3, dtype=torch.float64))
+    torch.testing.assert_close(
+        roots.diff(), torch.full((3,), (math.sqrt(0.99) - math.sqrt(0.1)) / 3, dtype=torch.float64)
+    )
     gammas = prior_gammas()
     assert abs(gammas[-1].item() - 0.9 * (1 - betas[1]) * (1 - betas[2]) * 0.01) < 1e-12
     assert abs(gammas[-1].item() - 0.0026) < 1e-4
@@ -40,7 +42,10 @@ def test_each_step_is_the_posterior_mean():
     for step, t in enumerate(reversed(range(4))):
         prev = alpha_bar[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64)
         x0 = 0.5 * z + t
-        z = betas[t] * prev.sqrt() / (1 - alpha_bar[t]) * x0 + (1 - betas[t]).sqrt() * (1 - prev) / (1 - alpha_bar[t]) * z
+        z = (
+            betas[t] * prev.sqrt() / (1 - alpha_bar[t]) * x0
+            + (1 - betas[t]).sqrt() * (1 - prev) / (1 - alpha_bar[t]) * z
+        )
         torch.testing.assert_close(states[step], z)
 
 

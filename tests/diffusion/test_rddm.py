@@ -173,8 +173,13 @@ def test_rddm_with_convert_to_ddim_follows_the_suites_ddim_trajectory():
 
     ddim_states = []
     gammas = gammas_all[times[:-1].flip(0) - 1]  # the visited t > 0, least noisy first
-    ddim_end = ddim_sample(lambda y, level: eps_model(y, level.double()), x_T, gammas, clip_y0=False,
-                           callback=lambda i, y_t, y0: ddim_states.append(y_t.clone()))  # fmt: skip
+    ddim_end = ddim_sample(
+        lambda y, level: eps_model(y, level.double()),
+        x_T,
+        gammas,
+        clip_y0=False,
+        callback=lambda i, y_t, y0: ddim_states.append(y_t.clone()),
+    )
     assert len(rddm_states) == len(ddim_states) == steps
     for a, b in zip(rddm_states, ddim_states):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -208,7 +208,10 @@ def test_ddim_step_is_its_drift_times_y_t_plus_terms_in_y0_and_z(eta: float) -> 
     y_t, eps, gamma_t, gamma_prev, z = _rows_at_different_levels(3)
     y_prev, y0_hat = ddim_step(y_t, eps, gamma_t, gamma_prev, eta=eta, noise=z, clip_y0=True)
     assert y0_hat.abs().max().item() <= 1.0
-    drift, sigma = ddim_drift(gamma_t, gamma_prev, eta).view(-1, 1, 1, 1), ddim_sigma(gamma_t, gamma_prev, eta).view(-1, 1, 1, 1)
+    drift, sigma = (
+        ddim_drift(gamma_t, gamma_prev, eta).view(-1, 1, 1, 1),
+        ddim_sigma(gamma_t, gamma_prev, eta).view(-1, 1, 1, 1),
+    )
     y0_weight = gamma_prev.sqrt().view(-1, 1, 1, 1) - drift * gamma_t.sqrt().view(-1, 1, 1, 1)
     assert (y_prev - drift * y_t - y0_weight * y0_hat - sigma * z).abs().max().item() < 1e-12
 

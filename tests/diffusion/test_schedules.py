@@ -98,8 +98,10 @@ def test_one_respacing_serves_levels_timesteps_and_rddm_times(n_train: int, n_st
 
     from ir_lightning.diffusion.rddm import ResidualSchedule
 
-    expected = [n_train - 1 - math.floor(Fraction(k * (n_train - 1), max(n_steps - 1, 1)) + Fraction(1, 2))
-                for k in range(n_steps)]  # fmt: skip
+    expected = [
+        n_train - 1 - math.floor(Fraction(k * (n_train - 1), max(n_steps - 1, 1)) + Fraction(1, 2))
+        for k in range(n_steps)
+    ]
     assert respaced_timesteps(n_train, n_steps).tolist() == expected  # the noisiest first
     assert respaced_indices(n_train, n_steps).tolist() == expected[::-1]
     gammas = gammas_from_betas(make_betas("linear", n_train))

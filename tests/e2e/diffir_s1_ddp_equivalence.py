@@ -79,16 +79,27 @@ def main(devices: int, out: Path) -> None:
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ema = EMA(decay=0.5)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=STEPS,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        use_distributed_sampler=False, callbacks=[ema], default_root_dir=out, num_sanity_val_steps=0,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=STEPS,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        callbacks=[ema],
+        default_root_dir=out,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=Data(devices))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"seen{trainer.global_rank}.json").write_text(json.dumps(model.seen))
     # at the end of fit the EMA callback has copied the average into the model; it kept the trained weights
-    torch.save({"trained": ema._trained_state, "ema": model.state_dict(), "initial": initial},
-               out / f"weights{trainer.global_rank}.pt")  # fmt: skip
+    torch.save(
+        {"trained": ema._trained_state, "ema": model.state_dict(), "initial": initial},
+        out / f"weights{trainer.global_rank}.pt",
+    )
 
 
 if __name__ == "__main__":

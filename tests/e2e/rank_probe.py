@@ -42,9 +42,16 @@ class RankState(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"rank": trainer.global_rank, "world": trainer.world_size, "start_step": self.start_step,
-                  "global_step": trainer.global_step, "initial": self.initial, "trained": self.trained, "ema": self.ema,
-                  "logged": self.logged}  # fmt: skip
+        record = {
+            "rank": trainer.global_rank,
+            "world": trainer.world_size,
+            "start_step": self.start_step,
+            "global_step": trainer.global_step,
+            "initial": self.initial,
+            "trained": self.trained,
+            "ema": self.ema,
+            "logged": self.logged,
+        }
         torch.save(record, self.out_dir / f"rank{trainer.global_rank}.pt")
 
 

@@ -25,8 +25,15 @@ worker) two threads a process run several times slower (the demo overlays' fused
 
 
 def stack(recipe: str, tiny: str, demo: str = "") -> list[str]:
-    return ["-c", str(REPO / f"recipes/{recipe}.yaml"), "-c", str(REPO / f"recipes/demo/{demo or recipe}_cpu.yaml"),
-            "-c", str(REPO / f"tests/configs/{tiny}.yaml"), *EXACT]  # fmt: skip
+    return [
+        "-c",
+        str(REPO / f"recipes/{recipe}.yaml"),
+        "-c",
+        str(REPO / f"recipes/demo/{demo or recipe}_cpu.yaml"),
+        "-c",
+        str(REPO / f"tests/configs/{tiny}.yaml"),
+        *EXACT,
+    ]
 
 
 def one_stream(shards: dict[str, str]) -> list[str]:
@@ -39,8 +46,12 @@ def two_streams(shards: dict[str, str]) -> list[str]:
         f"--data.init_args.synthetic.init_args.train_shards={shards['train']}",
         f"--data.init_args.real.init_args.train_shards={shards['train']}",
         f"--data.init_args.real.init_args.val_shards={shards['val']}",
-        *(f"--data.init_args.{s}.init_args.{k}" for s in ("synthetic", "real") for k in ("steps_per_epoch=3", "num_workers=1")),
-    ]  # fmt: skip
+        *(
+            f"--data.init_args.{s}.init_args.{k}"
+            for s in ("synthetic", "real")
+            for k in ("steps_per_epoch=3", "num_workers=1")
+        ),
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +70,42 @@ class Method:
     steps_per_iteration: int = 1
 
 
-METHODS = {m.name: m for m in [
-    Method("RDDM", [*stack("rddm_sr_x4", "rddm_tiny"), "--model.init_args.net.init_args.dropout=0.1"],  # dropout replays too
-           one_stream, ("net.",)),
-    Method("DiffIRS1", stack("diffir_s1_realsr_x4", "diffir_tiny"), one_stream, ("restorer.", "cpen_s1.")),
-    Method("DiffIRS2", [*stack("diffir_s2_realsr_x4", "diffir_tiny"), "--model.init_args.prior_steps=3"],  # both phases
-           one_stream, ("restorer.", "cpen_s2.", "denoiser."), previous="DiffIRS1", previous_setting="stage1_ckpt"),
-    Method("DiffIRGAN", [*stack("diffir_s2gan_realsr_x4", "diffir_tiny"), "--model.init_args.perceptual=null"],
-           one_stream, ("restorer.", "cpen_s2.", "denoiser.", "discriminator."), previous="DiffIRS2",
-           previous_setting="stage2_ckpt", steps_per_iteration=2),
-    Method("DenoisingAsAdaptation", stack("da_denoise", "da_tiny"), two_streams, ("restorer.", "diffusion.")),
-    Method("DeqIR", [*stack("deqir_faces64", "deqir_tiny", demo="deqir"), "--model.init_args.net.init_args.dropout=0.1"],
-           one_stream, ("net.",)),
-]}  # fmt: skip
+METHODS = {
+    m.name: m
+    for m in [
+        Method(
+            "RDDM",
+            [*stack("rddm_sr_x4", "rddm_tiny"), "--model.init_args.net.init_args.dropout=0.1"],  # dropout replays too
+            one_stream,
+            ("net.",),
+        ),
+        Method("DiffIRS1", stack("diffir_s1_realsr_x4", "diffir_tiny"), one_stream, ("restorer.", "cpen_s1.")),
+        Method(
+            "DiffIRS2",
+            [*stack("diffir_s2_realsr_x4", "diffir_tiny"), "--model.init_args.prior_steps=3"],  # both phases
+            one_stream,
+            ("restorer.", "cpen_s2.", "denoiser."),
+            previous="DiffIRS1",
+            previous_setting="stage1_ckpt",
+        ),
+        Method(
+            "DiffIRGAN",
+            [*stack("diffir_s2gan_realsr_x4", "diffir_tiny"), "--model.init_args.perceptual=null"],
+            one_stream,
+            ("restorer.", "cpen_s2.", "denoiser.", "discriminator."),
+            previous="DiffIRS2",
+            previous_setting="stage2_ckpt",
+            steps_per_iteration=2,
+        ),
+        Method("DenoisingAsAdaptation", stack("da_denoise", "da_tiny"), two_streams, ("restorer.", "diffusion.")),
+        Method(
+            "DeqIR",
+            [*stack("deqir_faces64", "deqir_tiny", demo="deqir"), "--model.init_args.net.init_args.dropout=0.1"],
+            one_stream,
+            ("net.",),
+        ),
+    ]
+}
 
 
 def fit(method: Method, cwd: Path, shards: dict[str, str], previous: Path | None, *extra: str, check: bool = True):

@@ -50,8 +50,16 @@ def test_two_processes_hold_the_same_trained_and_ema_weights(name, uninterrupted
     method = METHODS[name]
     previous = uninterrupted(method.previous) if method.previous else None
     strategy = "ddp_find_unused_parameters_true" if method.steps_per_iteration == 2 else "ddp"
-    done = fit(method, tmp_path, sr_shards, previous, "--trainer.accelerator=cpu", "--trainer.devices=2",
-               f"--trainer.strategy={strategy}", "--trainer.max_steps=4")  # fmt: skip
+    done = fit(
+        method,
+        tmp_path,
+        sr_shards,
+        previous,
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        f"--trainer.strategy={strategy}",
+        "--trainer.max_steps=4",
+    )
     assert "Starting with 2 processes" in done.stdout + done.stderr
     ranks = [torch.load(tmp_path / f"ranks/rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [(r["rank"], r["world"], r["start_step"], r["global_step"]) for r in ranks] == [(0, 2, 0, 4), (1, 2, 0, 4)]
@@ -70,13 +78,22 @@ def test_two_processes_hold_the_same_trained_and_ema_weights(name, uninterrupted
         assert all_finite(r["logged"]), r["logged"]
 
 
-@pytest.mark.filterwarnings("ignore:The `srun` command", "ignore:You defined a `validation_step`",
-                            "ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")  # Lightning's notes, in this process
+@pytest.mark.filterwarnings(
+    "ignore:The `srun` command",
+    "ignore:You defined a `validation_step`",
+    "ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated",
+)  # Lightning's notes, in this process
 def test_diffir_stage1_two_processes_end_with_the_weights_of_one_process(tmp_path):
     one_process(1, tmp_path / "d1")  # here, in this process
-    done = subprocess.run([sys.executable, "-m", "tests.e2e.diffir_s1_ddp_equivalence", "2", str(tmp_path / "d2")],
-                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **ONE_THREAD), capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.diffir_s1_ddp_equivalence", "2", str(tmp_path / "d2")],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **ONE_THREAD),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Starting with 2 processes" in done.stdout + done.stderr
     one = torch.load(tmp_path / "d1/weights0.pt", weights_only=True)

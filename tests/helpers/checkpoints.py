@@ -14,9 +14,18 @@ from ir_lightning.methods.sr3 import NoiseSchedule
 from ir_lightning.nets.unet import UNet
 
 SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_end=0.02)
-NET = {"class_path": "ir_lightning.nets.unet.UNet",
-       "init_args": {"in_channels": 3, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-                     "attn_levels": [], "dropout": 0.0, "norm_groups": 4}}  # fmt: skip
+NET = {
+    "class_path": "ir_lightning.nets.unet.UNet",
+    "init_args": {
+        "in_channels": 3,
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "attn_levels": [],
+        "dropout": 0.0,
+        "norm_groups": 4,
+    },
+}
 
 
 def small_deqir(seed: int = 0, steps: int = 3, solver: str = "sequential", **kwargs) -> DeqIR:
@@ -29,10 +38,16 @@ def small_deqir(seed: int = 0, steps: int = 3, solver: str = "sequential", **kwa
 def save_checkpoint(model: DeqIR, path: Path, trained: DeqIR | None = None) -> Path:
     """A checkpoint laid out as Lightning writes one from the CLI: the net as a class_path in the
     hyperparameters (rebuilt by the CLI's instantiator), the EMA weights in state_dict."""
-    hparams = dict(model.hparams) | {"net": NET, "_class_path": "ir_lightning.methods.DeqIR",
-                                     "_instantiator": "lightning.pytorch.cli.instantiate_module"}  # fmt: skip
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": hparams,
-                  "pytorch-lightning_version": lightning.__version__}  # fmt: skip
+    hparams = dict(model.hparams) | {
+        "net": NET,
+        "_class_path": "ir_lightning.methods.DeqIR",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": lightning.__version__,
+    }
     if trained is not None:
         checkpoint["current_model_state"] = trained.state_dict()
     torch.save(checkpoint, path)

@@ -51,7 +51,11 @@ class MethodContract:
     def batch(self, seed: int = 0) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
         gt = torch.rand(2, 3, self.size, self.size, generator=generator)
-        lq = F.avg_pool2d(gt, self.scale) if self.scale > 1 else (gt + 0.1 * torch.randn(gt.shape, generator=generator)).clamp(0, 1)
+        lq = (
+            F.avg_pool2d(gt, self.scale)
+            if self.scale > 1
+            else (gt + 0.1 * torch.randn(gt.shape, generator=generator)).clamp(0, 1)
+        )
         return {"gt": gt, "lq": lq, "real_lq": lq.flip(0)}
 
     def restored(self, model: RestorationModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -66,7 +70,11 @@ class MethodContract:
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
         skipped = tuple(f"{name}." for name in self.not_reached_by_the_loss)
-        unreached = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None and not name.startswith(skipped)]
+        unreached = [
+            name
+            for name, p in model.named_parameters()
+            if p.requires_grad and p.grad is None and not name.startswith(skipped)
+        ]
         assert not unreached, f"no gradient reaches {unreached[:5]}"
 
     def test_contract_restore_gives_the_target_size_in_the_unit_range_and_repeats_bit_for_bit(self):
@@ -89,12 +97,22 @@ class MethodContract:
 
     def test_contract_an_export_restores_what_the_trained_module_does(self, tmp_path: Path):
         model = self.make()
-        trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
-                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+        trainer = pl.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         trainer.fit(model, torch.utils.data.DataLoader([self.batch()], batch_size=None))
         trainer.save_checkpoint(tmp_path / "full.ckpt")
         export_weights(tmp_path / "full.ckpt", tmp_path / "export.ckpt")
-        loaded = type(model).load_from_checkpoint(tmp_path / "export.ckpt", map_location="cpu", **self.networks()).eval()
+        loaded = (
+            type(model).load_from_checkpoint(tmp_path / "export.ckpt", map_location="cpu", **self.networks()).eval()
+        )
         batch = self.batch(2)
         torch.testing.assert_close(self.restored(loaded, batch), self.restored(model.eval(), batch), rtol=0, atol=0)
 

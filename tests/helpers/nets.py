@@ -29,7 +29,10 @@ def tiny_two_unets(in_channels: int = 6, cond_dims: int = 1) -> TwoUNets:
 
 def tiny_diffir(scale: int = 4, stage: int = 2) -> dict[str, nn.Module]:
     """DiffIR's networks for stage 1 (restorer, cpen_s1) or stage 2 (and cpen_s2, denoiser)."""
-    networks: dict[str, nn.Module] = {"restorer": DIRformer(scale=scale, **TINY_DIRFORMER), "cpen_s1": CPEN(scale, True, 1)}
+    networks: dict[str, nn.Module] = {
+        "restorer": DIRformer(scale=scale, **TINY_DIRFORMER),
+        "cpen_s1": CPEN(scale, True, 1),
+    }
     if stage >= 2:
         networks |= {"cpen_s2": CPEN(scale, False, 1), "denoiser": IPRDenoiser()}
     return networks

@@ -15,7 +15,9 @@ from ir_lightning.inference.tiling import profile, restore_tiled, tile_starts
 def local_sr_net(seed: int = 0) -> nn.Module:
     """Two 3 x 3 convolutions (receptive radius 2 input pixels) and a x2 pixel shuffle, zero padding."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2)).double()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2)
+    ).double()
 
 
 def test_tiles_cover_the_image_with_at_least_the_overlap():

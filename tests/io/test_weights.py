@@ -33,11 +33,15 @@ def test_every_failure_is_one_error_class_and_a_missing_file_is_also_not_found(t
     (tmp_path / "text.pt").write_text("hello\n")
     with pytest.raises(WeightsError, match=r"text\.pt: refused, not a checkpoint of this suite \(it is a text file\)"):
         read_checkpoint(tmp_path / "text.pt")
-    with pytest.raises(WeightsError, match=r"text\.pt: not a PyTorch weights file that loads with weights_only=True \(it is a text"):
+    with pytest.raises(
+        WeightsError, match=r"text\.pt: not a PyTorch weights file that loads with weights_only=True \(it is a text"
+    ):
         read_state_dict(tmp_path / "text.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "state.pt")
     assert torch.equal(read_state_dict(tmp_path / "state.pt")["w"], torch.ones(2))
-    with pytest.raises(WeightsError, match=r"state\.pt: refused, not a checkpoint of this suite \(no state_dict of named tensors\)"):
+    with pytest.raises(
+        WeightsError, match=r"state\.pt: refused, not a checkpoint of this suite \(no state_dict of named tensors\)"
+    ):
         read_checkpoint(tmp_path / "state.pt")
 
 
@@ -48,5 +52,7 @@ def test_the_key_report_names_missing_unexpected_and_mis_shaped_keys_in_order():
     assert report.missing == ["c"] and report.unexpected == ["x"] and report.mismatched == [("b", (2, 3), (3, 2))]
     assert report.text() == "missing keys c; unexpected keys x; mis-shaped b (2, 3) (expected (3, 2))"
     assert not key_report(found, {k: v.shape for k, v in found.items()})
-    with pytest.raises(WeightsError, match=r"^f\.pt: not a test network: missing keys c; unexpected keys x; mis-shaped b"):
+    with pytest.raises(
+        WeightsError, match=r"^f\.pt: not a test network: missing keys c; unexpected keys x; mis-shaped b"
+    ):
         check_keys("f.pt", found, expected, "a test network")

@@ -31,14 +31,26 @@ class Tiny(RestorationModule):
 
 def batches(count: int) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
-    return [{"gt": torch.rand(2, 3, 4, 4, generator=generator), "lq": torch.rand(2, 3, 4, 4, generator=generator),
-             "index": torch.tensor([i, i])} for i in range(count)]
+    return [
+        {
+            "gt": torch.rand(2, 3, 4, 4, generator=generator),
+            "lq": torch.rand(2, 3, 4, 4, generator=generator),
+            "index": torch.tensor([i, i]),
+        }
+        for i in range(count)
+    ]
 
 
 def fit(model: Tiny, tmp_path, count: int) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path,
-                         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
     trainer.fit(model, DataLoader(batches(count), batch_size=None))
     return trainer
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ir_lightning.diffusion import noised_training_sample
-from ir_lightning.diffusion.operators import AveragePoolSR
 from ir_lightning.diffusion.deq import SolverSettings, sequential
+from ir_lightning.diffusion.operators import AveragePoolSR
 from ir_lightning.methods.deqir import DeqIR, invert, respaced_timesteps
 from ir_lightning.methods.sr3 import NoiseSchedule, to_signed
 from ir_lightning.nets.unet import UNet
@@ -24,7 +24,15 @@ SCHEDULE = NoiseSchedule(kind="linear", n_steps=100, linear_start=1e-4, linear_e
 def tiny(sampling: dict | None = None, **kwargs) -> DeqIR:
     """A DeqIR with a tiny random prior; `sampling` changes fields of the default sampling settings."""
     torch.manual_seed(0)
-    net = UNet(in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
+    net = UNet(
+        in_channels=3,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attn_levels=(),
+        dropout=0.0,
+        norm_groups=4,
+    )
     settings = DeqIR.DEFAULT_SAMPLING.replaced(**(sampling or {}))
     return DeqIR(net=net, train_schedule=SCHEDULE, sampling=settings, **kwargs).eval()
 
@@ -45,9 +53,10 @@ def test_respaced_timesteps_run_from_the_noisiest_to_zero():
     assert bool((steps[1:] < steps[:-1]).all())
 
 
-@pytest.mark.parametrize(("solver", "preconditioner", "tolerance", "error"),
-                         [("anderson", "spectral", 1e-4, 5e-4), ("picard", "spectral", 1e-4, 5e-4),
-                          ("anderson", "none", 1e-3, 5e-3)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("solver", "preconditioner", "tolerance", "error"),
+    [("anderson", "spectral", 1e-4, 5e-4), ("picard", "spectral", 1e-4, 5e-4), ("anderson", "none", 1e-3, 5e-3)],
+)
 @pytest.mark.parametrize("operator", ["sr2", "inpaint_box"])
 def test_parallel_restoration_equals_the_sequential_chain(operator, solver, preconditioner, tolerance, error):
     """The joint fixed point is the sequential chain, reached by the solver's tolerance in fewer rounds than
@@ -55,8 +64,11 @@ def test_parallel_restoration_equals_the_sequential_chain(operator, solver, prec
     bound would not test the solver). Measured on this untrained prior: spectral 14-23 rounds; without the
     preconditioner only Anderson at 1e-3 stops before T (23 rounds; Picard needs all 25)."""
     n_steps = 25
-    model = tiny({"steps": n_steps, "solver": {"method": solver, "tolerance": tolerance, "max_iter": n_steps}},
-                 operator=operator, preconditioner=preconditioner)  # fmt: skip
+    model = tiny(
+        {"steps": n_steps, "solver": {"method": solver, "tolerance": tolerance, "max_iter": n_steps}},
+        operator=operator,
+        preconditioner=preconditioner,
+    )
     gt = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     lq = model.operator_for((16, 16)).forward(gt)
     parallel, solved = model.restoration(lq, size=(16, 16))
@@ -96,13 +108,16 @@ def test_predict_restores_an_lq_of_the_operators_size():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"operator": "sr"}, "unknown operator 'sr'"), ({"sigma_y": -0.1}, "sigma_y must be >= 0"),
-     ({"sampling": {"solver": {"method": "newton"}}}, "newton"),
-     ({"sampling": {"steps": 101}}, r"sampling.steps must be in \[1, 100\]"),
-     ({"sampling": {"clip": True}}, "DeqIR's chain does not clamp"),
-     ({"preconditioner": "jacobi"}, "preconditioner must be spectral or none, got 'jacobi'"),
-     ({"prior_variance": 0.0}, "prior_variance must be > 0")],
-)  # fmt: skip
+    [
+        ({"operator": "sr"}, "unknown operator 'sr'"),
+        ({"sigma_y": -0.1}, "sigma_y must be >= 0"),
+        ({"sampling": {"solver": {"method": "newton"}}}, "newton"),
+        ({"sampling": {"steps": 101}}, r"sampling.steps must be in \[1, 100\]"),
+        ({"sampling": {"clip": True}}, "DeqIR's chain does not clamp"),
+        ({"preconditioner": "jacobi"}, "preconditioner must be spectral or none, got 'jacobi'"),
+        ({"prior_variance": 0.0}, "prior_variance must be > 0"),
+    ],
+)
 def test_bad_settings_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
@@ -111,7 +126,9 @@ def test_bad_settings_name_the_key(kwargs, message):
 def test_inversion_lowers_the_loss_to_a_reference():
     chain, x_T, x_ref, *_ = ddnm_problem(6, "sr2")
     loss_fn = lambda x0: (x0 - x_ref).pow(2).mean()  # noqa: E731
-    result = invert(chain, x_T, loss_fn, steps=5, settings=SolverSettings("anderson", tolerance=1e-6, max_iter=20), lr=0.05, tau=0.1)
+    result = invert(
+        chain, x_T, loss_fn, steps=5, settings=SolverSettings("anderson", tolerance=1e-6, max_iter=20), lr=0.05, tau=0.1
+    )
     assert len(result.losses) == 5
     assert all(later < result.losses[0] for later in result.losses[1:]), result.losses
     assert loss_fn(sequential(chain, result.x_T)).item() < loss_fn(sequential(chain, x_T)).item()

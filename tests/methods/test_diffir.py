@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ir_lightning.methods.diffir import DiffIRS1, DiffIRS2, Stage1CheckpointError
-from ir_lightning.training.optim import StepDecay
 from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser
+from ir_lightning.training.optim import StepDecay
 from tests.helpers.contract import MethodContract
 from tests.helpers.nets import tiny_diffir
 
@@ -24,8 +24,14 @@ def batch(scale: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def stage2(**kwargs) -> DiffIRS2:
     torch.manual_seed(0)
-    return DiffIRS2(restorer=DIRformer(scale=4, **TINY), cpen_s1=CPEN(4, True, 1), cpen_s2=CPEN(4, False, 1),
-                    denoiser=IPRDenoiser(), scale=4, **kwargs)  # fmt: skip
+    return DiffIRS2(
+        restorer=DIRformer(scale=4, **TINY),
+        cpen_s1=CPEN(4, True, 1),
+        cpen_s2=CPEN(4, False, 1),
+        denoiser=IPRDenoiser(),
+        scale=4,
+        **kwargs,
+    )
 
 
 def grads(module: torch.nn.Module) -> list[torch.Tensor | None]:
@@ -98,9 +104,14 @@ def test_stage1_hand_off_errors_name_the_keys(tmp_path):
         stage2().load_stage1(tmp_path / "teacher.ckpt")
     wider = DiffIRS1(restorer=DIRformer(scale=4, **{**TINY, "dim": 16}), cpen_s1=CPEN(4, True, 1), scale=4)
     save_stage1(tmp_path / "wider.ckpt", wider)
-    with pytest.raises(Stage1CheckpointError, match=r"DIRformer does not match.*modulation\.linear\.weight \(64, 256\) vs \(32, 256\).*\(\+102 more\)"):
+    with pytest.raises(
+        Stage1CheckpointError,
+        match=r"DIRformer does not match.*modulation\.linear\.weight \(64, 256\) vs \(32, 256\).*\(\+102 more\)",
+    ):
         stage2().load_stage1(tmp_path / "wider.ckpt")
-    deeper = DiffIRS1(restorer=DIRformer(scale=4, **{**TINY, "num_refinement_blocks": 2}), cpen_s1=CPEN(4, True, 1), scale=4)
+    deeper = DiffIRS1(
+        restorer=DIRformer(scale=4, **{**TINY, "num_refinement_blocks": 2}), cpen_s1=CPEN(4, True, 1), scale=4
+    )
     save_stage1(tmp_path / "deeper.ckpt", deeper)
     with pytest.warns(UserWarning, match=r"non-strictly: unexpected: refinement\.1\."):
         report = stage2().load_stage1(tmp_path / "deeper.ckpt")

@@ -12,8 +12,8 @@ import torch
 from ir_lightning.commands.export import export_weights
 from ir_lightning.methods.noise_da import DenoisingAsAdaptation, draw_swaps, ramp, shuffle_slots, triplet
 from ir_lightning.methods.sr3 import to_signed
-from tests.helpers.nets import tiny_da, tiny_unet
 from tests.helpers.contract import MethodContract
+from tests.helpers.nets import tiny_da, tiny_unet
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 
@@ -68,8 +68,12 @@ def test_residual_swap_builds_exactly_the_negatives():
     for seen, (first, second) in zip((positive, negative), expected):
         slots = seen[:, 3:6], seen[:, 6:9]
         for i in range(6):
-            kept = torch.allclose(slots[0][i], to_signed(first[i])) and torch.allclose(slots[1][i], to_signed(second[i]))
-            swapped = torch.allclose(slots[0][i], to_signed(second[i])) and torch.allclose(slots[1][i], to_signed(first[i]))
+            kept = torch.allclose(slots[0][i], to_signed(first[i])) and torch.allclose(
+                slots[1][i], to_signed(second[i])
+            )
+            swapped = torch.allclose(slots[0][i], to_signed(second[i])) and torch.allclose(
+                slots[1][i], to_signed(first[i])
+            )
             assert kept or swapped, i  # the slots hold exactly this pair, in either order
     assert torch.equal(positive[:, :3], negative[:, :3])  # the same noisy target for both
 
@@ -111,8 +115,15 @@ def test_export_holds_the_restorer_alone_and_restores_alike(tmp_path):
 
     torch.manual_seed(0)
     model = DenoisingAsAdaptation(**tiny_da())
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     batch = {"gt": torch.rand(2, 3, 16, 16), "lq": torch.rand(2, 3, 16, 16), "real_lq": torch.rand(2, 3, 16, 16)}
     trainer.fit(model, torch.utils.data.DataLoader([batch], batch_size=None))
     trainer.save_checkpoint(tmp_path / "full.ckpt")
@@ -133,8 +144,13 @@ def test_ramp_restorer_only_scales_the_restorers_share_not_ds():
 
     def grads(ramp_restorer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        model = DenoisingAsAdaptation(restorer=AddBias(), diffusion=tiny_unet(9), ramp_steps=1, charbonnier_eps=1.0,
-                                      ramp_restorer_only=ramp_restorer_only)  # fmt: skip
+        model = DenoisingAsAdaptation(
+            restorer=AddBias(),
+            diffusion=tiny_unet(9),
+            ramp_steps=1,
+            charbonnier_eps=1.0,
+            ramp_restorer_only=ramp_restorer_only,
+        )
         model.noise_loss_weight = lambda: 0.25  # type: ignore[method-assign]
         model.training_loss(batch).backward()
         d_grad = next(model.diffusion.parameters()).grad

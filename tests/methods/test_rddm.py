@@ -9,8 +9,8 @@ from torch import nn
 
 from ir_lightning.degradations import bicubic_upsample
 from ir_lightning.diffusion.deq import SolverSettings
-from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.rddm import RDDM, RDDMSchedule
+from ir_lightning.methods.settings import Sampling
 from ir_lightning.nets.rddm import TwoUNets
 from ir_lightning.nets.unet import UNet
 from tests.helpers.contract import MethodContract
@@ -42,8 +42,13 @@ def test_restore_with_an_oracle_network_returns_the_target_through_upsampling_an
     gt = gt.clamp(0, 1)
     lq = torch.nn.functional.avg_pool2d(gt, 4)  # 4x4 LR
     i_0 = gt * 2 - 1
-    model = RDDM(net=Oracle(i_0), condition="coefficients", scale=4, sampling=Sampling(steps=3),
-                 schedule=RDDMSchedule(n_steps=100, sum_scale=0.01))  # fmt: skip
+    model = RDDM(
+        net=Oracle(i_0),
+        condition="coefficients",
+        scale=4,
+        sampling=Sampling(steps=3),
+        schedule=RDDMSchedule(n_steps=100, sum_scale=0.01),
+    )
     i_in = bicubic_upsample(lq, (16, 16)) * 2 - 1
     assert float((i_in - i_0).abs().max()) <= 1.0  # inside the clamp of I_res
     restored = model.restore(lq)
@@ -110,7 +115,9 @@ def test_the_parallel_solver_restores_what_the_sequential_sampler_does(solver):
     net = TwoUNets(**(SMALL | {"in_channels": 7}))
     settings = dict(schedule=RDDMSchedule(n_steps=50), use_mask=True)
     sequential = RDDM(net=net, sampling=Sampling(steps=10), **settings).eval()
-    parallel = RDDM(net=net, sampling=Sampling(steps=10, solver=SolverSettings(solver, tolerance=1e-5)), **settings).eval()
+    parallel = RDDM(
+        net=net, sampling=Sampling(steps=10, solver=SolverSettings(solver, tolerance=1e-5)), **settings
+    ).eval()
     lq, mask = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
     expected = sequential.restore(lq, size=(16, 16), mask=mask)
     batches: list[int] = []
@@ -179,8 +186,13 @@ def test_the_training_loss_of_the_oracle_of_each_objective_is_zero(objective, lo
     """A network that returns the true I_res (= I_in - I_0) and the drawn eps has loss exactly 0: a target
     of -I_res, or the noise where I_res is due (or the other way), leaves a loss of order 1."""
     batch = loss_batch()
-    model = RDDM(net=TrainingOracle(batch, objective, drawn_noise), objective=objective, loss=loss,
-                 condition="coefficients", schedule=RDDMSchedule(n_steps=50))  # fmt: skip
+    model = RDDM(
+        net=TrainingOracle(batch, objective, drawn_noise),
+        objective=objective,
+        loss=loss,
+        condition="coefficients",
+        schedule=RDDMSchedule(n_steps=50),
+    )
     value = model.training_loss(batch)
     assert len(drawn_noise) == 1
     assert value.item() == 0.0
@@ -202,8 +214,12 @@ def test_the_training_loss_of_a_zero_network_is_the_mean_size_of_its_targets(obj
     """Predicting 0 costs mean |target| (l1) or mean target^2 (l2) for each output, summed over I_res and
     eps for pred_res_noise (the paper's two-term loss), with I_res = 2 (LQ - GT) and eps the drawn noise."""
     batch = loss_batch(1)
-    model = RDDM(net=Zero(2 if objective == "pred_res_noise" else 1), objective=objective, loss=loss,
-                 schedule=RDDMSchedule(n_steps=50))  # fmt: skip
+    model = RDDM(
+        net=Zero(2 if objective == "pred_res_noise" else 1),
+        objective=objective,
+        loss=loss,
+        schedule=RDDMSchedule(n_steps=50),
+    )
     value = model.training_loss(batch)
     (eps,) = drawn_noise
     i_res = 2 * (batch["lq"].double() - batch["gt"].double())

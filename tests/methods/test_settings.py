@@ -19,38 +19,66 @@ SHIPPED = Path(__file__).resolve().parents[2] / "ir_lightning/assets/sr3_x4_demo
 
 @pytest.mark.parametrize(
     ("fields", "message"),
-    [({"steps": 0}, "sampling.steps must be an integer >= 1, got 0"),
-     ({"steps": True}, "sampling.steps must be an integer >= 1, got True"),
-     ({"seed": -1}, "sampling.seed must be an integer >= 0, got -1"),
-     ({"sampler": "heun"}, "sampling.sampler must be ddpm or ddim, got 'heun'"),
-     ({"eta": 1.5}, r"sampling.eta must lie in \[0, 1\]"),
-     ({"sampler": "ddpm", "solver": SolverSettings("picard")}, "solves the deterministic chain .* got sampler='ddpm', eta=0.0"),
-     ({"eta": 0.5, "solver": {"method": "anderson"}}, "got sampler='ddim', eta=0.5"),
-     ({"solver": {"memory": 0}}, "solver.memory")],
-)  # fmt: skip
+    [
+        ({"steps": 0}, "sampling.steps must be an integer >= 1, got 0"),
+        ({"steps": True}, "sampling.steps must be an integer >= 1, got True"),
+        ({"seed": -1}, "sampling.seed must be an integer >= 0, got -1"),
+        ({"sampler": "heun"}, "sampling.sampler must be ddpm or ddim, got 'heun'"),
+        ({"eta": 1.5}, r"sampling.eta must lie in \[0, 1\]"),
+        (
+            {"sampler": "ddpm", "solver": SolverSettings("picard")},
+            "solves the deterministic chain .* got sampler='ddpm', eta=0.0",
+        ),
+        ({"eta": 0.5, "solver": {"method": "anderson"}}, "got sampler='ddim', eta=0.5"),
+        ({"solver": {"memory": 0}}, "solver.memory"),
+    ],
+)
 def test_a_bad_field_is_refused_naming_it(fields, message):
     with pytest.raises(ValueError, match=message):
         Sampling(**fields)
 
 
 def test_the_plain_dict_form_round_trips_with_the_nested_solver():
-    sampling = Sampling(steps=7, eta=0.0, seed=3, solver=SolverSettings("anderson", memory=3, tolerance=1e-5, max_iter=6))
+    sampling = Sampling(
+        steps=7, eta=0.0, seed=3, solver=SolverSettings("anderson", memory=3, tolerance=1e-5, max_iter=6)
+    )
     stored = dataclasses.asdict(sampling)
-    assert stored["solver"] == {"method": "anderson", "memory": 3, "regularisation": 1e-3, "mixing": 1.0, "tolerance": 1e-5,
-                                "max_iter": 6, "chunk_size": None}  # fmt: skip
+    assert stored["solver"] == {
+        "method": "anderson",
+        "memory": 3,
+        "regularisation": 1e-3,
+        "mixing": 1.0,
+        "tolerance": 1e-5,
+        "max_iter": 6,
+        "chunk_size": None,
+    }
     assert Sampling.of(stored) == sampling and sampling.parallel and not Sampling().parallel
     assert sampling.replaced(solver={"tolerance": 1e-3}).solver == dataclasses.replace(sampling.solver, tolerance=1e-3)
 
 
 def test_old_flat_sampling_arguments_are_gathered_on_the_methods_own_defaults():
-    sr3 = {"scale": 4, "sample_steps": 50, "sampler": "ddim", "eta": 0.0, "clip_y0": False, "sample_seed": 5,
-           "solver": "picard", "solver_tolerance": 1e-4}  # fmt: skip
-    assert upgrade_sampling(sr3, SR3.DEFAULT_SAMPLING) == {"scale": 4, "sampling": dataclasses.asdict(
-        Sampling(steps=50, sampler="ddim", clip=False, seed=5, solver=SolverSettings("picard", tolerance=1e-4)))}
+    sr3 = {
+        "scale": 4,
+        "sample_steps": 50,
+        "sampler": "ddim",
+        "eta": 0.0,
+        "clip_y0": False,
+        "sample_seed": 5,
+        "solver": "picard",
+        "solver_tolerance": 1e-4,
+    }
+    assert upgrade_sampling(sr3, SR3.DEFAULT_SAMPLING) == {
+        "scale": 4,
+        "sampling": dataclasses.asdict(
+            Sampling(steps=50, sampler="ddim", clip=False, seed=5, solver=SolverSettings("picard", tolerance=1e-4))
+        ),
+    }
     deqir = {"operator": "sr4", "sample_steps": 10, "memory": 3, "max_iterations": 9, "chunk_size": 4}
     upgraded = Sampling.of(DeqIR.upgrade_hyperparameters(deqir)["sampling"])
     # DeqIR's own defaults fill what the old checkpoint did not set: anderson, no clamping
-    assert upgraded == Sampling(steps=10, clip=False, solver=SolverSettings("anderson", memory=3, max_iter=9, chunk_size=4))
+    assert upgraded == Sampling(
+        steps=10, clip=False, solver=SolverSettings("anderson", memory=3, max_iter=9, chunk_size=4)
+    )
     rddm = {"sample_steps": 2, "clip": False}
     assert Sampling.of(RDDM.upgrade_hyperparameters(rddm)["sampling"]) == Sampling(steps=2, clip=False)
     current = {"sampling": dataclasses.asdict(Sampling(steps=3))}
@@ -71,6 +99,11 @@ def test_the_shipped_checkpoint_written_with_the_old_names_loads_with_its_settin
     stored = torch.load(SHIPPED, weights_only=True, map_location="cpu")["hyper_parameters"]
     assert "sample_steps" in stored and "sampling" not in stored  # written before the sampling object
     model = SR3.load_from_checkpoint(SHIPPED, map_location="cpu")
-    assert model.sampling == Sampling(steps=stored["sample_steps"], sampler=stored["sampler"], eta=stored["eta"],
-                                      seed=stored["sample_seed"], clip=stored["clip_y0"])  # fmt: skip
+    assert model.sampling == Sampling(
+        steps=stored["sample_steps"],
+        sampler=stored["sampler"],
+        eta=stored["eta"],
+        seed=stored["sample_seed"],
+        clip=stored["clip_y0"],
+    )
     assert len(model.inference_gammas) == stored["sample_steps"]

@@ -89,7 +89,12 @@ def test_range_maps_are_inverse():
 
 def test_hyperparameters_of_a_python_built_model_load_with_weights_only(tmp_path):
     model = SR3(net=nn.Identity(), train_schedule=NoiseSchedule("linear", 50, 1e-4, 0.02), sampling=Sampling(steps=10))
-    assert model.hparams["train_schedule"] == {"kind": "linear", "n_steps": 50, "linear_start": 1e-4, "linear_end": 0.02}
+    assert model.hparams["train_schedule"] == {
+        "kind": "linear",
+        "n_steps": 50,
+        "linear_start": 1e-4,
+        "linear_end": 0.02,
+    }
     torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "h.ckpt")
     loaded = torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]
     assert len(SR3(net=nn.Identity(), **loaded).train_gammas) == 50
@@ -110,7 +115,15 @@ def test_the_parallel_solver_restores_what_ddim_does(solver):
     whatever the solver did, so a solve ended by that bound would not test the solver; measured: Anderson
     13 rounds, Picard 13, of 25)."""
     torch.manual_seed(0)
-    net = UNet(in_channels=6, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), dropout=0.0, norm_groups=4)
+    net = UNet(
+        in_channels=6,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attn_levels=(),
+        dropout=0.0,
+        norm_groups=4,
+    )
     settings = dict(scale=2, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05))
     ddim = Sampling(steps=25, sampler="ddim")
     sequential = SR3(net=net, sampling=ddim, **settings).eval()
@@ -139,5 +152,9 @@ class TestSR3Contract(MethodContract):
         return {"net": tiny_unet(6)}
 
     def build(self, networks, **settings):
-        defaults = dict(scale=4, train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05), sampling=Sampling(steps=25, sampler="ddim"))
+        defaults = dict(
+            scale=4,
+            train_schedule=NoiseSchedule("linear", 100, 1e-4, 0.05),
+            sampling=Sampling(steps=25, sampler="ddim"),
+        )
         return SR3(**networks, **(defaults | settings))

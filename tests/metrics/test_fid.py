@@ -16,7 +16,14 @@ import pytest
 import scipy.linalg
 import torch
 
-from ir_lightning.metrics.fid import FIDWeightsError, InceptionFID, fid, frechet_distance, resize_bilinear_tf1, statistics
+from ir_lightning.metrics.fid import (
+    FIDWeightsError,
+    InceptionFID,
+    fid,
+    frechet_distance,
+    resize_bilinear_tf1,
+    statistics,
+)
 
 # The file's convolutions, `<layer>: <branch> out x in x kh x kw` (each also has bn.weight, bias, running_mean,
 # running_var of `out` values), as torch-fidelity 0.4.0's FeatureExtractorInceptionV3 loads them; plus fc.
@@ -229,7 +236,9 @@ def test_bad_files_are_refused_naming_the_file_and_key(weights, tmp_path):
     missing = {k: v for k, v in state.items() if k != "Mixed_7c.branch_pool.bn.running_var"}
     assert "missing keys Mixed_7c.branch_pool.bn.running_var" in message(missing)
     assert "missing keys fc.weight, fc.bias" in message({k: v for k, v in state.items() if not k.startswith("fc.")})
-    assert "unexpected keys AuxLogits.conv0.conv.weight" in message(state | {"AuxLogits.conv0.conv.weight": torch.zeros(1)})
+    assert "unexpected keys AuxLogits.conv0.conv.weight" in message(
+        state | {"AuxLogits.conv0.conv.weight": torch.zeros(1)}
+    )
     shaped = state | {"Mixed_5b.branch5x5_2.conv.weight": torch.zeros(64, 48, 3, 3)}
     assert "mis-shaped Mixed_5b.branch5x5_2.conv.weight (64, 48, 3, 3) (expected (64, 48, 5, 5))" in message(shaped)
     assert "expected a state dict" in message([torch.zeros(1)])
@@ -322,9 +331,11 @@ def test_features_are_those_of_the_reference_implementation(tmp_path):
     assert note["repository"] == "toshas/torch-fidelity" and len(note["commit"]) == 40
     weights, images = reference_weights(REFERENCE_SEED), reference_images(REFERENCE_SEED)
     np.testing.assert_allclose(
-        checksums(weights, images), recorded["checksums"], rtol=1e-9,
+        checksums(weights, images),
+        recorded["checksums"],
+        rtol=1e-9,
         err_msg="the weights or images are not those recorded (torch's CPU random streams changed?): re-record",
-    )  # fmt: skip
+    )
     path = tmp_path / "weights-inception-reference.pth"
     torch.save(weights, path)
     network = InceptionFID.from_file(path)

@@ -15,8 +15,12 @@ from ir_lightning.metrics.lpips import LPIPS, MIN_SIDE, AlexNetFeatures, LPIPSWe
 
 # torchvision's alexnet(): features.N (conv: out, in, kernel) and the stride and padding of each conv
 TORCHVISION_CONVS = {
-    0: (64, 3, 11, 4, 2), 3: (192, 64, 5, 1, 2), 6: (384, 192, 3, 1, 1), 8: (256, 384, 3, 1, 1), 10: (256, 256, 3, 1, 1),
-}  # fmt: skip
+    0: (64, 3, 11, 4, 2),
+    3: (192, 64, 5, 1, 2),
+    6: (384, 192, 3, 1, 1),
+    8: (256, 384, 3, 1, 1),
+    10: (256, 256, 3, 1, 1),
+}
 LIN_CHANNELS = (64, 192, 384, 256, 256)  # channels of the five tapped ReLUs: lin0 ... lin4
 
 
@@ -79,7 +83,9 @@ def ref_taps(img: np.ndarray, state: dict[str, np.ndarray]) -> list[np.ndarray]:
     for index, (_, _, _, stride, padding) in TORCHVISION_CONVS.items():
         if index in (3, 6):  # a pooling precedes conv2 and conv3
             x = ref_maxpool(x)
-        x = np.maximum(ref_conv(x, state[f"features.{index}.weight"], state[f"features.{index}.bias"], stride, padding), 0)
+        x = np.maximum(
+            ref_conv(x, state[f"features.{index}.weight"], state[f"features.{index}.bias"], stride, padding), 0
+        )
         taps.append(x)
     return taps
 
@@ -131,7 +137,10 @@ def test_lpips_matches_the_numpy_reference(files):
     x, y = images(1, 2, 67, 45), images(2, 2, 67, 45)  # odd, non-square sizes: floor modes matter
     got = lpips(x, y)
     assert got.shape == (2,)
-    ref_backbone, ref_lins = as_numpy(torch.load(backbone, weights_only=True)), as_numpy(torch.load(linear, weights_only=True))
+    ref_backbone, ref_lins = (
+        as_numpy(torch.load(backbone, weights_only=True)),
+        as_numpy(torch.load(linear, weights_only=True)),
+    )
     expected = [ref_lpips(x[i].double().numpy(), y[i].double().numpy(), ref_backbone, ref_lins) for i in range(2)]
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
     assert min(expected) > 0.05 and abs(expected[0] - expected[1]) > 1e-3  # a real distance, per image
@@ -141,7 +150,9 @@ def test_lpips_at_the_smallest_size_matches_the_reference_and_smaller_is_refused
     backbone, linear = files
     lpips = LPIPS.from_files(backbone, linear)
     x, y = images(3, 1, MIN_SIDE, MIN_SIDE + 5), images(4, 1, MIN_SIDE, MIN_SIDE + 5)
-    expected = ref_lpips(x[0].double().numpy(), y[0].double().numpy(), as_numpy(alexnet_state(0)), as_numpy(lin_state(1)))
+    expected = ref_lpips(
+        x[0].double().numpy(), y[0].double().numpy(), as_numpy(alexnet_state(0)), as_numpy(lin_state(1))
+    )
     assert float(lpips(x, y)[0]) == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match=f"at least {MIN_SIDE} x {MIN_SIDE} pixels, got {MIN_SIDE - 1} x 40"):
         lpips(images(3, 1, MIN_SIDE - 1, 40), images(4, 1, MIN_SIDE - 1, 40))
@@ -196,17 +207,27 @@ def test_bad_files_are_refused_with_the_file_and_the_keys_named(tmp_path, files)
     del state["features.3.bias"]
     torch.save(state, tmp_path / "no_bias.pth")
     message = refused(tmp_path / "no_bias.pth", linear)
-    assert message.startswith(f"{tmp_path / 'no_bias.pth'}: not torchvision's AlexNet weights") and "missing keys features.3.bias" in message
+    assert (
+        message.startswith(f"{tmp_path / 'no_bias.pth'}: not torchvision's AlexNet weights")
+        and "missing keys features.3.bias" in message
+    )
 
     state = alexnet_state(0) | {"features.13.weight": torch.zeros(3)}  # a deeper network's file
     torch.save(state, tmp_path / "deeper.pth")
     message = refused(tmp_path / "deeper.pth", linear)
-    assert message == f"{tmp_path / 'deeper.pth'}: not torchvision's AlexNet weights (features.N.weight/bias): unexpected keys features.13.weight"
+    assert (
+        message
+        == f"{tmp_path / 'deeper.pth'}: not torchvision's AlexNet weights (features.N.weight/bias): unexpected keys features.13.weight"
+    )
 
     lins = lin_state(1) | {"lin2.model.1.weight": torch.rand(1, 100, 1, 1)}
     torch.save(lins, tmp_path / "narrow.pth")
-    assert f"{tmp_path / 'narrow.pth'}: not the lpips package's v0.1 AlexNet linear layers" in refused(backbone, tmp_path / "narrow.pth")
-    assert "mis-shaped lin2.model.1.weight (1, 100, 1, 1) (expected (1, 384, 1, 1))" in refused(backbone, tmp_path / "narrow.pth")
+    assert f"{tmp_path / 'narrow.pth'}: not the lpips package's v0.1 AlexNet linear layers" in refused(
+        backbone, tmp_path / "narrow.pth"
+    )
+    assert "mis-shaped lin2.model.1.weight (1, 100, 1, 1) (expected (1, 384, 1, 1))" in refused(
+        backbone, tmp_path / "narrow.pth"
+    )
 
     lins = lin_state(1)
     lins["lin5.model.1.weight"] = torch.rand(1, 512, 1, 1)  # the SqueezeNet variant has seven layers
@@ -217,8 +238,15 @@ def test_bad_files_are_refused_with_the_file_and_the_keys_named(tmp_path, files)
 
     (tmp_path / "text.pth").write_text("not a checkpoint\n")
     assert refused(tmp_path / "text.pth", linear).startswith(f"{tmp_path / 'text.pth'}: not a PyTorch weights file")
-    torch.save({"lin0.model.1.weight": socket.AF_INET}, tmp_path / "pickled_object.pth")  # weights_only refuses the enum
-    assert refused(backbone, tmp_path / "pickled_object.pth").startswith(f"{tmp_path / 'pickled_object.pth'}: not a PyTorch weights file")
+    torch.save(
+        {"lin0.model.1.weight": socket.AF_INET}, tmp_path / "pickled_object.pth"
+    )  # weights_only refuses the enum
+    assert refused(backbone, tmp_path / "pickled_object.pth").startswith(
+        f"{tmp_path / 'pickled_object.pth'}: not a PyTorch weights file"
+    )
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    assert refused(backbone, tmp_path / "list.pth") == f"{tmp_path / 'list.pth'}: expected a state dict (names -> tensors), found a list"
+    assert (
+        refused(backbone, tmp_path / "list.pth")
+        == f"{tmp_path / 'list.pth'}: expected a state dict (names -> tensors), found a list"
+    )
     assert refused(tmp_path / "absent.pth", linear) == f"{tmp_path / 'absent.pth'}: no such file"

@@ -28,6 +28,7 @@ PSNR_CAP_DB = 10.0 * math.log10(255.0**2 / MSE_EPS)  # PSNR of identical images 
 
 # ---------------------------------------------------------------- numpy reference
 
+
 def np_eval_space(img01: np.ndarray, border: int, y_channel: bool) -> np.ndarray:
     """Quantize, crop and take MATLAB-rgb2ycbcr Y, written independently with numpy."""
     img = np.round(np.clip(img01.astype(np.float64), 0.0, 1.0) * 255.0)
@@ -86,6 +87,7 @@ def skimage_ssim(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- test images
 
+
 def random_pair() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     target = rng.uniform(0.0, 1.0, size=(2, 3, 32, 36)).astype(np.float32)
@@ -107,6 +109,7 @@ PAIRS = {"random": random_pair, "photo": photo_pair}
 
 
 # ---------------------------------------------------------------- building blocks
+
 
 @pytest.mark.parametrize(
     ("rgb", "y_expected"),
@@ -142,6 +145,7 @@ def test_crop_border_slices_each_side() -> None:
 
 
 # ---------------------------------------------------------------- per-image metrics vs references
+
 
 @pytest.mark.parametrize("pair_name", sorted(PAIRS))
 @pytest.mark.parametrize("y_channel", [True, False])
@@ -180,6 +184,7 @@ def test_one_channel_input_is_used_as_y() -> None:
 
 # ---------------------------------------------------------------- quantization
 
+
 def integer_level_target() -> torch.Tensor:
     """Images on exact uint8 levels 0..254, so a shift of under one level never clamps."""
     generator = torch.Generator().manual_seed(2)
@@ -212,6 +217,7 @@ def test_offset_above_half_a_level_moves_one_level(y_channel: bool, expected_db:
 
 # ---------------------------------------------------------------- errors
 
+
 def test_shape_mismatch_names_both_shapes() -> None:
     pred, target = torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 20)
     for call in (
@@ -231,6 +237,7 @@ def test_ssim_rejects_images_smaller_than_the_window_after_cropping() -> None:
 
 
 # ---------------------------------------------------------------- RestorationMetrics
+
 
 def shifted(target: torch.Tensor, levels: int) -> torch.Tensor:
     return target + levels / 255.0
@@ -254,10 +261,12 @@ def test_restoration_metrics_averages_per_image_values_over_updates() -> None:
     assert abs(per_image_mean - pooled_mse_psnr) > 4.0  # 36.12 vs 31.19 dB: the two protocols differ
     assert abs(per_image_mean - batch_mean_of_means) > 3.0  # 36.12 vs 39.45 dB: per image, not per batch
 
-    ssim_all = torch.cat([
-        ssim_per_image(shifted(target[:1], 1), target[:1], 4, True),
-        ssim_per_image(shifted(target, 10), target, 4, True),
-    ])
+    ssim_all = torch.cat(
+        [
+            ssim_per_image(shifted(target[:1], 1), target[:1], 4, True),
+            ssim_per_image(shifted(target, 10), target, 4, True),
+        ]
+    )
     assert result["ssim"].item() == pytest.approx(ssim_all.mean().item(), abs=1e-12)
     assert int(metric.num_images) == 3
 

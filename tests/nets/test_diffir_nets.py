@@ -10,10 +10,26 @@ import torch.nn.functional as F
 
 from ir_lightning.nets.diffir import CPEN, DIRformer, IPRDenoiser, IPRModulation, LayerNorm2d, input_multiple
 
-DEBLUR = dict(dim=48, num_blocks=(3, 5, 6, 6), num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion=2.0,
-              bias=False, layernorm="with_bias", scale=1)  # fmt: skip
-REAL_SR_X4 = dict(dim=64, num_blocks=(13, 1, 1, 1), num_refinement_blocks=13, heads=(1, 2, 4, 8), ffn_expansion=2.2,
-                  bias=False, layernorm="bias_free", scale=4)  # fmt: skip
+DEBLUR = dict(
+    dim=48,
+    num_blocks=(3, 5, 6, 6),
+    num_refinement_blocks=4,
+    heads=(1, 2, 4, 8),
+    ffn_expansion=2.0,
+    bias=False,
+    layernorm="with_bias",
+    scale=1,
+)
+REAL_SR_X4 = dict(
+    dim=64,
+    num_blocks=(13, 1, 1, 1),
+    num_refinement_blocks=13,
+    heads=(1, 2, 4, 8),
+    ffn_expansion=2.2,
+    bias=False,
+    layernorm="bias_free",
+    scale=4,
+)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -30,7 +46,12 @@ def block_params(c: int, ffn: float, bias_free: bool) -> int:
     norm = c if bias_free else 2 * c
     hidden = int(c * ffn)
     dmta = 256 * 2 * c + conv(c, 3 * c, 1, False) + conv(3 * c, 3 * c, 3, False, 3 * c) + conv(c, c, 1, False)
-    dgfn = 256 * 2 * c + conv(c, 2 * hidden, 1, False) + conv(2 * hidden, 2 * hidden, 3, False, 2 * hidden) + conv(hidden, c, 1, False)
+    dgfn = (
+        256 * 2 * c
+        + conv(c, 2 * hidden, 1, False)
+        + conv(2 * hidden, 2 * hidden, 3, False, 2 * hidden)
+        + conv(hidden, c, 1, False)
+    )
     return 2 * norm + dmta + dgfn
 
 
@@ -53,8 +74,14 @@ def dirformer_params(dim, num_blocks, num_refinement_blocks, heads, ffn_expansio
 
 
 def cpen_params(in_channels: int, res_blocks: int) -> int:
-    return (conv(in_channels, 64, 3) + res_blocks * 2 * conv(64, 64, 3) + conv(64, 128, 3) + conv(128, 128, 3)
-            + conv(128, 256, 3) + 2 * (256 * 256 + 256))  # fmt: skip
+    return (
+        conv(in_channels, 64, 3)
+        + res_blocks * 2 * conv(64, 64, 3)
+        + conv(64, 128, 3)
+        + conv(128, 128, 3)
+        + conv(128, 256, 3)
+        + 2 * (256 * 256 + 256)
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,9 +94,15 @@ def test_dirformer_parameter_counts(config, recorded):
 
 @pytest.mark.parametrize(
     ("scale", "with_gt", "res_blocks", "in_channels", "recorded"),
-    [(1, True, 5, 96, 1_072_832), (1, False, 5, 48, 1_045_184), (4, True, 9, 51, 1_342_336),
-     (4, False, 9, 3, 1_314_688), (2, True, 9, 60, None), (2, False, 9, 12, None)],
-)  # fmt: skip
+    [
+        (1, True, 5, 96, 1_072_832),
+        (1, False, 5, 48, 1_045_184),
+        (4, True, 9, 51, 1_342_336),
+        (4, False, 9, 3, 1_314_688),
+        (2, True, 9, 60, None),
+        (2, False, 9, 12, None),
+    ],
+)
 def test_cpen_inputs_and_parameter_counts(scale, with_gt, res_blocks, in_channels, recorded):
     cpen = CPEN(scale, with_gt, res_blocks)
     assert cpen.body[0].in_channels == in_channels
@@ -161,7 +194,7 @@ def test_dmta_is_channel_attention_per_head_against_a_plain_loop():
     for b in range(2):
         for h in range(2):
             rows = slice(4 * h, 4 * h + 4)
-            q, k, v = (qkv[b, offset + rows.start: offset + rows.stop].reshape(4, 30) for offset in (0, 8, 16))
+            q, k, v = (qkv[b, offset + rows.start : offset + rows.stop].reshape(4, 30) for offset in (0, 8, 16))
             q, k = q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)
             attention = torch.softmax(dmta.temperature[h, 0, 0] * (q @ k.T), dim=1)
             out[b, rows] = attention @ v

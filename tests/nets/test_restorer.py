@@ -15,8 +15,10 @@ def conv(c_in: int, c_out: int) -> int:
 def closed_form(width: int, depth: int, channels: int = 3) -> int:
     widths = [width * 2**i for i in range(depth)]
     total = sum(conv(c_in, c_out) + conv(c_out, c_out) for c_in, c_out in zip([channels, *widths], widths))
-    total += sum(conv(widths[i + 1], widths[i]) + conv(2 * widths[i], widths[i]) + conv(widths[i], widths[i])
-                 for i in range(depth - 1))  # fmt: skip
+    total += sum(
+        conv(widths[i + 1], widths[i]) + conv(2 * widths[i], widths[i]) + conv(widths[i], widths[i])
+        for i in range(depth - 1)
+    )
     return total + conv(width, channels)
 
 

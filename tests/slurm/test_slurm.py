@@ -41,8 +41,9 @@ def cluster():
 
 def job_env() -> dict:
     """The submitting shell's environment: the jobs inherit it (sbatch exports everything)."""
-    return dict(os.environ, IR_LIGHTNING_PYTHON=sys.executable, PYTHONPATH=str(REPO), WANDB_MODE="offline",
-                WANDB_SILENT="true")  # fmt: skip
+    return dict(
+        os.environ, IR_LIGHTNING_PYTHON=sys.executable, PYTHONPATH=str(REPO), WANDB_MODE="offline", WANDB_SILENT="true"
+    )
 
 
 def sbatch(cwd: Path, *args: str) -> str:
@@ -79,10 +80,16 @@ def log_text(cwd: Path) -> str:
 def test_two_task_ddp_job_completes_with_world_size_two(cluster, sr_shards, tmp_path):
     probe = tmp_path / "probe"
     job = sbatch(
-        tmp_path, "--ntasks-per-node=2", "--cpus-per-task=1", str(REPO / "slurm/train.sbatch"),
-        *RECIPE, *data_args(sr_shards), *CPU,
-        "--trainer.callbacks+=tests.ddp_probe.RankProbe", f"--trainer.callbacks.out_dir={probe}",
-    )  # fmt: skip
+        tmp_path,
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        str(REPO / "slurm/train.sbatch"),
+        *RECIPE,
+        *data_args(sr_shards),
+        *CPU,
+        "--trainer.callbacks+=tests.ddp_probe.RankProbe",
+        f"--trainer.callbacks.out_dir={probe}",
+    )
     states = wait_until_done(job, timeout=300)
     assert states[job]["JobState"] == "COMPLETED", log_text(tmp_path)[-4000:]
     ranks = [(probe / f"rank{r}.json").read_text() for r in (0, 1)]
@@ -98,8 +105,12 @@ def test_three_task_array_writes_three_runs_in_one_wandb_group(cluster, sr_shard
     sweep.write_text(f"# three seeds\nfit {recipe} {data} --trainer.max_steps=2 --seed_everything={{{{1,2,3}}}}\n")
     submitted = subprocess.run(
         [sys.executable, "-m", "ir_lightning", "sweep", str(sweep), "--submit", "--sbatch=--cpus-per-task=1"],
-        cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().splitlines()[-1]
     states = wait_until_done(job, timeout=420)
@@ -119,9 +130,16 @@ def test_three_task_array_writes_three_runs_in_one_wandb_group(cluster, sr_shard
 def test_usr1_saves_hpc_checkpoint_requeues_and_resumes_to_max_steps(cluster, sr_shards, tmp_path):
     beat = tmp_path / "step.txt"
     job = sbatch(
-        tmp_path, "--cpus-per-task=1", str(REPO / "slurm/train.sbatch"), *RECIPE, *data_args(sr_shards), *CPU,
-        "--trainer.max_steps=60", "--trainer.callbacks+=tests.resume_probe.Heartbeat", f"--trainer.callbacks.path={beat}",
-    )  # fmt: skip
+        tmp_path,
+        "--cpus-per-task=1",
+        str(REPO / "slurm/train.sbatch"),
+        *RECIPE,
+        *data_args(sr_shards),
+        *CPU,
+        "--trainer.max_steps=60",
+        "--trainer.callbacks+=tests.resume_probe.Heartbeat",
+        f"--trainer.callbacks.path={beat}",
+    )
     deadline = time.monotonic() + 240
     while not (beat.exists() and int(beat.read_text() or 0) >= 3):
         assert time.monotonic() < deadline, f"training did not start:\n{log_text(tmp_path)[-3000:]}"

@@ -240,7 +240,7 @@ def test_sigkill_during_repeated_saves_always_leaves_a_whole_checkpoint(tmp_path
                 os._exit(1)
         try:
             # Kill once the child has replaced the checkpoint at least once and is writing the next one.
-            wait_for(lambda: signature(target) != before and temp_files(tmp_path), timeout=30)
+            wait_for(lambda: signature(target) != before and temp_files(tmp_path), timeout=30)  # noqa: B023 (called within this iteration)
             time.sleep(delays.uniform(0.0, 0.03))  # inside the write: a save took 50-90 ms on a 2-core VM
         finally:
             os.kill(pid, signal.SIGKILL)
@@ -282,10 +282,15 @@ def test_trainer_writes_last_ckpt_through_the_atomic_path(tmp_path, monkeypatch)
     plugin = AtomicCheckpointIO()
     model = TinyModule()
     trainer = Trainer(
-        max_epochs=1, plugins=[plugin], accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        plugins=[plugin],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)],
-    )  # fmt: skip
+    )
     trainer.fit(model)
     assert trainer.strategy.checkpoint_io is plugin
     last = tmp_path / "checkpoints" / "last.ckpt"

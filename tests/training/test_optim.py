@@ -30,7 +30,9 @@ def test_cosine_restarts_closed_form():
 def test_lr_factor_drives_lambdalr_with_warmup():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.5)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(StepDecay(every=3, gamma=0.5), 0.5, warmup_steps=2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(StepDecay(every=3, gamma=0.5), 0.5, warmup_steps=2)
+    )
     rates = []
     for _ in range(7):
         rates.append(optimizer.param_groups[0]["lr"])

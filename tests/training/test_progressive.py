@@ -4,7 +4,6 @@ batches, and bad schedules fail at once with the argument named."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,8 +38,9 @@ def train_shards(tmp_path: Path) -> str:
 
 def data(train_shards: str, **kwargs) -> ShardDataModule:
     """A set-up data module with 2-batch epochs whose own sizes (crop 4, batch 5) no phase uses."""
-    settings = dict(train_shards=train_shards, crop_size=4, batch_size=5, steps_per_epoch=2, num_workers=0,
-                    shuffle_buffer=4, seed=7)  # fmt: skip
+    settings = dict(
+        train_shards=train_shards, crop_size=4, batch_size=5, steps_per_epoch=2, num_workers=0, shuffle_buffer=4, seed=7
+    )
     datamodule = ShardDataModule(**{**settings, **kwargs})
     datamodule.setup("fit")
     return datamodule
@@ -105,14 +105,17 @@ def test_a_stream_resumed_mid_phase_continues_with_the_uninterrupted_batches(tra
     assert batch_ids(rest) == batch_ids(flat[start:])  # keys and exact pixels
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(milestones=[4, 2]), r"ProgressivePatches.milestones .* strictly increasing, got \[4, 2\]"),
-    (dict(milestones=[0, 2]), r"ProgressivePatches.milestones must be > 0"),
-    (dict(crop_sizes=[8, 12]), r"ProgressivePatches.crop_sizes needs one entry per phase, .* = 3, got 2"),
-    (dict(batch_sizes=[3, 2, 1, 1]), r"ProgressivePatches.batch_sizes needs one entry per phase, .* = 3, got 4"),
-    (dict(batch_sizes=[3, 0, 1]), r"ProgressivePatches.batch_sizes must all be >= 1, got \[3, 0, 1\]"),
-    (dict(crop_sizes=[8, -4, 16]), r"ProgressivePatches.crop_sizes must all be >= 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(milestones=[4, 2]), r"ProgressivePatches.milestones .* strictly increasing, got \[4, 2\]"),
+        (dict(milestones=[0, 2]), r"ProgressivePatches.milestones must be > 0"),
+        (dict(crop_sizes=[8, 12]), r"ProgressivePatches.crop_sizes needs one entry per phase, .* = 3, got 2"),
+        (dict(batch_sizes=[3, 2, 1, 1]), r"ProgressivePatches.batch_sizes needs one entry per phase, .* = 3, got 4"),
+        (dict(batch_sizes=[3, 0, 1]), r"ProgressivePatches.batch_sizes must all be >= 1, got \[3, 0, 1\]"),
+        (dict(crop_sizes=[8, -4, 16]), r"ProgressivePatches.crop_sizes must all be >= 1"),
+    ],
+)
 def test_a_malformed_schedule_names_the_argument(kwargs, message):
     settings = dict(milestones=MILESTONES, crop_sizes=CROP_SIZES, batch_sizes=BATCH_SIZES)
     with pytest.raises(ValueError, match=message):
@@ -123,8 +126,11 @@ def test_settings_that_do_not_fit_the_data_module_name_both_values(train_shards)
     with pytest.raises(ValueError, match=r"crop_sizes \(\[8, 12, 16\]\): 12 is not a multiple of data.scale \(8\)"):
         install(schedule(), data(train_shards, scale=8, crop_size=8))
     uneven = ProgressivePatches(milestones=[1000, 2500], crop_sizes=CROP_SIZES, batch_sizes=BATCH_SIZES)
-    with pytest.raises(ValueError, match=r"milestones \[2500\] are not multiples of data.steps_per_epoch \(1000\): "
-                                         r".* a divisor of 500 .* e\.g\. 500"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"milestones \[2500\] are not multiples of data.steps_per_epoch \(1000\): "
+        r".* a divisor of 500 .* e\.g\. 500",
+    ):
         install(uneven, data(train_shards, steps_per_epoch=1000))
     with pytest.raises(ValueError, match="needs a data module with a train_sizes hook"):
         install(schedule(), None)
@@ -140,7 +146,9 @@ def test_resuming_with_another_epoch_length_or_shorter_epochs_is_refused(train_s
     install(callback, data(train_shards))
     assert callback.state_dict() == {"steps_per_epoch": 2}
     callback.load_state_dict({"steps_per_epoch": 2})
-    with pytest.raises(ValueError, match=r"trained with data.steps_per_epoch 4, .* resume with data.steps_per_epoch: 4"):
+    with pytest.raises(
+        ValueError, match=r"trained with data.steps_per_epoch 4, .* resume with data.steps_per_epoch: 4"
+    ):
         callback.load_state_dict({"steps_per_epoch": 4})
     limited = SimpleNamespace(num_training_batches=1, limit_train_batches=1)
     with pytest.raises(ValueError, match=r"trainer.limit_train_batches \(1\) makes them 1"):
@@ -188,10 +196,19 @@ class BatchRecorder(pl.LightningModule):
 def fit(train_shards: str, root: Path, num_workers: int, ckpt_path: Path | None = None) -> tuple[dict, Recorder]:
     """8 steps (4 epochs of 2) with the schedule, a checkpoint after every step; what the model saw, logged rows."""
     model, logger = BatchRecorder(), Recorder()
-    checkpoints = ModelCheckpoint(dirpath=root, filename="step{step}", every_n_train_steps=1, save_top_k=-1,
-                                  auto_insert_metric_name=False)
-    trainer = pl.Trainer(max_steps=8, accelerator="cpu", logger=logger, log_every_n_steps=1, default_root_dir=root,
-                         callbacks=[schedule(), checkpoints], enable_progress_bar=False, enable_model_summary=False)
+    checkpoints = ModelCheckpoint(
+        dirpath=root, filename="step{step}", every_n_train_steps=1, save_top_k=-1, auto_insert_metric_name=False
+    )
+    trainer = pl.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        logger=logger,
+        log_every_n_steps=1,
+        default_root_dir=root,
+        callbacks=[schedule(), checkpoints],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=data(train_shards, num_workers=num_workers), ckpt_path=ckpt_path)
     assert trainer.global_step == 8
     return model.seen, logger
@@ -205,7 +222,9 @@ def test_trainer_steps_see_the_scheduled_shapes_and_a_resumed_fit_the_same_batch
     logged = [(row["train/crop_size"], row["train/batch_size"]) for row in logger.rows if "train/crop_size" in row]
     assert logged == EXPECTED_PER_STEP
     for step in (3, 4):  # in phase 1: in the middle of epoch 1, and at the end of it
-        resumed, _ = fit(train_shards, tmp_path / f"from{step}", num_workers, tmp_path / f"uninterrupted/step{step}.ckpt")
+        resumed, _ = fit(
+            train_shards, tmp_path / f"from{step}", num_workers, tmp_path / f"uninterrupted/step{step}.ckpt"
+        )
         assert sorted(resumed) == list(range(step, 8))
         assert shapes([resumed[s] for s in range(step, 8)]) == EXPECTED_PER_STEP[step:]
         assert batch_ids([resumed[s] for s in range(step, 8)]) == batch_ids([seen[s] for s in range(step, 8)])
