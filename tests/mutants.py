@@ -355,6 +355,55 @@ BREAKS: tuple[Break, ...] = (
         'resized = torch.nn.functional.interpolate(values, size=size, mode="nearest").clamp(0, 1)[0, 0]',
         ("tests/io/test_images.py", "tests/commands/test_restore.py"),
     ),
+    Break(
+        "settings: a parallel solve allowed with eta > 0",
+        "ir_lightning/methods/settings.py",
+        'if self.solver.method != "sequential" and (self.sampler != "ddim" or self.eta != 0):',
+        'if self.solver.method != "sequential" and self.sampler != "ddim":',
+        ("tests/methods/test_settings.py",),
+    ),
+    Break(
+        "settings: an old checkpoint's clip_y0 dropped by the upgrade",
+        "ir_lightning/methods/settings.py",
+        '    "clip_y0": "clip",\n',
+        "",
+        ("tests/methods/test_settings.py",),
+    ),
+    Break(
+        "contract: the solve's report keeps its T states",
+        "ir_lightning/methods/base.py",
+        "solve = dataclasses.replace(solve, x0=solve.x0.new_empty(0), states=solve.states.new_empty(0))",
+        "solve = dataclasses.replace(solve)",
+        ("tests/methods/test_sr3.py", "tests/methods/test_deqir.py"),
+    ),
+    Break(
+        "restore: a dotted --set naming no field accepted",
+        "ir_lightning/inference/loading.py",
+        "        if name not in names:",
+        "        if name not in names and False:",
+        ("tests/commands/test_restore.py",),
+    ),
+    Break(
+        "recipes: -c=NAME left unresolved",
+        "ir_lightning/packaged.py",
+        'elif word.startswith(("--config=", "-c=")):',
+        'elif word.startswith("--config="):',
+        ("tests/test_packaged.py",),
+    ),
+    Break(
+        "cli: run_name overrides a checkpoint dirpath the config gives",
+        "ir_lightning/cli.py",
+        'if entry.init_args.get("dirpath") is None:',
+        "if True:",
+        ("tests/test_recipes.py",),
+    ),
+    Break(
+        "cli: a suite callback repeated in trainer.callbacks runs twice",
+        "ir_lightning/cli.py",
+        "if twin is not None and not isinstance(callback, ModelCheckpoint):",
+        "if False:",
+        ("tests/test_recipes.py",),
+    ),
 )
 
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from datamodules.folders import images_by_stem, pair_by_stem, suffix_rule
 from datamodules.format import IMAGE_SUFFIXES
 from ir_lightning.commands.restore import add_model_arguments
-from ir_lightning.inference.loading import RestoreError, load_method
+from ir_lightning.inference.loading import RestoreError, chosen_device, load_method
 from ir_lightning.io.atomic import atomic_write_text, lands_in, output_image_path
 from ir_lightning.metrics.protocols import PRESETS, Protocol, bicubic_lq, modcrop, presets_table, protocol_line
 
@@ -509,15 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.presets:
         print(presets_table())
         return 0
-    import torch  # once the arguments are parsed (see the imports above)
 
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if args.device == "auto"
-        else args.device
-    )
+    device = chosen_device(args.device)
     try:
         protocol = check_arguments(args)
         pairs = pair_files(args.gt, args.lq, args.lq_suffix)

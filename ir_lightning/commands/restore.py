@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from datamodules.folders import image_files_below
 from datamodules.format import IMAGE_SUFFIXES
-from ir_lightning.inference.loading import RestoreError, load_method
+from ir_lightning.inference.loading import RestoreError, chosen_device, load_method
 from ir_lightning.io.atomic import lands_in, output_image_path
 
 if TYPE_CHECKING:
@@ -176,17 +176,10 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    import torch  # once the arguments are parsed (see the imports above)
     from PIL import UnidentifiedImageError
     from tqdm import tqdm
 
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if args.device == "auto"
-        else args.device
-    )
+    device = chosen_device(args.device)
     try:
         if args.tile < 0 or args.tile_batch < 1 or (args.tile > 0 and not 0 <= args.overlap < args.tile):
             raise RestoreError(

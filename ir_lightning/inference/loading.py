@@ -49,6 +49,15 @@ class LoadOptions(Protocol):
     operator: str | None
 
 
+def chosen_device(name: str) -> torch.device:
+    """The device a command's `--device` names: `auto` is CUDA when available, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def method_class(checkpoint: dict[str, Any], path: Path) -> type[RestorationModule]:
     """The method a checkpoint of this suite was trained with, from its hyperparameters' `_class_path`,
     looked up in the allow-list: nothing the file names is imported (importing a module runs its code,
