@@ -393,8 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         diffir, diffir_count, diffir_model = diffir_method(lq, args)
 
         torch.manual_seed(args.seed)
-        sr3 = SR3(net=UNet(**comparable_unet(norm_groups=32)), scale=SCALE).eval()
-        sr3.set_sampling("ddim", args.sr3_steps)
+        sampling = Sampling(steps=args.sr3_steps, sampler="ddim")
+        sr3 = SR3(net=UNet(**comparable_unet(norm_groups=32)), scale=SCALE, sampling=sampling).eval()
         x = torch.rand(1, 6, size, size)
         level = torch.full((1,), 0.5)
         call_shape = (tuple(x.shape), tuple(level.shape))

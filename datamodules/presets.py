@@ -3,7 +3,7 @@
 ``ir-lightning shards --preset gopro --root /data/GOPRO_Large --out shards/gopro`` writes
 ``train-*.tar`` and ``test-*.tar`` without any glue code. Each :class:`Preset` knows one data
 set's folder tree as its official archive unpacks (written out in :attr:`Preset.layout`, which
-error messages and the README show), which folders hold which split, where the clean (GT) and
+error messages and docs/data.md show), which folders hold which split, where the clean (GT) and
 degraded (LQ) images live and how the two are matched: by equal names, by a name rule (SIDD's
 ``_NOISY_`` / ``_GT_``, SPA's frame patches sharing one clean patch) or by list files (RealBlur).
 
@@ -71,7 +71,7 @@ class PresetSample:
 class Preset:
     """A known data set layout: ``collect`` turns the folder given as ``--root`` into samples.
 
-    ``layout`` is the expected tree below ``--root`` (shown in errors and in the README) and
+    ``layout`` is the expected tree below ``--root`` (shown in errors and in docs/data.md) and
     ``source`` says where that layout is documented.
     """
 
