@@ -133,6 +133,13 @@ def restoring_settings(cls: type[RestorationModule], hparams: dict[str, Any], op
                 raise RestoreError(f"{flag}: {'.'.join([top, *fields[:-1]])} has no fields to set")
         node[fields[-1]] = value
         settings[top] = current
+    for top, value in settings.items():  # a typed setting (Sampling, ...) checks its fields together, here
+        default = parameters[top].default
+        if isinstance(value, dict) and dataclasses.is_dataclass(default) and hasattr(default, "of"):
+            try:
+                type(default).of(value)
+            except (TypeError, ValueError) as error:
+                raise RestoreError(f"{top}: {error}") from error
     return settings
 
 

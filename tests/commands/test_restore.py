@@ -150,9 +150,16 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_p
             "--set sampling.solver.tol: sampling.solver has no field 'tol'; its fields: method, memory, ",
         ),
         (["--set", "operator.name=sr4"], "--set operator.name: DeqIR's operator has no fields to set"),
-        (["--steps", "0"], "sampling.steps must be an integer >= 1, got 0"),
+        (["--steps", "0"], "error: sampling: sampling.steps must be an integer >= 1, got 0\n"),
+        (
+            ["--sampler", "picard", "--set", "sampling.eta=0.5"],
+            "error: sampling: sampling.solver.method=picard solves the",
+        ),
         (["--operator", "sr"], "unknown operator 'sr'"),
-        (["--set", "sampling.solver.method=newton"], "Got value: newton"),
+        (
+            ["--set", "sampling.solver.method=newton"],
+            "error: sampling: solver.method must be one of sequential, anderson, picard, got 'newton'\n",
+        ),
     ],
 )
 def test_bad_arguments_name_the_key_and_value(tmp_path, capsys, extra, message):
