@@ -51,10 +51,11 @@ class Restorer(RestorationModule):
 
 
 class Interleaved(torch.utils.data.Sampler):
-    """Global batch b = samples 8b..8b+7 whatever the device count: rank r of n takes every n-th."""
+    """Global batch b = samples b G .. b G + G - 1 of `n` whatever the device count: rank r of `world` takes every
+    `world`-th sample."""
 
-    def __init__(self, rank: int, world: int) -> None:
-        self.indices = list(range(rank, STEPS * GLOBAL_BATCH, world))
+    def __init__(self, rank: int, world: int, n: int) -> None:
+        self.indices = list(range(rank, n, world))
 
     def __iter__(self):
         return iter(self.indices)
@@ -64,13 +65,15 @@ class Interleaved(torch.utils.data.Sampler):
 
 
 class Data(pl.LightningDataModule):
-    def __init__(self, devices: int) -> None:
+    """`dataset` in global batches of `global_batch`, split across the devices by `Interleaved`."""
+
+    def __init__(self, devices: int, dataset: Dataset, global_batch: int = GLOBAL_BATCH) -> None:
         super().__init__()
-        self.devices = devices
+        self.devices, self.dataset, self.global_batch = devices, dataset, global_batch
 
     def train_dataloader(self) -> DataLoader:
-        sampler = Interleaved(self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(Pairs(), batch_size=GLOBAL_BATCH // self.devices, sampler=sampler)
+        sampler = Interleaved(self.trainer.global_rank, self.trainer.world_size, len(self.dataset))
+        return DataLoader(self.dataset, batch_size=self.global_batch // self.devices, sampler=sampler)
 
 
 def main(devices: int, out: Path) -> None:
@@ -90,7 +93,7 @@ def main(devices: int, out: Path) -> None:
         plugins=[AtomicCheckpointIO()],
         default_root_dir=out,
     )
-    trainer.fit(model, datamodule=Data(devices))
+    trainer.fit(model, datamodule=Data(devices, Pairs()))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"seen{trainer.global_rank}.json").write_text(json.dumps(model.seen))
     if trainer.global_rank == 0:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ir_lightning.callbacks import EMA
 from ir_lightning.methods import DiffIRS1
+from tests.ddp_equivalence import Data
 from tests.helpers.nets import tiny_diffir
 
 GLOBAL_BATCH, STEPS, SCALE, LQ_SIZE = 8, 4, 4, 8
@@ -36,29 +37,6 @@ class Pairs(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"gt": self.gt[index], "lq": self.lq[index], "index": index}
-
-
-class Interleaved(Sampler):
-    """Global batch b = samples 8b..8b+7 whatever the device count: rank r of n takes every n-th."""
-
-    def __init__(self, rank: int, world: int) -> None:
-        self.indices = list(range(rank, STEPS * GLOBAL_BATCH, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class Data(pl.LightningDataModule):
-    def __init__(self, devices: int) -> None:
-        super().__init__()
-        self.devices = devices
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = Interleaved(self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(Pairs(), batch_size=GLOBAL_BATCH // self.devices, sampler=sampler)
 
 
 class Recorded(DiffIRS1):
@@ -92,7 +70,7 @@ def main(devices: int, out: Path) -> None:
         default_root_dir=out,
         num_sanity_val_steps=0,
     )
-    trainer.fit(model, datamodule=Data(devices))
+    trainer.fit(model, datamodule=Data(devices, Pairs(), GLOBAL_BATCH))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"seen{trainer.global_rank}.json").write_text(json.dumps(model.seen))
     # at the end of fit the EMA callback has copied the average into the model; it kept the trained weights
