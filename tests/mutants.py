@@ -222,9 +222,23 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "noise_da: pixel loss on the residual alone",
         "ir_lightning/methods/noise_da.py",
-        "pixel_loss = charbonnier(lq_syn + res_syn, gt, self.charbonnier_eps)",
-        "pixel_loss = charbonnier(res_syn, gt, self.charbonnier_eps)",
-        ("tests/methods/test_noise_da.py",),
+        "for x in (lq_syn + res_syn, gt))",
+        "for x in (res_syn, gt))",
+        ("tests/methods/test_noise_da.py", "tests/methods/test_noise_da_ranges.py"),
+    ),
+    Break(
+        "noise_da: a signed restorer's residual left in [-1, 1] units",
+        "ir_lightning/methods/noise_da.py",
+        'return residual if self.restorer_range == "unit" else residual / 2',
+        "return residual",
+        ("tests/methods/test_noise_da_ranges.py",),
+    ),
+    Break(
+        "noise_da: D's conditions always in [-1, 1]",
+        "ir_lightning/methods/noise_da.py",
+        '    return x if value_range == "unit" else to_signed(x)',
+        "    return to_signed(x)",
+        ("tests/methods/test_noise_da_ranges.py",),
     ),
     Break(
         "noise_da: negatives keep their own residual",

@@ -18,14 +18,15 @@ L = Charbonnier(R(x_syn), y_syn) + lambda(p) (MSE(eps, eps_hat) + triplet) / 2, 
 over training. D is thrown away: the exported checkpoint holds R alone (`export_restorer`).
 
 Batches (`datamodules.AdaptationDataModule`): `gt` and `lq` (the synthetic pair) and `real_lq`
-(the real domain); validation batches are real-domain `lq` with `gt`. Images are in [0, 1]; D
-works in [-1, 1].
+(the real domain); validation batches are real-domain `lq` with `gt`. Images are in [0, 1]; R and D
+each work in the range their setting names (`restorer_range`, `diffusion_range`: the official code runs
+both in [0, 1] for denoising and in [-1, 1] for deraining and deblurring).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from ir_lightning.losses import charbonnier
 from ir_lightning.methods.base import Restoration, RestorationModule
 from ir_lightning.methods.settings import NoiseSchedule
 from ir_lightning.nets.padding import pad_to_multiple
+
+ValueRange = Literal["unit", "signed"]
+"""A network's value range: "unit" = [0, 1] (the batches'), "signed" = [-1, 1]."""
 
 CONDITION_SLOTS = 2
 """D sees concat([noisy target, slot a, slot b]): 3 + 2 x 3 = 9 channels."""
@@ -57,6 +61,11 @@ def shuffle_slots(first: Tensor, second: Tensor, swap: Tensor) -> tuple[Tensor, 
     """Per sample, swap the two condition images where `swap` (B,) is True; each pair stays intact."""
     mask = swap.reshape(-1, *([1] * (first.ndim - 1)))
     return torch.where(mask, second, first), torch.where(mask, first, second)
+
+
+def into_range(x: Tensor, value_range: ValueRange) -> Tensor:
+    """A [0, 1] image in `value_range` (unclamped: a restored image may overshoot)."""
+    return x if value_range == "unit" else to_signed(x)
 
 
 def swapped_residual_negatives(
@@ -106,6 +115,11 @@ class DenoisingAsAdaptation(RestorationModule):
             ramped (the conditions' gradients are scaled), so D can learn to read the conditions
             before it starts steering the restorer.
         charbonnier_eps: the Charbonnier loss's eps (1e-3).
+        restorer_range: the range R works in and its pixel loss is measured in: "unit" ([0, 1]; the official
+            denoising) or "signed" ([-1, 1]; the official deraining and deblurring, and what the released
+            `derain.pth` and `deblur.pth` expect).
+        diffusion_range: the range of D's noised target and conditions: "signed" (the suite's default) or
+            "unit" (the official denoising).
         y_channel: compute PSNR/SSIM on the Y channel (default: RGB).
         **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, max_nonfinite_steps).
     """
@@ -124,6 +138,8 @@ class DenoisingAsAdaptation(RestorationModule):
         margin: float = 0.1,
         ramp_restorer_only: bool = False,
         charbonnier_eps: float = 1e-3,
+        restorer_range: ValueRange = "unit",
+        diffusion_range: ValueRange = "signed",
         y_channel: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -141,13 +157,17 @@ class DenoisingAsAdaptation(RestorationModule):
         self.noise_weight, self.ramp_steps, self.shuffle_prob = noise_weight, ramp_steps, shuffle_prob
         self.contrastive, self.margin, self.charbonnier_eps = contrastive, margin, charbonnier_eps
         self.ramp_restorer_only = ramp_restorer_only
+        for name, value in (("restorer_range", restorer_range), ("diffusion_range", diffusion_range)):
+            if value not in ("unit", "signed"):
+                raise ValueError(f"model.init_args.{name} must be 'unit' or 'signed', got {value!r}")
+        self.restorer_range, self.diffusion_range = restorer_range, diffusion_range
 
     # --- the restorer -----------------------------------------------------------------------------
     def residual(self, lq: Tensor) -> Tensor:
-        """R's correction of `lq` (restored = lq + residual)."""
-        if hasattr(self.restorer, "residual"):
-            return self.restorer.residual(lq)
-        return self.restorer(lq) - lq
+        """R's correction of `lq` in [0, 1] units (restored = lq + residual), R run in `restorer_range`."""
+        x = into_range(lq, self.restorer_range)
+        residual = self.restorer.residual(x) if hasattr(self.restorer, "residual") else self.restorer(x) - x
+        return residual if self.restorer_range == "unit" else residual / 2  # [-1, 1] -> [0, 1] units
 
     @torch.no_grad()
     def restoration(
@@ -161,7 +181,8 @@ class DenoisingAsAdaptation(RestorationModule):
             )
         multiple = getattr(self.restorer, "pad_multiple", 1)
         height, width = lq.shape[-2:]
-        restored = self.restorer(pad_to_multiple(lq, multiple))[..., :height, :width]
+        padded = pad_to_multiple(lq, multiple)
+        restored = (padded + self.residual(padded))[..., :height, :width]
         return Restoration(restored.clamp(0.0, 1.0))
 
     # --- training ---------------------------------------------------------------------------------
@@ -171,7 +192,8 @@ class DenoisingAsAdaptation(RestorationModule):
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         lq_syn, gt, lq_real = self.require_lq(batch), batch["gt"], self.require_real(batch)
         res_syn = self.residual(lq_syn)
-        pixel_loss = charbonnier(lq_syn + res_syn, gt, self.charbonnier_eps)
+        restored, target = (into_range(x, self.restorer_range) for x in (lq_syn + res_syn, gt))
+        pixel_loss = charbonnier(restored, target, self.charbonnier_eps)  # in R's range, as the official code
         batch_size = gt.shape[0]
         if self.noise_weight == 0.0 and not self.ramp_restorer_only:
             # the synthetic-only baseline: nothing would ever reach D, so neither network runs for it
@@ -211,14 +233,16 @@ class DenoisingAsAdaptation(RestorationModule):
         batch_size, device = gt.shape[0], gt.device
         target = gt if self.contrastive else self.unpaired_reference(batch, generator)
         y_noisy, level, noise = noised_training_sample(
-            to_signed(target), self.on_device(self.gammas, device), generator
+            into_range(target, self.diffusion_range), self.on_device(self.gammas, device), generator
         )
 
         def predict(a: Tensor, b: Tensor) -> Tensor:
             if restorer_share != 1.0:
                 a, b = scale_gradient(a, restorer_share), scale_gradient(b, restorer_share)
             swap = draw_swaps(batch_size, self.shuffle_prob, generator, device)
-            slot_a, slot_b = shuffle_slots(to_signed(a), to_signed(b), swap)
+            slot_a, slot_b = shuffle_slots(
+                into_range(a, self.diffusion_range), into_range(b, self.diffusion_range), swap
+            )
             return self.diffusion(torch.cat([y_noisy, slot_a, slot_b], dim=1), level)
 
         eps_hat = predict(lq_syn + res_syn, lq_real + res_real)

@@ -1,0 +1,63 @@
+"""Denoising as Adaptation's value ranges (`restorer_range`, `diffusion_range`): the official code runs R and D
+in [0, 1] for denoising and in [-1, 1] for deraining and deblurring. Checked against closed forms of an affine
+restorer (R(x) = x + b + x / 2) and against the inputs a recording D receives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ir_lightning.losses import charbonnier
+from ir_lightning.methods.noise_da import DenoisingAsAdaptation
+from tests.methods.test_noise_da import AddBias, Recorder
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+
+
+def images(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    gt, lq, real = (torch.rand(4, 3, 8, 8, generator=g) for _ in range(3))
+    return {"gt": gt, "lq": lq, "real_lq": real}
+
+
+def test_a_signed_restorer_sees_2x_minus_1_and_its_output_maps_back():
+    model = DenoisingAsAdaptation(restorer=AddBias(), diffusion=Recorder(), restorer_range="signed")
+    lq = images()["lq"]
+    bias = torch.tensor([0.1, -0.2, 0.05]).reshape(1, 3, 1, 1)
+    signed = 2 * lq - 1
+    expected = ((signed + bias + 0.5 * signed) + 1) / 2  # R in [-1, 1], its output back in [0, 1]
+    torch.testing.assert_close(model.residual(lq), expected - lq)
+    torch.testing.assert_close(model.restore(lq), expected.clamp(0, 1))
+    unit = DenoisingAsAdaptation(restorer=AddBias(), diffusion=Recorder())
+    torch.testing.assert_close(unit.residual(lq), bias + 0.5 * lq)  # the default: R in [0, 1]
+
+
+@pytest.mark.parametrize("restorer_range", ["unit", "signed"])
+def test_the_pixel_loss_is_measured_in_the_restorers_range(restorer_range):
+    batch = images(1)
+    model = DenoisingAsAdaptation(
+        restorer=AddBias(), diffusion=Recorder(), noise_weight=0.0, restorer_range=restorer_range
+    )
+    restored = batch["lq"] + model.residual(batch["lq"])
+    factor, shift = (1.0, 0.0) if restorer_range == "unit" else (2.0, -1.0)
+    expected = charbonnier(factor * restored + shift, factor * batch["gt"] + shift, 1e-3)
+    torch.testing.assert_close(model.training_loss(batch), expected)
+
+
+@pytest.mark.parametrize("diffusion_range", ["unit", "signed"])
+def test_d_sees_its_conditions_in_its_range(diffusion_range):
+    recorder = Recorder()
+    model = DenoisingAsAdaptation(
+        restorer=AddBias(), diffusion=recorder, diffusion_range=diffusion_range, shuffle_prob=0.0
+    )
+    batch = images(2)
+    model.training_loss(batch)
+    seen = recorder.inputs[0]
+    restored_syn = batch["lq"] + model.residual(batch["lq"])
+    expected = restored_syn if diffusion_range == "unit" else 2 * restored_syn - 1
+    torch.testing.assert_close(seen[:, 3:6], expected)  # slot a holds the restored synthetic image (no shuffle)
+
+
+def test_a_range_outside_the_two_is_refused_by_name():
+    with pytest.raises(ValueError, match="diffusion_range must be 'unit' or 'signed', got 'pm1'"):
+        DenoisingAsAdaptation(restorer=AddBias(), diffusion=Recorder(), diffusion_range="pm1")
