@@ -106,6 +106,9 @@ class ShardDataModule(pl.LightningDataModule):
         val_resize: resize every val/test/predict image to this side (GT; a smaller LQ to
             ``val_resize // scale``) instead of cropping: the fixed-size protocol of papers that
             score resized images (RDDM's official code: 256). None = no resizing.
+        train_resize: resize every whole training image to ``crop_size`` (a smaller LQ to ``crop_size // scale``)
+            instead of cropping it: RDDM's official training (``crop_patch=False``: whole images at 256). The
+            images are seen whole but their aspect ratio changes; flips and rotations still apply.
         require_gt: training samples must hold ``gt``. False admits LQ-only training samples (real
             degraded data without clean targets, for unpaired training such as
             ``datamodules.AdaptationDataModule``'s real stream): they are cropped on their own grid
@@ -157,6 +160,7 @@ class ShardDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         max_consecutive_skips: int = 1000,
         val_resize: int | None = None,
+        train_resize: bool = False,
         require_gt: bool = True,
         require_lq: bool | None = None,
         read_timeout: float = 120.0,
@@ -190,7 +194,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.crop_size, self.scale, self.val_crop_size = crop_size, scale, val_crop_size
         if val_resize is not None and (val_resize < scale or val_resize % scale):
             raise ValueError(f"data.val_resize ({val_resize}) must be a positive multiple of data.scale ({scale})")
-        self.val_resize = val_resize
+        self.val_resize, self.train_resize = val_resize, train_resize
         self.batch_size, self.val_batch_size, self.steps_per_epoch = batch_size, val_batch_size, steps_per_epoch
         self.num_workers, self.shuffle_buffer, self.persistent_workers = num_workers, shuffle_buffer, persistent_workers
         self.flip, self.rot90, self.seed = flip, rot90, seed
@@ -242,7 +246,7 @@ class ShardDataModule(pl.LightningDataModule):
         return wds.DataPipeline(
             ShardDraws(urls, seeds),
             TarSamples(self.opener, skips.shard_failed, skips.empty_shard),
-            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.layout),
+            TrainSamples(crop_size, self.scale, self.flip, self.rot90, seeds, skips, self.layout, self.train_resize),
             WorkerShuffle(self.shuffle_buffer, seeds),
             Batches(batch_size, Collate(skips), partial=False, skip=skip),
         )

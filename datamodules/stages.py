@@ -198,8 +198,9 @@ SKIP_KINDS: tuple[tuple[type[Exception], str], ...] = (
 
 
 class TrainSamples:
-    """Pipeline stage in a worker: select the images of ``layout``, decode, random crop, flip and rotate;
-    skip and count bad samples (undecodable, too small, lacking a required image, an unsafe key)."""
+    """Pipeline stage in a worker: select the images of ``layout``, decode, random crop (or, with ``resize``, resize
+    the whole image to the crop size), flip and rotate; skip and count bad samples (undecodable, too small, lacking
+    a required image, an unsafe key)."""
 
     def __init__(
         self,
@@ -210,8 +211,10 @@ class TrainSamples:
         seeds: StreamSeed,
         skips: SkipCounter,
         layout: TrainLayout,
+        resize: bool = False,
     ) -> None:
         self.crop_size, self.scale, self.flip, self.rot90 = crop_size, scale, flip, rot90
+        self.resize = resize
         self.seeds, self.skips, self.layout = seeds, skips, layout
         self.seen: dict[tuple[str, bool], str] = {}
 
@@ -229,8 +232,14 @@ class TrainSamples:
             yield sample
 
     def transform(self, raw: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        """Decode, crop, then apply a random element of the flips/rotations allowed."""
-        sample = random_crop(decode_sample(raw), self.crop_size, self.scale, rng)
+        """Decode, crop (or resize), then apply a random element of the flips/rotations allowed."""
+        sample = decode_sample(raw)
+        if not self.resize:
+            sample = random_crop(sample, self.crop_size, self.scale, rng)
+        elif "gt" in sample:
+            sample = resize_sample(sample, self.crop_size, self.scale)
+        else:  # an LQ-only sample: the size a paired sample's LQ gets
+            sample = resize_sample(sample, self.crop_size // self.scale, 1)
         mirror = self.flip and bool(rng.integers(2))  # P(mirror) = 1/2
         quarter_turns = int(rng.integers(4)) if self.rot90 else 0  # uniform over 0, 90, 180, 270 degrees
         return dihedral(sample, mirror, quarter_turns)

@@ -459,3 +459,20 @@ def test_val_resize_scales_every_image_to_the_protocol_size(tmp_path):
     assert 0 <= float(batch["lq"].min()) and float(batch["lq"].max()) <= 1
     with pytest.raises(ValueError, match=r"data.val_resize \(7\) must be a positive multiple of data.scale \(2\)"):
         ShardDataModule(scale=2, crop_size=8, val_resize=7)
+
+
+def test_train_resize_feeds_whole_images_resized_to_the_crop_size(tmp_path):
+    """RDDM's official training: the whole image resized (antialiased bicubic, as val_resize), not a crop; the
+    resized image of each key, up to a flip, is what the batch holds."""
+    gts = write_shard(tmp_path / "pair-000000.tar", ["p0", "p1"], seed=3, paired=True)
+    datamodule = module(
+        tmp_path, train_shards=str(tmp_path / "pair-000000.tar"), scale=2, crop_size=8, train_resize=True, rot90=False
+    )
+    (batch,) = first_batches(datamodule, 1)
+    assert batch["gt"].shape == (2, 3, 8, 8) and batch["lq"].shape == (2, 3, 4, 4)
+    for index, key in enumerate(batch["__key__"]):
+        source = torch.from_numpy(gts[key].astype(np.float32)).permute(2, 0, 1)[None]
+        expected = torch.nn.functional.interpolate(source, size=(8, 8), mode="bicubic", antialias=True)
+        expected = expected.clamp(0, 255)[0] / 255
+        seen = batch["gt"][index]
+        assert min(float((seen - view).abs().max()) for view in (expected, expected.flip(-1))) < 1e-6, key
