@@ -12,6 +12,8 @@ import torch
 from ir_lightning.commands.export import export_weights
 from ir_lightning.methods.noise_da import DenoisingAsAdaptation, draw_swaps, ramp, shuffle_slots, triplet
 from ir_lightning.methods.sr3 import to_signed
+from ir_lightning.nets.guided_diffusion import GuidedDiffusionUNet
+from ir_lightning.nets.restorer import ResidualUNet
 from tests.helpers.contract import MethodContract
 from tests.helpers.nets import tiny_da, tiny_unet
 
@@ -184,3 +186,28 @@ class TestDenoisingAsAdaptationContract(MethodContract):
 
     def build(self, networks, **settings):
         return DenoisingAsAdaptation(**networks, **settings)
+
+
+class TestDAWithOfficialDContract(MethodContract):
+    """The method with the official networks, at a tiny width: the guided-diffusion D (embedding the raw gamma,
+    attention at one level and in the middle, residual-block resamplers) and Kaiming-initialised R and D, both
+    working in [-1, 1] as the official deraining and deblurring."""
+
+    official = {"restorer_range": "signed", "diffusion_range": "signed"}
+
+    def networks(self):
+        diffusion = GuidedDiffusionUNet(
+            in_channels=9,
+            base_channels=8,
+            channel_mults=(1, 2),
+            num_res_blocks=1,
+            attention_ds=(2,),
+            dropout=0.0,
+            num_head_channels=4,
+            norm_groups=4,
+            init="kaiming",
+        )
+        return {"restorer": ResidualUNet(width=8, depth=2, init="kaiming"), "diffusion": diffusion}
+
+    def build(self, networks, **settings):
+        return DenoisingAsAdaptation(**networks, **(self.official | settings))

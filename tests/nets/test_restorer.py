@@ -3,6 +3,7 @@ input + residual, any size."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ir_lightning.nets.restorer import ResidualUNet
@@ -34,3 +35,42 @@ def test_output_is_input_plus_residual_for_any_size():
     torch.nn.init.zeros_(net.last.weight)
     torch.nn.init.zeros_(net.last.bias)
     torch.testing.assert_close(net(x), x)  # a zero residual is the identity
+
+
+def convolutions(net: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_kaiming_init_has_std_sqrt_2_over_fan_in_and_zero_biases():
+    torch.manual_seed(0)
+    net = ResidualUNet(width=32, depth=3, init="kaiming")
+    for conv in convolutions(net):
+        fan_in = conv.weight[0].numel()
+        if conv.weight.numel() >= 2000:  # enough weights for the std to be within a few percent
+            assert abs(conv.weight.std().item() / (2.0 / fan_in) ** 0.5 - 1) < 0.05
+        assert abs(conv.weight.mean().item()) < 0.1 * (2.0 / fan_in) ** 0.5
+        assert not conv.bias.any()
+
+
+def test_the_default_init_stays_pytorchs():
+    torch.manual_seed(0)
+    net = ResidualUNet(width=32, depth=3)
+    for conv in convolutions(net):
+        fan_in = conv.weight[0].numel()
+        if conv.weight.numel() >= 2000:  # kaiming_uniform(a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            assert abs(conv.weight.std().item() / (1.0 / (3 * fan_in)) ** 0.5 - 1) < 0.05
+        assert conv.bias.any()
+    with pytest.raises(ValueError, match="init"):
+        ResidualUNet(init="orthogonal")  # type: ignore[arg-type]
+
+
+def test_kaiming_init_starts_far_from_the_identity():
+    """The official initialisation's first residual on a random image is tens of times PyTorch's (measured at
+    width 64, depth 4, 128 px, five seeds: std 0.94 against 0.018)."""
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    stds = {}
+    for init in ("pytorch", "kaiming"):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            stds[init] = ResidualUNet(width=32, depth=4, init=init).residual(x).std().item()
+    assert stds["kaiming"] > 10 * stds["pytorch"] and stds["kaiming"] > 0.2
