@@ -12,6 +12,7 @@ from ir_lightning.diffusion.deq import SolverSettings
 from ir_lightning.methods.rddm import RDDM, RDDMSchedule
 from ir_lightning.methods.settings import Sampling
 from ir_lightning.nets.rddm import TwoUNets
+from ir_lightning.nets.rddm_official import OfficialTwoUNets
 from ir_lightning.nets.unet import UNet
 from tests.helpers.contract import MethodContract
 from tests.helpers.nets import tiny_two_unets
@@ -235,6 +236,20 @@ class TestRDDMContract(MethodContract):
 
     def networks(self):
         return {"net": tiny_two_unets()}
+
+    def build(self, networks, **settings):
+        return RDDM(**networks, **(dict(schedule=RDDMSchedule(n_steps=50), sampling=Sampling(steps=10)) | settings))
+
+
+class TestRDDMWithOfficialNetContract(MethodContract):
+    """The method with the official network (`ir_lightning.nets.rddm_official`), tiny: its time is the official
+    step index round(t / T * time_scale) - 1, here with time_scale = T = 50."""
+
+    parallel = {"solver": {"method": "anderson", "tolerance": 1e-5}}
+
+    def networks(self):
+        tiny = dict(dim=8, dim_mults=(1, 2), resnet_block_groups=4, heads=2, dim_head=4, time_scale=50.0)
+        return {"net": OfficialTwoUNets(**tiny)}
 
     def build(self, networks, **settings):
         return RDDM(**networks, **(dict(schedule=RDDMSchedule(n_steps=50), sampling=Sampling(steps=10)) | settings))
