@@ -104,7 +104,7 @@ class DiffIRS1(RestorationModule):
         super().__init__(y_channel=y_channel, **kwargs)
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams(*OBJECT_ARGUMENTS))
         self.scale, self.lr_schedule = scale, lr_schedule
-        self.multiple = input_multiple(scale)
+        self.multiple = input_multiple(scale, unshuffle=getattr(restorer, "unshuffle", 1))  # real-SR x1/x2: 32/16
         self.restorer = restorer
         self.cpen_s1 = cpen_s1
 

@@ -9,6 +9,8 @@ representation (IPR), one 256-d vector per image:
   (DGFN) is modulated by the IPR: after LayerNorm, `x * k1 + k2` with (k1, k2) = Linear(IPR).
   `scale > 1` adds the super-resolution tail (pixel-shuffle up-sampler plus a
   nearest-up-sampled copy of the input); `scale = 1` adds the input back (a residual).
+  `unshuffle > 1` (the official real-SR x1 and x2 models) pixel-unshuffles the LQ before the
+  embedding, so the U-Net runs on the GT / 4 grid, and up-samples by `scale x unshuffle` at the tail.
 - `IPRDenoiser` is the MLP that predicts the clean IPR from a noisy one in stage 2's 4-step
   diffusion (`ir_lightning.diffusion.prior` holds the diffusion itself).
 
@@ -17,8 +19,10 @@ pixel-unshuffled by 4, the LQ (already `scale` times smaller) by 4 / scale, so s
 concat(unshuffle(LQ, 4 / scale), unshuffle(GT, 4)): 96 channels for x1 tasks, 51 for x4, 60
 for x2; stage 2 takes unshuffle(LQ, 4 / scale): 48, 3 or 12 channels.
 
-Sizes: the DIRformer halves the LQ three times, so its input H and W must be multiples of 8;
-CPEN's LQ input must be a multiple of 4 / scale. `input_multiple` gives the factor to pad to.
+Sizes: the DIRformer halves the LQ three times (after unshuffling it by `unshuffle`), so its input
+H and W must be multiples of 8 x unshuffle; CPEN's LQ input must be a multiple of 4 / scale.
+`input_multiple` gives the factor to pad to (8 for deblurring and x4, 16 for real-SR x2, 32 for x1,
+the official inference script's `window_size`).
 No losses here: the method owns them.
 """
 
@@ -47,10 +51,10 @@ def prior_unshuffle(scale: int) -> int:
     return PRIOR_GRID // scale
 
 
-def input_multiple(scale: int, levels: int = 3) -> int:
-    """H and W of the LQ image must be multiples of this: 2^levels (the DIRformer's halvings) and
-    the CPEN's unshuffle factor."""
-    return math.lcm(2**levels, prior_unshuffle(scale))
+def input_multiple(scale: int, levels: int = 3, unshuffle: int = 1) -> int:
+    """H and W of the LQ image must be multiples of this: 2^levels (the DIRformer's halvings) times the
+    DIRformer's own unshuffle factor, and the CPEN's unshuffle factor."""
+    return math.lcm(2**levels * unshuffle, prior_unshuffle(scale))
 
 
 class LayerNorm2d(nn.Module):
@@ -130,12 +134,14 @@ class DGFN(nn.Module):
 class DIRBlock(nn.Module):
     """x + DMTA(LN(x)), then + DGFN(LN(x)), both steered by the IPR."""
 
-    def __init__(self, channels: int, heads: int, expansion: float, bias: bool, bias_free_norm: bool) -> None:
+    def __init__(
+        self, channels: int, heads: int, expansion: float, bias: bool, bias_free_norm: bool, ipr_dim: int = IPR_DIM
+    ) -> None:
         super().__init__()
         self.norm1 = LayerNorm2d(channels, bias_free_norm)
-        self.attention = DMTA(channels, heads, bias)
+        self.attention = DMTA(channels, heads, bias, ipr_dim)
         self.norm2 = LayerNorm2d(channels, bias_free_norm)
-        self.feed_forward = DGFN(channels, expansion, bias)
+        self.feed_forward = DGFN(channels, expansion, bias, ipr_dim)
 
     def forward(self, x: Tensor, ipr: Tensor) -> Tensor:
         x = x + self.attention(self.norm1(x), ipr)
@@ -145,8 +151,17 @@ class DIRBlock(nn.Module):
 class DIRStage(nn.ModuleList):
     """A run of `DIRBlock`s at one resolution."""
 
-    def __init__(self, n_blocks: int, channels: int, heads: int, expansion: float, bias: bool, bias_free_norm: bool):
-        super().__init__(DIRBlock(channels, heads, expansion, bias, bias_free_norm) for _ in range(n_blocks))
+    def __init__(
+        self,
+        n_blocks: int,
+        channels: int,
+        heads: int,
+        expansion: float,
+        bias: bool,
+        bias_free_norm: bool,
+        ipr_dim: int = IPR_DIM,
+    ) -> None:
+        super().__init__(DIRBlock(channels, heads, expansion, bias, bias_free_norm, ipr_dim) for _ in range(n_blocks))
 
     def forward(self, x: Tensor, ipr: Tensor) -> Tensor:
         for block in self:
@@ -188,12 +203,19 @@ class DIRformer(nn.Module):
         num_refinement_blocks: blocks after the decoder, at 2 x dim channels.
         heads: attention heads at levels 1..4.
         ffn_expansion: hidden width of the DGFN, as a multiple of the channels.
-        bias: biases in the convolutions of the blocks.
+        bias: biases in the convolutions of the blocks, the skip reductions and the plain output conv (the
+            official embedding conv has none whatever `bias` says: `OverlapPatchEmbed(inp_channels, dim)`,
+            DiffIR-RealSR/DiffIR/archs/S2_arch.py:207, is built without it).
         layernorm: "with_bias" (deblurring) or "bias_free" (real SR).
         scale: output / input size; 1 = restoration at the same size (the input is added back),
-            > 1 = super-resolution tail (the nearest-up-sampled input is added).
+            > 1 = super-resolution (the nearest-up-sampled input is added).
+        unshuffle: pixel-unshuffle the LQ by this factor before the embedding (1: no; the official
+            real-SR x1 model 4, x2 2, so the U-Net works on the GT / 4 grid as at x4). The tail then
+            up-samples by `scale x unshuffle` (always 4 in the real-SR models); 1 with scale 1 is a
+            plain output conv.
+        ipr_dim: size of the IPR that modulates every block (256 in every official configuration).
 
-    `forward(lq, ipr)`: lq B x C x H x W with H, W multiples of 8, ipr B x 256.
+    `forward(lq, ipr)`: lq B x C x H x W with H, W multiples of `8 x unshuffle`, ipr B x `ipr_dim`.
     """
 
     def __init__(
@@ -208,19 +230,24 @@ class DIRformer(nn.Module):
         bias: bool = False,
         layernorm: Literal["with_bias", "bias_free"] = "with_bias",
         scale: int = 1,
+        unshuffle: int = 1,
+        ipr_dim: int = IPR_DIM,
     ) -> None:
         super().__init__()
+        if unshuffle < 1:
+            raise ValueError(f"DIRformer: unshuffle must be >= 1 (1: none), got {unshuffle}")
         if len(num_blocks) != 4 or len(heads) != 4:
             raise ValueError(f"DIRformer: num_blocks and heads need 4 entries (levels 1..4), got {num_blocks}, {heads}")
         if layernorm not in ("with_bias", "bias_free"):
             raise ValueError(f"DIRformer: layernorm must be 'with_bias' or 'bias_free', got {layernorm!r}")
-        self.scale = scale
+        self.scale, self.unshuffle = scale, unshuffle
         width = [dim * 2**level for level in range(4)]
+        bias_free = layernorm == "bias_free"
 
         def stage(n: int, level: int, channels: int | None = None) -> DIRStage:
-            return DIRStage(n, channels or width[level], heads[level], ffn_expansion, bias, layernorm == "bias_free")
+            return DIRStage(n, channels or width[level], heads[level], ffn_expansion, bias, bias_free, ipr_dim)
 
-        self.embed = nn.Conv2d(in_channels, dim, 3, padding=1, bias=bias)
+        self.embed = nn.Conv2d(in_channels * unshuffle**2, dim, 3, padding=1, bias=False)  # officially never a bias
         self.encoders = nn.ModuleList(stage(num_blocks[level], level) for level in range(3))
         self.downs = nn.ModuleList(downsample(width[level]) for level in range(3))
         self.latent = stage(num_blocks[3], 3)
@@ -231,13 +258,13 @@ class DIRformer(nn.Module):
             [stage(num_blocks[0], 0, 2 * dim), stage(num_blocks[1], 1), stage(num_blocks[2], 2)]
         )
         self.refinement = stage(num_refinement_blocks, 0, 2 * dim)
-        if scale == 1:
+        if scale * unshuffle == 1:
             self.output = nn.Conv2d(2 * dim, out_channels, 3, padding=1, bias=bias)
         else:
-            self.output = sr_tail(2 * dim, out_channels, scale)
+            self.output = sr_tail(2 * dim, out_channels, scale * unshuffle)
 
     def forward(self, lq: Tensor, ipr: Tensor) -> Tensor:
-        x = self.embed(lq)
+        x = self.embed(F.pixel_unshuffle(lq, self.unshuffle) if self.unshuffle > 1 else lq)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             x = encoder(x, ipr)

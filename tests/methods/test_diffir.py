@@ -133,6 +133,21 @@ def test_restore_any_size_is_seeded_and_stage1_needs_gt():
         s1.restore(lq)
 
 
+@pytest.mark.parametrize(("scale", "unshuffle", "size"), [(1, 4, (20, 44)), (2, 2, (12, 20))], ids=["x1", "x2"])
+def test_real_sr_x1_x2_networks_restore_any_size(scale, unshuffle, size):
+    """The real-SR x1 / x2 DIRformer unshuffles the LQ by 4 / 2 before its three halvings: the method pads the LQ to
+    a multiple of 32 / 16 (not 8) and crops the result back to scale x the LQ, in both stages."""
+    torch.manual_seed(0)
+    restorer = DIRformer(scale=scale, unshuffle=unshuffle, **TINY)
+    model = DiffIRS2(restorer, CPEN(scale, True, 1), CPEN(scale, False, 1), IPRDenoiser(), scale=scale).eval()
+    assert model.multiple == 8 * unshuffle
+    lq = torch.rand(1, 3, *size)
+    out = model.restore(lq)
+    assert out.shape == (1, 3, size[0] * scale, size[1] * scale) and 0 <= out.min() and out.max() <= 1
+    s1 = DiffIRS1(restorer=restorer, cpen_s1=model.cpen_s1, scale=scale).eval()
+    assert s1.restore_with_gt(lq, torch.rand(1, 3, size[0] * scale, size[1] * scale)).shape == out.shape
+
+
 class TestDiffIRS1Contract(MethodContract):
     scale = 4
     size = 32  # an 8 x 8 LQ: the DIRformer pads by reflection to a multiple of 8

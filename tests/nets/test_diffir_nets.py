@@ -1,8 +1,11 @@
-"""DiffIR's networks: shapes and parameter counts of the paper's configurations (recorded, and
-against closed forms computed from the layer sizes), CPEN's inputs per scale, the IPR modulation,
-the LayerNorms and the denoiser's time input."""
+"""DiffIR's networks: shapes and parameter counts of the paper's configurations (recorded, against
+closed forms computed from the layer sizes, and against the official code's counts recorded in the
+fixture), CPEN's inputs per scale, the real-SR x1/x2 DIRformer (LQ unshuffled, x4 tail), the IPR
+modulation, the LayerNorms and the denoiser's time input."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,10 +58,12 @@ def block_params(c: int, ffn: float, bias_free: bool) -> int:
     return 2 * norm + dmta + dgfn
 
 
-def dirformer_params(dim, num_blocks, num_refinement_blocks, heads, ffn_expansion, bias, layernorm, scale) -> int:
+def dirformer_params(
+    dim, num_blocks, num_refinement_blocks, heads, ffn_expansion, bias, layernorm, scale, unshuffle=1
+) -> int:
     bias_free = layernorm == "bias_free"
     width = [dim * 2**i for i in range(4)]
-    total = conv(3, dim, 3, bias)
+    total = conv(3 * unshuffle**2, dim, 3, False)  # the embedding (never a bias, as officially)
     for level in range(4):  # encoder levels 1..3 and the latent
         total += num_blocks[level] * (block_params(width[level], ffn_expansion, bias_free) + heads[level])
     for level in range(3):  # decoder levels 3..1 (level 1 at 2 x dim)
@@ -68,9 +73,9 @@ def dirformer_params(dim, num_blocks, num_refinement_blocks, heads, ffn_expansio
     total += sum(conv(width[i], width[i] // 2, 3, False) for i in range(3))  # down-samplers
     total += sum(conv(width[i + 1], 2 * width[i + 1], 3, False) for i in range(3))  # up-samplers
     total += conv(2 * width[1], width[1], 1, bias) + conv(2 * width[2], width[2], 1, bias)  # skip reductions
-    if scale == 1:
+    if scale * unshuffle == 1:
         return total + conv(2 * dim, 3, 3, bias)
-    return total + 2 * conv(2 * dim, 8 * dim, 3) + conv(2 * dim, 3, 3)  # two (conv + shuffle x2), then conv
+    return total + 2 * conv(2 * dim, 8 * dim, 3) + conv(2 * dim, 3, 3)  # x4: two (conv + shuffle x2), then conv
 
 
 def cpen_params(in_channels: int, res_blocks: int) -> int:
@@ -134,6 +139,8 @@ def test_output_shapes_and_padding_multiple():
     assert deblur(torch.rand(1, 3, 24, 40), ipr).shape == (1, 3, 24, 40)
     assert sr(torch.rand(1, 3, 16, 24), ipr).shape == (1, 3, 64, 96)
     assert (input_multiple(1), input_multiple(2), input_multiple(4)) == (8, 8, 8)
+    # the real-SR x1 / x2 DIRformers unshuffle the LQ by 4 / 2 first (the official inference's window sizes)
+    assert (input_multiple(1, unshuffle=4), input_multiple(2, unshuffle=2)) == (32, 16)
 
 
 def test_sr_output_is_nearest_upsampled_input_plus_tail():
@@ -200,3 +207,61 @@ def test_dmta_is_channel_attention_per_head_against_a_plain_loop():
             out[b, rows] = attention @ v
     expected = dmta.project_out(out.reshape(2, 8, 5, 6))
     torch.testing.assert_close(dmta(x, ipr), expected, atol=1e-5, rtol=1e-5)
+
+
+REAL_SR_X2 = {**REAL_SR_X4, "scale": 2, "unshuffle": 2}
+REAL_SR_X1 = {**REAL_SR_X4, "scale": 1, "unshuffle": 4}
+"""The official real-SR x2 and x1 DIRformers (DiffIR-RealSR/options/train_DiffIRS2_x2.yml, _x1.yml: only the scale
+differs from x4; DiffIR-RealSR/DiffIR/archs/S2_arch.py:199-206 unshuffles the LQ, :235-237 keeps the x4 tail)."""
+
+OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures/official/diffir/diffir_official.pt"
+
+
+@pytest.mark.parametrize(
+    ("config", "lq_size", "embed_in"), [(REAL_SR_X2, 16, 12), (REAL_SR_X1, 32, 48)], ids=["x2", "x1"]
+)
+def test_unshuffling_dirformer_runs_on_the_gt_over_4_grid_with_an_x4_tail(config, lq_size, embed_in):
+    net = DIRformer(**{**config, "dim": 4, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1})
+    assert net.embed.in_channels == embed_in
+    assert [m.out_channels for m in net.output if isinstance(m, torch.nn.Conv2d)] == [32, 32, 3]  # two x2 + the conv
+    lq = torch.rand(2, 3, lq_size, lq_size)
+    assert net(lq, torch.randn(2, 256)).shape == (2, 3, 32, 32)  # scale x the LQ
+    torch.nn.init.zeros_(net.output[-1].weight)
+    torch.nn.init.zeros_(net.output[-1].bias)
+    scale = config["scale"]
+    expected = lq.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)  # the nearest-up-sampled LQ
+    torch.testing.assert_close(net(lq, torch.randn(2, 256)), expected)
+    with pytest.raises(RuntimeError):  # an LQ that halves only to 1/8 of 16 / 8: a multiple of 8 is not enough
+        net(torch.rand(1, 3, lq_size + 8, lq_size + 8), torch.randn(1, 256))
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "res_blocks"),
+    [("deblur", DEBLUR, 5), ("realsr_x4", REAL_SR_X4, 9), ("realsr_x2", REAL_SR_X2, 9), ("realsr_x1", REAL_SR_X1, 9)],
+)
+def test_parameter_counts_equal_the_official_codes(name, config, res_blocks):
+    """Our networks at the official configurations against the counts of the official `DiffIRS1` / `DiffIRS2`
+    members (`G`, `E`, `condition`, `denoise`) that make_fixture.py measured."""
+    official = torch.load(OFFICIAL, weights_only=True)["official_counts"][name]
+    scale = config["scale"]
+    with torch.device("meta"):
+        restorer = DIRformer(**config)
+        cpen_s1, cpen_s2 = CPEN(scale, True, res_blocks), CPEN(scale, False, res_blocks)
+        denoiser = IPRDenoiser()
+    assert n_params(restorer) == official["G"] == official["G_s1"] == dirformer_params(**config)
+    assert n_params(cpen_s1) == official["E"]
+    assert n_params(cpen_s2) == official["condition"]
+    assert n_params(denoiser) == official["denoise"]
+    assert n_params(restorer) + n_params(cpen_s2) + n_params(denoiser) == official["DiffIRS2"]
+    assert n_params(restorer) + n_params(cpen_s1) == official["DiffIRS1"]
+
+
+def test_recorded_real_sr_x1_and_x2_counts():
+    with torch.device("meta"):
+        counts = [n_params(DIRformer(**config)) for config in (REAL_SR_X2, REAL_SR_X1)]
+    assert counts == [23_464_326, 23_485_062]  # x4: 23_459_142; only the embedding's inputs grow (12, 48)
+
+
+def test_bad_unshuffle_is_refused():
+    with pytest.raises(ValueError, match="unshuffle"):
+        DIRformer(unshuffle=0)
