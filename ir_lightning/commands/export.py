@@ -17,7 +17,15 @@ from pathlib import Path
 
 from ir_lightning.io.atomic import atomic_write_bytes
 
-KEPT = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "global_step", "epoch")
+KEPT = (
+    "state_dict",
+    "hyper_parameters",
+    "hparams_name",
+    "pytorch-lightning_version",
+    "global_step",
+    "epoch",
+    "imported_from",
+)
 
 
 def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict[str, int]:
@@ -34,7 +42,9 @@ def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict
     if dropped:
         prefixes = tuple(f"{name}." for name in dropped)
         slim["state_dict"] = {k: v for k, v in slim["state_dict"].items() if not k.startswith(prefixes)}
-        slim["exported_without"] = dropped
+    left_out = list(dict.fromkeys([*checkpoint.get("exported_without", ()), *dropped]))  # an import's, then ours
+    if left_out:
+        slim["exported_without"] = left_out
     if half:
         slim["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["state_dict"].items()}
     buffer = io.BytesIO()
