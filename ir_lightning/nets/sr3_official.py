@@ -41,7 +41,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ir_lightning.nets.padding import pad_to_multiple
-from ir_lightning.nets.unet import Downsample, Upsample, check_channel_mults, group_norm, skip_channels
+from ir_lightning.nets.unet import (
+    Downsample,
+    EncoderPath,
+    Upsample,
+    check_channel_mults,
+    group_norm,
+    skip_channels,
+)
 
 SINUSOID_BASE = 1e4
 """The frequencies of the noise-level code run from 1 down to 1/SINUSOID_BASE (Vaswani et al., sec. 3.5)."""
@@ -142,7 +149,7 @@ def official_init(module: nn.Module) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-class SR3ReferenceUNet(nn.Module):
+class SR3ReferenceUNet(EncoderPath, nn.Module):
     """The re-implementation's SR3 U-Net: `forward(x, level) -> eps_hat`, `level` = sqrt(gamma) of shape (B,) or (B, 1).
 
     Arguments carry the official config's names (`model.unet` and `model.diffusion.image_size`); the defaults
@@ -217,21 +224,6 @@ class SR3ReferenceUNet(nn.Module):
                 ch = widths[i]
             self.up.append(Level(chans, [attention[i]] * (res_blocks + 1), **level))
             self.upsample.append(Upsample(ch) if i > 0 else nn.Identity())
-
-    def encode(self, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """x (sides divisible by 2**(levels - 1)) -> (the middle's output, the skips: head, every block, every down)."""
-        h = self.head(x)
-        skips = [h]
-        for level, down in zip(self.down, self.downsample):
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h, emb))
-                skips.append(h)
-            if not isinstance(down, nn.Identity):
-                h = down(h)
-                skips.append(h)
-        for block, attn in zip(self.mid.blocks, self.mid.attns):
-            h = attn(block(h, emb))
-        return h, skips
 
     def decode(self, h: Tensor, skips: list[Tensor], emb: Tensor) -> Tensor:
         """Every block of the way up reads one skip, last in first out."""
