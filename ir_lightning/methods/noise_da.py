@@ -109,11 +109,14 @@ class DenoisingAsAdaptation(RestorationModule):
             unpaired clean reference (the batch's `ref`, else the GT of another sample of the batch,
             so target and conditions are unpaired) and has no triplet.
         margin: the triplet margin (0.1).
-        ramp_restorer_only: False (the paper): the ramp weighs the whole diffusion loss, so D itself
-            learns at the ramp's (at first tiny) rate. True: D learns from its loss at full weight
-            from the start and only the gradient that reaches the restorer through the conditions is
-            ramped (the conditions' gradients are scaled), so D can learn to read the conditions
-            before it starts steering the restorer.
+        ramp_restorer_only: False (the paper): the ramp weighs the whole diffusion loss. True: D's loss is
+            at full weight and only the gradient that reaches the restorer through the conditions is
+            ramped (the conditions' gradients are scaled). The restorer gets the same gradient either way.
+            Under Adam, D's update barely differs either: D's parameters get only the ramped loss's gradient,
+            and Adam's step m / sqrt(v) does not change when a gradient is multiplied by a constant, nor
+            much when the factor varies slowly (the ramp changes by a small fraction per step, except in its
+            first few steps from 0 and for Adam's eps). So the option is near-equivalent to the paper's
+            setting, not a way to let D "learn first"; with SGD it would differ.
         charbonnier_eps: the Charbonnier loss's eps (1e-3).
         restorer_range: the range R works in and its pixel loss is measured in: "unit" ([0, 1]; the official
             denoising) or "signed" ([-1, 1]; the official deraining and deblurring, and what the released
