@@ -11,8 +11,9 @@ with the network's configuration read from the weights' shapes, and the method's
 from the packaged recipe that pairs with the file (or `--recipe`), with what the file itself says (its noise
 schedule, its value range) on top. The weights must fit the method exactly: every key mapped, none left
 over, every shape equal; otherwise the import is refused naming the keys. The written checkpoint holds
-weights only (no training state): `restore`, `evaluate`, `validate`, `predict` take it as `--ckpt`, `export`
-slims it, and `fit --init_weights` starts a new run from it.
+weights only (no training state): `restore` and `evaluate` take it as `--ckpt`, `validate`, `test` and `predict`
+as `--ckpt_path`, `export` slims it, and `fit --init_weights` starts a new run from it. An existing output file
+is not replaced without `--force` (and never when it is the source).
 """
 
 from __future__ import annotations
@@ -60,37 +61,38 @@ def choose_format(obj: Any, path: Path, name: str | None) -> OfficialFormat:
     )
 
 
-def recipe_model(name: str) -> tuple[str, dict[str, Any]]:
-    """(class path, init_args) of the `model` of recipe `name` (a packaged recipe's name or a YAML file)."""
+def recipe_model(name: str, flag: str) -> tuple[str, dict[str, Any]]:
+    """(class path, init_args) of the `model` of recipe `name`: a YAML file where one exists, else the packaged
+    recipe of that name (the rule of `-c`); `flag` names where the name came from, for the errors."""
     import yaml
 
     from ir_lightning.packaged import recipe_path
 
-    path = recipe_path(name) or Path(name)
-    if not path.is_file():
-        raise ImportFailed(
-            f"--recipe {name}: no packaged recipe or file of that name (ir-lightning recipes lists them)"
-        )
+    path = Path(name) if Path(name).is_file() else recipe_path(name)
+    if path is None:
+        raise ImportFailed(f"{flag} {name}: no packaged recipe or file of that name (ir-lightning recipes lists them)")
     model = (yaml.safe_load(path.read_text()) or {}).get("model")
     if not isinstance(model, dict) or not isinstance(model.get("class_path"), str):
-        raise ImportFailed(f"--recipe {name}: {path} has no model with a class_path")
+        raise ImportFailed(f"{flag} {name}: {path} has no model with a class_path")
     return model["class_path"], dict(model.get("init_args") or {})
 
 
-def hyperparameters(imported: Imported, recipe: str | None) -> dict[str, Any]:
+def hyperparameters(imported: Imported, recipe: str | None, flag: str) -> dict[str, Any]:
     """The checkpoint's hyperparameters: the recipe's model settings, then the file's settings and networks."""
     from ir_lightning.class_paths import allowed_class
 
     settings: dict[str, Any] = {}
     if recipe is not None:
-        class_path, settings = recipe_model(recipe)
+        class_path, settings = recipe_model(recipe, flag)
         if allowed_class(class_path) is not allowed_class(imported.method):
-            raise ImportFailed(f"--recipe {recipe}: it trains {class_path}, the file holds a {imported.method}")
+            raise ImportFailed(f"{flag} {recipe}: it trains {class_path}, the file holds a {imported.method}")
     return {"_class_path": imported.method, **settings, **imported.settings, **imported.networks}
 
 
 def checkpoint_of(imported: Imported, hparams: dict[str, Any], source: Path, fmt: OfficialFormat) -> dict[str, Any]:
     import lightning
+
+    from ir_lightning.class_paths import allowed_class
 
     checkpoint: dict[str, Any] = {
         "state_dict": imported.state_dict,
@@ -104,6 +106,7 @@ def checkpoint_of(imported: Imported, hparams: dict[str, Any], source: Path, fmt
         checkpoint["current_model_state"] = imported.trained_state_dict
     if imported.exported_without:
         checkpoint["exported_without"] = list(imported.exported_without)
+    checkpoint["training_only"] = list(allowed_class(imported.method).TRAINING_ONLY)  # what `export` leaves out
     return checkpoint
 
 
@@ -119,6 +122,7 @@ def check_fit(checkpoint: dict[str, Any], source: Path) -> int:
     """Build the method as the checkpoint describes it and compare its keys and shapes with the weights (every
     key mapped, none left over, equal shapes; the trained weights too); returns the parameter count."""
     from ir_lightning.class_paths import allowed_class
+    from ir_lightning.importing.base import listed
     from ir_lightning.io.weights import key_report
 
     cls = allowed_class(checkpoint["hyper_parameters"]["_class_path"])
@@ -138,18 +142,31 @@ def check_fit(checkpoint: dict[str, Any], source: Path) -> int:
         report = key_report(checkpoint[what], expected)
         missing = [key for key in report.missing if not key.startswith(left_out)]
         if missing or report.unexpected or report.mismatched:
-            kept = type(report)(missing, report.unexpected, report.mismatched)
-            raise ImportFailed(f"{source}: its weights do not fit {cls.__name__} ({what}): {kept.text()}")
+            shapes = [f"{key} {found} (expected {shape})" for key, found, shape in report.mismatched]
+            problems = [
+                f"{label} {listed(keys)}"
+                for label, keys in (("missing", missing), ("unexpected", report.unexpected), ("mis-shaped", shapes))
+                if keys
+            ]
+            raise ImportFailed(f"{source}: its weights do not fit {cls.__name__} ({what}): {'; '.join(problems)}")
     return sum(tensor.numel() for tensor in checkpoint["state_dict"].values() if tensor.is_floating_point())
 
 
 def import_checkpoint(
-    source: Path, output: Path, fmt_name: str | None = None, variant: str | None = None, recipe: str | None = None
+    source: Path,
+    output: Path,
+    fmt_name: str | None = None,
+    variant: str | None = None,
+    recipe: str | None = None,
+    force: bool = False,
 ) -> list[str]:
     """Converts `source` and writes `output` (atomically); returns the report lines."""
     from ir_lightning.importing import ImportRefused
     from ir_lightning.io.weights import STATE_DICT, WeightsError, load_safely
 
+    if output.exists() and (not force or output.resolve() == source.resolve()):
+        why = "it is the file to import" if output.resolve() == source.resolve() else "give --force to replace it"
+        raise ImportFailed(f"{output} exists: {why}")
     try:
         obj = load_safely(source, STATE_DICT)
     except WeightsError as error:
@@ -162,8 +179,9 @@ def import_checkpoint(
         imported = fmt.convert(obj, variant)
     except ImportRefused as error:
         raise ImportFailed(f"{source} ({fmt.name}): {error}") from error
+    flag = "--recipe" if recipe else "the paired recipe"
     recipe = recipe or imported.recipe
-    checkpoint = checkpoint_of(imported, hyperparameters(imported, recipe), source, fmt)
+    checkpoint = checkpoint_of(imported, hyperparameters(imported, recipe, flag), source, fmt)
     data = serialised(checkpoint)
     parameters = check_fit(checkpoint, source)
     atomic_write_bytes(output, data)
@@ -192,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ir-lightning import",
         description="Turn a checkpoint released by a paper's official repository into a checkpoint of this suite "
-        "(weights only: restore, evaluate, validate and predict take it as --ckpt; fit --init_weights starts from it).",
+        "(weights only: restore and evaluate take it as --ckpt, validate/test/predict as --ckpt_path; "
+        "fit --init_weights starts from it).",
         epilog="The file is read with weights_only=True. --list-formats shows the formats and the files they read.",
     )
     parser.add_argument("source", type=Path, nargs="?", help="the official file (e.g. I640000_E37_gen.pth)")
@@ -200,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", dest="fmt", help="the file's format, where it is not detected from its keys")
     parser.add_argument("--variant", help="what the weights cannot tell (a task's value range, a configuration)")
     parser.add_argument("--recipe", help="take the method's other settings from this recipe (default: the paired one)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument("--list-formats", action="store_true", help="list the formats and exit")
     args = parser.parse_args(argv)
     if args.list_formats:
@@ -208,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.source is None or args.output is None:
         parser.error("give the official file and the output checkpoint (or --list-formats)")
     try:
-        lines = import_checkpoint(args.source, args.output, args.fmt, args.variant, args.recipe)
+        lines = import_checkpoint(args.source, args.output, args.fmt, args.variant, args.recipe, args.force)
     except ImportFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -311,12 +311,14 @@ def _prior_schedule(state: Mapping[str, Tensor]) -> tuple[dict[str, Any], list[s
     }
     expected = make_betas("quad", schedule["n_steps"], schedule["linear_start"], schedule["linear_end"])
     if not torch.allclose(betas, expected, rtol=1e-5, atol=1e-7):
-        raise _refuse("diffusion.betas", f"{betas.tolist()} is not sqrt(beta) evenly spaced (the official schedule)")
+        raise _refuse(
+            "diffusion.betas", f"{betas.tolist()} is not beta evenly spaced in sqrt(beta) (the official schedule)"
+        )
     if not torch.allclose(buffers["alphas_cumprod"].double(), gammas_from_betas(expected), rtol=1e-5, atol=1e-7):
         raise _refuse("diffusion.alphas_cumprod", "is not the cumulative product of 1 - diffusion.betas")
     line = (
-        f"prior schedule from diffusion.betas: T = {schedule['n_steps']}, sqrt(beta) evenly spaced from "
-        f"{schedule['linear_start']} to {schedule['linear_end']}"
+        f"prior schedule from diffusion.betas: T = {schedule['n_steps']}, beta from {schedule['linear_start']} to "
+        f"{schedule['linear_end']}, evenly spaced in sqrt(beta)"
     )
     return schedule, [line]
 
@@ -439,9 +441,14 @@ def _with_recipe_scale(imported: Imported) -> Imported:
     """Real-SR x1 and x2 take the x4 recipe's settings, with their own scale (the suite has x4 recipes only)."""
     scale = imported.settings["scale"]
     if imported.recipe.endswith("_x4") and scale != 4:
+        unshuffle = 4 // scale
         imported.report.append(
             f"recipe {imported.recipe} with scale {scale} (the official x{scale} configs differ from x4 in the scale "
-            "and the validation data only)"
+            "and the validation data only); to fine-tune it (fit --init_weights) give the recipe "
+            f"--model.init_args.scale={scale} --model.init_args.restorer.init_args.scale={scale} "
+            f"--model.init_args.restorer.init_args.unshuffle={unshuffle}, --model.init_args.cpen_s1.init_args.scale={scale} "
+            f"(and cpen_s2's in stage 2), "
+            f"--data.init_args.scale={scale} and a x{scale} degradation"
         )
     return imported
 

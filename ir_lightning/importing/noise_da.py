@@ -318,8 +318,8 @@ def convert_diffusion(state: Mapping[str, Tensor], report: list[str]) -> tuple[d
         "(level_input 'gamma') are the official configuration's: the weights do not show them"
     )
     problem = unbuildable(args)
-    if problem is not None:
-        report.append(f"these widths do not take the official D's settings ({problem}): set them before building")
+    if problem is not None:  # `ir-lightning import` refuses it when it builds the method; a caller may not
+        report.append(f"D's widths do not take the official D's settings ({problem}): D cannot be built as is")
     return args, weights
 
 
@@ -336,11 +336,12 @@ def check_schedule(state: Mapping[str, Tensor], report: list[str]) -> None:
         )
         stored = state["gammas"].to(torch.float64)
         fits = stored.shape == ours.shape and bool(((stored - ours).abs() <= 1e-6).all())
-        note += (
-            ": they are the recipes' linear 1e-6 .. 1e-2, T = 1000"
-            if fits
-            else f": 'gammas' of shape {tuple(stored.shape)} is NOT the recipes' linear 1e-6 .. 1e-2, T = 1000"
-        )
+        if not fits:  # D would go on training (and adapting) with a schedule it never saw
+            raise ImportRefused(
+                f"'gammas' of shape {tuple(stored.shape)} is not the official linear 1e-6 .. 1e-2, T = 1000 schedule "
+                "the method builds"
+            )
+        note += ": they are the recipes' linear 1e-6 .. 1e-2, T = 1000"
     report.append(note)
 
 
@@ -362,7 +363,9 @@ def range_settings(variant: str) -> tuple[dict[str, Any], str]:
 
 
 def convert(obj: Any, variant: str | None) -> Imported:
-    variant = variant or VARIANTS[0]
+    if variant is None:  # the weights do not say which range they were trained in: a guess would restore wrongly
+        ranges = ", ".join(f"{name} ({'[0, 1]' if VALUE_RANGE[name] == 'unit' else '[-1, 1]'})" for name in VARIANTS)
+        raise ImportRefused(f"the weights do not say the task's value range: give --variant, one of {ranges}")
     if variant not in VARIANTS:
         raise ImportRefused(f"unknown variant {variant!r}; {NAME} has {', '.join(VARIANTS)}")
     state = tensors(obj, "Noise-DA weights")

@@ -479,16 +479,25 @@ def conditioning(
     schedule: dict[str, Any] | None,
     experiment: Experiment,
     report: list[str],
+    given: bool = False,
 ) -> str:
-    """`coefficients` for the code of experiments 0 and 5 (the only ones that condition on them; both hard-code the
-    DDIM conversion), `t` for experiments 2 (no DDIM conversion, the shared encoder's only home) and 3 (the DDIM
-    conversion, with AOSA's alpha_res)."""
+    """The experiment's conditioning where a variant was `given`; else `coefficients` for the code of experiments 0
+    and 5 (the only ones that condition on them; both hard-code the DDIM conversion), `t` for experiments 2 (no DDIM
+    conversion, the shared encoder's only home) and 3 (the DDIM conversion, with AOSA's alpha_res); a file the buffers
+    leave ambiguous (one U-Net on the DDIM schedule without alpha_res) is refused without a variant."""
     if layout.kind == "shared":
         report.append("conditioned on the step: the shared encoder is experiment 2's, which conditions on t")
         return "t"
-    if schedule is None:
-        report.append(f"conditioned on {experiment.condition}: the variant's experiment (no buffers to tell)")
+    if schedule is None or given:
+        why = "the variant given" if given else "the variant's experiment (no buffers to tell)"
+        report.append(f"conditioned on {experiment.condition}: {why}")
         return experiment.condition
+    if schedule["convert_to_ddim"] and AOSA_WEIGHT not in state and layout.kind == "single":
+        raise ImportRefused(  # experiment 0's code with one U-Net (coefficients) or experiment 3's with a fixed
+            # objective ([t, t]): the file cannot tell which, and the wrong one is another function
+            "one U-Net on the DDIM schedule without AOSA's alpha_res: experiment 0's code conditions it on a "
+            "coefficient, experiment 3's on t; give --variant (lowlight: experiment 3; generation: experiment 0)"
+        )
     if schedule["convert_to_ddim"] and AOSA_WEIGHT not in state:
         report.append("conditioned on the coefficients: the DDIM conversion without AOSA is experiment 0's code")
         return "coefficients"
@@ -532,7 +541,7 @@ def convert(obj: Any, variant: str | None) -> Imported:
     experiment = EXPERIMENTS[choose_experiment(layout, others, variant, report)]
     schedule = read_schedule(others)
     objective = objective_of(layout, others, report)
-    condition = conditioning(layout, others, schedule, experiment, report)
+    condition = conditioning(layout, others, schedule, experiment, report, given=variant is not None)
     init_args = network_args(layout, condition, objective, schedule)
     weights = to_our_keys(net, layout, init_args, source)
     settings: dict[str, Any] = {

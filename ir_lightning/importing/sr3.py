@@ -464,9 +464,10 @@ def choose_release(layout: Layout, variant: str | None, report: list[str]) -> Re
     chosen = variant or (matching[0] if matching else VARIANTS[0])
     how = "given" if variant else ("the published network the weights have" if matching else "the default")
     report.append(f"variant {chosen} ({how}): {CONDITIONAL[chosen].config}, recipe {CONDITIONAL[chosen].recipe}")
-    if chosen not in matching and matching:
-        report.append(
-            f"the weights have the published {matching[0]} network: pass --variant {matching[0]} if it is that release"
+    if chosen not in matching and matching:  # its group count and dropout would build another function
+        raise ImportRefused(
+            f"--variant {chosen}: the weights have the published {matching[0]} network "
+            f"({CONDITIONAL[matching[0]].config}); give --variant {matching[0]}"
         )
     return CONDITIONAL[chosen]
 

@@ -5,6 +5,8 @@ refused in one line naming the file and the keys."""
 
 from __future__ import annotations
 
+import io
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,14 +87,19 @@ def test_the_imported_weights_start_a_run_but_cannot_resume_one(tmp_path):
     check_checkpoint_fits(imported, model_config, resume=False, flag="--init_weights")
     with pytest.raises(ConfigurationError, match="holds weights only .* give --init_weights"):
         check_checkpoint_fits(imported, model_config, resume=True)
-    fresh = load_method(imported, options([]), torch.device("cpu"))  # the same method, then other weights
     cls = allowed_class(hparams["_class_path"])
-    assert isinstance(fresh, cls)
-    for parameter in fresh.restorer.parameters():
-        parameter.data.normal_()
-    fresh.load_initial_weights(checkpoint, str(imported))
+    bare = {key: value for key, value in checkpoint.items() if key != "exported_without"}
+    bare["state_dict"] = {}  # the module `fit` builds from the recipe: D included, fresh weights
+    buffer = io.BytesIO()
+    torch.save(bare, buffer)
+    buffer.seek(0)
+    fresh = cls.load_from_checkpoint(buffer, map_location="cpu", strict=False)
+    assert fresh.diffusion is not None
+    diffusion_before = {k: v.clone() for k, v in fresh.diffusion.state_dict().items()}
+    fresh.load_initial_weights(checkpoint, str(imported))  # what `fit --init_weights` runs
     state = fresh.state_dict()
     assert all(torch.equal(state[key], value) for key, value in checkpoint["state_dict"].items())
+    assert all(torch.equal(fresh.diffusion.state_dict()[k], v) for k, v in diffusion_before.items())  # D kept fresh
 
 
 def test_list_formats_names_every_format_and_its_files(capsys):
@@ -149,3 +156,29 @@ def test_an_unsafe_or_broken_file_is_refused_before_anything_runs(tmp_path, caps
     (tmp_path / "text.pth").write_text("{}")
     assert main([str(tmp_path / "text.pth"), str(tmp_path / "x.ckpt")]) == 2
     assert "a JSON or other text file" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_kept_without_force_and_the_source_never_overwritten(tmp_path, capsys):
+    source, output = tmp_path / "derain.pth", tmp_path / "da.ckpt"
+    torch.save(noise_da_file(), source)
+    output.write_bytes(b"mine")
+    assert main([str(source), str(output), "--variant", "derain"]) == 2
+    assert f"error: {output} exists: give --force to replace it" in capsys.readouterr().err
+    assert output.read_bytes() == b"mine"
+    assert main([str(source), str(source), "--variant", "derain", "--force"]) == 2
+    assert "exists: it is the file to import" in capsys.readouterr().err
+    assert main([str(source), str(output), "--variant", "derain", "--force"]) == 0
+    assert "state_dict" in torch.load(output, weights_only=True)
+
+
+def test_an_import_says_what_export_leaves_out():
+    """An imported checkpoint names the method's training-only submodules, as a training checkpoint does, so that
+    `export` of an import that holds Noise-DA's D (or DiffIR's teacher) leaves them out."""
+    for name in ("noise_da", "diffir"):
+        make, file_name, _, variant, _, _ = CASES[name]
+        with tempfile.TemporaryDirectory() as folder:
+            source, imported = Path(folder) / file_name, Path(folder) / "x.ckpt"
+            torch.save(make(), source)
+            assert main([str(source), str(imported), *(["--variant", variant] if variant else [])]) == 0
+            expected = {"noise_da": ["diffusion"], "diffir": ["cpen_s1"]}[name]
+            assert torch.load(imported, weights_only=True)["training_only"] == expected

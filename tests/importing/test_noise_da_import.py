@@ -64,7 +64,7 @@ def test_the_official_restorer_is_reproduced_through_the_import(fixture):
 
 
 def test_a_file_with_d_imports_both_networks(fixture):
-    imported = convert(wrapper(fixture), None)
+    imported = convert(wrapper(fixture), "denoise")
     assert imported.method == "ir_lightning.methods.DenoisingAsAdaptation" and imported.recipe == "da_denoise"
     assert set(imported.networks) == {"restorer", "diffusion"} and imported.exported_without == []
     prefixes = {key.split(".", 1)[0] for key in imported.state_dict}
@@ -92,7 +92,8 @@ def test_the_variant_gives_the_recipe_and_the_value_range(fixture):
         imported = convert(state, variant)
         assert imported.recipe == f"da_{variant}"
         assert imported.settings == {"restorer_range": value_range, "diffusion_range": value_range}
-    assert convert(state, None).settings["restorer_range"] == "unit"  # the first variant: denoise
+    with pytest.raises(ImportRefused, match=r"give --variant, one of denoise \(\[0, 1\]\), derain \(\[-1, 1\]\)"):
+        convert(state, None)  # a guessed range would restore wrongly
     with pytest.raises(ImportRefused, match="unknown variant 'sr'"):
         convert(state, "sr")
 
@@ -155,8 +156,16 @@ def test_weights_that_do_not_fit_are_refused_by_name(fixture, change, named):
 
 def test_other_files_are_refused(fixture):
     with pytest.raises(ImportRefused, match="no RestorationNet"):
-        convert({"denoise_fn.downs.0.weight": torch.zeros(1)}, None)  # an SR3 file
+        convert({"denoise_fn.downs.0.weight": torch.zeros(1)}, "denoise")  # an SR3 file
     with pytest.raises(ImportRefused, match="state dict"):
-        convert([1, 2], None)
+        convert([1, 2], "denoise")
     with pytest.raises(ImportRefused, match="not tensors"):
-        convert(wrapper(fixture) | {"epoch": 3}, None)
+        convert(wrapper(fixture) | {"epoch": 3}, "denoise")
+
+
+def test_a_schedule_other_than_the_methods_is_refused(fixture):
+    """D would go on training with a schedule it never saw: the file's gammas must be the method's schedule."""
+    state = wrapper(fixture)
+    state["gammas"] = state["gammas"] * 0.99
+    with pytest.raises(ImportRefused, match="'gammas' of shape .* is not the official linear 1e-6 .. 1e-2"):
+        convert(state, "denoise")

@@ -277,20 +277,19 @@ def test_a_file_of_another_format_is_refused():
 
 
 def test_the_conditioning_follows_the_code_the_schedule_buffers_betray():
-    """The DDIM conversion without AOSA's alpha_res is experiment 0's code: coefficients; with alpha_res, experiment
-    3's: the step."""
+    """The DDIM conversion without AOSA's alpha_res is experiment 0's code (coefficients) for two U-Nets; for one U-Net
+    it is ambiguous (experiment 3 with a fixed objective conditions on t) and a variant decides; with alpha_res,
+    experiment 3's: the step."""
     derain, lowlight = fixture("derain")["state_dict"], fixture("lowlight")["state_dict"]
     ddim = {name: lowlight[name] for name in ("alphas_cumsum", "betas2_cumsum")}
     imported = convert(released(derain | ddim), None)
     assert imported.settings["condition"] == imported.networks["net"]["init_args"]["condition"] == "coefficients"
     without_aosa = {k: v for k, v in lowlight.items() if k != "alpha_res"}
-    imported = convert(released(without_aosa, one_unet=True), None)
+    with pytest.raises(ImportRefused, match="experiment 0's code conditions it on a coefficient, experiment 3's on t"):
+        convert(released(without_aosa, one_unet=True), None)  # ambiguous: the wrong guess is another function
+    imported = convert(released(without_aosa, one_unet=True), "lowlight")  # experiment 3 with a fixed objective
     args = imported.networks["net"]["init_args"]
-    assert (imported.settings["objective"], args["condition"], args["coefficient"]) == (
-        "pred_res",
-        "coefficients",
-        "alpha_bar",
-    )
+    assert (imported.settings["objective"], args["condition"]) == ("pred_res", "t")
     assert any("pred_res assumed" in line for line in imported.report)
     aosa_noise = lowlight | {"alpha_res": torch.tensor([0.2])}
     imported = convert(released(aosa_noise, one_unet=True), None)

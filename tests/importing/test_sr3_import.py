@@ -99,12 +99,13 @@ def test_the_variant_chooses_the_release_and_unknown_ones_are_refused(fixture):
         FORMAT.convert(gen_file(fixture), "32_256")
 
 
-def test_without_a_variant_the_published_network_picks_the_release_and_a_mismatch_is_reported(fixture):
+def test_without_a_variant_the_published_network_picks_the_release_and_a_contradicting_one_is_refused(fixture):
     shapes = fixture["released"]["sr_sr3_64_512"]["shapes"]  # the full-size official layout, no values
     state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items() if key.startswith("denoise_fn.")}
     assert FORMAT.convert(state, None).recipe == "sr3_64_512"
-    given = FORMAT.convert(state, "16_128")
-    assert given.recipe == "sr3_16_128_faces" and any("pass --variant 64_512" in line for line in given.report)
+    assert FORMAT.convert(state, "64_512").recipe == "sr3_64_512"
+    with pytest.raises(ImportRefused, match="--variant 16_128: the weights have the published 64_512 network"):
+        FORMAT.convert(state, "16_128")  # GroupNorm 32 and dropout 0.2 on 64->512 weights: another function
 
 
 def test_an_unconditional_file_becomes_a_deqir_prior(fixture):

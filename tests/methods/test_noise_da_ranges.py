@@ -58,6 +58,23 @@ def test_d_sees_its_conditions_in_its_range(diffusion_range):
     torch.testing.assert_close(seen[:, 3:6], expected)  # slot a holds the restored synthetic image (no shuffle)
 
 
+@pytest.mark.parametrize("diffusion_range", ["unit", "signed"])
+def test_d_noises_the_target_in_its_range(diffusion_range):
+    """With a schedule whose gamma is 1 - 1e-9, x_t = sqrt(gamma) x_0 + sqrt(1 - gamma) eps is x_0 to 1e-4: the
+    target D sees is the GT in D's range."""
+    from ir_lightning.methods.settings import NoiseSchedule
+
+    recorder = Recorder()
+    schedule = NoiseSchedule(kind="linear", n_steps=10, linear_start=1e-10, linear_end=1e-10)
+    model = DenoisingAsAdaptation(
+        restorer=AddBias(), diffusion=recorder, diffusion_range=diffusion_range, schedule=schedule
+    )
+    batch = images(3)
+    model.training_loss(batch)
+    expected = batch["gt"] if diffusion_range == "unit" else 2 * batch["gt"] - 1
+    torch.testing.assert_close(recorder.inputs[0][:, :3], expected, rtol=0, atol=1e-3)
+
+
 def test_a_range_outside_the_two_is_refused_by_name():
     with pytest.raises(ValueError, match="diffusion_range must be 'unit' or 'signed', got 'pm1'"):
         DenoisingAsAdaptation(restorer=AddBias(), diffusion=Recorder(), diffusion_range="pm1")
