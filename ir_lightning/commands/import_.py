@@ -122,8 +122,6 @@ def check_fit(checkpoint: dict[str, Any], source: Path) -> int:
     """Build the method as the checkpoint describes it and compare its keys and shapes with the weights (every
     key mapped, none left over, equal shapes; the trained weights too); returns the parameter count."""
     from ir_lightning.class_paths import allowed_class
-    from ir_lightning.importing.base import listed
-    from ir_lightning.io.weights import key_report
 
     cls = allowed_class(checkpoint["hyper_parameters"]["_class_path"])
     bare = {**checkpoint, "state_dict": {}}
@@ -134,21 +132,14 @@ def check_fit(checkpoint: dict[str, Any], source: Path) -> int:
             model = cls.load_from_checkpoint(io.BytesIO(serialised(bare)), map_location="cpu", strict=False)
     except Exception as error:  # noqa: BLE001 - a setting the method refuses: one line naming the file
         raise ImportFailed(f"{source}: the method cannot be built from the converted settings: {error}") from error
-    expected = model.state_dict()
-    left_out = tuple(f"{name}." for name in checkpoint.get("exported_without", ()))
     for what in ("state_dict", "current_model_state"):
-        if what not in checkpoint:
-            continue
-        report = key_report(checkpoint[what], expected)
-        missing = [key for key in report.missing if not key.startswith(left_out)]
-        if missing or report.unexpected or report.mismatched:
-            shapes = [f"{key} {found} (expected {shape})" for key, found, shape in report.mismatched]
-            problems = [
-                f"{label} {listed(keys)}"
-                for label, keys in (("missing", missing), ("unexpected", report.unexpected), ("mis-shaped", shapes))
-                if keys
-            ]
-            raise ImportFailed(f"{source}: its weights do not fit {cls.__name__} ({what}): {'; '.join(problems)}")
+        misfit = (
+            model.weights_misfit(checkpoint[what], checkpoint.get("exported_without", ()))
+            if what in checkpoint
+            else None
+        )
+        if misfit is not None:
+            raise ImportFailed(f"{source}: its weights do not fit {cls.__name__} ({what}): {misfit}")
     return sum(tensor.numel() for tensor in checkpoint["state_dict"].values() if tensor.is_floating_point())
 
 

@@ -23,7 +23,7 @@ import dataclasses
 import inspect
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -172,25 +172,31 @@ class RestorationModule(pl.LightningModule):
         old names to the new ones); unchanged by default."""
         return hparams
 
-    def load_initial_weights(self, checkpoint: dict[str, Any], source: str) -> None:
-        """Start training from a checkpoint's weights (its `state_dict`: the EMA weights of a training checkpoint,
-        the only ones of an export), keeping this module's fresh optimizer and step count. Submodules an export
-        left out (`exported_without`, where this method declares them `TRAINING_ONLY`) keep their fresh
-        initialisation. Raises
-        ValueError naming `source` when the weights do not fit this module as configured."""
-        weights = checkpoint["state_dict"]
-        left_out = tuple(f"{name}." for name in checkpoint.get("exported_without", ()) if name in self.TRAINING_ONLY)
+    def weights_misfit(self, weights: dict[str, Any], exported_without: Sequence[str] = ()) -> str | None:
+        """What keeps `weights` (a state dict) from loading into this module as configured: unexpected, missing
+        and mis-shaped keys, a few of each; None when they fit. Submodules an export or import left out
+        (`exported_without`, where this method declares them `TRAINING_ONLY`) may be missing."""
+        left_out = tuple(f"{name}." for name in exported_without if name in self.TRAINING_ONLY)
         report = key_report(weights, self.state_dict())
         unexpected, missing = report.unexpected, [key for key in report.missing if not key.startswith(left_out)]
         mismatched = [f"{key} {found} vs {shape}" for key, found, shape in report.mismatched]
-        if unexpected or missing or mismatched:
-            problems = [
-                f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                for label, keys in (("unexpected", unexpected), ("missing", missing), ("other shapes:", mismatched))
-                if keys
-            ]
+        problems = [
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("unexpected", unexpected), ("missing", missing), ("other shapes:", mismatched))
+            if keys
+        ]
+        return "; ".join(problems) or None
+
+    def load_initial_weights(self, checkpoint: dict[str, Any], source: str) -> None:
+        """Start training from a checkpoint's weights (its `state_dict`: the EMA weights of a training checkpoint,
+        the only ones of an export or an import), keeping this module's fresh optimizer and step count. Submodules
+        left out (`exported_without`, where this method declares them `TRAINING_ONLY`) keep their fresh
+        initialisation. Raises ValueError naming `source` when the weights do not fit this module as configured."""
+        weights = checkpoint["state_dict"]
+        misfit = self.weights_misfit(weights, checkpoint.get("exported_without", ()))
+        if misfit is not None:
             raise ValueError(
-                f"{source}: its weights do not fit {type(self).__name__} as the recipe builds it ({'; '.join(problems)})"
+                f"{source}: its weights do not fit {type(self).__name__} as the recipe builds it ({misfit})"
             )
         self.load_state_dict(weights, strict=False)
 
