@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -39,15 +40,20 @@ from torch import Tensor
 
 from ir_lightning.diffusion.schedules import gammas_from_betas, make_betas
 from ir_lightning.importing.base import (
+    DDPM_SCHEDULE_BUFFERS,
     Imported,
     ImportRefused,
     OfficialFormat,
     drop_keys,
+    indices,
+    key_misfits,
+    key_renames,
     listed,
-    rename_keys,
+    meta_shapes,
+    shape_of,
+    shortest_decimal,
     strip_prefix,
     tensors,
-    with_prefix,
 )
 from ir_lightning.nets.diffir import CPEN, PRIOR_GRID, DIRformer, IPRDenoiser
 
@@ -57,22 +63,6 @@ WRAPPERS = ("params_ema", "params")
 
 IMAGE_CHANNELS = 3
 """The official CPENs take RGB images (their first conv's inputs are hard-coded for 3 channels)."""
-
-SCHEDULE_BUFFERS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
-"""The buffers of the official prior-diffusion wrapper (`ldm/ddpm.py`, `DDPM.register_schedule`)."""
 
 DEFAULT_PRIOR = {"kind": "quad", "n_steps": 4, "linear_start": 0.1, "linear_end": 0.99}
 """The prior schedule of every official configuration (timesteps 4, linear_start 0.1, linear_end 0.99 on sqrt(beta))."""
@@ -121,16 +111,8 @@ def _refuse(key: str, why: str) -> ImportRefused:
     return ImportRefused(f"{key}: {why}")
 
 
-def _get(state: Mapping[str, Tensor], key: str, prefix: str) -> Tensor:
-    if key not in state:
-        raise _refuse(prefix + key, "missing (every DiffIR file of this kind has it)")
-    return state[key]
-
-
-def _indices(state: Mapping[str, Tensor], pattern: str) -> list[int]:
-    """The integers `(\\d+)` of `pattern` over the keys, sorted."""
-    compiled = re.compile(pattern)
-    return sorted({int(m.group(1)) for key in state if (m := compiled.match(key))})
+_shape = partial(shape_of, missing="every DiffIR file of this kind has it")
+"""`shape_of` for a key that every file of its kind holds."""
 
 
 # --- reading a file ----------------------------------------------------------------------------------------------
@@ -185,8 +167,7 @@ def _wrapped(obj: Any, fmt: str) -> tuple[dict[str, dict[str, Tensor]], list[str
 # --- the networks' arguments from the shapes ----------------------------------------------------------------------
 def _cpen(state: Mapping[str, Tensor], prefix: str, with_gt: bool) -> tuple[dict[str, Any], int, list[str]]:
     """CPEN's arguments (official keys under `prefix`: `E.<i>`, `mlp.<i>`), and the scale its LQ input says."""
-    first = _get(state, "E.0.weight", prefix)
-    features, in_channels = first.shape[0], first.shape[1]
+    features, in_channels = _shape(state, "E.0.weight", prefix=prefix)[:2]
     lq_channels = in_channels - (IMAGE_CHANNELS * PRIOR_GRID**2 if with_gt else 0)
     scales = {IMAGE_CHANNELS * (PRIOR_GRID // s) ** 2: s for s in (1, 2, 4)}
     if lq_channels not in scales:
@@ -194,7 +175,7 @@ def _cpen(state: Mapping[str, Tensor], prefix: str, with_gt: bool) -> tuple[dict
             f" ({IMAGE_CHANNELS * PRIOR_GRID**2} of them the GT's)" if with_gt else ""
         )
         raise _refuse(f"{prefix}E.0.weight", f"{what}: the LQ part must be 48, 12 or 3 channels (scale 1, 2 or 4)")
-    res_blocks = len(_indices(state, r"^E\.(\d+)\.body\.0\.weight$"))
+    res_blocks = len(indices(state, r"^E\.(\d+)\.body\.0\.weight$"))
     args = {"scale": scales[lq_channels], "with_gt": with_gt, "res_blocks": res_blocks, "features": features}
     line = f"{lq_channels} LQ channels in {prefix}E.0.weight: scale x{scales[lq_channels]}"
     return args, scales[lq_channels], [line]
@@ -216,8 +197,8 @@ def _tail(state: Mapping[str, Tensor], prefix: str) -> tuple[int, int, list[tupl
     (`tail.0.<2i>` conv + pixel shuffle per factor, `tail.1` the last conv)."""
     if "output.weight" in state:
         return 1, state["output.weight"].shape[0], []
-    convs = _indices(state, r"^tail\.0\.(\d+)\.weight$")
-    last = _get(state, "tail.1.weight", prefix)
+    convs = indices(state, r"^tail\.0\.(\d+)\.weight$")
+    out_channels = _shape(state, "tail.1.weight", prefix=prefix)[0]
     factor = 1
     for index in convs:
         weight = state[f"tail.0.{index}.weight"]
@@ -227,13 +208,12 @@ def _tail(state: Mapping[str, Tensor], prefix: str) -> tuple[int, int, list[tupl
                 f"{prefix}tail.0.{index}.weight", f"shape {tuple(weight.shape)} is no pixel-shuffle up-sampler"
             )
         factor *= math.isqrt(ratio)
-    return factor, last.shape[0], [(r"^tail\.0\.", "output."), (r"^tail\.1\.", f"output.{2 * len(convs)}.")]
+    return factor, out_channels, [(r"^tail\.0\.", "output."), (r"^tail\.1\.", f"output.{2 * len(convs)}.")]
 
 
 def _dirformer(state: Mapping[str, Tensor], scale: int, prefix: str) -> tuple[dict[str, Any], list, list[str]]:
     """The DIRformer's arguments, its key rules and report lines, from the official `G.*` (under `prefix`)."""
-    embed = _get(state, "patch_embed.proj.weight", prefix)
-    dim, embed_in = embed.shape[0], embed.shape[1]
+    dim, embed_in = _shape(state, "patch_embed.proj.weight", prefix=prefix)[:2]
     factor, out_channels, tail_rules = _tail(state, prefix)
     if factor % scale:
         key = f"{prefix}{'output.weight' if factor == 1 else 'tail.0.0.weight'}"
@@ -245,8 +225,8 @@ def _dirformer(state: Mapping[str, Tensor], scale: int, prefix: str) -> tuple[di
             f"{prefix}patch_embed.proj.weight", f"{embed_in} inputs are no unshuffle by {unshuffle} of an image"
         )
     stages = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
-    num_blocks = [len(_indices(state, rf"^{stage}\.(\d+)\.")) for stage in stages]
-    heads = [_get(state, f"{stage}.0.attn.temperature", prefix).shape[0] for stage in stages]
+    num_blocks = [len(indices(state, rf"^{stage}\.(\d+)\.")) for stage in stages]
+    heads = [_shape(state, f"{stage}.0.attn.temperature", prefix=prefix)[0] for stage in stages]
     ffn = re.compile(r"^\w+\.\d+\.ffn\.project_out\.weight$")
     pairs = sorted({tuple(w.shape[:2]) for key, w in state.items() if ffn.match(key)})
     args = {
@@ -254,14 +234,14 @@ def _dirformer(state: Mapping[str, Tensor], scale: int, prefix: str) -> tuple[di
         "out_channels": out_channels,
         "dim": dim,
         "num_blocks": num_blocks,
-        "num_refinement_blocks": len(_indices(state, r"^refinement\.(\d+)\.")),
+        "num_refinement_blocks": len(indices(state, r"^refinement\.(\d+)\.")),
         "heads": heads,
         "ffn_expansion": _expansion(pairs, prefix),
         "bias": "encoder_level1.0.attn.qkv.bias" in state,
         "layernorm": "with_bias" if "encoder_level1.0.norm1.body.bias" in state else "bias_free",
         "scale": scale,
         "unshuffle": unshuffle,
-        "ipr_dim": _get(state, "encoder_level1.0.attn.kernel.0.weight", prefix).shape[1],
+        "ipr_dim": _shape(state, "encoder_level1.0.attn.kernel.0.weight", prefix=prefix)[1],
     }
     lines = [
         f"DIRformer from the shapes: dim {dim}, blocks {num_blocks} + {args['num_refinement_blocks']} refinement, "
@@ -281,10 +261,10 @@ def _dirformer(state: Mapping[str, Tensor], scale: int, prefix: str) -> tuple[di
 def _denoiser(state: Mapping[str, Tensor], n_steps: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The IPR denoiser's arguments and key rules: official `resmlp.0` (the first Linear), then `resmlp.<k>.resmlp.0`
     for k >= 2 (one Linear each) -> ours `mlp.0`, `mlp.<2k - 2>`."""
-    first = _get(state, "resmlp.0.weight", "denoise.")
-    hidden = _indices(state, r"^resmlp\.(\d+)\.resmlp\.0\.")
+    ipr_dim = _shape(state, "resmlp.0.weight", prefix="denoise.")[0]
+    hidden = indices(state, r"^resmlp\.(\d+)\.resmlp\.0\.")
     rules = [(r"^resmlp\.0\.", "mlp.0."), *((rf"^resmlp\.{k}\.resmlp\.0\.", f"mlp.{2 * k - 2}.") for k in hidden)]
-    return {"ipr_dim": first.shape[0], "hidden_layers": len(hidden), "n_steps": n_steps}, rules
+    return {"ipr_dim": ipr_dim, "hidden_layers": len(hidden), "n_steps": n_steps}, rules
 
 
 def _network(name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -296,19 +276,15 @@ def _prior_schedule(state: Mapping[str, Tensor]) -> tuple[dict[str, Any], list[s
     """The prior schedule the file's `diffusion.betas` holds (the official 'linear' = linspace of sqrt(beta): our
     'quad'), checked against the buffers; the official default where the file has none."""
     buffers = strip_prefix(state, "diffusion.")
-    present = [name for name in SCHEDULE_BUFFERS if name in buffers]
+    present = [name for name in DDPM_SCHEDULE_BUFFERS if name in buffers]
     if not present:
         return dict(DEFAULT_PRIOR), ["no schedule buffers (diffusion.betas ...): the official prior schedule assumed"]
-    if len(present) != len(SCHEDULE_BUFFERS):
-        missing = [f"diffusion.{name}" for name in SCHEDULE_BUFFERS if name not in buffers]
+    if len(present) != len(DDPM_SCHEDULE_BUFFERS):
+        missing = [f"diffusion.{name}" for name in DDPM_SCHEDULE_BUFFERS if name not in buffers]
         raise ImportRefused(f"schedule buffers missing: {listed(missing)}")
     betas = buffers["betas"].double()
-    schedule = {
-        "kind": "quad",
-        "n_steps": betas.numel(),
-        "linear_start": float(f"{betas[0].item():.7g}"),  # float32 in the file: the 7 digits a config gave
-        "linear_end": float(f"{betas[-1].item():.7g}"),
-    }
+    start, end = (shortest_decimal(betas[i].item(), buffers["betas"].dtype) for i in (0, -1))  # what a config gave
+    schedule = {"kind": "quad", "n_steps": betas.numel(), "linear_start": start, "linear_end": end}
     expected = make_betas("quad", schedule["n_steps"], schedule["linear_start"], schedule["linear_end"])
     if not torch.allclose(betas, expected, rtol=1e-5, atol=1e-7):
         raise _refuse(
@@ -332,7 +308,7 @@ def _without_duplicates(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor],
     for key in dropped:
         source = next((key.replace(copy, kept_as, 1) for copy, kept_as in copies.items() if key.startswith(copy)), None)
         if source is None:
-            if key.removeprefix("diffusion.") not in SCHEDULE_BUFFERS:
+            if key.removeprefix("diffusion.") not in DDPM_SCHEDULE_BUFFERS:
                 unknown.append(key)
             continue
         if source not in state:
@@ -353,46 +329,38 @@ def _without_duplicates(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor],
 
 
 # --- the conversion -----------------------------------------------------------------------------------------------
-def _renamed(
-    state: Mapping[str, Tensor], parts: dict[str, tuple[str, Sequence[tuple[str, str]]]]
-) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """The file's tensors under the method's keys ({our key: tensor}, {our key: file key}); `parts` maps an official
-    prefix to (our prefix, its rules). A key under no part is refused."""
-    converted, origin = {}, {}
+def _renamed(state: Mapping[str, Tensor], parts: dict[str, tuple[str, Sequence[tuple[str, str]]]]) -> dict[str, str]:
+    """{file key: the method's key}; `parts` maps an official prefix to (our prefix, its rules). A key under no part
+    is refused."""
     stray = [key for key in state if not key.startswith(tuple(parts))]
     if stray:
         raise ImportRefused(f"unknown keys: {listed(stray)}")
-    for official, (ours, rules) in parts.items():
-        part = strip_prefix(state, official)
-        renamed = rename_keys(part, rules)  # in the order of `part`, one key for one key
-        converted |= with_prefix(renamed, ours)
-        origin |= {ours + new: official + old for new, old in zip(renamed, part, strict=True)}
-    return converted, origin
+    ours: dict[str, str] = {}
+    for official, (prefix, rules) in parts.items():
+        renames = key_renames(strip_prefix(state, official), rules)
+        ours |= {official + old: prefix + new for old, new in renames.items()}
+    return ours
 
 
-def _check_fit(converted: dict[str, Tensor], origin: dict[str, str], networks: dict[str, dict], which: str) -> None:
-    """Refuse, naming the keys, unless the weights fit the networks as built from `networks` (built on the meta
-    device: only the shapes are compared)."""
+def _fitted(state: Mapping[str, Tensor], ours: dict[str, str], networks: dict[str, dict], which: str) -> dict:
+    """The weights under the method's keys, after checking them against the networks built from `networks` (on the
+    meta device: only the shapes are compared); else one refusal naming every kind of misfit and the file's keys
+    (ours for the missing)."""
     classes = {"DIRformer": DIRformer, "CPEN": CPEN, "IPRDenoiser": IPRDenoiser}
-    expected: dict[str, tuple[int, ...]] = {}
-    with torch.device("meta"):
-        for name, spec in networks.items():
-            net = classes[spec["class_path"].rsplit(".", 1)[-1]](**spec["init_args"])
-            expected |= {f"{name}.{key}": tuple(t.shape) for key, t in net.state_dict().items()}
-    unexpected = [origin[key] for key in converted if key not in expected]
-    missing = [key for key in expected if key not in converted]
-    shapes = [
-        f"{origin[key]} {tuple(t.shape)} (expected {expected[key]})"
-        for key, t in converted.items()
-        if key in expected and tuple(t.shape) != expected[key]
-    ]
+    expected = {
+        f"{name}.{key}": shape
+        for name, spec in networks.items()
+        for key, shape in meta_shapes(classes[spec["class_path"].rsplit(".", 1)[-1]], spec["init_args"]).items()
+    }
+    found = key_misfits(state, ours, expected)
     problems = [
         f"{label}: {listed(keys)}"
-        for label, keys in (("unexpected keys", unexpected), ("missing", missing), ("other shapes", shapes))
+        for label, keys in zip(("unexpected keys", "missing", "other shapes"), found, strict=True)
         if keys
     ]
     if problems:
         raise ImportRefused(f"{which} does not fit the networks read from its shapes: {'; '.join(problems)}")
+    return {ours[key]: value for key, value in state.items()}
 
 
 def _convert(obj: Any, stage: str) -> Imported:
@@ -418,8 +386,7 @@ def _convert(obj: Any, stage: str) -> Imported:
         if stage != "s1":
             weights, dropped_lines = _without_duplicates(weights)
             report += dropped_lines if wrapper == next(iter(states)) else []
-        converted[wrapper], origin = _renamed(weights, parts)
-        _check_fit(converted[wrapper], origin, networks, wrapper)
+        converted[wrapper] = _fitted(weights, _renamed(weights, parts), networks, wrapper)
     task = "deblur" if restorer_args["scale"] * restorer_args["unshuffle"] == 1 else "realsr"
     return Imported(
         method=METHODS[stage],

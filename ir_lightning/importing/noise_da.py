@@ -24,15 +24,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ir_lightning.diffusion.schedules import gammas_from_betas, make_betas
 from ir_lightning.importing.base import (
     Imported,
     ImportRefused,
     OfficialFormat,
+    fitted_weights,
+    indices,
+    key_renames,
     listed,
-    rename_keys,
+    meta_shapes,
+    shape_of,
     strip_prefix,
     tensors,
     with_prefix,
@@ -111,51 +115,14 @@ EMBEDDINGS = ("cond_embed.", "time_embed.")
 """The level MLP's prefix: Noise-DA's and ADM's."""
 
 
-# --- checking converted weights ----------------------------------------------------------------------------------
-def fit_to(
-    renamed: Mapping[str, Tensor], official: Mapping[str, str], module: nn.Module, what: str
-) -> dict[str, Tensor]:
-    """`renamed` after checking its keys and shapes against `module`'s (built on the meta device); a refusal names
-    the official keys (`official`: our key -> the file's) that do not fit, or ours that are missing."""
-    expected = {key: value.shape for key, value in module.state_dict().items()}
-    unknown = [official[key] for key in renamed if key not in expected]
-    if unknown:
-        raise ImportRefused(f"keys that {what} does not have: {listed(unknown)}")
-    missing = [key for key in expected if key not in renamed]
-    if missing:
-        raise ImportRefused(f"keys missing for {what} (the suite's names): {listed(missing)}")
-    wrong = [
-        f"{official[key]} {tuple(renamed[key].shape)} (expected {tuple(shape)})"
-        for key, shape in expected.items()
-        if renamed[key].shape != shape
-    ]
-    if wrong:
-        raise ImportRefused(f"shapes that do not fit {what}: {listed(wrong)}")
-    return dict(renamed)
-
-
-def renamed_with_origin(
-    state: Mapping[str, Tensor], rules: list[tuple[str, str]] | tuple[tuple[str, str], ...], prefix: str
-) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(the state renamed by `rules`, our key -> the file's key with `prefix`)."""
-    renamed = rename_keys(state, rules)
-    return renamed, {ours: prefix + key for ours, key in zip(renamed, state)}  # rename_keys keeps the order
-
-
-def shape_of(state: Mapping[str, Tensor], key: str, prefix: str) -> torch.Size:
-    if key not in state:
-        raise ImportRefused(f"key {prefix + key!r} is missing")
-    return state[key].shape
-
-
 # --- the restorer ------------------------------------------------------------------------------------------------
 def restorer_args(state: Mapping[str, Tensor]) -> dict[str, Any]:
     """`ResidualUNet`'s arguments from the official restorer's shapes (the slope is the official default)."""
-    depth = len({m.group(1) for key in state if (m := re.match(r"down_path\.(\d+)\.", key))})
-    first = shape_of(state, "down_path.0.block.0.weight", RESTORER)
+    depth = len(indices(state, r"down_path\.(\d+)\."))
+    first = shape_of(state, "down_path.0.block.0.weight", prefix=RESTORER)
     return {
         "in_channels": first[1],
-        "out_channels": shape_of(state, "last.weight", RESTORER)[0],
+        "out_channels": shape_of(state, "last.weight", prefix=RESTORER)[0],
         "width": first[0],
         "depth": depth,
         **RESTORER_SETTINGS,
@@ -167,20 +134,13 @@ def convert_restorer(state: Mapping[str, Tensor]) -> tuple[dict[str, Any], dict[
     if unknown:
         raise ImportRefused(f"keys that the official RestorationNet does not have: {listed(unknown)}")
     args = restorer_args(state)
-    renamed, official = renamed_with_origin(state, RESTORER_RULES, RESTORER)
-    try:
-        with torch.device("meta"):
-            module = ResidualUNet(**args)
-    except ValueError as error:
-        raise ImportRefused(f"{RESTORER}*: {error}") from error
-    return args, fit_to(renamed, official, module, f"ResidualUNet(width {args['width']}, depth {args['depth']})")
+    ours = key_renames(state, RESTORER_RULES)
+    expected = meta_shapes(ResidualUNet, args, where=f"{RESTORER}*")
+    network = f"ResidualUNet(width {args['width']}, depth {args['depth']})"
+    return args, fitted_weights(state, ours, expected, network, prefix=RESTORER)
 
 
 # --- the guided-diffusion U-Net ------------------------------------------------------------------------------------
-def indices(state: Mapping[str, Tensor], pattern: str) -> list[int]:
-    return sorted({int(m.group(1)) for key in state if (m := re.match(pattern, key))})
-
-
 def is_attention(state: Mapping[str, Tensor], prefix: str) -> bool:
     return f"{prefix}qkv.weight" in state
 
@@ -227,12 +187,12 @@ def guided_diffusion_args(state: Mapping[str, Tensor], prefix: str = "") -> dict
     per level, the attention factors ds that hold attention, the resamplers, scale-shift conditioning); `prefix`
     is only for messages."""
     embed = embedding_prefix(state, prefix)
-    base = shape_of(state, f"{embed}0.weight", prefix)[1]
+    base = shape_of(state, f"{embed}0.weight", prefix=prefix)[1]
     n_levels, blocks, resampler = levels_and_blocks(state, prefix)
     mults, attention_ds = [], set()
     for level in range(n_levels):
         first = (n_levels - 1 - level) * (blocks + 1)  # the decoder's first block of this level
-        width = shape_of(state, f"output_blocks.{first}.0.out_layers.3.weight", prefix)[0]
+        width = shape_of(state, f"output_blocks.{first}.0.out_layers.3.weight", prefix=prefix)[0]
         if width % base:
             raise ImportRefused(
                 f"{prefix}output_blocks.{first}.0.out_layers.3.weight: {width} channels, not k x {base}"
@@ -242,16 +202,16 @@ def guided_diffusion_args(state: Mapping[str, Tensor], prefix: str = "") -> dict
             attention_ds.add(2**level)
     for k in indices(state, r"input_blocks\.(\d+)\.1\."):
         attention_ds.add(2 ** ((k - 1) // (blocks + 1)))
-    middle_width = shape_of(state, "middle_block.0.out_layers.3.weight", prefix)[0]
+    middle_width = shape_of(state, "middle_block.0.out_layers.3.weight", prefix=prefix)[0]
     return {
-        "in_channels": shape_of(state, "input_blocks.0.0.weight", prefix)[1],
-        "out_channels": shape_of(state, "out.2.weight", prefix)[0],
+        "in_channels": shape_of(state, "input_blocks.0.0.weight", prefix=prefix)[1],
+        "out_channels": shape_of(state, "out.2.weight", prefix=prefix)[0],
         "base_channels": base,
         "channel_mults": mults,
         "num_res_blocks": blocks,
         "attention_ds": sorted(attention_ds),
         "conv_resample": resampler != "none",
-        "scale_shift_norm": shape_of(state, "middle_block.0.emb_layers.1.weight", prefix)[0] == 2 * middle_width,
+        "scale_shift_norm": shape_of(state, "middle_block.0.emb_layers.1.weight", prefix=prefix)[0] == 2 * middle_width,
         "resblock_updown": resampler == "resblock" or n_levels == 1,  # one level has no resamplers
     }
 
@@ -278,13 +238,9 @@ def guided_diffusion_rules(state: Mapping[str, Tensor], args: dict[str, Any]) ->
 def guided_diffusion_keys(state: Mapping[str, Tensor], args: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
     """A guided-diffusion U-Net's weights under `GuidedDiffusionUNet`'s keys, checked against the network built
     from `args` on the meta device (a refusal names the file's keys, with `prefix`, that do not fit)."""
-    renamed, official = renamed_with_origin(state, guided_diffusion_rules(state, args), prefix)
-    try:
-        with torch.device("meta"):
-            module = GuidedDiffusionUNet(**args | SHAPE_NEUTRAL)
-    except ValueError as error:
-        raise ImportRefused(f"{prefix}*: {error}") from error
-    return fit_to(renamed, official, module, f"GuidedDiffusionUNet({describe(args)})")
+    ours = key_renames(state, guided_diffusion_rules(state, args))
+    expected = meta_shapes(GuidedDiffusionUNet, args | SHAPE_NEUTRAL, where=f"{prefix}*")
+    return fitted_weights(state, ours, expected, f"GuidedDiffusionUNet({describe(args)})", prefix=prefix)
 
 
 SHAPE_NEUTRAL = dict(norm_groups=1, num_head_channels=None, num_heads=1, num_heads_upsample=None)

@@ -34,13 +34,30 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ir_lightning.diffusion.rddm import ResidualSchedule
-from ir_lightning.importing.base import Imported, ImportRefused, OfficialFormat, listed, strip_prefix, tensors
+from ir_lightning.importing.base import (
+    WHOLE,
+    Imported,
+    ImportRefused,
+    OfficialFormat,
+    Parts,
+    PrefixKeyMap,
+    fitted_weights,
+    indices,
+    listed,
+    meta_shapes,
+    shape_of,
+    shortest_decimal,
+    strip_prefix,
+    tensors,
+    with_prefix,
+)
 from ir_lightning.nets import rddm_official
 
 NAME = "rddm"
@@ -77,8 +94,6 @@ GROUPS = 8
 SCHEDULE_TOLERANCE = 1e-6
 """Largest difference between a stored cumulative coefficient and ours (float32 rounding, and the official float32
 cumulative product of the DDIM conversion: 1.5e-7 at T = 1000)."""
-MAX_DIGITS = 9
-"""Significant digits that identify a float32 (sum_scale is read from one)."""
 DEFAULT_STEPS = 1000
 """T of every experiment, for a file without schedule buffers."""
 
@@ -120,10 +135,6 @@ VARIANTS = tuple(EXPERIMENTS)
 
 
 # --- key names ---------------------------------------------------------------------------------------------------
-Parts = tuple[tuple[str, str], ...]
-"""(official, ours) names of the parts of one module, each a key prefix below the module's own."""
-
-WHOLE: Parts = (("", ""),)
 RES_BLOCK: Parts = (
     ("mlp.1.", "film."),
     ("block1.proj.", "block1.conv."),
@@ -160,20 +171,18 @@ SHARED_RES_DECODER = DecoderNames("ups_no_skip", "final_res_block_1", "final_con
 SHARED_NOISE_DECODER = DecoderNames("ups", "final_res_block_2", "final_conv_2")
 
 
-class KeyMap:
-    """Official network keys <-> ours, both ways (a refusal names the official keys), for `n_levels` levels."""
+class KeyMap(PrefixKeyMap):
+    """Official network keys <-> ours for `n_levels` levels: a `Layout.key_map` lists its U-Nets, encoders and
+    decoders."""
 
     def __init__(self, n_levels: int) -> None:
+        super().__init__()
         self.n_levels = n_levels
-        self.pairs: list[tuple[str, str]] = []
-
-    def module(self, official: str, ours: str, parts: Parts) -> None:
-        self.pairs += [(official + a, ours + b) for a, b in parts]
 
     def encoder(self, official: str, ours: str) -> None:
-        self.module(f"{official}init_conv.", f"{ours}init_conv.", WHOLE)
-        self.module(f"{official}time_mlp.1.", f"{ours}time_embedding.mlp.0.", WHOLE)
-        self.module(f"{official}time_mlp.3.", f"{ours}time_embedding.mlp.2.", WHOLE)
+        self.module(f"{official}init_conv.", f"{ours}init_conv.")
+        self.module(f"{official}time_mlp.1.", f"{ours}time_embedding.mlp.0.")
+        self.module(f"{official}time_mlp.3.", f"{ours}time_embedding.mlp.2.")
         for i in range(self.n_levels):
             self.level(f"{official}downs.{i}.", f"{ours}levels.{i}.", WHOLE)
         self.module(f"{official}mid_block1.", f"{ours}mid_block1.", RES_BLOCK)
@@ -185,7 +194,7 @@ class KeyMap:
             resample = WHOLE if i == self.n_levels - 1 else UPSAMPLE
             self.level(f"{official}{names.levels}.{i}.", f"{ours}levels.{i}.", resample)
         self.module(f"{official}{names.final_block}.", f"{ours}final_block.", RES_BLOCK)
-        self.module(f"{official}{names.final_conv}.", f"{ours}final_conv.", WHOLE)
+        self.module(f"{official}{names.final_conv}.", f"{ours}final_conv.")
 
     def level(self, official: str, ours: str, resample: Parts) -> None:
         self.module(f"{official}0.", f"{ours}block1.", RES_BLOCK)
@@ -196,19 +205,6 @@ class KeyMap:
     def unet(self, official: str, ours: str) -> None:
         self.encoder(official, f"{ours}encoder.")
         self.decoder(official, SKIP_DECODER, f"{ours}decoder.")
-
-    def ours(self, key: str) -> str | None:
-        return self._translate(key, 0)
-
-    def official(self, key: str) -> str:
-        return self._translate(key, 1) or key
-
-    def _translate(self, key: str, side: int) -> str | None:
-        matches = [pair for pair in self.pairs if key.startswith(pair[side])]
-        if not matches:
-            return None
-        best = max(matches, key=lambda pair: len(pair[side]))
-        return best[1 - side] + key[len(best[side]) :]
 
 
 # --- the layout, read from the keys and shapes -------------------------------------------------------------------
@@ -261,32 +257,27 @@ def layout_kind(net: Mapping[str, Tensor]) -> tuple[str, str]:
     )
 
 
-def shape_of(net: Mapping[str, Tensor], key: str, ndim: int) -> torch.Size:
-    if key not in net:
-        raise ImportRefused(f"key {NETWORK + key!r} is missing: not the official RDDM network")
-    shape = net[key].shape
-    if len(shape) != ndim:
-        raise ImportRefused(f"{NETWORK + key}: shape {tuple(shape)}, expected {ndim} dimensions")
-    return shape
+net_shape = partial(shape_of, prefix=NETWORK, missing="not the official RDDM network")
+"""`shape_of` for the network's keys (stripped of `model.`)."""
 
 
 def read_layout(net: Mapping[str, Tensor]) -> Layout:
     kind, first = layout_kind(net)
-    dim, in_channels = shape_of(net, f"{first}init_conv.weight", 4)[:2]
-    levels = sorted({int(m.group(1)) for key in net if (m := re.match(rf"{re.escape(first)}downs\.(\d+)\.", key))})
+    dim, in_channels = net_shape(net, f"{first}init_conv.weight", 4)[:2]
+    levels = indices(net, rf"{re.escape(first)}downs\.(\d+)\.")
     if not levels or levels != list(range(len(levels))):
         raise ImportRefused(f"the levels {NETWORK}{first}downs.* are {levels}: expected 0, 1, ...")
     mults = []
     for i in levels:
-        width = shape_of(net, f"{first}downs.{i}.3.weight", 4)[0]
+        width = net_shape(net, f"{first}downs.{i}.3.weight", 4)[0]
         if width % dim:
             raise ImportRefused(f"{NETWORK}{first}downs.{i}.3.weight: {width} channels, not a multiple of dim {dim}")
         mults.append(width // dim)
-    hidden = shape_of(net, f"{first}downs.0.2.fn.fn.to_qkv.weight", 4)[0] // 3
+    hidden = net_shape(net, f"{first}downs.0.2.fn.fn.to_qkv.weight", 4)[0] // 3
     if hidden % HEADS:
         raise ImportRefused(f"{NETWORK}{first}downs.0.2.fn.fn.to_qkv.weight: width {hidden} not {HEADS} heads wide")
     final = "final_conv_2" if kind == "shared" else "final_conv"
-    image_channels = shape_of(net, f"{first}{final}.weight", 4)[0]
+    image_channels = net_shape(net, f"{first}{final}.weight", 4)[0]
     if in_channels % image_channels or not 1 <= in_channels // image_channels <= 3:
         raise ImportRefused(
             f"{NETWORK}{first}init_conv.weight: {in_channels} input channels for {image_channels}-channel images; "
@@ -299,30 +290,18 @@ def to_our_keys(net: Mapping[str, Tensor], layout: Layout, init_args: dict[str, 
     """The network's weights under our keys (the LayerNorm gains flattened), after checking every key and shape
     against our network built on the meta device; a refusal names the official keys."""
     keys = layout.key_map()
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in rddm_official_class(layout)(**init_args).state_dict().items()}
-    translated = {key: keys.ours(key) for key in net}
-    unexpected = [NETWORK + key for key, ours in translated.items() if ours not in expected]
-    if unexpected:
-        raise ImportRefused(f"{what}: keys the official network ({layout.text()}) does not have: {listed(unexpected)}")
-    renamed = {ours: key for key, ours in translated.items()}
-    missing = [NETWORK + keys.official(key) for key in expected if key not in renamed]
-    if missing:
-        raise ImportRefused(f"{what}: keys missing for the official network ({layout.text()}): {listed(missing)}")
-    weights = {ours: gain_flattened(net[key], expected[ours]) for ours, key in renamed.items()}
-    wrong = [
-        f"{NETWORK + renamed[key]} {tuple(net[renamed[key]].shape)} (expected {tuple(shape)})"
-        for key, shape in expected.items()
-        if weights[key].shape != shape
-    ]
-    if wrong:
-        raise ImportRefused(f"{what}: shapes that do not fit the official network ({layout.text()}): {listed(wrong)}")
-    return weights
+    expected = meta_shapes(rddm_official_class(layout), init_args)
+    ours = keys.translation(net)
+    flattened = {key: gain_flattened(value, expected.get(ours[key] or "")) for key, value in net.items()}
+    network = f"the official network ({layout.text()})"
+    return fitted_weights(flattened, ours, expected, network, prefix=NETWORK, official=keys.official, where=what)
 
 
-def gain_flattened(value: Tensor, shape: torch.Size) -> Tensor:
-    """The official LayerNorm gain (1, C, 1, 1) as ours (C,); other tensors as they are."""
-    if len(shape) == 1 and value.shape == (1, shape[0], 1, 1):
+def gain_flattened(value: Tensor, shape: torch.Size | None) -> Tensor:
+    """The official LayerNorm gain (1, C, 1, 1) as ours (C,) where our key's `shape` is (C,); other tensors (and
+    those of keys we do not have, `shape` None) as they are. A gain of another width keeps its shape, and the shape
+    check names it."""
+    if shape is not None and len(shape) == 1 and value.shape == (1, shape[0], 1, 1):
         return value.reshape(shape)
     return value
 
@@ -332,15 +311,6 @@ def rddm_official_class(layout: Layout) -> type:
 
 
 # --- the schedule -------------------------------------------------------------------------------------------------
-def shortest_decimal(value: float) -> float:
-    """The float with the fewest significant digits that rounds to the float32 `value` (0.0099999998 -> 0.01)."""
-    for digits in range(1, MAX_DIGITS + 1):
-        candidate = float(f"{value:.{digits}g}")
-        if torch.tensor(candidate, dtype=torch.float32).item() == value:
-            return candidate
-    return value
-
-
 def fits(schedule: ResidualSchedule, alphas_cumsum: Tensor, betas2_cumsum: Tensor) -> bool:
     ours_a, ours_b2 = schedule.alpha_bar[1:], schedule.beta_bar[1:] ** 2  # official index k = our t - 1
     return bool(
@@ -362,7 +332,7 @@ def read_schedule(state: Mapping[str, Tensor]) -> dict[str, Any] | None:
     n_steps = alphas_cumsum.numel()
     if fits(ResidualSchedule.convert_to_ddim(n_steps), alphas_cumsum, betas2_cumsum):
         return linear_schedule(n_steps, 1.0) | {"convert_to_ddim": True}
-    sum_scale = shortest_decimal(float(betas2_cumsum[-1]))
+    sum_scale = shortest_decimal(float(betas2_cumsum[-1]), torch.float32)  # float32 in the official files
     if fits(ResidualSchedule.make(n_steps, sum_scale=sum_scale), alphas_cumsum, betas2_cumsum):
         return linear_schedule(n_steps, sum_scale)
     raise ImportRefused(
@@ -562,16 +532,12 @@ def convert(obj: Any, variant: str | None) -> Imported:
     return Imported(
         method=METHOD,
         networks={"net": {"class_path": layout.net_class, "init_args": init_args}},
-        state_dict=with_net_prefix(weights),
+        state_dict=with_prefix(weights, "net."),
         settings=settings,
-        trained_state_dict=with_net_prefix(trained) if trained is not None else None,
+        trained_state_dict=with_prefix(trained, "net.") if trained is not None else None,
         recipe=experiment.recipe,
         report=report + network_report(layout, init_args, experiment) + dropped_entries(obj),
     )
-
-
-def with_net_prefix(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {f"net.{key}": value for key, value in weights.items()}
 
 
 def network_report(layout: Layout, init_args: dict[str, Any], experiment: Experiment) -> list[str]:

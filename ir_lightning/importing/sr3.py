@@ -22,9 +22,9 @@ weights: they come from the variant, the official configuration the file was rel
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,10 +32,18 @@ from torch import Tensor
 
 from ir_lightning.diffusion import gammas_from_betas, make_betas
 from ir_lightning.importing.base import (
+    DDPM_SCHEDULE_BUFFERS,
     Imported,
     ImportRefused,
     OfficialFormat,
+    Parts,
+    PrefixKeyMap,
+    fitted_weights,
+    indices,
     listed,
+    meta_shapes,
+    shape_of,
+    shortest_decimal,
     strip_prefix,
     tensors,
     with_prefix,
@@ -56,9 +64,6 @@ SCHEDULE_KINDS = ("const", "linear", "quad", "cosine")
 
 SCHEDULE_TOLERANCE = 1e-12
 """How far a stored schedule buffer may lie from ours, beyond the rounding of its dtype."""
-
-MAX_DIGITS = 17
-"""Significant digits that identify any float64 (the float32 endpoints need at most 9)."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +142,6 @@ UNCONDITIONAL = Release(
 
 VARIANTS = tuple(CONDITIONAL)
 
-Parts = tuple[tuple[str, str], ...]
-"""(official, ours) names of the parts of one module, each a key prefix below the module's own."""
-
-WHOLE: Parts = (("", ""),)
-"""A module whose parts keep their names (convolutions, linear layers, the samplers)."""
-
 RES_BLOCK_PARTS: Parts = (
     ("block1.block.0.", "norm1."),
     ("block1.block.3.", "conv1."),
@@ -159,7 +158,8 @@ ATTENTION_PARTS: Parts = (("norm.", "norm."), ("qkv.", "qkv."), ("out.", "proj."
 
 # --- the schedule buffers ------------------------------------------------------------------------------------
 def schedule_buffers(betas: Tensor) -> dict[str, Tensor]:
-    """The wrapper's 12 buffers for betas beta_1..beta_T, float64, under the official names (gamma = alpha_bar)."""
+    """The wrapper's 12 buffers for betas beta_1..beta_T, float64, under the official names (`DDPM_SCHEDULE_BUFFERS`;
+    gamma = alpha_bar)."""
     gammas = gammas_from_betas(betas)
     gammas_prev = torch.cat([gammas.new_ones(1), gammas[:-1]])
     # posterior q(y_{t-1} | y_t, y_0): variance beta_tilde and the mean's two coefficients (DDPM eq. 7)
@@ -180,9 +180,6 @@ def schedule_buffers(betas: Tensor) -> dict[str, Tensor]:
     }
 
 
-BUFFER_NAMES = tuple(schedule_buffers(torch.full((2,), 0.5, dtype=torch.float64)))
-
-
 def misfit(schedule: dict[str, Any], buffers: Mapping[str, Tensor]) -> str | None:
     """None when `schedule` reproduces every buffer to SCHEDULE_TOLERANCE plus the rounding of the buffer's dtype
     (one ulp: float32 in the official files); else the first buffer that differs, and by how much."""
@@ -196,15 +193,6 @@ def misfit(schedule: dict[str, Any], buffers: Mapping[str, Tensor]) -> str | Non
         if not bool((difference <= bound).all()):
             return f"{name!r} differs by up to {float(difference.max()):.3g}"
     return None
-
-
-def shortest_decimal(value: float, dtype: torch.dtype) -> float:
-    """The float with the fewest significant digits that rounds to `value` in `dtype` (float32 1e-6 -> 1e-06)."""
-    for digits in range(1, MAX_DIGITS + 1):
-        candidate = float(f"{value:.{digits}g}")
-        if torch.tensor(candidate, dtype=dtype).item() == value:
-            return candidate
-    return value
 
 
 def identify_schedule(buffers: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -228,20 +216,20 @@ def identify_schedule(buffers: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 def read_schedule(state: Mapping[str, Tensor], release: Release, report: list[str]) -> dict[str, Any]:
-    present = [name for name in BUFFER_NAMES if name in state]
+    present = [name for name in DDPM_SCHEDULE_BUFFERS if name in state]
     if not present:
         report.append(
             f"no schedule buffers in the file (saved before `set_new_noise_schedule`): train_schedule is "
             f"{release.config}'s {schedule_text(release.schedule)}"
         )
         return release.schedule
-    missing = [name for name in BUFFER_NAMES if name not in state]
+    missing = [name for name in DDPM_SCHEDULE_BUFFERS if name not in state]
     if missing:
         raise ImportRefused(f"schedule buffers missing (the file has {len(present)} of 12): {listed(missing)}")
-    schedule = identify_schedule({name: state[name] for name in BUFFER_NAMES})
+    schedule = identify_schedule({name: state[name] for name in DDPM_SCHEDULE_BUFFERS})
     report.append(
-        f"the 12 schedule buffers ({', '.join(BUFFER_NAMES[:2])}, ...) are train_schedule {schedule_text(schedule)}, "
-        f"each reproduced to its {state['betas'].dtype} rounding; they are not kept (the method computes them)"
+        f"the 12 schedule buffers ({', '.join(DDPM_SCHEDULE_BUFFERS[:2])}, ...) are train_schedule "
+        f"{schedule_text(schedule)}, each reproduced to its {state['betas'].dtype} rounding; they are not kept (the method computes them)"
     )
     return schedule
 
@@ -264,29 +252,24 @@ class Layout:
     attention: tuple[bool, ...]
 
 
-def shape_of(net: Mapping[str, Tensor], key: str, ndim: int) -> torch.Size:
-    """The shape of `key`, which must be there with `ndim` dimensions (a refusal naming it otherwise)."""
-    if key not in net:
-        raise ImportRefused(f"key {NETWORK + key!r} is missing: not the SR3 network of this repository")
-    if net[key].ndim != ndim:
-        raise ImportRefused(f"key {NETWORK + key!r} has shape {tuple(net[key].shape)}, expected {ndim} dimensions")
-    return net[key].shape
+net_shape = partial(shape_of, prefix=NETWORK, missing="not the SR3 network of this repository")
+"""`shape_of` for the network's keys (stripped of `denoise_fn.`)."""
 
 
 def down_entries(net: Mapping[str, Tensor]) -> list[str]:
     """What each `downs.k` (k >= 1) is: "block" (a residual block, maybe with attention) or "down" (a down-sampler)."""
-    indices = sorted({int(m.group(1)) for key in net if (m := re.match(r"downs\.(\d+)\.", key))})
-    if indices != list(range(len(indices))):
-        raise ImportRefused(f"the keys {NETWORK}downs.* skip indices: {indices}")
+    found = indices(net, r"downs\.(\d+)\.")
+    if found != list(range(len(found))):
+        raise ImportRefused(f"the keys {NETWORK}downs.* skip indices: {found}")
     entries = []
-    for k in indices[1:]:
+    for k in found[1:]:
         if f"downs.{k}.res_block.block1.block.3.weight" in net:
             entries.append("block")
         elif f"downs.{k}.conv.weight" in net:
             entries.append("down")
         else:
-            found = [NETWORK + key for key in net if key.startswith(f"downs.{k}.")]
-            raise ImportRefused(f"{NETWORK}downs.{k} is neither a residual block nor a down-sampler: {listed(found)}")
+            keys = [NETWORK + key for key in net if key.startswith(f"downs.{k}.")]
+            raise ImportRefused(f"{NETWORK}downs.{k} is neither a residual block nor a down-sampler: {listed(keys)}")
     return entries
 
 
@@ -303,13 +286,13 @@ def blocks_per_level(entries: list[str]) -> list[int]:
 
 def read_layout(net: Mapping[str, Tensor]) -> Layout:
     """The constructor arguments the shapes and key names tell (a refusal naming the key where they do not fit)."""
-    inner = shape_of(net, "noise_level_mlp.1.weight", 2)[1]
+    inner = net_shape(net, "noise_level_mlp.1.weight", 2)[1]
     counts = blocks_per_level(down_entries(net))
     if len(set(counts)) != 1 or counts[0] == 0:
         raise ImportRefused(f"{NETWORK}downs.*: residual blocks per level {counts} are not one number >= 1")
     mults, attention, k = [], [], 1
     for blocks in counts:
-        width = shape_of(net, f"downs.{k}.res_block.block1.block.3.weight", 4)[0]
+        width = net_shape(net, f"downs.{k}.res_block.block1.block.3.weight", 4)[0]
         if width % inner:
             raise ImportRefused(
                 f"{NETWORK}downs.{k}.res_block.block1.block.3.weight: {width} channels, not a multiple of {inner}"
@@ -318,8 +301,8 @@ def read_layout(net: Mapping[str, Tensor]) -> Layout:
         attention.append(f"downs.{k}.attn.qkv.weight" in net)
         k += blocks + 1
     return Layout(
-        in_channel=shape_of(net, "downs.0.weight", 4)[1],
-        out_channel=shape_of(net, "final_conv.block.3.weight", 4)[0],
+        in_channel=net_shape(net, "downs.0.weight", 4)[1],
+        out_channel=net_shape(net, "final_conv.block.3.weight", 4)[0],
         inner_channel=inner,
         channel_mults=tuple(mults),
         res_blocks=counts[0],
@@ -327,23 +310,22 @@ def read_layout(net: Mapping[str, Tensor]) -> Layout:
     )
 
 
-class KeyMap:
+class KeyMap(PrefixKeyMap):
     """Official network keys <-> ours, for one layout: the official U-Net's flat `downs` and `ups` lists (a
     residual block with its attention, or a sampler, at each index) onto our levels (`down.i`, `up.n` with n = 0
-    the coarsest level), and the parts of each module. Both directions, so that a refusal names official keys."""
+    the coarsest level), and the parts of each module."""
 
     def __init__(self, layout: Layout) -> None:
+        super().__init__()
         n_levels, blocks = len(layout.channel_mults), layout.res_blocks
-        self.modules: list[tuple[str, str, Parts]] = [
-            ("noise_level_mlp.1.", "noise_level.mlp.0.", WHOLE),
-            ("noise_level_mlp.3.", "noise_level.mlp.2.", WHOLE),
-            ("downs.0.", "head.", WHOLE),
-            ("mid.0.res_block.", "mid.blocks.0.", RES_BLOCK_PARTS),
-            ("mid.0.attn.", "mid.attns.0.", ATTENTION_PARTS),
-            ("mid.1.res_block.", "mid.blocks.1.", RES_BLOCK_PARTS),
-            ("final_conv.block.0.", "tail.0.", WHOLE),
-            ("final_conv.block.3.", "tail.2.", WHOLE),
-        ]
+        self.module("noise_level_mlp.1.", "noise_level.mlp.0.")
+        self.module("noise_level_mlp.3.", "noise_level.mlp.2.")
+        self.module("downs.0.", "head.")
+        self.module("mid.0.res_block.", "mid.blocks.0.", RES_BLOCK_PARTS)
+        self.module("mid.0.attn.", "mid.attns.0.", ATTENTION_PARTS)
+        self.module("mid.1.res_block.", "mid.blocks.1.", RES_BLOCK_PARTS)
+        self.module("final_conv.block.0.", "tail.0.")
+        self.module("final_conv.block.3.", "tail.2.")
         self.add_path("downs", 1, [(f"down.{i}", f"downsample.{i}") for i in range(n_levels)], blocks)
         self.add_path("ups", 0, [(f"up.{n}", f"upsample.{n}") for n in range(n_levels)], blocks + 1)
 
@@ -351,57 +333,21 @@ class KeyMap:
         """One half of the U-Net: `blocks` residual blocks per level, then a sampler (except after the last level)."""
         for n, (level, sampler) in enumerate(levels):
             for j in range(blocks):
-                self.modules.append((f"{official}.{k}.res_block.", f"{level}.blocks.{j}.", RES_BLOCK_PARTS))
-                self.modules.append((f"{official}.{k}.attn.", f"{level}.attns.{j}.", ATTENTION_PARTS))
+                self.module(f"{official}.{k}.res_block.", f"{level}.blocks.{j}.", RES_BLOCK_PARTS)
+                self.module(f"{official}.{k}.attn.", f"{level}.attns.{j}.", ATTENTION_PARTS)
                 k += 1
             if n < len(levels) - 1:
-                self.modules.append((f"{official}.{k}.", f"{sampler}.", WHOLE))
+                self.module(f"{official}.{k}.", f"{sampler}.")
                 k += 1
-
-    def ours(self, key: str) -> str | None:
-        """Our key for an official one (None: no module of the layout has it)."""
-        return self.translate(key, official_first=True)
-
-    def official(self, key: str) -> str:
-        """The official key for one of ours (every key of our network has one)."""
-        return self.translate(key, official_first=False) or key
-
-    def translate(self, key: str, official_first: bool) -> str | None:
-        for official, ours, parts in self.modules:
-            source, target = (official, ours) if official_first else (ours, official)
-            if key.startswith(source):
-                rest = key[len(source) :]
-                for part in parts:
-                    part_source, part_target = part if official_first else part[::-1]
-                    if rest.startswith(part_source):
-                        return target + part_target + rest[len(part_source) :]
-        return None
 
 
 def to_our_keys(net: Mapping[str, Tensor], layout: Layout, init_args: dict[str, Any]) -> dict[str, Tensor]:
     """The network's weights under our keys, after checking every key and shape against our network built from
     `init_args` (on the meta device); a refusal names the official keys."""
     keys = KeyMap(layout)
-    with torch.device("meta"):
-        expected = {
-            key: value.shape for key, value in SR3ReferenceUNet(**init_args, init="pytorch").state_dict().items()
-        }
-    translated = {key: keys.ours(key) for key in net}
-    unexpected = [NETWORK + key for key, ours in translated.items() if ours not in expected]
-    if unexpected:
-        raise ImportRefused(f"keys the SR3 network ({describe(layout)}) does not have: {listed(unexpected)}")
-    renamed = {ours: key for key, ours in translated.items()}
-    missing = [NETWORK + keys.official(key) for key in expected if key not in renamed]
-    if missing:
-        raise ImportRefused(f"keys missing for the SR3 network ({describe(layout)}): {listed(missing)}")
-    wrong = [
-        f"{NETWORK + renamed[key]} {tuple(net[renamed[key]].shape)} (expected {tuple(shape)})"
-        for key, shape in expected.items()
-        if net[renamed[key]].shape != shape
-    ]
-    if wrong:
-        raise ImportRefused(f"shapes that do not fit the SR3 network ({describe(layout)}): {listed(wrong)}")
-    return {ours: net[key] for ours, key in renamed.items()}
+    expected = meta_shapes(SR3ReferenceUNet, {**init_args, "init": "pytorch"})
+    network = f"the SR3 network ({describe(layout)})"
+    return fitted_weights(net, keys.translation(net), expected, network, prefix=NETWORK, official=keys.official)
 
 
 def describe(layout: Layout) -> str:
@@ -488,7 +434,7 @@ def refuse_other_files(obj: Any) -> None:
 def convert(obj: Any, variant: str | None) -> Imported:
     refuse_other_files(obj)
     state = tensors(obj, NAME)
-    strays = [key for key in state if not key.startswith(NETWORK) and key not in BUFFER_NAMES]
+    strays = [key for key in state if not key.startswith(NETWORK) and key not in DDPM_SCHEDULE_BUFFERS]
     if strays:
         raise ImportRefused(f"keys neither under {NETWORK} nor schedule buffers: {listed(strays)}")
     net = strip_prefix(state, NETWORK)

@@ -1,6 +1,7 @@
 """The guided-diffusion (ADM) U-Net: the official Noise-DA D reproduced through the import (fixture made by the
 official code), the official parameter counts of D and of ADM's 256 px unconditional model, what the embedding
-sees (`level_input`, `level_scale`), the two qkv orders, odd sizes, and the two initialisations."""
+sees (`level_input`, `level_scale`), the two qkv orders (each against the official code), odd sizes, and the two
+initialisations."""
 
 from __future__ import annotations
 
@@ -149,6 +150,17 @@ def test_odd_sizes_are_padded_and_cropped():
         out = net(x, level)
         assert out.shape == (2, 3, 13, 19)
         torch.testing.assert_close(out, net(pad_to_multiple(x, 2), level)[..., :13, :19], rtol=0, atol=0)
+
+
+def test_the_new_qkv_order_reproduces_the_official_qkv_attention():
+    """`legacy_attention_order=False` against the official U-Net built with `use_new_attention_order=True` (its
+    `QKVAttention`) with the fixture's weights: the same output, which is not the legacy order's."""
+    fixture = official_fixture()
+    d = fixture_d(fixture, legacy_attention_order=False)
+    with torch.no_grad():
+        out = d(fixture["x"], fixture["gamma"].sqrt())
+    assert float((out - fixture["eps_hat_new_order"]).abs().max()) <= 1e-5
+    assert float((fixture["eps_hat_new_order"] - fixture["eps_hat"]).abs().max()) > 1e-3  # the order matters here
 
 
 def test_the_two_qkv_orders_differ_by_a_permutation_of_the_qkv_rows():
