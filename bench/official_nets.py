@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for task in tasks:
         lines.extend(measure(task, size, rounds))
-    lines += ["", f"- command: `python bench/official_nets.py {shlex.join(argv or sys.argv[1:])}`".rstrip()]
+    command = f"python bench/official_nets.py {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
+    lines += ["", f"- command: `{command}`"]
     lines += [*machine_facts(), load_after_line()]
     print("\n".join(lines))
     return 0
