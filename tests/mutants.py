@@ -283,7 +283,7 @@ BREAKS: tuple[Break, ...] = (
         ("tests/importing/test_noise_da_import.py",),
     ),
     Break(
-        "export: an import's exported_without lost",
+        "export: what an export or import left out is lost",
         "ir_lightning/commands/export.py",
         'left_out = list(dict.fromkeys([*checkpoint.get("exported_without", ()), *dropped]))',
         "left_out = dropped",

@@ -70,6 +70,9 @@ def test_import_restore_export_restore_gives_the_same_image(name, tmp_path, caps
     assert first.min() >= 0 and first.max() <= 1 and first.std() > 0
     export_weights(imported, exported)
     torch.testing.assert_close(restored(exported, settings, shape), first, rtol=0, atol=0)
+    again = tmp_path / f"{name}_export_again.ckpt"  # an export keeps what it left out, so exporting it again works
+    export_weights(exported, again)
+    torch.testing.assert_close(restored(again, settings, shape), first, rtol=0, atol=0)
 
 
 def test_the_imported_weights_start_a_run_but_cannot_resume_one(tmp_path):
