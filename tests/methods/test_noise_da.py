@@ -16,6 +16,7 @@ from ir_lightning.nets.guided_diffusion import GuidedDiffusionUNet
 from ir_lightning.nets.restorer import ResidualUNet
 from tests.helpers.contract import MethodContract
 from tests.helpers.nets import tiny_da, tiny_unet
+from tests.nets.test_guided_diffusion import TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 
@@ -196,17 +197,7 @@ class TestDAWithOfficialDContract(MethodContract):
     official = {"restorer_range": "signed", "diffusion_range": "signed"}
 
     def networks(self):
-        diffusion = GuidedDiffusionUNet(
-            in_channels=9,
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_ds=(2,),
-            dropout=0.0,
-            num_head_channels=4,
-            norm_groups=4,
-            init="kaiming",
-        )
+        diffusion = GuidedDiffusionUNet(**TINY, init="kaiming")
         return {"restorer": ResidualUNet(width=8, depth=2, init="kaiming"), "diffusion": diffusion}
 
     def build(self, networks, **settings):
