@@ -290,6 +290,20 @@ BREAKS: tuple[Break, ...] = (
         ("tests/commands/test_import.py",),
     ),
     Break(
+        "timestep_prior: the step one past the level's",
+        "ir_lightning/nets/timestep_prior.py",
+        "        return step\n",
+        "        return step + 1\n",
+        ("tests/nets/test_timestep_prior.py",),
+    ),
+    Break(
+        "ddim_model: down-sampling padded at the top and left",
+        "ir_lightning/nets/ddim_model.py",
+        "return self.conv(F.pad(x, (0, 1, 0, 1)))",
+        "return self.conv(F.pad(x, (1, 0, 1, 0)))",
+        ("tests/nets/test_ddim_model.py",),
+    ),
+    Break(
         "lr: cosine restarts without the 1/2",
         "ir_lightning/training/optim.py",
         "(base_lr - eta_min) * 0.5 * (1.0 + math.cos(",
