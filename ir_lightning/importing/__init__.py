@@ -1,7 +1,7 @@
 """Released checkpoints of the papers' official repositories, turned into checkpoints of this suite.
 
-One module per repository (`sr3`: Janspiry's re-implementation, `rddm`, `diffir`, `noise_da`), each with a
-tuple `FORMATS` of `OfficialFormat`s (`ir_lightning.importing.base`). `ir-lightning import` reads a file with
+One module per repository (`sr3`: Janspiry's re-implementation, `rddm`, `diffir`, `noise_da`; `priors`: the
+pretrained ADM and DDIM priors DeqIR uses), each with a tuple `FORMATS` of `OfficialFormat`s (`ir_lightning.importing.base`). `ir-lightning import` reads a file with
 `weights_only=True`, picks its format (detected from the keys, or named with `--format`), converts it and
 writes a checkpoint that `restore`, `evaluate`, `validate`, `predict` and `fit --init_weights` use.
 """
@@ -12,7 +12,7 @@ from importlib import import_module
 
 from ir_lightning.importing.base import Imported, ImportRefused, OfficialFormat
 
-FORMAT_MODULES = ("sr3", "rddm", "diffir", "noise_da")
+FORMAT_MODULES = ("sr3", "rddm", "diffir", "noise_da", "priors")
 """The modules of `ir_lightning.importing` that hold formats, in the order `--format` lists them."""
 
 
