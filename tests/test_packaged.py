@@ -149,6 +149,7 @@ def test_a_wheel_installed_outside_the_checkout_finds_its_recipes_and_scripts(tm
         ["restore", "--help"],
         ["evaluate", "--help"],
         ["export", "--help"],
+        ["import", "--help"],
         ["demo", "--help"],
     ],
 )
