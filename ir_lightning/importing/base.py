@@ -298,3 +298,11 @@ def fitted_weights(
     if found.shapes:
         raise ImportRefused(f"{lead}shapes that do not fit {network}: {listed(found.shapes)}")
     return {ours[key]: value for key, value in state.items()}  # every key has one of ours now
+
+
+def multiplier(width: int, base: int, key: str) -> int:
+    """A level's channel multiplier: `width` (the channels of `key`, a file key named in the refusal) over the
+    network's `base` width, which it must be a whole multiple of."""
+    if width % base:
+        raise ImportRefused(f"{key}: {width} channels, not a multiple of the base width {base}")
+    return width // base

@@ -36,6 +36,7 @@ from ir_lightning.importing.base import (
     key_renames,
     listed,
     meta_shapes,
+    multiplier,
     shape_of,
     strip_prefix,
     tensors,
@@ -193,11 +194,7 @@ def guided_diffusion_args(state: Mapping[str, Tensor], prefix: str = "") -> dict
     for level in range(n_levels):
         first = (n_levels - 1 - level) * (blocks + 1)  # the decoder's first block of this level
         width = shape_of(state, f"output_blocks.{first}.0.out_layers.3.weight", prefix=prefix)[0]
-        if width % base:
-            raise ImportRefused(
-                f"{prefix}output_blocks.{first}.0.out_layers.3.weight: {width} channels, not k x {base}"
-            )
-        mults.append(width // base)
+        mults.append(multiplier(width, base, f"{prefix}output_blocks.{first}.0.out_layers.3.weight"))
         if is_attention(state, f"output_blocks.{first}.1."):
             attention_ds.add(2**level)
     for k in indices(state, r"input_blocks\.(\d+)\.1\."):

@@ -28,6 +28,7 @@ from ir_lightning.importing.base import (
     fitted_weights,
     indices,
     meta_shapes,
+    multiplier,
     shape_of,
     tensors,
     with_prefix,
@@ -168,9 +169,7 @@ def ddim_args(state: Mapping[str, Tensor]) -> dict[str, Any]:
     mults = []
     for level in levels:
         width = shape_of(state, f"down.{level}.block.0.conv1.weight", 4)[0]
-        if width % ch:
-            raise ImportRefused(f"down.{level}.block.0.conv1.weight: {width} channels, not k x {ch}")
-        mults.append(width // ch)
+        mults.append(multiplier(width, ch, f"down.{level}.block.0.conv1.weight"))
     attention = [level for level in levels if f"down.{level}.attn.0.q.weight" in state]
     return {
         "ch": ch,

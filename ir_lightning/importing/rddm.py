@@ -52,6 +52,7 @@ from ir_lightning.importing.base import (
     indices,
     listed,
     meta_shapes,
+    multiplier,
     shape_of,
     shortest_decimal,
     strip_prefix,
@@ -270,9 +271,7 @@ def read_layout(net: Mapping[str, Tensor]) -> Layout:
     mults = []
     for i in levels:
         width = net_shape(net, f"{first}downs.{i}.3.weight", 4)[0]
-        if width % dim:
-            raise ImportRefused(f"{NETWORK}{first}downs.{i}.3.weight: {width} channels, not a multiple of dim {dim}")
-        mults.append(width // dim)
+        mults.append(multiplier(width, dim, f"{NETWORK}{first}downs.{i}.3.weight"))
     hidden = net_shape(net, f"{first}downs.0.2.fn.fn.to_qkv.weight", 4)[0] // 3
     if hidden % HEADS:
         raise ImportRefused(f"{NETWORK}{first}downs.0.2.fn.fn.to_qkv.weight: width {hidden} not {HEADS} heads wide")

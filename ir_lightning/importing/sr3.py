@@ -42,6 +42,7 @@ from ir_lightning.importing.base import (
     indices,
     listed,
     meta_shapes,
+    multiplier,
     shape_of,
     shortest_decimal,
     strip_prefix,
@@ -293,11 +294,7 @@ def read_layout(net: Mapping[str, Tensor]) -> Layout:
     mults, attention, k = [], [], 1
     for blocks in counts:
         width = net_shape(net, f"downs.{k}.res_block.block1.block.3.weight", 4)[0]
-        if width % inner:
-            raise ImportRefused(
-                f"{NETWORK}downs.{k}.res_block.block1.block.3.weight: {width} channels, not a multiple of {inner}"
-            )
-        mults.append(width // inner)
+        mults.append(multiplier(width, inner, f"{NETWORK}downs.{k}.res_block.block1.block.3.weight"))
         attention.append(f"downs.{k}.attn.qkv.weight" in net)
         k += blocks + 1
     return Layout(

@@ -141,8 +141,9 @@ class Level(nn.Module):
     """One resolution: residual blocks (`block`), each followed by attention (`attn`) when the level has it; the
     resampler (`downsample` / `upsample`) is attached by the network, under the official names."""
 
-    def __init__(self, widths: Sequence[tuple[int, int]], attention: bool, temb_ch: int, dropout: float,
-                 norm_groups: int) -> None:  # fmt: skip
+    def __init__(
+        self, widths: Sequence[tuple[int, int]], attention: bool, temb_ch: int, dropout: float, norm_groups: int
+    ) -> None:
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(i, o, temb_ch, dropout, norm_groups) for i, o in widths)
         self.attn = nn.ModuleList(AttnBlock(o, norm_groups) for _, o in widths) if attention else nn.ModuleList()

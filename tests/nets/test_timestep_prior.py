@@ -13,6 +13,7 @@ from ir_lightning.methods.settings import NoiseSchedule
 from ir_lightning.nets.guided_diffusion import GuidedDiffusionUNet
 from ir_lightning.nets.timestep_prior import TimestepPrior
 from tests.helpers.contract import MethodContract
+from tests.nets.test_guided_diffusion import TINY
 
 
 class Recorder(torch.nn.Module):
@@ -74,18 +75,8 @@ class TestDeqIRWithAdmPriorContract(MethodContract):
     parallel = {"solver": {"method": "anderson", "tolerance": 1e-4}}
 
     def networks(self):
-        adm = GuidedDiffusionUNet(
-            in_channels=3,
-            out_channels=6,
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_ds=(2,),
-            dropout=0.0,
-            num_head_channels=4,
-            norm_groups=4,
-            level_input="sqrt_gamma",  # embeds the value it is given: here the integer step, as ADM
-        )
+        # the integer step embedded as given (level_input sqrt_gamma), as ADM does; learned sigma: 6 outputs
+        adm = GuidedDiffusionUNet(**(TINY | dict(in_channels=3, out_channels=6)), level_input="sqrt_gamma")
         return {"net": TimestepPrior(adm, n_steps=100)}
 
     def build(self, networks, **settings):
