@@ -69,7 +69,10 @@ CLASS_CONDITIONAL = "label_emb.weight"
 
 DDIM_SETTINGS = dict(dropout=0.0, norm_groups=32)
 """The DDIM `Model`'s settings that the weights do not show: CelebA-HQ's dropout 0, `Normalize`'s 32 groups."""
-DDIM_RESOLUTION = 256
+OFFICIAL_IMAGE_SIZE = 256
+"""The side of both official priors' images (ImageNet 256 x 256, CelebA-HQ 256 x 256)."""
+
+DDIM_RESOLUTION = OFFICIAL_IMAGE_SIZE
 """CelebA-HQ's `data.image_size`: with it, a level l holding attention is the resolution 256 / 2**l."""
 DDIM_KEYS = ("temb.dense.0.weight", "conv_in.weight", "mid.block_1.conv1.weight", "conv_out.weight")
 DATA_PARALLEL = "module."
@@ -90,16 +93,25 @@ def float32(state: Mapping[str, Tensor], report: list[str]) -> dict[str, Tensor]
     return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
 
 
-def wrapped(prior_class: str, prior_args: dict[str, Any], eps_channels: int) -> dict[str, dict[str, Any]]:
-    """DeqIR's `net`: the prior behind `TimestepPrior` on the official schedule."""
+def wrapped(
+    prior_class: str, prior_args: dict[str, Any], eps_channels: int, image_size: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """DeqIR's `net`: the prior behind `TimestepPrior` on the official schedule, restoring `image_size` images."""
     schedule = {"schedule": OFFICIAL_SCHEDULE["kind"]} | {
         key: OFFICIAL_SCHEDULE[key] for key in ("n_steps", "linear_start", "linear_end")
     }
     init_args = {"prior": {"class_path": prior_class, "init_args": prior_args}, **schedule}
-    return {"net": {"class_path": WRAPPER_CLASS, "init_args": init_args | {"eps_channels": eps_channels}}}
+    init_args |= {"eps_channels": eps_channels, "image_size": image_size}
+    return {"net": {"class_path": WRAPPER_CLASS, "init_args": init_args}}
 
 
-def deqir(prior_class: str, prior_args: dict[str, Any], weights: dict[str, Tensor], report: list[str]) -> Imported:
+def deqir(
+    prior_class: str,
+    prior_args: dict[str, Any],
+    weights: dict[str, Tensor],
+    report: list[str],
+    image_size: int | None = OFFICIAL_IMAGE_SIZE,
+) -> Imported:
     eps_channels = min(EPS_CHANNELS, prior_args.get("out_channels", prior_args.get("out_ch", EPS_CHANNELS)))
     report.append(
         f"wrapped in TimestepPrior: DeqIR's level sqrt(alpha_bar_t) -> the integer step t of the official schedule "
@@ -110,9 +122,14 @@ def deqir(prior_class: str, prior_args: dict[str, Any], weights: dict[str, Tenso
         f"recipe {RECIPE} (DeqIR's only one) gives the other settings; its 64 px crops are not this prior's: "
         "restore images of the size the prior was trained at (256 px)"
     )
+    if image_size is not None:
+        report.append(
+            f"a {image_size} x {image_size} prior (the released models' size; the weights cannot show it): other "
+            "sizes are refused, `ir-lightning restore` cuts larger images into tiles of it"
+        )
     return Imported(
         method=METHOD,
-        networks=wrapped(prior_class, prior_args, eps_channels),
+        networks=wrapped(prior_class, prior_args, eps_channels, image_size),
         state_dict=with_prefix(weights, NET + PRIOR),
         settings={"train_schedule": dict(OFFICIAL_SCHEDULE)},
         recipe=RECIPE,

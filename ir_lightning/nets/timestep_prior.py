@@ -34,6 +34,10 @@ class TimestepPrior(nn.Module):
         eps_channels: output channels that are eps (3; ADM's learned-sigma models return 6).
         tolerance: largest distance between a level and the schedule's nearest sqrt(alpha_bar) (1e-5: float32
             rounding of a level is about 6e-8; neighbouring levels are at least about 3e-5 apart).
+        image_size: the side of the square images the prior was trained on (256 for the official priors), or None
+            for a prior of any size. In eval mode an image of another size is refused: the prior's attention
+            levels and its notion of a face or an object are those of that size (`ir-lightning restore` cuts
+            larger images into tiles of it).
     """
 
     def __init__(
@@ -45,11 +49,14 @@ class TimestepPrior(nn.Module):
         linear_end: float = 0.02,
         eps_channels: int = 3,
         tolerance: float = 1e-5,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         if eps_channels < 1:
             raise ValueError(f"TimestepPrior: eps_channels must be at least 1, got {eps_channels}")
-        self.prior, self.eps_channels, self.tolerance = prior, eps_channels, tolerance
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"TimestepPrior: image_size must be None or at least 1, got {image_size}")
+        self.prior, self.eps_channels, self.tolerance, self.image_size = prior, eps_channels, tolerance, image_size
         # float64, kept off the buffers (no state-dict key, nothing for DDP to broadcast); moved where used
         self.levels = gammas_from_betas(make_betas(schedule, n_steps, linear_start, linear_end)).sqrt()
 
@@ -66,5 +73,17 @@ class TimestepPrior(nn.Module):
             )
         return step
 
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse (ValueError) an image of another size than the prior's `image_size`."""
+        if self.image_size is not None and (height, width) != (self.image_size, self.image_size):
+            side = self.image_size
+            raise ValueError(
+                f"the prior was trained on {side} x {side} images and restores that size only, got {height} x "
+                f"{width}: give {side} x {side} images (crop or resize), or restore a larger one in tiles of the "
+                f"prior's size (`ir-lightning restore` does it)"
+            )
+
     def forward(self, x: Tensor, level: Tensor) -> Tensor:
+        if not self.training:
+            self.check_size(x.shape[-2], x.shape[-1])
         return self.prior(x, self.timestep(level).to(x.dtype))[:, : self.eps_channels]

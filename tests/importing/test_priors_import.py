@@ -59,6 +59,8 @@ def levels(t: torch.Tensor, n_steps: int = 1000) -> torch.Tensor:
 
 def reproduced(imported, fixture: dict[str, Any], **prior_overrides: Any) -> torch.Tensor:
     net = built(imported.networks["net"], **prior_overrides)
+    assert net.image_size == 256
+    net.image_size = None  # the fixtures are tiny images (the size check has its own test)
     net.load_state_dict({k[len("net.") :]: v for k, v in imported.state_dict.items()})
     with torch.no_grad():
         return net.eval()(fixture["x"], levels(fixture["t"]))
@@ -209,7 +211,11 @@ def test_import_writes_a_deqir_checkpoint_that_restores(adm, tmp_path, fmt, file
     assert report[0].startswith(f"{source}: format {fmt} (") and "DeqIR" in report[-2]
     model = load_method(output, options(["sampling.steps=2"]), torch.device("cpu"))
     assert type(model).__name__ == "DeqIR" and type(model.net).__name__ == "TimestepPrior"
+    assert "a 256 x 256 prior" in "\n".join(report) and model.net.image_size == 256
     lq = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"trained on 256 x 256 images and restores that size only, got 16 x 16"):
+        model.restore(lq)
+    model.net.image_size = 16  # the tiny test prior stands for a 16 px model
     restored = model.restore(lq)
     assert restored.shape == (1, 3, 16, 16) and bool(torch.isfinite(restored).all())
     assert restored.min() >= 0 and restored.max() <= 1 and restored.std() > 0

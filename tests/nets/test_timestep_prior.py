@@ -54,6 +54,19 @@ def test_a_level_off_the_schedule_is_refused_naming_it():
         TimestepPrior(Recorder(), eps_channels=0)
 
 
+def test_a_prior_of_one_size_refuses_others_in_eval_and_trains_on_any_crop():
+    level = torch.from_numpy(official_levels()[[10]]).float()
+    prior = TimestepPrior(Recorder(), image_size=8).eval()
+    assert prior(torch.ones(1, 3, 8, 8), level).shape == (1, 3, 8, 8)
+    for height, width in [(8, 16), (4, 4)]:
+        with pytest.raises(ValueError, match=rf"trained on 8 x 8 images and restores that size only, got {height} x "):
+            prior(torch.ones(1, 3, height, width), level)
+    assert prior.train()(torch.ones(1, 3, 4, 4), level).shape == (1, 3, 4, 4)  # fine-tuning on smaller crops
+    assert TimestepPrior(Recorder()).eval()(torch.ones(1, 3, 5, 7), level).shape == (1, 3, 5, 7)  # None: any size
+    with pytest.raises(ValueError, match="image_size must be None or at least 1, got 0"):
+        TimestepPrior(Recorder(), image_size=0)
+
+
 def test_the_steps_deqir_visits_are_the_steps_the_prior_gets():
     """DeqIR's chain with the adapted prior calls it at exactly its respaced steps (the official spacing aside)."""
     recorder = Recorder()
