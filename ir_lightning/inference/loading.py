@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from ir_lightning.methods.base import RestorationModule
 
-SOLVER_NAMES = ("sequential", "anderson", "picard")
+SOLVER_NAMES = ("sequential", "anderson", "picard", "anderson_official")
 """`sampler` values that choose the solver (`sampling.solver.method`); others choose `sampling.sampler`."""
 
 MESSAGE_LIMIT = 400

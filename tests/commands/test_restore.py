@@ -158,7 +158,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_p
         (["--operator", "sr"], "unknown operator 'sr'"),
         (
             ["--set", "sampling.solver.method=newton"],
-            "error: sampling: solver.method must be one of sequential, anderson, picard, got 'newton'\n",
+            "error: sampling: solver.method must be one of sequential, anderson, picard, anderson_official, got 'newton'\n",
         ),
     ],
 )

@@ -387,7 +387,10 @@ def test_phantom_gradient_exact_in_the_limit_and_close_with_two_damped_steps():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="newton"), "solver.method must be one of sequential, anderson, picard, got 'newton'"),
+        (
+            dict(method="newton"),
+            "solver.method must be one of sequential, anderson, picard, anderson_official, got 'newton'",
+        ),
         (dict(memory=0), "solver.memory must be an integer >= 1, got 0"),
         (dict(memory=True), "solver.memory must be an integer >= 1, got True"),  # a bool is no integer
         (dict(memory=2.0), "solver.memory must be an integer >= 1, got 2.0"),
@@ -406,8 +409,15 @@ def test_bad_solver_settings_name_the_field(kwargs, message):
         SolverSettings(**kwargs)
 
 
+def test_the_sampler_shortcut_knows_every_solver():
+    """`--sampler NAME` sets sampling.solver.method for a solver's name (the loader lists them without torch)."""
+    from ir_lightning.inference.loading import SOLVER_NAMES
+
+    assert SOLVER_NAMES == SOLVERS
+
+
 def test_solver_settings_accept_every_method_and_the_bounds():
-    assert SOLVERS == ("sequential", "anderson", "picard")
+    assert SOLVERS == ("sequential", "anderson", "picard", "anderson_official")
     for method in SOLVERS:
         bounds = SolverSettings(
             method, memory=1, regularisation=1, mixing=1, tolerance=1e-300, max_iter=1, chunk_size=1

@@ -13,7 +13,17 @@ from ir_lightning.diffusion.deq.chains import (
     sr3_ddim_chain,
     step_chain,
 )
-from ir_lightning.diffusion.deq.inversion import DEQIR_SOLVER, InversionResult, invert, phantom_loss
+from ir_lightning.diffusion.deq.inversion import (
+    DEQIR_INVERSION_LR,
+    DEQIR_INVERSION_PHANTOM_STEPS,
+    DEQIR_INVERSION_SOLVER,
+    DEQIR_INVERSION_TAU,
+    DEQIR_SAMPLING_SOLVER,
+    DEQIR_SOLVER,
+    InversionResult,
+    invert,
+    phantom_loss,
+)
 from ir_lightning.diffusion.deq.solve import (
     SOLVERS,
     Chain,
@@ -29,6 +39,11 @@ from ir_lightning.diffusion.deq.solve import (
 )
 
 __all__ = [
+    "DEQIR_INVERSION_LR",
+    "DEQIR_INVERSION_PHANTOM_STEPS",
+    "DEQIR_INVERSION_SOLVER",
+    "DEQIR_INVERSION_TAU",
+    "DEQIR_SAMPLING_SOLVER",
     "DEQIR_SOLVER",
     "SOLVERS",
     "Chain",

@@ -11,7 +11,34 @@ from torch import Tensor
 from ir_lightning.diffusion.deq.solve import Chain, SolverSettings, joint_map, solve
 
 DEQIR_SOLVER = SolverSettings(method="anderson")
-"""DeqIR's solver: Anderson, memory 5, regularisation 1e-3, mixing 1, tolerance 1e-3, at most T iterations."""
+"""The suite's Anderson with DeqIR's sampling values: memory 5, regularisation 1e-3, mixing 1, tolerance 1e-3,
+but at most T iterations, the regularisation relative and one set of weights per image (the official code:
+absolute, per state, 15 evaluations, returns the mixed iterate). DeqIR's own solver: `DEQIR_SAMPLING_SOLVER`."""
+
+DEQIR_SAMPLING_SOLVER = SolverSettings(
+    method="anderson_official", memory=5, regularisation=1e-3, mixing=1.0, tolerance=1e-3, max_iter=15
+)
+"""DeqIR's sampling solver as its code runs it (`functions/ddim_anderson.py`, `fp_implicit_iters_anderson`):
+m from --m (default 5), lambda 1e-3, beta 1 and tol 1e-3 fixed in the code (--lam, --anderson_beta and --tol
+are not passed on), --max_anderson_iters 15 evaluations."""
+
+DEQIR_INVERSION_SOLVER = SolverSettings(
+    method="anderson_official", memory=3, regularisation=1e-3, mixing=0.9, tolerance=1e-2, max_iter=15
+)
+"""DeqIR's solver inside DEQ inversion (`functions/latent_space_opt_anderson.py`, `find_source_noise_deq_sr`):
+m 3, lambda 1e-3, 15 evaluations, tol 1e-2, beta 0.9, fixed in the code (the --m, --lam, --tol, --anderson_beta
+it is handed are ignored). The official solve there also carries x_T as an extra row of the iterate, which
+enters the residual's |G(X)| (here only the T states)."""
+
+DEQIR_INVERSION_PHANTOM_STEPS = 1
+"""DeqIR's phantom steps (--pg_steps 1). One step passes a gradient only on chains whose last step has a drift
+(DeqIR's null-space split, a `precondition`ed chain); on the suite's x0-form chains it is zero (docs/solver.md)."""
+
+DEQIR_INVERSION_TAU = 0.1
+"""DeqIR's phantom damping tau (--tau 0.1)."""
+
+DEQIR_INVERSION_LR = 2e-5
+"""DeqIR's Adam learning rate for x_T (`configs/imagenet.yml`, optim.lr; betas 0.9, 0.999, eps 1e-8)."""
 
 
 def phantom_loss(
@@ -64,7 +91,8 @@ def invert(
 ) -> InversionResult:
     """DEQ inversion: `steps` Adam steps on x_T minimising loss_fn(x_0), each through `phantom_loss` at the
     current x_T (DeqIR's initialisation optimisation; lr 2e-5 and tau 0.1 are its values). The chain does
-    not depend on x_T, so one chain serves every step."""
+    not depend on x_T, so one chain serves every step. DeqIR's own settings: `settings=DEQIR_INVERSION_SOLVER,
+    lr=DEQIR_INVERSION_LR, tau=DEQIR_INVERSION_TAU, phantom_steps=DEQIR_INVERSION_PHANTOM_STEPS`."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got steps={steps}")
     x_T = x_T_init.detach().clone().requires_grad_(True)

@@ -29,8 +29,9 @@ Update = Callable[[Tensor, Tensor], Tensor]
 SolverCallback = Callable[[int, float], None]
 """`callback(iteration, residual)`, iteration counted from 1, residual the worst over the batch."""
 
-SOLVERS = ("sequential", "anderson", "picard")
-"""Valid values of `SolverSettings.method`: the chain step after step, or its joint fixed point."""
+SOLVERS = ("sequential", "anderson", "picard", "anderson_official")
+"""Valid values of `SolverSettings.method`: the chain step after step, or its joint fixed point (the last: DeqIR's
+own Anderson solver, a reference, see `solve`)."""
 
 _FIXED_POINT = SOLVERS[1:]
 
@@ -50,19 +51,22 @@ def _is_none_or_positive_int(value: object) -> bool:
 @dataclass(frozen=True)
 class SolverSettings:
     """How a chain is run: `method` "sequential" (T network calls in series) or the joint fixed point by
-    "anderson" or "picard". The rest is the fixed-point solver's:
+    "anderson", "picard" or "anderson_official" (DeqIR's own Anderson, the reference; `solve` says how it
+    differs). The rest is the fixed-point solver's:
 
     memory: Anderson's m, the iterates it mixes. regularisation: the Tikhonov term of Anderson's least
-    squares, relative to the residuals' scale (`anderson_mix`). mixing: beta, the weight of G(X) in the next
-    iterate. tolerance: the worst relative residual |G(X) - X| / |G(X)| over the batch to stop at.
-    max_iter: the iteration cap; None is T, the chain's length, which is always enough (the exact prefix).
+    squares, relative to the residuals' scale (`anderson_mix`; absolute for "anderson_official"). mixing:
+    beta, the weight of G(X) in the next iterate. tolerance: the worst relative residual |G(X) - X| / |G(X)|
+    over the batch to stop at. max_iter: the iteration cap; None is T, the chain's length, which is always
+    enough (the exact prefix; not a bound for "anderson_official", which has none).
     chunk_size: at most this many images per network call (a memory budget); None: all states at once.
 
-    DeqIR's values are memory 5, regularisation 1e-3, mixing 1, tolerance 1e-3. Every field is checked here,
-    once: a bad value raises ValueError naming it (`solver.<field>`).
+    DeqIR's sampling values are memory 5, regularisation 1e-3, mixing 1, tolerance 1e-3, 15 evaluations of G
+    (`inversion.DEQIR_SAMPLING_SOLVER`). Every field is checked here, once: a bad value raises ValueError naming
+    it (`solver.<field>`).
     """
 
-    method: Literal["sequential", "anderson", "picard"] = "sequential"
+    method: Literal["sequential", "anderson", "picard", "anderson_official"] = "sequential"
     memory: int = 5
     regularisation: float = 1e-3
     mixing: float = 1.0
@@ -120,6 +124,14 @@ class SolveResult:
     to `chain.update` (one per iteration unless `chunk_size` splits it) and `network_images` the images they
     took (states already exact are not re-evaluated, so iteration i takes T - i + 1 states of B images; the
     sequential chain takes T B).
+
+    For "anderson_official" (DeqIR's solver) `states` is the last iterate G was evaluated at, not G's output:
+    Anderson's mixed iterate, every state its own weights, as the official code returns it. The scan's
+    consistency therefore holds only to the residual, and so does DDNM's A x_0 = y (exactly only for a G that
+    keeps it and mixing 1, where X is an affine combination of G's outputs, from the second evaluation on).
+    `residuals[i]` is then |G(X) - X| / (1e-5 + |G(X)|) per image (worst over the batch) at evaluation i + 1,
+    `iterations` counts evaluations of G (max_iter of them at most; T B images each) and `stopped_by` is
+    `"tolerance"` or `"max_iter"` (no exact-prefix bound).
     """
 
     x0: Tensor
@@ -232,11 +244,29 @@ def _flat(states: Tensor) -> Tensor:
     return rearrange(states, "t b ... -> b (t ...)")
 
 
+def _rows(states: Tensor) -> Tensor:
+    """T x B x ... -> (T B) x D: one row per state and image (the unknowns DeqIR's Anderson mixes)."""
+    return rearrange(states, "t b ... -> (t b) (...)")
+
+
 def _relative_residual(f: Tensor, x: Tensor) -> Tensor:
     """|G(X) - X| / |G(X)| per batch element (B,), float64."""
     f_flat, x_flat = _flat(f).double(), _flat(x).double()
     norm = f_flat.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
     return (f_flat - x_flat).norm(dim=1) / norm
+
+
+def _affine_weights(gram: Tensor) -> Tensor:
+    """The weights alpha (B x n, sum 1) minimising alpha^T gram alpha for a regularised Gram matrix gram
+    (B x n x n): the bordered system [[0, 1^T], [1, gram]] [nu; alpha] = [1; 0], in gram's dtype."""
+    n = gram.shape[-1]
+    system = gram.new_zeros(gram.shape[0], n + 1, n + 1)
+    system[:, 0, 1:] = 1.0
+    system[:, 1:, 0] = 1.0
+    system[:, 1:, 1:] = gram
+    rhs = gram.new_zeros(gram.shape[0], n + 1)
+    rhs[:, 0] = 1.0
+    return torch.linalg.solve(system, rhs)[:, 1:]
 
 
 def anderson_mix(xs: Tensor, fs: Tensor, lam: float, beta: float) -> Tensor:
@@ -253,17 +283,31 @@ def anderson_mix(xs: Tensor, fs: Tensor, lam: float, beta: float) -> Tensor:
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all residuals zero: any weights do
     gram = gram + lam * scale[:, None, None] * torch.eye(n, dtype=gram.dtype, device=gram.device)
-    system = gram.new_zeros(gram.shape[0], n + 1, n + 1)
-    system[:, 0, 1:] = 1.0
-    system[:, 1:, 0] = 1.0
-    system[:, 1:, 1:] = gram
-    rhs = gram.new_zeros(gram.shape[0], n + 1)
-    rhs[:, 0] = 1.0
-    alpha = torch.linalg.solve(system, rhs)[:, 1:].to(fs.dtype)
+    alpha = _affine_weights(gram).to(fs.dtype)
     mixed = torch.einsum("bn,bnd->bd", alpha, fs)
     if beta < 1.0:
         mixed = beta * mixed + (1.0 - beta) * torch.einsum("bn,bnd->bd", alpha, xs)
     return mixed
+
+
+OFFICIAL_RESIDUAL_FLOOR = 1e-5
+"""The term added to |G(X)| in DeqIR's normalised residual |G(X) - X| / (1e-5 + |G(X)|)."""
+
+
+def _official_residual(f: Tensor, x: Tensor) -> Tensor:
+    """|G(X) - X| / (1e-5 + |G(X)|) per batch element (B,), over its T states, in the iterate's dtype (DeqIR's)."""
+    return _flat(f - x).norm(dim=1) / (OFFICIAL_RESIDUAL_FLOOR + _flat(f).norm(dim=1))
+
+
+def _official_mix(xs: Tensor, fs: Tensor, lam: float, beta: float) -> Tensor:
+    """DeqIR's Anderson step on each row of the history xs, fs = G(xs) (R x n x D, a row per state and image):
+    weights alpha (sum 1) minimising |sum_i alpha_i (f_i - x_i)|^2 + lam |alpha|^2 with lam absolute, in the
+    iterate's dtype, then beta sum_i alpha_i f_i + (1 - beta) sum_i alpha_i x_i."""
+    residuals = fs - xs
+    identity = torch.eye(residuals.shape[1], dtype=fs.dtype, device=fs.device)
+    gram = residuals @ residuals.mT + lam * identity
+    alpha = _affine_weights(gram)[:, None]
+    return beta * (alpha @ fs)[:, 0] + (1.0 - beta) * (alpha @ xs)[:, 0]
 
 
 def solve(
@@ -275,7 +319,8 @@ def solve(
     init: Tensor | None = None,
     callback: SolverCallback | None = None,
 ) -> SolveResult:
-    """Solve X = G(X) for the chain from x_T (B x C x H x W) by `settings.method`, "anderson" or "picard".
+    """Solve X = G(X) for the chain from x_T (B x C x H x W) by `settings.method`, "anderson", "picard" or
+    "anderson_official".
 
     Each iteration evaluates G once: one batched network pass over the states not yet exact (T - i + 1 at
     iteration i, in calls of at most `settings.chunk_size` images). It stops when every batch element's
@@ -283,11 +328,34 @@ def solve(
     latest), or after `settings.max_iter` iterations (None: T). `init` (T x B x ...) is the first iterate,
     by default every state = x_T; `callback` sees each iteration's residual; `progress` shows a tqdm bar. The
     iterations run without autograd (`phantom_loss` adds the differentiable steps).
+
+    "anderson_official" computes what DeqIR's `anderson` (`functions/ddim_anderson.py`) computes, as a
+    reference: X_0 = init, X_1 = G(X_0), then X_k = beta sum alpha F + (1 - beta) sum alpha X over the last
+    min(k, m) iterates, with `regularisation` absolute and one alpha per state and image (the official batch
+    is the T states of its one image). Every evaluation takes all T states; `max_iter` counts evaluations of G
+    (15 = 15 network passes); it stops only from the third evaluation on, when the worst
+    |G(X) - X| / (1e-5 + |G(X)|) is < `tolerance`. It returns the last iterate X that G was evaluated at, not
+    G(X): see `SolveResult`. (The official code needs m >= 2 and max_iter >= 3; here m = 1 is damped Picard
+    and max_iter 1 or 2 returns X_0 or X_1.)
     """
     if settings.method not in _FIXED_POINT:
-        raise ValueError(f"solve needs solver.method anderson or picard, got {settings.method!r} (see run_chain)")
+        raise ValueError(
+            f"solve needs solver.method anderson or picard, got {settings.method!r} "
+            "(anderson_official solves too; sequential runs through run_chain)"
+        )
     with torch.no_grad():
+        if settings.method == "anderson_official":
+            return _anderson_official(chain, x_T, settings, init, callback, progress)
         return _iterate(chain, x_T, settings, init, callback, progress)
+
+
+def _first_iterate(x_T: Tensor, n_steps: int, init: Tensor | None) -> Tensor:
+    """The first iterate: a copy of `init`, checked, or every state = x_T."""
+    if init is None:
+        return x_T[None].expand(n_steps, *x_T.shape).clone()
+    if init.shape != (n_steps, *x_T.shape):
+        raise ValueError(f"init must have shape {(n_steps, *x_T.shape)} (T x B x ...), got {tuple(init.shape)}")
+    return init.clone()
 
 
 def _iterate(
@@ -303,12 +371,7 @@ def _iterate(
     chunk_steps = _chunk_steps(settings.chunk_size, x_T.shape[0], n_steps)  # a bad chunk_size fails before any work
     max_iter = n_steps if settings.max_iter is None else settings.max_iter
     tol, memory = settings.tolerance, settings.memory
-    if init is None:
-        x = x_T[None].expand(n_steps, *x_T.shape).clone()
-    else:
-        if init.shape != (n_steps, *x_T.shape):
-            raise ValueError(f"init must have shape {(n_steps, *x_T.shape)} (T x B x ...), got {tuple(init.shape)}")
-        x = init.clone()
+    x = _first_iterate(x_T, n_steps, init)
     shape = x.shape
     result = SolveResult(x0=x[-1], states=x)
     history_x: list[Tensor] = []
@@ -349,11 +412,54 @@ def _iterate(
     return result
 
 
+def _anderson_official(
+    chain: Chain,
+    x_T: Tensor,
+    settings: SolverSettings,
+    init: Tensor | None,
+    callback: SolverCallback | None,
+    progress: bool,
+) -> SolveResult:
+    """`solve`'s loop for "anderson_official": evaluation k + 1 is G(X_k); slot k % m of the history holds X_k."""
+    _chunk_steps(settings.chunk_size, x_T.shape[0], chain.n_steps)  # a bad chunk_size fails before any work
+    max_iter = chain.n_steps if settings.max_iter is None else settings.max_iter
+    memory = settings.memory
+    x = _first_iterate(x_T, chain.n_steps, init)
+    shape, rows = x.shape, _rows(x)
+    xs = rows.new_zeros(rows.shape[0], memory, rows.shape[1])
+    fs = torch.zeros_like(xs)
+    result = SolveResult(x0=x[-1], states=x)
+    bar = tqdm(range(max_iter), desc="deq anderson_official", disable=not progress)
+    for k in bar:
+        if k == 1:
+            x = fs[:, 0].view(shape).clone()  # X_1 = G(X_0)
+        elif k >= 2:
+            n = min(k, memory)
+            x = _official_mix(xs[:, :n], fs[:, :n], settings.regularisation, settings.mixing).view(shape)
+        mapped, calls = joint_map(chain, x_T, x, settings.chunk_size)
+        xs[:, k % memory], fs[:, k % memory] = _rows(x), _rows(mapped)
+        residual = _official_residual(mapped, x).max().item()
+        result.network_evaluations += calls
+        result.network_images += shape[0] * shape[1]
+        result.residuals.append(residual)
+        result.iterations, result.states = k + 1, x  # the mixed iterate, as DeqIR returns it
+        bar.set_postfix(residual=f"{residual:.2e}")
+        if callback is not None:
+            callback(k + 1, residual)
+        if k >= 2 and residual < settings.tolerance:  # DeqIR tests from its third evaluation on, strictly
+            result.converged, result.stopped_by = True, "tolerance"
+            break
+    bar.close()
+    result.x0 = result.states[-1]
+    return result
+
+
 def run_chain(
     chain: Chain, x_T: Tensor, settings: SolverSettings, progress: bool = False
 ) -> tuple[Tensor, SolveResult | None]:
     """(x_0, the solve) of the chain from x_T: step after step for method "sequential" (no solve: None),
-    else `solve(chain, x_T, settings)`; its `stopped_by` says whether the tolerance or the T bound ended it."""
+    else `solve(chain, x_T, settings)`; its `stopped_by` says whether the tolerance, the T bound or max_iter
+    ended it. For "anderson_official" x_0 is the last state of the mixed iterate (`SolveResult`)."""
     if settings.method == "sequential":
         return sequential(chain, x_T, progress), None
     result = solve(chain, x_T, settings, progress)
