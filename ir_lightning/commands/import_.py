@@ -3,15 +3,17 @@
     ir-lightning import I640000_E37_gen.pth sr3_faces.ckpt              # format detected from the keys
     ir-lightning import derain.pth da_derain.ckpt --variant derain      # what the weights cannot say
     ir-lightning import model-100.pt rddm.ckpt --format rddm --recipe rddm_generation
+    ir-lightning import ddpm-celebahq-256/ celebahq_prior.ckpt        # a diffusers save_pretrained folder
     ir-lightning import --list-formats
 
 The file is read with `weights_only=True` (nothing in it runs), its format is detected from its keys (or
-named with `--format`), its weights are renamed to the suite network that computes the official function,
-with the network's configuration read from the weights' shapes, and the method's other settings are taken
-from the packaged recipe that pairs with the file (or `--recipe`), with what the file itself says (its noise
-schedule, its value range) on top. The weights must fit the method exactly: every key mapped, none left
-over, every shape equal; otherwise the import is refused naming the keys. The written checkpoint holds
-weights only (no training state): `restore` and `evaluate` take it as `--ckpt`, `validate`, `test` and `predict`
+named with `--format`); a folder (a diffusers `save_pretrained` one) is passed, as its path, to the formats that
+read folders (`reads_folders`), which read its files as safely. Its weights are renamed to the suite network that
+computes the official function, with the network's configuration read from the weights' shapes, and the method's
+other settings are taken from the packaged recipe that pairs with the file (or `--recipe`), with what the file
+itself says (its noise schedule, its value range) on top. The weights must fit the method exactly: every key
+mapped, none left over, every shape equal; otherwise the import is refused naming the keys. The written checkpoint
+holds weights only (no training state): `restore` and `evaluate` take it as `--ckpt`, `validate`, `test` and `predict`
 as `--ckpt_path`, `export` slims it, and `fit --init_weights` starts a new run from it. An existing output file
 is not replaced without `--force` (and never when it is the source).
 """
@@ -38,23 +40,37 @@ class ImportFailed(Exception):
     """The import cannot go on: one line naming the file, the format or the keys (exit status 2)."""
 
 
+def source_kind(folder: bool) -> str:
+    return "a folder" if folder else "a file"
+
+
 def choose_format(obj: Any, path: Path, name: str | None) -> OfficialFormat:
-    """The format named (`--format`), else the one format whose `detect` accepts the file."""
+    """The format named (`--format`), else the one format whose `detect` accepts the source: among the formats
+    that read folders when `obj` is a folder's path, else among those that read files."""
     from ir_lightning.importing import official_formats
 
+    folder = isinstance(obj, Path)
     formats = official_formats()
     if name is not None:
         if name not in formats:
             raise ImportFailed(f"--format {name}: no such format; the formats: {', '.join(formats)}")
+        if formats[name].reads_folders != folder:
+            wanted = source_kind(formats[name].reads_folders)
+            raise ImportFailed(f"{path}: --format {name} reads {wanted}, this is {source_kind(folder)}")
         return formats[name]
+    formats = {key: fmt for key, fmt in formats.items() if fmt.reads_folders == folder}
     found = [fmt for fmt in formats.values() if fmt.detect(obj)]
     if len(found) == 1:
         return found[0]
     if found:
         names = ", ".join(fmt.name for fmt in found)
         raise ImportFailed(f"{path}: the keys fit several formats ({names}); name one with --format")
-    keys = list(obj)[:6] if isinstance(obj, dict) else []
-    what = f"top-level keys {', '.join(map(str, keys))}" if keys else f"a {type(obj).__name__}"
+    if folder:
+        held = sorted(entry.name for entry in obj.iterdir())
+        what = f"a folder holding {', '.join(held[:6]) or 'nothing'}" + (" ..." if len(held) > 6 else "")
+    else:
+        keys = list(obj)[:6] if isinstance(obj, dict) else []
+        what = f"top-level keys {', '.join(map(str, keys))}" if keys else f"a {type(obj).__name__}"
     raise ImportFailed(
         f"{path}: no official format recognises it ({what}); name one with --format ({', '.join(formats)}), "
         "or see --list-formats"
@@ -143,6 +159,18 @@ def check_fit(checkpoint: dict[str, Any], source: Path) -> int:
     return sum(tensor.numel() for tensor in checkpoint["state_dict"].values() if tensor.is_floating_point())
 
 
+def read_source(source: Path) -> Any:
+    """A folder as its path (the formats that read folders open its files); a file loaded with `weights_only=True`."""
+    from ir_lightning.io.weights import STATE_DICT, WeightsError, load_safely
+
+    if source.is_dir():
+        return source
+    try:
+        return load_safely(source, STATE_DICT)
+    except WeightsError as error:
+        raise ImportFailed(str(error)) from error
+
+
 def import_checkpoint(
     source: Path,
     output: Path,
@@ -151,17 +179,18 @@ def import_checkpoint(
     recipe: str | None = None,
     force: bool = False,
 ) -> list[str]:
-    """Converts `source` and writes `output` (atomically); returns the report lines."""
+    """Converts `source` (a file, or a folder for the formats that read folders) and writes `output` (atomically);
+    returns the report lines."""
     from ir_lightning.importing import ImportRefused
-    from ir_lightning.io.weights import STATE_DICT, WeightsError, load_safely
 
-    if output.exists() and (not force or output.resolve() == source.resolve()):
-        why = "it is the file to import" if output.resolve() == source.resolve() else "give --force to replace it"
-        raise ImportFailed(f"{output} exists: {why}")
-    try:
-        obj = load_safely(source, STATE_DICT)
-    except WeightsError as error:
-        raise ImportFailed(str(error)) from error
+    if output.exists():
+        if output.resolve() == source.resolve():
+            raise ImportFailed(f"{output} exists: it is the {'folder' if source.is_dir() else 'file'} to import")
+        if output.is_dir():
+            raise ImportFailed(f"{output} exists: a folder: name the checkpoint file to write")
+        if not force:
+            raise ImportFailed(f"{output} exists: give --force to replace it")
+    obj = read_source(source)
     fmt = choose_format(obj, source, fmt_name)
     if variant is not None and variant not in fmt.variants:
         choices = ", ".join(fmt.variants) if fmt.variants else "none: the weights say everything"
@@ -203,11 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         description="Turn a checkpoint released by a paper's official repository into a checkpoint of this suite "
         "(weights only: restore and evaluate take it as --ckpt, validate/test/predict as --ckpt_path; "
         "fit --init_weights starts from it).",
-        epilog="The file is read with weights_only=True. --list-formats shows the formats and the files they read.",
+        epilog="The file is read with weights_only=True; a folder (a diffusers save_pretrained folder: a DDPMPipeline, "
+        "or a UNet2DModel with its scheduler_config.json) is read by the formats that read folders (safetensors, "
+        "or .bin with weights_only=True). --list-formats shows the formats and what they read.",
     )
-    parser.add_argument("source", type=Path, nargs="?", help="the official file (e.g. I640000_E37_gen.pth)")
+    parser.add_argument(
+        "source",
+        type=Path,
+        nargs="?",
+        help="the official file (e.g. I640000_E37_gen.pth), or a folder (a diffusers save_pretrained folder)",
+    )
     parser.add_argument("output", type=Path, nargs="?", help="where to write the suite checkpoint (.ckpt)")
-    parser.add_argument("--format", dest="fmt", help="the file's format, where it is not detected from its keys")
+    parser.add_argument("--format", dest="fmt", help="the source's format, where it is not detected (from the keys)")
     parser.add_argument("--variant", help="what the weights cannot tell (a task's value range, a configuration)")
     parser.add_argument("--recipe", help="take the method's other settings from this recipe (default: the paired one)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -217,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_list())
         return 0
     if args.source is None or args.output is None:
-        parser.error("give the official file and the output checkpoint (or --list-formats)")
+        parser.error("give the official file (or folder) and the output checkpoint (or --list-formats)")
     try:
         lines = import_checkpoint(args.source, args.output, args.fmt, args.variant, args.recipe, args.force)
     except ImportFailed as error:

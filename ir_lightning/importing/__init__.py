@@ -12,7 +12,7 @@ from importlib import import_module
 
 from ir_lightning.importing.base import Imported, ImportRefused, OfficialFormat
 
-FORMAT_MODULES = ("sr3", "rddm", "diffir", "noise_da", "priors")
+FORMAT_MODULES = ("sr3", "rddm", "diffir", "noise_da", "priors", "diffusers_")
 """The modules of `ir_lightning.importing` that hold formats, in the order `--format` lists them."""
 
 

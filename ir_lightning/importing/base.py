@@ -70,6 +70,8 @@ class OfficialFormat:
         convert: `(loaded file, variant) -> Imported`; raises `ImportRefused` naming the keys that do not fit.
         variants: the values `--variant` takes where the weights alone do not say (e.g. the value range of
             Noise-DA's tasks); the first is the default. Empty: the weights say everything.
+        reads_folders: the source is a folder (a diffusers `save_pretrained` one): `detect` and `convert` get its
+            `Path` and open its files themselves, as safely; otherwise they get the file loaded with weights_only.
     """
 
     name: str
@@ -77,6 +79,7 @@ class OfficialFormat:
     detect: Callable[[Any], bool]
     convert: Callable[[Any, str | None], Imported]
     variants: tuple[str, ...] = ()
+    reads_folders: bool = False
 
 
 def tensors(obj: Any, where: str) -> dict[str, Tensor]:
