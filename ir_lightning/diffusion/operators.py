@@ -5,12 +5,21 @@ Every operator acts on image batches ``B x C x H x W`` of float32 or float64 on 
 - ``forward(x)`` = A x, ``adjoint(y)`` = A^T y and ``pinv(y)`` = A^+ y (Moore-Penrose pseudo-inverse),
 - ``project(x0, y)`` = A^+ y + (I - A^+ A) x0, the range-null decomposition DDNM puts in each step,
 - ``measure(x, sigma_y, generator)`` = A x + sigma_y n, a (seeded) noisy observation,
-- ``output_shape(input_shape)``, the shape of y.
+- ``output_shape(input_shape)``, the shape of y,
+- ``spectral(fn, *images)`` = V fn(s, V^T x_1, ..., V^T x_n), a function of A's singular values applied
+  in A's right singular basis (DDNM+'s noise-aware step and DDRM's per-singular-value weights),
+  ``singular_values(input_shape)`` and ``noise_gain(input_shape)`` = |A^+|, what A^+ does to noise in y.
 
 The pseudo-inverse is what makes ``project`` exact: A project(x0, y) = A A^+ y = y for any y in
 the range of A, while the part of x0 that A cannot see is kept. Each operator applies A^+ in its
 own closed form (a reshape, a pair of small SVDs, a division in Fourier space), never as a dense
 matrix, so the cost is that of A itself.
+
+The singular value decomposition A = U diag(s) V^T in `spectral` spans the WHOLE input space: V is
+square, s = 0 on A's null space, and singular values an operator treats as zero in A^+ (its cut-off)
+count as 0. So fn = (s, c) -> c gives the identity and fn = (s, c) -> (s > 0) c gives A^+ A. Each
+operator applies V and V^T in closed form (separable SVD factors, the unitary 2-D DFT, or the split
+into range and null space where A has a single non-zero singular value).
 
 Constants (interpolation matrices, kernels, masks) are stored in float64 on the CPU and moved to the
 image's device and dtype when applied, so one operator serves float32 and float64, CPU and GPU.
@@ -21,6 +30,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +44,11 @@ Shape = tuple[int, ...]
 RGB_CHANNELS: int = 3
 """Channels a colour image has; colorization averages them into one."""
 
+SpectralFn = Callable[..., Tensor]
+"""fn(s, c_1, ..., c_n) for `LinearOperator.spectral`: entrywise sum_k g_k(s) c_k, i.e. elementwise in the
+singular values s (broadcast against the coefficients) and linear in each coefficient tensor c_k; it
+returns coefficients shaped like the c_k. Coefficients may be complex (the circular blur's Fourier basis)."""
+
 
 def _image_shape(shape: Shape, name: str) -> tuple[int, int, int, int]:
     if len(shape) != 4:
@@ -44,6 +59,33 @@ def _image_shape(shape: Shape, name: str) -> tuple[int, int, int, int]:
 def _like(constant: Tensor, image: Tensor) -> Tensor:
     """A stored float64 constant on the device and in the dtype of `image`."""
     return constant.to(device=image.device, dtype=image.dtype)
+
+
+def _same_shapes(images: tuple[Tensor, ...]) -> Tensor:
+    """The first of `images` (at least one, all of one shape): what `spectral` checks its inputs against."""
+    if not images:
+        raise ValueError("spectral needs at least one image")
+    if any(x.shape != images[0].shape for x in images):
+        raise ValueError(f"spectral needs images of one shape, got {[tuple(x.shape) for x in images]}")
+    return images[0]
+
+
+def _sorted_per_image(values: Tensor, batch: int) -> Tensor:
+    """One image's singular values, all C x H x W of them, sorted descending and repeated for `batch` images."""
+    return values.flatten().sort(descending=True).values.expand(batch, -1)
+
+
+def _two_valued_spectral(fn: SpectralFn, images: tuple[Tensor, ...], s_range: float, range_part: Callable) -> Tensor:
+    """V fn(s, V^T x) for an A whose non-zero singular values all equal `s_range`: fn(s_range, P x) + fn(0, (I - P) x).
+
+    P = A^+ A = `range_part` is the projector onto A's row space. Exact, with no basis V at hand: fn is
+    entrywise sum_k g_k(s) c_k, so on the block of V where s is the constant b it is V_b g_k(b) V_b^T x_k =
+    g_k(b) P_b x_k, and the two blocks (s_range on the row space, 0 on the null space) add up.
+    """
+    like = _same_shapes(images)
+    ranges = [range_part(x) for x in images]
+    nulls = [x - r for x, r in zip(images, ranges, strict=True)]
+    return fn(like.new_tensor(s_range), *ranges) + fn(like.new_tensor(0.0), *nulls)
 
 
 class LinearOperator(ABC):
@@ -68,6 +110,25 @@ class LinearOperator(ABC):
     @abstractmethod
     def output_shape(self, input_shape: Shape) -> Shape:
         """Shape of A x for an image batch of `input_shape` (raises ValueError if A does not apply)."""
+
+    @abstractmethod
+    def spectral(self, fn: SpectralFn, *images: Tensor) -> Tensor:
+        """V fn(s, V^T x_1, ..., V^T x_n) with A = U diag(s) V^T over the whole input space (module docstring).
+
+        fn(s, c_1, ..., c_n) must be entrywise sum_k g_k(s) c_k (`SpectralFn`); s comes in the images'
+        dtype and device, shaped to broadcast against the coefficients. The result has the images' shape.
+        """
+
+    @abstractmethod
+    def singular_values(self, input_shape: Shape) -> Tensor:
+        """s of A for each image of `input_shape` (B x C x H x W): B x (C H W) in float64, descending, with a
+        0 for every direction of A's null space and every singular value below the operator's cut-off."""
+
+    def noise_gain(self, input_shape: Shape) -> float:
+        """|A^+| = max over s > 0 of 1/s: how much A^+ (and so the projection) can amplify noise in y (0 if A = 0)."""
+        s = self.singular_values(input_shape)
+        positive = s[s > 0]
+        return 1.0 / positive.min().item() if positive.numel() else 0.0
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward(x)
@@ -124,6 +185,16 @@ class AveragePoolSR(LinearOperator):
     def pinv(self, y: Tensor) -> Tensor:
         return self._upsample(y)
 
+    def spectral(self, fn: SpectralFn, *images: Tensor) -> Tensor:
+        """Two-valued: s = 1/scale on block-constant images (the rows of A), 0 elsewhere."""
+        return _two_valued_spectral(fn, images, 1.0 / self.scale, lambda x: self.pinv(self.forward(x)))
+
+    def singular_values(self, input_shape: Shape) -> Tensor:
+        batch, channels, height, width = self.output_shape(input_shape)
+        s = torch.zeros(math.prod(input_shape[1:]), dtype=torch.float64)
+        s[: channels * height * width] = 1.0 / self.scale
+        return s.expand(batch, -1)
+
 
 def svd_pinv(matrix: Tensor, rcond: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(U, S, V, V S^+ U^T) of a matrix, with S^+ = 1/S where S > rcond max(S) and 0 elsewhere."""
@@ -134,6 +205,61 @@ def svd_pinv(matrix: Tensor, rcond: float) -> tuple[Tensor, Tensor, Tensor, Tens
     return u, s, v, (v * s_inv) @ u.mT
 
 
+def _reciprocal(s: Tensor) -> Tensor:
+    """1/s where s > 0, 0 where s = 0."""
+    positive = s > 0
+    return torch.where(positive, 1.0 / torch.where(positive, s, torch.ones_like(s)), torch.zeros_like(s))
+
+
+@dataclass(frozen=True)
+class AxisSVD:
+    """One axis of a separable operator: its 1-D matrix M (m x n, m <= n) as U diag(s) V^T over all of R^n.
+
+    Attributes:
+        u: m x m, the left singular vectors.
+        s: n singular values, descending: the m of M (those the cut-off drops set to 0), then n - m zeros for
+            the directions M does not see.
+        v: n x n, orthogonal: the right singular vectors completed to a basis of R^n.
+    """
+
+    u: Tensor
+    s: Tensor
+    v: Tensor
+
+    @classmethod
+    def of(cls, matrix: Tensor, kept: Callable[[Tensor], Tensor]) -> AxisSVD:
+        """The full SVD of `matrix`, keeping the singular values where kept(s) is true (the others become 0)."""
+        rows, cols = matrix.shape
+        if rows > cols:
+            raise ValueError(f"AxisSVD needs a matrix with no more rows than columns, got {rows} x {cols}")
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=True)
+        padded = s.new_zeros(cols)
+        padded[:rows] = torch.where(kept(s), s, torch.zeros_like(s))
+        return cls(u, padded, vh.mT)
+
+
+def _separable(rows: Tensor, image: Tensor, cols: Tensor) -> Tensor:
+    """rows @ X @ cols^T on every B x C plane X of `image`: (rows (x) cols) acting on row-major pixels."""
+    return _like(rows, image) @ image @ _like(cols, image).mT
+
+
+def separable_spectral(fn: SpectralFn, images: tuple[Tensor, ...], v_h: Tensor, v_w: Tensor, s: Tensor) -> Tensor:
+    """`LinearOperator.spectral` of an A whose right singular vectors are V = V_h (x) V_w on each channel plane.
+
+    The coefficients V^T X = V_h^T X V_w are B x C x H x W; `s` (H x W, or C x H x W where the channels
+    differ) holds the singular value of each entry.
+    """
+    like = _same_shapes(images)
+    coefficients = [_separable(v_h.mT, x, v_w.mT) for x in images]
+    return _separable(v_h, fn(_like(s, like), *coefficients), v_w)
+
+
+def separable_singular_values(input_shape: Shape, s: Tensor) -> Tensor:
+    """All C x H x W singular values per image, from `s` on the H x W coefficient grid (or C x H x W)."""
+    batch, channels, height, width = _image_shape(input_shape, "a separable operator's input")
+    return _sorted_per_image(s.expand(channels, height, width), batch)
+
+
 class BicubicSR(LinearOperator):
     """Super-resolution by bicubic down-sampling, as a separable matrix per axis (DDRM's bicubic SR).
 
@@ -142,7 +268,8 @@ class BicubicSR(LinearOperator):
     the image size ``size = (H, W)`` given here, so A knows its borders exactly. A^T uses the
     transposed matrices. A^+ = A_w^+ (x) A_h^+ because the pseudo-inverse of a Kronecker product is
     the product of the pseudo-inverses; each 1-D A^+ = V S^+ U^T comes from the SVD of its matrix
-    with singular values below ``rcond`` times the largest treated as zero.
+    with singular values below ``rcond`` times the largest treated as zero; `spectral` uses the same
+    SVD completed to all of R^H and R^W (`axis_h`, `axis_w`).
     """
 
     def __init__(self, scale: int = 4, size: tuple[int, int] = (256, 256), rcond: float = 1e-6) -> None:
@@ -159,6 +286,8 @@ class BicubicSR(LinearOperator):
         self.matrix_w = bicubic_matrix(self.size[1], scale)
         self.u_h, self.s_h, self.v_h, self.pinv_h = svd_pinv(self.matrix_h, rcond)
         self.u_w, self.s_w, self.v_w, self.pinv_w = svd_pinv(self.matrix_w, rcond)
+        self.axis_h = AxisSVD.of(self.matrix_h, lambda s: s > rcond * s.max())
+        self.axis_w = AxisSVD.of(self.matrix_w, lambda s: s > rcond * s.max())
 
     def output_shape(self, input_shape: Shape) -> Shape:
         batch, channels, height, width = _image_shape(input_shape, "BicubicSR input")
@@ -173,22 +302,25 @@ class BicubicSR(LinearOperator):
                 f"BicubicSR expects measurements B x C x {expected[0]} x {expected[1]}, got {tuple(y.shape)}"
             )
 
-    @staticmethod
-    def _separable(rows: Tensor, image: Tensor, cols: Tensor) -> Tensor:
-        # rows @ X @ cols^T on every B x C plane
-        return _like(rows, image) @ image @ _like(cols, image).mT
-
     def forward(self, x: Tensor) -> Tensor:
         self.output_shape(x.shape)
-        return self._separable(self.matrix_h, x, self.matrix_w)
+        return _separable(self.matrix_h, x, self.matrix_w)
 
     def adjoint(self, y: Tensor) -> Tensor:
         self._check_measurement(y)
-        return self._separable(self.matrix_h.mT, y, self.matrix_w.mT)
+        return _separable(self.matrix_h.mT, y, self.matrix_w.mT)
 
     def pinv(self, y: Tensor) -> Tensor:
         self._check_measurement(y)
-        return self._separable(self.pinv_h, y, self.pinv_w)
+        return _separable(self.pinv_h, y, self.pinv_w)
+
+    def spectral(self, fn: SpectralFn, *images: Tensor) -> Tensor:
+        self.output_shape(_same_shapes(images).shape)
+        return separable_spectral(fn, images, self.axis_h.v, self.axis_w.v, torch.outer(self.axis_h.s, self.axis_w.s))
+
+    def singular_values(self, input_shape: Shape) -> Tensor:
+        self.output_shape(input_shape)
+        return separable_singular_values(input_shape, torch.outer(self.axis_h.s, self.axis_w.s))
 
 
 class Blur(LinearOperator):
@@ -200,6 +332,10 @@ class Blur(LinearOperator):
     elsewhere (frequencies the blur erases). A small rcond gives the exact pseudo-inverse; with a
     noisy y a larger one keeps noise from being amplified (DDRM's code zeroes the
     singular values of its 1-D blur matrices below 3e-2).
+
+    Its SVD comes from the unitary 2-D DFT F: A = F^H diag(K) F = (F^H diag(K / |K|)) diag(|K|) F, so V = F^H,
+    the coefficients V^H x are the orthonormal fft2 of x (complex), and s = |K| over the full H x W spectrum,
+    0 where A^+ drops the frequency.
     """
 
     def __init__(self, kernel: Tensor, rcond: float = 1e-6) -> None:
@@ -220,13 +356,21 @@ class Blur(LinearOperator):
             raise ValueError(f"Blur kernel of size {kh} x {kw} is larger than the image of shape {tuple(input_shape)}")
         return tuple(int(s) for s in input_shape)
 
-    def transfer_function(self, height: int, width: int, like: Tensor) -> Tensor:
-        """K = rfft2 of the kernel zero-padded to H x W with its centre moved to (0, 0)."""
+    def _centred_kernel(self, height: int, width: int) -> Tensor:
+        """The kernel zero-padded to H x W with its centre moved to (0, 0)."""
         kh, kw = self.kernel.shape
         padded = self.kernel.new_zeros(height, width)
         padded[:kh, :kw] = self.kernel
-        padded = padded.roll(shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))
-        return torch.fft.rfft2(_like(padded, like))
+        return padded.roll(shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))
+
+    def transfer_function(self, height: int, width: int, like: Tensor) -> Tensor:
+        """K = rfft2 of the kernel zero-padded to H x W with its centre moved to (0, 0)."""
+        return torch.fft.rfft2(_like(self._centred_kernel(height, width), like))
+
+    def _spectrum(self, height: int, width: int) -> Tensor:
+        """s = |K| on the full H x W frequency grid (float64), 0 where |K| <= rcond max|K| (as in A^+)."""
+        magnitude = torch.fft.fft2(self._centred_kernel(height, width)).abs()
+        return torch.where(magnitude > self.rcond * magnitude.max(), magnitude, torch.zeros_like(magnitude))
 
     def _filter(self, image: Tensor, gain: Callable[[Tensor], Tensor]) -> Tensor:
         """Multiply the image's spectrum by gain(K)."""
@@ -248,6 +392,18 @@ class Blur(LinearOperator):
     def pinv(self, y: Tensor) -> Tensor:
         return self._filter(y, self._inverse_gain)
 
+    def spectral(self, fn: SpectralFn, *images: Tensor) -> Tensor:
+        """ifft2(fn(|K|, fft2(x_1), ...)) with orthonormal transforms; the real part (the imaginary part is 0
+        when fn's weights are real, since |K| is symmetric under f -> -f as the kernel is real)."""
+        height, width = self.output_shape(_same_shapes(images).shape)[-2:]
+        s = _like(self._spectrum(height, width), images[0])
+        coefficients = [torch.fft.fft2(x, norm="ortho") for x in images]
+        return torch.fft.ifft2(fn(s, *coefficients), norm="ortho").real
+
+    def singular_values(self, input_shape: Shape) -> Tensor:
+        batch, channels, height, width = self.output_shape(input_shape)
+        return _sorted_per_image(self._spectrum(height, width).repeat(channels, 1), batch)
+
 
 def _check_kernel_size(size: int) -> None:
     if size < 1 or size % 2 == 0:
@@ -258,15 +414,21 @@ def _offsets(size: int) -> Tensor:
     return torch.arange(size, dtype=torch.float64) - size // 2
 
 
+def gaussian_taps(sigma: float, size: int) -> Tensor:
+    """exp(-offset^2 / (2 sigma^2)) over the `size` offsets -size // 2 .. size // 2, normalised to sum 1 (float64)."""
+    _check_kernel_size(size)
+    if not sigma > 0.0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    g = torch.exp(-0.5 * (_offsets(size) / sigma) ** 2)
+    return g / g.sum()
+
+
 def gaussian_blur(sigma: float = 10.0, size: int = 5, rcond: float = 1e-6) -> Blur:
     """Isotropic Gaussian blur on a ``size x size`` square, normalised to sum 1.
 
     The defaults are DDRM's Gaussian deblurring setting (sigma 10 over 5 taps, nearly a box blur).
     """
-    _check_kernel_size(size)
-    if not sigma > 0.0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    g = torch.exp(-0.5 * (_offsets(size) / sigma) ** 2)
+    g = gaussian_taps(sigma, size)
     kernel = torch.outer(g, g)
     return Blur(kernel / kernel.sum(), rcond=rcond)
 
@@ -332,12 +494,22 @@ class Inpainting(LinearOperator):
     def pinv(self, y: Tensor) -> Tensor:
         return self.forward(y)
 
+    def spectral(self, fn: SpectralFn, *images: Tensor) -> Tensor:
+        """Two-valued: s = 1 on the observed pixels, 0 on the missing ones."""
+        return _two_valued_spectral(fn, images, 1.0, self.forward)
+
+    def singular_values(self, input_shape: Shape) -> Tensor:
+        batch, channels, height, width = self.output_shape(input_shape)
+        mask = self.mask.expand(batch, channels, height, width).reshape(batch, -1)
+        return mask.sort(dim=1, descending=True).values
+
 
 class Colorization(LinearOperator):
     """Gray-scale observation: y = the mean of the 3 colour channels, ``B x 1 x H x W``.
 
     A = [1, 1, 1] / 3 per pixel, so A A^T = I / 3: A^T repeats y over the channels divided by 3 and
-    A^+ = 3 A^T repeats it unchanged (the channel mean of a repeat is itself).
+    A^+ = 3 A^T repeats it unchanged (the channel mean of a repeat is itself). Its one singular value per
+    pixel is |[1, 1, 1] / 3| = 1 / sqrt(3).
     """
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -362,6 +534,16 @@ class Colorization(LinearOperator):
         self._check_measurement(y)
         return y.expand(-1, RGB_CHANNELS, -1, -1).clone()
 
+    def spectral(self, fn: SpectralFn, *images: Tensor) -> Tensor:
+        """Two-valued: s = 1/sqrt(3) on gray images (equal channels), 0 on those with channel mean 0."""
+        return _two_valued_spectral(fn, images, 1.0 / math.sqrt(RGB_CHANNELS), lambda x: self.pinv(self.forward(x)))
+
+    def singular_values(self, input_shape: Shape) -> Tensor:
+        batch, _, height, width = self.output_shape(input_shape)
+        s = torch.zeros(RGB_CHANNELS * height * width, dtype=torch.float64)
+        s[: height * width] = 1.0 / math.sqrt(RGB_CHANNELS)
+        return s.expand(batch, -1)
+
 
 OPERATOR_NAMES: tuple[str, ...] = (
     "sr<k>",
@@ -372,8 +554,16 @@ OPERATOR_NAMES: tuple[str, ...] = (
     "inpaint_box",
     "inpaint_random<p>",
     "colorization",
+    "deblur_gauss_ddrm",
+    "deblur_uni_ddrm",
+    "deblur_aniso_ddrm",
+    "deblur_gauss_sep",
+    "deblur_uni_sep",
+    "deblur_aniso_sep",
+    "cs_wh<k>",
 )
-"""The names `make_operator` understands (<k>: an integer scale, <p>: a percentage of missing pixels)."""
+"""The names `make_operator` understands (<k>: an integer scale or compression ratio, <p>: a percentage of
+missing pixels)."""
 
 
 def make_operator(name: str, size: tuple[int, int], seed: int = 0) -> LinearOperator:
@@ -386,8 +576,18 @@ def make_operator(name: str, size: tuple[int, int], seed: int = 0) -> LinearOper
       setting, not DDRM's);
     - ``inpaint_box``: the central square of half the side is missing; ``inpaint_random<p>``: p % of the
       pixels missing, drawn from `seed` (the same holes in every channel);
-    - ``colorization``: the channel mean.
+    - ``colorization``: the channel mean;
+    - ``deblur_gauss_ddrm``, ``deblur_uni_ddrm``, ``deblur_aniso_ddrm``: the function DDRM's (and DDNM's,
+      DeqIR's) deblurring code computes (`operators_svd.SeparableBlur`, channel_order "ddrm": zero border,
+      truncated SVD, its singular values dealt per channel as that code does; 3 channels): Gaussian sigma 10
+      over 5 taps, 9-tap box, Gaussians sigma 1 along H and 20 along W over 9 taps;
+    - ``deblur_gauss_sep``, ``deblur_uni_sep``, ``deblur_aniso_sep``: the same three as the blurs DDRM meant
+      (channel_order "kronecker": the 1-D blurs along H and W of every channel);
+    - ``cs_wh<k>``: Walsh-Hadamard compressed sensing keeping 1 coefficient in k (DDRM's ``cs_walshhadamard``
+      with deg_scale 1/k; DeqIR: k = 2), the coefficients drawn from `seed`; H and W powers of two.
     """
+    from ir_lightning.diffusion import operators_svd  # builds on LinearOperator above
+
     height, width = size
     if name.startswith("sr") and name[2:].isdigit():
         return AveragePoolSR(int(name[2:]))
@@ -409,4 +609,14 @@ def make_operator(name: str, size: tuple[int, int], seed: int = 0) -> LinearOper
         return Inpainting((~missing).to(torch.float64))
     if name == "colorization":
         return Colorization()
+    ddrm_blurs = {
+        "gauss": operators_svd.ddrm_gaussian_blur,
+        "uni": operators_svd.ddrm_uniform_blur,
+        "aniso": operators_svd.ddrm_anisotropic_blur,
+    }
+    kind, _, order = name.removeprefix("deblur_").partition("_")
+    if name.startswith("deblur_") and kind in ddrm_blurs and order in ("ddrm", "sep"):
+        return ddrm_blurs[kind](size, channel_order="ddrm" if order == "ddrm" else "kronecker")
+    if name.startswith("cs_wh") and name[5:].isdigit():
+        return operators_svd.WalshHadamardCS(int(name[5:]), size, seed=seed)
     raise ValueError(f"unknown operator {name!r}; valid: {', '.join(OPERATOR_NAMES)}")
