@@ -488,6 +488,48 @@ BREAKS: tuple[Break, ...] = (
         "result.iterations, result.states = k + 1, mapped  #",
         ("tests/diffusion/test_deq_anderson_official.py",),
     ),
+    Break(
+        "operators_svd: DDRM's 1-D blur matrix keeps the kernel's last tap",
+        "ir_lightning/diffusion/operators_svd.py",
+        "    for tap in range(2 * centre):",
+        "    for tap in range(kernel.numel()):",
+        ("tests/diffusion/test_operators_svd.py",),
+    ),
+    Break(
+        "operators_svd: the 3e-2 cut-off left out of A (H axis)",
+        "ir_lightning/diffusion/operators_svd.py",
+        "self.axis_h = AxisSVD.of(ddrm_blur_matrix(kernel_h, self.size[0]), lambda s: s >= cutoff)",
+        "self.axis_h = AxisSVD.of(ddrm_blur_matrix(kernel_h, self.size[0]), lambda s: s >= 0)",
+        ("tests/diffusion/test_operators_svd.py",),
+    ),
+    Break(
+        "operators_svd: DDRM's singular values dealt to their own basis images (the channel mismatch lost)",
+        "ir_lightning/diffusion/operators_svd.py",
+        "dealt = ranked[(channels * rank[None] + torch.arange(channels)[:, None]) % values.numel()]",
+        "dealt = ranked[rank[None].expand(channels, -1)]",
+        ("tests/diffusion/test_operators_svd.py",),
+    ),
+    Break(
+        "operators: spectral of a two-valued operator gives the null space the range's singular value",
+        "ir_lightning/diffusion/operators.py",
+        "fn(like.new_tensor(0.0), *nulls)",
+        "fn(like.new_tensor(s_range), *nulls)",
+        ("tests/diffusion/test_operators_svd.py",),
+    ),
+    Break(
+        "deq: DeqIR's null-space split drifts the whole state, not its null-space part",
+        "ir_lightning/diffusion/deq/chains.py",
+        "        return gain[k].item() * null_part(s)\n",
+        "        return gain[k].item() * s\n",
+        ("tests/diffusion/test_deq_official.py",),
+    ),
+    Break(
+        "deqir: the noise-aware correction gets sigma_y on the [0, 1] scale, not the chain's signed scale",
+        "ir_lightning/methods/deqir.py",
+        "sigma_y=2 * self.sigma_y if self.noise_aware else 0.0",
+        "sigma_y=self.sigma_y if self.noise_aware else 0.0",
+        ("tests/methods/test_deqir_options.py",),
+    ),
 )
 
 

@@ -154,7 +154,12 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
         "--sampler",
         help="sampler (sampling.sampler: ddpm|ddim) or solver (sampling.solver.method: sequential|anderson|picard)",
     )
-    p.add_argument("--operator", help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization")
+    p.add_argument(
+        "--operator",
+        help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization; the measurement's noise "
+        "is --set sigma_y=S on the [0, 1] scale (0.1 here = the official DeqIR --sigma_y 0.2, on [-1, 1]; DDNM's "
+        "--sigma_y is on [0, 1] like ours), corrected by --set noise_aware=true (DDNM+)",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -115,6 +115,28 @@ def respaced_timesteps(n_train: int, n_steps: int) -> Tensor:
     return respaced_indices(n_train, n_steps).flip(0)
 
 
+def official_timesteps(n_train: int, n_steps: int, start: int | None = None) -> Tensor:
+    """DeqIR's and DDNM's timesteps (int64), in the order a sampler visits them: every skip-th step of
+    [0, start) with skip = start // n_steps, noisiest first, down to 0; e.g. 960, 920, ..., 40, 0 for
+    n_train = 1000, n_steps = 25 (ours, `respaced_timesteps`: 999, 957, ..., 0).
+
+    `start` (None: n_train) is DeqIR's --start_timesteps (caojiezhang/DeqIR runners/diffusion.py:430-451,
+    `get_timestep_sequence_sr` with skip_type "uniform": range(0, start, skip), its last entry dropped when
+    start % n_steps != 0). DDNM (wyhuai/DDNM functions/svd_ddnm.py:23-38, no time travel) visits
+    (n_steps - 1) skip, ..., skip, 0 with skip = n_train // n_steps. Both are the first n_steps entries of
+    range(0, start, skip), which this returns; where DeqIR's list would not have n_steps entries (start % n_steps
+    > skip, e.g. 300 steps of 1000) the official run fails, and this gives DDNM's. The step after the last goes
+    to alpha_bar = 1 (the official `compute_alpha` at t = -1), as every chain of the suite does.
+    """
+    start = n_train if start is None else start
+    if not 1 <= n_steps <= start <= n_train:
+        raise ValueError(
+            f"official timesteps need 1 <= n_steps <= start <= n_train, got n_steps={n_steps}, start={start}, "
+            f"n_train={n_train}"
+        )
+    return torch.arange(0, start, start // n_steps, dtype=torch.int64)[:n_steps].flip(0)
+
+
 def sample_noise_levels(
     gammas: Tensor,
     batch: int,

@@ -18,6 +18,7 @@ take `lq` as the measurement itself.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -33,13 +34,27 @@ from ir_lightning.diffusion.deq import (
     run_chain,
     spectral_prior_eps,
 )
+from ir_lightning.diffusion.deq.chains import NOISE_WEIGHTS, EpsModel, NoiseWeights
+from ir_lightning.diffusion.deq.solve import Chain
 from ir_lightning.diffusion.operators import LinearOperator, make_operator
 from ir_lightning.diffusion.ranges import to_signed, to_unit
-from ir_lightning.diffusion.schedules import respaced_timesteps
+from ir_lightning.diffusion.schedules import official_timesteps, respaced_timesteps
 from ir_lightning.methods.base import Restoration, RestorationModule
 from ir_lightning.methods.settings import NoiseSchedule, Sampling, check_sampler, upgrade_sampling
 
-Preconditioner = Literal["spectral", "none"]
+Preconditioner = Literal["spectral", "none", "official"]
+PRECONDITIONERS: tuple[str, ...] = ("spectral", "none", "official")
+Timesteps = Literal["ours", "official"]
+TIMESTEPS: tuple[str, ...] = ("ours", "official")
+NOISE_GAIN_WARNING = 10.0
+"""Without `noise_aware`, `restoration` warns when sigma_y > 0 and the operator amplifies noise by more than
+this (its `noise_gain`, max 1 / s over its non-zero singular values): A^+ then blows the noise up in x_0."""
+SHARED_NOISE = ("deqir", "deqir_without_svd")
+"""The weights whose official sampler draws one noise for all steps (DeqIR); the others draw one per step."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class DeqIR(RestorationModule):
@@ -50,18 +65,41 @@ class DeqIR(RestorationModule):
         train_schedule: the DDPM schedule (the paper's models: linear 1e-4 .. 0.02, T = 1000).
         operator: the degradation, by name (`ir_lightning.diffusion.operators.make_operator`: sr4,
             bicubic4, deblur_gauss, deblur_uni, deblur_aniso, inpaint_box, inpaint_random50, colorization).
-        sigma_y: measurement noise std (on the [0, 1] scale) added when validation makes y from gt.
-        sampling: T (`steps`: the training schedule respaced), `eta` (DDIM's stochasticity; its noise is drawn
-            once from `seed`, so the chain stays deterministic and the parallel solution equals the sequential
-            one), `seed` (of x_T and that noise) and `solver`: "sequential" (T serial network calls), "anderson"
-            or "picard" (the joint fixed point) with its memory, regularisation, mixing, tolerance and max_iter
-            (the paper: 5, 1e-3, 1, 1e-3, 15) and `chunk_size` (at most this many states per network call). The
-            chain does not clamp (DDNM's projection keeps A x_0 = y), so `clip` must be false.
+        sigma_y: measurement noise std on the [0, 1] scale: added when validation makes y from gt, and the
+            noise level `noise_aware` corrects for. 0.1 here is the official DeqIR --sigma_y 0.2 (DeqIR adds its
+            value on the [-1, 1] scale; DDNM's --sigma_y is on [0, 1] like ours and its code doubles it).
+        sampling: T (`steps`), `eta` (the stochasticity of `noise_weights`: DDIM's eta, DDNM's eta, DeqIR's
+            --etw), `seed` (of x_T and the noises) and `solver`: "sequential" (T serial network calls),
+            "anderson" or "picard" (the joint fixed point) with its memory, regularisation, mixing, tolerance and
+            max_iter (the paper: 5, 1e-3, 1, 1e-3, 15) and `chunk_size` (at most this many states per network
+            call). Every noise is drawn once from `seed` before the chain runs, so the chain stays deterministic
+            and its fixed point is the sequential chain for any eta: set `fixed_noise: true` to solve a chain
+            with eta > 0 in parallel. The chain does not clamp (DDNM's projection keeps A x_0 = y), so `clip`
+            must be false.
         preconditioner: "spectral" (default) solves the chain split around a 1/f^2 Gaussian prior's step
             (`deq.precondition`, `deq.spectral_prior_eps`): the same fixed point, reached in far fewer
-            iterations on photos; "none" uses DDNM's plain split. Ignored by the sequential solver.
+            iterations on photos; "none" uses the plain split (drift c_eps / sqrt(1 - a_t) x_t); "official"
+            DeqIR's own split (drift sqrt(a_prev / a_t) (I - A^+ A) x_t, `ddnm_chain(split="null_space")`),
+            whose solver iterates are the official code's (its map G is the official `compute_multi_step_sr`).
+            Ignored by the sequential solver.
         prior_variance: the pixel variance of that Gaussian prior on the signed [-1, 1] scale.
         y_channel: compute PSNR/SSIM on the Y channel (default: RGB, as DDNM/DeqIR report).
+        timesteps: "ours" (default: `respaced_timesteps`, 999, 957, ..., 0 at T = 25 of 1000) or "official"
+            (`official_timesteps`: DeqIR's and DDNM's 960, 920, ..., 0, runners/diffusion.py:430-451).
+        start_timesteps: DeqIR's --start_timesteps (None: the training schedule's length), with timesteps
+            "official" only: the official timesteps are then spaced over [0, start_timesteps).
+        noise_weights: the weights of eps and of the noise in a step (`deq.chains.noise_weights`): "ddim"
+            (default: DDIM's eta, a fresh noise per step), "ddnm" (DDNM's SVD sampler, functions/svd_ddnm.py:63-64:
+            sqrt(1 - a_prev) eta and sqrt(1 - a_prev) sqrt(1 - eta^2), a fresh noise per step; DDNM runs eta 0.85
+            at T = 100), "deqir" (DeqIR with --use_svd, runners/diffusion.py:521-525: sqrt(1 - a_prev) nw and
+            sqrt(1 - a_prev) sqrt(1 - etw^2), etw = sampling.eta, nw = `noise_weight`, ONE noise for every step,
+            runners/diffusion.py:546) or "deqir_without_svd" (the same times sqrt(1 - a_prev^2), what DeqIR
+            computes without --use_svd: a bug inherited from DDNM's simplified code, see `noise_weights`).
+        noise_weight: DeqIR's --nw (official default 0: no noise), for the "deqir" and "deqir_without_svd"
+            weights only (the others take their noise weight from eta).
+        noise_aware: DDNM+'s noise-aware correction for sigma_y > 0 (DDNM eq. 17-19, `ddnm_chain(sigma_y=...)`,
+            functions/svd_ddnm.py `ddnm_plus_diffusion`); it needs the operator's `spectral`. The official DeqIR
+            has none. Without it, restoring with sigma_y > 0 through an operator whose noise gain exceeds 10 warns.
         **kwargs: `RestorationModule`'s (optimizer, warmup_steps, crop_border, max_nonfinite_steps).
     """
 
@@ -78,6 +116,11 @@ class DeqIR(RestorationModule):
         preconditioner: Preconditioner = "spectral",
         prior_variance: float = 0.25,
         y_channel: bool = False,
+        timesteps: Timesteps = "ours",
+        start_timesteps: int | None = None,
+        noise_weights: NoiseWeights = "ddim",
+        noise_weight: float = 0.0,
+        noise_aware: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(y_channel=y_channel, **kwargs)
@@ -87,7 +130,7 @@ class DeqIR(RestorationModule):
         make_operator(operator, (64, 64))  # an unknown name fails here, naming the valid ones
         if sigma_y < 0:
             raise ValueError(f"model.init_args.sigma_y must be >= 0, got {sigma_y}")
-        self.sampling = check_sampler(Sampling.of(sampling), self.SAMPLERS, "DeqIR")
+        self.sampling = check_sampler(Sampling.of(sampling), self.SAMPLERS, "DeqIR", fixed_noise=True)
         if not 1 <= self.sampling.steps <= self.alpha_bars.shape[0]:
             raise ValueError(
                 f"model.init_args.sampling.steps must be in [1, {self.alpha_bars.shape[0]}], got {self.sampling.steps}"
@@ -98,11 +141,45 @@ class DeqIR(RestorationModule):
                 "set it to false"
             )
         self.operator_name, self.sigma_y = operator, sigma_y
-        if preconditioner not in ("spectral", "none"):
-            raise ValueError(f"model.init_args.preconditioner must be spectral or none, got {preconditioner!r}")
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(
+                f"model.init_args.preconditioner must be {', '.join(PRECONDITIONERS)}, got {preconditioner!r}"
+            )
         if not prior_variance > 0:
             raise ValueError(f"model.init_args.prior_variance must be > 0, got {prior_variance}")
         self.preconditioner, self.prior_variance = preconditioner, prior_variance
+        if timesteps not in TIMESTEPS:
+            raise ValueError(f"model.init_args.timesteps must be {' or '.join(TIMESTEPS)}, got {timesteps!r}")
+        if start_timesteps is not None and (timesteps != "official" or not _is_int(start_timesteps)):
+            raise ValueError(
+                f"model.init_args.start_timesteps must be null, or an integer with timesteps: official; got "
+                f"{start_timesteps!r} with timesteps: {timesteps}"
+            )
+        self.timestep_kind, self.start_timesteps = timesteps, start_timesteps
+        self.sampling_timesteps()  # a start_timesteps out of range fails here
+        if noise_weights not in NOISE_WEIGHTS:
+            raise ValueError(f"model.init_args.noise_weights must be {', '.join(NOISE_WEIGHTS)}, got {noise_weights!r}")
+        if isinstance(noise_weight, bool) or not isinstance(noise_weight, (int, float)) or not noise_weight >= 0:
+            raise ValueError(f"model.init_args.noise_weight must be a number >= 0, got {noise_weight!r}")
+        if noise_weight and noise_weights not in SHARED_NOISE:
+            raise ValueError(
+                f"model.init_args.noise_weight is DeqIR's --nw, for noise_weights deqir or deqir_without_svd; "
+                f"the {noise_weights} weights take theirs from sampling.eta (got noise_weight={noise_weight})"
+            )
+        if not isinstance(noise_aware, bool):
+            raise ValueError(f"model.init_args.noise_aware must be true or false, got {noise_aware!r}")
+        self.noise_weights, self.noise_weight, self.noise_aware = noise_weights, float(noise_weight), noise_aware
+        self._warned_noise_gain: set[str] = set()
+
+    def sampling_timesteps(self) -> Tensor:
+        """The T = sampling.steps timesteps the chain visits (int64, noisiest first), by `timesteps`."""
+        n_train, n_steps = self.alpha_bars.shape[0], self.sampling.steps
+        if self.timestep_kind == "ours":
+            return respaced_timesteps(n_train, n_steps)
+        try:
+            return official_timesteps(n_train, n_steps, self.start_timesteps)
+        except ValueError as error:
+            raise ValueError(f"model.init_args.start_timesteps: {error}") from None
 
     @classmethod
     def upgrade_hyperparameters(cls, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -152,21 +229,51 @@ class DeqIR(RestorationModule):
         y = 2 * lq - operator.forward(ones)  # A (2x - 1) = 2 A x - A 1: the measurement of the signed image
         generator = torch.Generator(device=lq.device).manual_seed(self.sampling.seed)
         x_T = torch.randn(ones.shape, generator=generator, device=lq.device, dtype=lq.dtype)
-        timesteps = respaced_timesteps(self.alpha_bars.shape[0], self.sampling.steps).to(lq.device)
-        noises = draw_noises(x_T, self.sampling.steps, generator)
-        alpha_bars = self.on_device(self.alpha_bars, lq.device)
+        n_steps = self.sampling.steps
+        if self.noise_weights in SHARED_NOISE:  # DeqIR: one noise sample for every step
+            noises = draw_noises(x_T, 1, generator).expand(n_steps, *x_T.shape)
+        else:
+            noises = draw_noises(x_T, n_steps, generator)
+        alpha_bars, timesteps = self.on_device(self.alpha_bars, lq.device), self.sampling_timesteps()
+        self._warn_of_noise_gain(operator, tuple(ones.shape))
 
         def eps_model(x: Tensor, t: Tensor) -> Tensor:
             return self.net(x, alpha_bars[t].sqrt().to(x.dtype))
 
-        chain = ddnm_chain(eps_model, operator, y, alpha_bars, timesteps, self.sampling.eta, noises)
-        if self.sampling.parallel and self.preconditioner == "spectral":
-            gaussian = spectral_prior_eps(alpha_bars, self.prior_variance)
-            chain = precondition(
-                chain, ddnm_chain(gaussian, operator, y, alpha_bars, timesteps, self.sampling.eta, noises)
+        def chain_of(eps: EpsModel, split: str = "x0") -> Chain:
+            return ddnm_chain(
+                eps,
+                operator,
+                y,
+                alpha_bars,
+                timesteps,
+                self.sampling.eta,
+                noises,
+                weights=self.noise_weights,
+                noise_weight=self.noise_weight,
+                sigma_y=2 * self.sigma_y if self.noise_aware else 0.0,  # the signed scale: twice ours
+                split=split,
             )
+
+        chain = chain_of(eps_model, "null_space" if self.preconditioner == "official" else "x0")
+        if self.sampling.parallel and self.preconditioner == "spectral":
+            chain = precondition(chain, chain_of(spectral_prior_eps(alpha_bars, self.prior_variance)))
         x0, result = run_chain(chain, x_T, self.sampling.solver, progress)
         return Restoration.of(to_unit(x0), result)
+
+    def _warn_of_noise_gain(self, operator: LinearOperator, shape: tuple[int, ...]) -> None:
+        """Warn once per operator when noisy measurements meet a noise-amplifying operator without `noise_aware`."""
+        if self.sigma_y == 0 or self.noise_aware or self.operator_name in self._warned_noise_gain:
+            return
+        gain = operator.noise_gain(shape)
+        if gain > NOISE_GAIN_WARNING:
+            self._warned_noise_gain.add(self.operator_name)
+            warnings.warn(
+                f"DeqIR restores a measurement with sigma_y={self.sigma_y} through the operator "
+                f"{self.operator_name!r}, whose pseudo-inverse amplifies noise up to {gain:.3g} times; set "
+                "model.init_args.noise_aware: true (DDNM+'s noise-aware correction)",
+                stacklevel=3,
+            )
 
     def measurement(self, gt: Tensor) -> tuple[LinearOperator, Tensor]:
         """The operator at `gt`'s size and y = A gt (+ sigma_y noise, seeded by `sampling.seed` + 1): the

@@ -51,6 +51,9 @@ class Sampling:
         clip: clamp the predicted clean image to the data range at each step.
         solver: how the deterministic chain (DDIM with eta = 0) runs: `method: sequential` step after step,
             or `anderson` / `picard`, all steps solved as one fixed point (`diffusion.deq`).
+        fixed_noise: the sampler's noises are drawn once from `seed` before the chain runs, so a chain with
+            eta > 0 is deterministic and the solver may solve it as one fixed point (equal to the sequential
+            chain). Only a method whose chain takes its noises up front accepts it (DeqIR's does).
     """
 
     steps: int = 50
@@ -59,6 +62,7 @@ class Sampling:
     seed: int = 0
     clip: bool = True
     solver: SolverSettings = field(default_factory=SolverSettings)
+    fixed_noise: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.solver, dict):  # built from a checkpoint's plain dict
@@ -71,10 +75,12 @@ class Sampling:
             raise ValueError(f"sampling.sampler must be ddpm or ddim, got {self.sampler!r}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"sampling.eta must lie in [0, 1] (0: DDIM, 1: DDPM variance), got {self.eta!r}")
-        if self.solver.method != "sequential" and (self.sampler != "ddim" or self.eta != 0):
+        if not isinstance(self.fixed_noise, bool):
+            raise ValueError(f"sampling.fixed_noise must be true or false, got {self.fixed_noise!r}")
+        if self.solver.method != "sequential" and (self.sampler != "ddim" or (self.eta != 0 and not self.fixed_noise)):
             raise ValueError(
                 f"sampling.solver.method={self.solver.method} solves the deterministic chain (sampler ddim, "
-                f"eta 0) in parallel; got sampler={self.sampler!r}, eta={self.eta}"
+                f"eta 0, or eta > 0 with fixed_noise) in parallel; got sampler={self.sampler!r}, eta={self.eta}"
             )
 
     @property
@@ -97,11 +103,16 @@ class Sampling:
         return dataclasses.replace(self, **changes)
 
 
-def check_sampler(sampling: Sampling, offered: tuple[str, ...], method: str) -> Sampling:
-    """`sampling`, after checking that `method` offers its sampler."""
+def check_sampler(sampling: Sampling, offered: tuple[str, ...], method: str, *, fixed_noise: bool = False) -> Sampling:
+    """`sampling`, after checking that `method` offers its sampler, and `fixed_noise` where it asks for it (a
+    method whose chain draws its noises up front passes fixed_noise=True)."""
     if sampling.sampler not in offered:
         raise ValueError(
             f"model.init_args.sampling.sampler: {method} samples with {' or '.join(offered)}, got {sampling.sampler!r}"
+        )
+    if sampling.fixed_noise and not fixed_noise:
+        raise ValueError(
+            f"model.init_args.sampling.fixed_noise: {method}'s sampler draws its noise step by step; set it to false"
         )
     return sampling
 

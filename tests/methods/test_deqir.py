@@ -114,7 +114,7 @@ def test_predict_restores_an_lq_of_the_operators_size():
         ({"sampling": {"solver": {"method": "newton"}}}, "newton"),
         ({"sampling": {"steps": 101}}, r"sampling.steps must be in \[1, 100\]"),
         ({"sampling": {"clip": True}}, "DeqIR's chain does not clamp"),
-        ({"preconditioner": "jacobi"}, "preconditioner must be spectral or none, got 'jacobi'"),
+        ({"preconditioner": "jacobi"}, "preconditioner must be spectral, none, official, got 'jacobi'"),
         ({"prior_variance": 0.0}, "prior_variance must be > 0"),
     ],
 )

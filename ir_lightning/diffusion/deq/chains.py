@@ -30,7 +30,7 @@ StackStep = Callable[[Tensor, Tensor], Tensor]
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 """`eps_model(x_t, t) -> eps_hat` with t the integer DDPM timestep of each image, int64 of shape (N,)."""
 
-SpectralFn = Callable[..., Tensor]
+StackSpectralFn = Callable[..., Tensor]
 """`fn(rows, s, *coefficients)`: `LinearOperator.spectral`'s fn for the rows `rows` of a step-major stack."""
 
 ConditionedPredictor = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -130,7 +130,7 @@ def noise_weights(
     return scale * math.sqrt(1.0 - eta**2), scale * noise_weight
 
 
-def _spectral_on_stack(operator: LinearOperator, batch: int, fn: SpectralFn, *stacks: Tensor) -> Tensor:
+def _spectral_on_stack(operator: LinearOperator, batch: int, fn: StackSpectralFn, *stacks: Tensor) -> Tensor:
     """operator.spectral(fn, *stacks) on step-major stacks of n B images, `fn(rows, s, *coefficients)` told
     which rows it gets (for per-image constants)."""
     return _blockwise(
@@ -218,7 +218,10 @@ def ddnm_chain(
     noisy = bool((c_z > 0).any()) or sigma_y > 0
     if noisy and (noises is None or noises.shape[:2] != (n_steps, batch)):
         got = None if noises is None else tuple(noises.shape)
-        raise ValueError(f"eta > 0 needs noises of shape ({n_steps}, {batch}, C, H, W), got {got}")
+        raise ValueError(
+            f"a step with noise (eta, noise_weight or sigma_y > 0) needs noises of shape ({n_steps}, {batch}, C, H, W), "
+            f"got {got}"
+        )
 
     def step(states: Tensor, steps: Tensor) -> Tensor:
         index = steps.cpu()
@@ -258,9 +261,10 @@ def _noise_aware_step(
     batch, a = y.shape[0], a_prev.sqrt()
 
     def weights(rows: slice, s: Tensor, like: Tensor):
-        return _noise_aware_weights(
-            s, per_sample(a[rows], like), sigma_y, per_sample(c_eps[rows], like), per_sample(c_z[rows], like)
-        )
+        def level(values: Tensor) -> Tensor:  # per image, in s's (real) dtype: coefficients may be complex
+            return values[rows].reshape(-1, *([1] * (like.ndim - 1))).to(device=s.device, dtype=s.dtype)
+
+        return _noise_aware_weights(s, level(a), sigma_y, level(c_eps), level(c_z))
 
     correction = _project_stack(operator, x0_t, y) - x0_t  # A^+ (y - A x0|t)
     # x0_hat = x0|t + V Lambda V^T A^+ (y - A x0|t) (DDNM eq. 17)
