@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from datamodules.folders import images_by_stem, pair_by_stem, suffix_rule
 from datamodules.format import IMAGE_SUFFIXES
-from ir_lightning.commands.restore import add_model_arguments
+from ir_lightning.commands.restore import add_model_arguments, use_native_tile
 from ir_lightning.inference.loading import RestoreError, chosen_device, load_method
 from ir_lightning.io.atomic import atomic_write_text, lands_in, output_image_path
 from ir_lightning.metrics.protocols import PRESETS, Protocol, bicubic_lq, modcrop, presets_table, protocol_line
@@ -519,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         lpips = load_lpips(args, device)
         fid_network = load_fid(args, device)
         model = load_method(args.ckpt, args, device)
+        use_native_tile(model, args)
         results = evaluate(args, protocol, pairs, model, device, lpips, fid_network)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -179,6 +179,21 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
 
 
+def use_native_tile(model: RestorationModule, args: argparse.Namespace) -> None:
+    """Tile at the size the model's network works at, when it works at one size only (a pretrained prior:
+    `RestorationModule.native_tile`), whatever `--tile` said, and say so."""
+    native = model.native_tile()
+    if native is None or args.tile == native:
+        return
+    overlap = min(args.overlap, native // 2)
+    print(
+        f"{type(model).__name__}: the prior works on images of its own size only: restoring in tiles of {native} "
+        f"input pixels (--tile {native}, --overlap {overlap}; an image smaller than that is refused)",
+        file=sys.stderr,
+    )
+    args.tile, args.overlap = native, overlap
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from PIL import UnidentifiedImageError
@@ -197,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    use_native_tile(model, args)
     if args.tile > 0 and not model.tileable:
         print(
             f"{type(model).__name__} with these settings restores whole images only (--tile ignored)", file=sys.stderr

@@ -303,6 +303,11 @@ class RestorationModule(pl.LightningModule):
         what it computes depends on where the tile sits in the whole image."""
         return True
 
+    def native_tile(self) -> int | None:
+        """The tile side (input pixels) the method must restore in, when its network works at one image size only
+        (a pretrained prior's); None (default) for any size. `restore` and `evaluate` then tile at it."""
+        return None
+
     # --- shared behaviour ---------------------------------------------------------------
     @property
     def attached_trainer(self) -> pl.Trainer | None:

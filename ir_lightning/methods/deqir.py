@@ -18,6 +18,7 @@ take `lq` as the measurement itself.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -199,14 +200,38 @@ class DeqIR(RestorationModule):
 
     @property
     def tileable(self) -> bool:
-        """Inpainting masks are laid out on the whole image, so a tile would get the wrong mask."""
-        return not self.operator_name.startswith("inpaint")
+        """Inpainting masks are laid out on the whole image, so a tile would get the wrong mask; a compressed
+        sensing measurement is no image at all (its coefficients mix every pixel)."""
+        return not self.operator_name.startswith(("inpaint", "cs_"))
+
+    def _operator_factor(self) -> int:
+        """k of sr<k> / bicubic<k> / cs_wh<k>: the operator's scale (SR) or compression ratio (CS); 1 otherwise."""
+        digits = "".join(ch for ch in self.operator_name if ch.isdigit())
+        return int(digits) if self.operator_name.startswith(("sr", "bicubic", "cs_")) and digits else 1
 
     def image_size(self, measurement: Tensor) -> tuple[int, int]:
-        """The restored size for a measurement: k times larger for sr<k> / bicubic<k>, else the same."""
-        digits = "".join(ch for ch in self.operator_name if ch.isdigit())
-        scale = int(digits) if self.operator_name.startswith(("sr", "bicubic")) else 1
-        return measurement.shape[-2] * scale, measurement.shape[-1] * scale
+        """The restored size for a measurement: k times larger for sr<k> / bicubic<k>; for cs_wh<k> (H W / k
+        coefficients in a column) the square image of k times as many pixels; else the same."""
+        factor = self._operator_factor()
+        if self.operator_name.startswith("cs_"):
+            pixels = measurement.shape[-2] * measurement.shape[-1] * factor
+            side = math.isqrt(pixels)
+            if side * side != pixels:
+                raise ValueError(
+                    f"a {self.operator_name} measurement of {measurement.shape[-2]} x {measurement.shape[-1]} "
+                    f"coefficients is not a square image's ({pixels} pixels); give the size"
+                )
+            return side, side
+        return measurement.shape[-2] * factor, measurement.shape[-1] * factor
+
+    def native_tile(self) -> int | None:
+        """The tile side in measurement pixels at which the prior sees images of its own size (`image_size` of a
+        `TimestepPrior`: 256 for the official priors), for `restore`/`evaluate` to cut larger images into; None
+        when the prior takes any size, or when the operator cannot be tiled (its images must be the prior's)."""
+        prior_size = getattr(self.net, "image_size", None)
+        if prior_size is None or not self.tileable:
+            return None
+        return max(1, prior_size // self._operator_factor())
 
     @torch.no_grad()
     def restoration(

@@ -23,9 +23,10 @@ from ir_lightning.commands.restore import main
 from ir_lightning.inference.tiling import restore_tiled
 from ir_lightning.io.atomic import host_tag
 from ir_lightning.methods.deqir import DeqIR
+from ir_lightning.nets.unet import UNet
 from ir_lightning.training.image_grid import to_uint8_hwc
 from tests.conftest import REPO
-from tests.helpers.checkpoints import RunsCode, save_checkpoint, small_deqir
+from tests.helpers.checkpoints import NET, RunsCode, save_checkpoint, small_deqir
 
 
 def write_inputs(folder: Path) -> Path:
@@ -290,3 +291,45 @@ def test_whole_images_with_tile_0_a_corrupt_16_bit_png_is_skipped_and_outputs_ar
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out/b.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def fixed_size_deqir(image_size: int) -> tuple[DeqIR, dict]:
+    """small_deqir's network behind a TimestepPrior of one image size (a pretrained prior's), with its net spec."""
+    from ir_lightning.nets.timestep_prior import TimestepPrior
+
+    schedule = {"schedule": "linear", "n_steps": 100, "linear_start": 1e-4, "linear_end": 0.02}
+    net = {
+        "class_path": "ir_lightning.nets.timestep_prior.TimestepPrior",
+        "init_args": {"prior": NET, **schedule, "image_size": image_size},
+    }
+    model = small_deqir()
+    torch.manual_seed(0)
+    model.net = TimestepPrior(UNet(**NET["init_args"]), **schedule, image_size=image_size).eval()
+    return model, net
+
+
+def test_a_prior_of_one_size_is_tiled_at_it_and_smaller_images_are_refused(tmp_path, capsys):
+    """A 16 px prior restoring x2 SR: `restore` tiles at 8 input pixels whatever --tile says, and says so."""
+    model, net = fixed_size_deqir(16)
+    assert model.native_tile() == 8
+    ckpt = tmp_path / "prior16.ckpt"
+    save_checkpoint(model, ckpt)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["hyper_parameters"]["net"] = net
+    torch.save(checkpoint, ckpt)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(inputs / "big.png")
+    args = ["--ckpt", str(ckpt), "--input", str(inputs), "--device", "cpu"]
+    assert main([*args, "--output", str(tmp_path / "out")]) == 0  # --tile 256 by default
+    assert "restoring in tiles of 8 input pixels (--tile 8, --overlap 4" in capsys.readouterr().err
+    lq = torch.from_numpy(np.array(Image.open(inputs / "big.png"))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        tiled = restore_tiled(lambda t: model.restore(t).clamp(0, 1), lq, tile=8, overlap=4, batch=4)
+    np.testing.assert_array_equal(read(tmp_path / "out/big.png"), to_uint8_hwc(tiled[0]))
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(inputs / "small.png")
+    (inputs / "big.png").unlink()
+    assert main([*args, "--output", str(tmp_path / "small")]) == 1
+    assert (
+        "6 x 6 pixels is too small: this DeqIR checkpoint restores images of at least 8 x 8" in capsys.readouterr().err
+    )

@@ -135,3 +135,23 @@ def test_fixed_noise_lets_a_stochastic_chain_be_solved_in_parallel_only_where_of
     assert check_sampler(fixed, ("ddim",), "DeqIR", fixed_noise=True) is fixed
     with pytest.raises(ValueError, match="sampling.fixed_noise: SR3's sampler draws its noise step by step"):
         check_sampler(fixed, ("ddim",), "SR3")
+
+
+@pytest.mark.parametrize(
+    ("operator", "tile"),
+    [("sr4", 64), ("bicubic4", 64), ("colorization", 256), ("deblur_gauss_ddrm", 256), ("inpaint_box", None)],
+)
+def test_the_native_tile_is_the_prior_size_in_measurement_pixels(operator, tile):
+    model = tiny(operator=operator)
+    assert model.native_tile() is None  # a prior of any size
+    model.net.image_size = 256  # what a TimestepPrior of the official priors carries
+    assert model.native_tile() == tile
+
+
+def test_a_compressed_sensing_measurement_is_no_image_its_size_is_the_square_it_came_from():
+    model = tiny(operator="cs_wh2")
+    model.net.image_size = 16
+    assert not model.tileable and model.native_tile() is None
+    assert model.image_size(torch.zeros(1, 3, 128, 1)) == (16, 16)  # 16 x 16 pixels, 1 coefficient in 2
+    with pytest.raises(ValueError, match="measurement of 100 x 1 coefficients is not a square image's"):
+        model.image_size(torch.zeros(1, 3, 100, 1))
