@@ -92,6 +92,9 @@ class Nearest(torch.nn.Module):
         super().__init__()
         self.scale, self.inputs = scale, []
 
+    def native_tile(self) -> None:
+        return None  # any size
+
     def restore(self, lq: torch.Tensor, *, size=None, mask=None, progress=False) -> torch.Tensor:
         self.inputs.append(lq.clone())
         return lq.repeat_interleave(self.scale, dim=-2).repeat_interleave(self.scale, dim=-1)
