@@ -350,8 +350,8 @@ def size_line(config: Mapping[str, Any]) -> str:
             "(restore images of the size it was trained on)"
         )
     return (
-        f"a {side} x {side} prior (sample_size): other image sizes are refused; restore larger images in tiles of "
-        f"it (ir-lightning restore --tile {side}, in input pixels: the side over the operator's scale for SR)"
+        f"a {side} x {side} prior (sample_size): other image sizes are refused; ir-lightning restore and evaluate "
+        "cut larger images into tiles of it"
     )
 
 
