@@ -138,6 +138,42 @@ class ConfigSaver(SaveConfigCallback):
         return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
 
 
+EVALUATING = ("validate", "test", "predict")
+"""Subcommands whose `--model.*` flags win over a `--ckpt_path` checkpoint's settings (fit resumes as trained)."""
+
+
+def model_flags(words: list[str]) -> dict[str, Any]:
+    """The method settings given as `--model.init_args.KEY=VALUE` / `--model.init_args.KEY VALUE` (or
+    `--model.KEY`), as a nested dict of YAML values; `net` and `class_path` are left out (the checkpoint's)."""
+    overrides: dict[str, Any] = {}
+    for index, word in enumerate(words):
+        if not word.startswith("--model."):
+            continue
+        key, sep, text = word[len("--model.") :].partition("=")
+        if not sep:
+            if index + 1 >= len(words):
+                continue
+            text = words[index + 1]
+        key = key.removeprefix("init_args.")
+        top = key.split(".")[0]
+        if top in ("net", "class_path", "init_args", "dict_kwargs"):
+            continue
+        node = overrides
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(text)
+    return overrides
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` put over it, dicts merged key by key (a flag changes one field of a setting)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class IRLightningCLI(LightningCLI):
     """LightningCLI in subclass mode for the method and the data module, with:
 
@@ -191,13 +227,31 @@ class IRLightningCLI(LightningCLI):
         parser.add_argument("--init_weights", type=str | None, default=None, help=INIT_WEIGHTS_HELP)
 
     def _parse_ckpt_path(self) -> None:  # private LightningCLI hook: no public one runs before the checkpoint is read
-        """Check a `--ckpt_path` file before Lightning hands its hyperparameters to the parser, which would
-        import every class path in them (and let them replace the recipe's settings)."""
+        """Check a `--ckpt_path` file before its hyperparameters reach the parser, which would import every class
+        path in them, then rebuild the method from them as Lightning does (they replace the recipe's settings),
+        except that for validate, test and predict the method settings given as flags win (`model_flags`)."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            check_checkpoint_fits(path, self.config[subcommand].get("model"), resume=subcommand == "fit")
-        super()._parse_ckpt_path()
+        if not (path and Path(path).is_file()):
+            return
+        checkpoint = check_checkpoint_fits(path, self.config[subcommand].get("model"), resume=subcommand == "fit")
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        class_path = hparams.pop("_class_path", None)
+        if not hparams or class_path is None:
+            return
+        if subcommand in EVALUATING:
+            hparams = merged(hparams, model_flags(self.command_line))
+        model = {"class_path": class_path, "dict_kwargs": hparams}  # Lightning's layout of a checkpoint's settings
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"--ckpt_path {path}: its settings, with the --model flags over them, do not parse\n")
+            raise
+
+    def parse_arguments(self, parser, args) -> None:
+        self.command_line = list(sys.argv[1:] if args is None else args) if isinstance(args, list | None) else []
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         place_run(self.config[self.subcommand] if self.subcommand else self.config)

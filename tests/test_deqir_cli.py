@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from ir_lightning.methods.deqir import DeqIR
@@ -56,6 +57,12 @@ def test_demo_overlay_trains_the_prior_and_restores_in_parallel(tmp_path, sr_sha
         tmp_path,
     )
     assert "val/psnr" in done.stdout + done.stderr
+    # the flags won over the checkpoint's settings: the sequential solver logs no solver iterations, and the
+    # run's saved config names the operator asked for
+    assert "val/solver_iterations" not in done.stdout
+    configs = sorted((tmp_path / "runs/deqir_demo").rglob("config*.yaml"), key=lambda p: p.stat().st_mtime)
+    saved = yaml.safe_load(configs[-1].read_text())  # the validate run's (a config-<id>.yaml beside the fit's)
+    assert saved["model"]["init_args"]["operator"] == "inpaint_box", [p.name for p in configs]
     restore_files_with_the_checkpoint(last, tmp_path)
 
 

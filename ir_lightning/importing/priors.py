@@ -6,6 +6,12 @@
 - `ddim-model`: SDEdit's `celeba_hq.ckpt` (ermongroup/SDEdit), a raw state dict of the DDIM `Model`, whose key names
   are `DDIMUNet`'s.
 
+Each pairs with the packaged recipe of its data set's x4 bicubic super-resolution (`ADM_RECIPE`, `DDIM_RECIPE`):
+the official DeqIR chain and solver on 256 x 256 images. The data set's other tasks are its other recipes
+(`deqir_imagenet256_*`, `deqir_celebahq256_*`), given to the import as `--recipe` (validate and test take the
+method's settings from the checkpoint, a `--model.init_args.KEY=VALUE` flag changing one); `restore --operator`
+changes the task of any of them.
+
 Both were trained on integer timesteps of linear betas 1e-4 .. 0.02 over T = 1000; the suite's DeqIR calls its
 prior with sqrt(alpha_bar_t) of its `train_schedule`, so each prior is wrapped in `TimestepPrior` (which recovers
 the step and keeps eps) and the checkpoint's `train_schedule` is that same schedule. The configuration comes from
@@ -38,7 +44,12 @@ from ir_lightning.importing.sr3 import noise_schedule
 from ir_lightning.nets.ddim_model import DDIMUNet
 
 METHOD = "ir_lightning.methods.DeqIR"
+ADM_RECIPE = "deqir_imagenet256_sr4"
+"""The ADM prior's paired recipe: DeqIR's ImageNet 256 x 256 x4 bicubic SR (`deqir_imagenet256_*` the other tasks)."""
+DDIM_RECIPE = "deqir_celebahq256_sr4"
+"""The CelebA-HQ prior's paired recipe: DeqIR's CelebA-HQ 256 x 256 x4 bicubic SR (`deqir_celebahq256_*`)."""
 RECIPE = "deqir_faces64"
+"""The recipe of a prior of no official data set and size (the diffusers format pairs with it): DeqIR's 64 px one."""
 WRAPPER_CLASS = "ir_lightning.nets.timestep_prior.TimestepPrior"
 ADM_CLASS = "ir_lightning.nets.guided_diffusion.GuidedDiffusionUNet"
 DDIM_CLASS = "ir_lightning.nets.ddim_model.DDIMUNet"
@@ -110,6 +121,7 @@ def deqir(
     prior_args: dict[str, Any],
     weights: dict[str, Tensor],
     report: list[str],
+    recipe: str,
     image_size: int | None = OFFICIAL_IMAGE_SIZE,
 ) -> Imported:
     eps_channels = min(EPS_CHANNELS, prior_args.get("out_channels", prior_args.get("out_ch", EPS_CHANNELS)))
@@ -118,9 +130,11 @@ def deqir(
         f"(linear 1e-4 .. 0.02, T = 1000, the method's train_schedule); the first {eps_channels} output channels "
         "are eps"
     )
+    family = recipe.rsplit("_", 1)[0]
     report.append(
-        f"recipe {RECIPE} (DeqIR's only one) gives the other settings; its 64 px crops are not this prior's: "
-        "restore images of the size the prior was trained at (256 px)"
+        f"paired recipe (without --recipe) {recipe}: x4 bicubic SR by the official DeqIR chain and solver on 256 px "
+        f"images; for another task import with --recipe {family}_<task> (validate and test take the method's "
+        "settings from the checkpoint), or give --model.init_args.operator=... to validate, --operator to restore"
     )
     if image_size is not None:
         report.append(
@@ -132,7 +146,7 @@ def deqir(
         networks=wrapped(prior_class, prior_args, eps_channels, image_size),
         state_dict=with_prefix(weights, NET + PRIOR),
         settings={"train_schedule": dict(OFFICIAL_SCHEDULE)},
-        recipe=RECIPE,
+        recipe=recipe,
         report=report,
     )
 
@@ -167,7 +181,7 @@ def convert_adm(obj: Any, variant: str | None) -> Imported:
     problem = unbuildable(args)
     if problem is not None:
         report.append(f"the widths do not take the official settings ({problem}): the network cannot be built as is")
-    return deqir(ADM_CLASS, args, weights, report)
+    return deqir(ADM_CLASS, args, weights, report, ADM_RECIPE)
 
 
 # --- the DDIM Model ------------------------------------------------------------------------------------------------
@@ -211,10 +225,10 @@ def convert_ddim(obj: Any, variant: str | None) -> Imported:
     expected = meta_shapes(DDIMUNet, args | {"norm_groups": 1}, where="DDIM Model")
     network = f"DDIMUNet(ch {args['ch']}, ch_mult {args['ch_mult']}, {args['num_res_blocks']} blocks)"
     weights = fitted_weights(state, {key: key for key in state}, expected, network)
+    attention = [(DDIM_RESOLUTION // resolution).bit_length() - 1 for resolution in args["attn_resolutions"]]
     report.append(
-        f"{network}, attention at levels {[DDIM_RESOLUTION // r for r in args['attn_resolutions']]} and in the "
-        f"middle, in {args['in_channels']} / out {args['out_ch']} channels, read from the shapes; the key names are "
-        "the official ones"
+        f"{network}, attention at levels {attention} and in the middle, in {args['in_channels']} / out "
+        f"{args['out_ch']} channels, read from the shapes; the key names are the official ones"
     )
     report.append(
         f"resolution {DDIM_RESOLUTION} (CelebA-HQ's image_size) names the attention levels as attn_resolutions "
@@ -225,7 +239,7 @@ def convert_ddim(obj: Any, variant: str | None) -> Imported:
             DDIMUNet(**args)
     except ValueError as error:
         report.append(f"the widths do not take the official settings ({error}): the network cannot be built as is")
-    return deqir(DDIM_CLASS, args, weights, report)
+    return deqir(DDIM_CLASS, args, weights, report, DDIM_RECIPE)
 
 
 FORMATS = (

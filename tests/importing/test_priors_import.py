@@ -83,12 +83,12 @@ def test_the_official_adm_is_reproduced_through_the_import(adm):
     imported = convert_adm(state, None)
     assert all(v.dtype == torch.float32 for v in imported.state_dict.values())
     assert any("float16: converted to float32" in line for line in imported.report)
-    assert imported.method == "ir_lightning.methods.DeqIR" and imported.recipe == "deqir_faces64"
+    assert imported.method == "ir_lightning.methods.DeqIR" and imported.recipe == "deqir_imagenet256_sr4"
     assert imported.settings == {
         "train_schedule": {"kind": "linear", "n_steps": 1000, "linear_start": 1e-4, "linear_end": 0.02}
     }
     assert all(key.startswith("net.prior.") for key in imported.state_dict)
-    assert any("256 px" in line for line in imported.report)
+    assert any("256 px" in line and "--recipe deqir_imagenet256_<task>" in line for line in imported.report)
     args = imported.networks["net"]["init_args"]["prior"]["init_args"]
     config = adm["config"]
     assert {k: args[k] for k in ("base_channels", "channel_mults", "num_res_blocks", "attention_ds")} == {
@@ -109,6 +109,7 @@ def test_the_official_adm_is_reproduced_through_the_import(adm):
 
 def test_the_official_ddim_model_is_reproduced_through_the_import(ddim):
     imported = convert_ddim(dict(ddim["state_dict"]), None)
+    assert imported.recipe == "deqir_celebahq256_sr4"
     args = imported.networks["net"]["init_args"]["prior"]["init_args"]
     config = ddim["config"]
     assert {k: args[k] for k in ("ch", "ch_mult", "num_res_blocks", "in_channels", "out_ch")} == {
@@ -116,6 +117,7 @@ def test_the_official_ddim_model_is_reproduced_through_the_import(ddim):
     }
     assert args["resolution"] == 256 and args["attn_resolutions"] == [128]  # level 1, as [8] of 16 px
     assert any("resolution 256" in line for line in imported.report)
+    assert any("attention at levels [1] and in the middle" in line for line in imported.report)
     out = reproduced(imported, ddim, norm_groups=ddim["norm_groups"])
     assert float((out - ddim["eps"]).abs().max()) <= 1e-5
 
@@ -139,6 +141,7 @@ def test_the_official_sizes_read_as_the_released_networks(adm, ddim):
         net = built(imported.networks["net"])
     assert sum(p.numel() for p in net.parameters()) == ddim["celeba_hq_parameters"]
     assert imported.networks["net"]["init_args"]["prior"]["init_args"]["attn_resolutions"] == [16]
+    assert any("attention at levels [4] and in the middle" in line for line in imported.report)  # 16 px of 256
 
 
 @pytest.mark.parametrize(
@@ -202,15 +205,29 @@ def options(settings: list[str]) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "file_name"), [("adm", "256x256_diffusion_uncond.pt"), ("ddim-model", "celeba_hq.ckpt")]
+    ("fmt", "file_name", "recipe"),
+    [
+        ("adm", "256x256_diffusion_uncond.pt", "deqir_imagenet256_sr4"),
+        ("ddim-model", "celeba_hq.ckpt", "deqir_celebahq256_sr4"),
+    ],
 )
-def test_import_writes_a_deqir_checkpoint_that_restores(adm, tmp_path, fmt, file_name):
+def test_import_writes_a_deqir_checkpoint_that_restores(adm, tmp_path, fmt, file_name, recipe):
     source, output = tmp_path / file_name, tmp_path / f"{fmt}.ckpt"
     torch.save(adm_file(adm) if fmt == "adm" else ddim_file(), source)
     report = import_checkpoint(source, output)
     assert report[0].startswith(f"{source}: format {fmt} (") and "DeqIR" in report[-2]
+    assert f"settings from recipe {recipe}" in report
     model = load_method(output, options(["sampling.steps=2"]), torch.device("cpu"))
     assert type(model).__name__ == "DeqIR" and type(model.net).__name__ == "TimestepPrior"
+    # the paired recipe's official chain and solver, on x4 bicubic SR
+    assert (model.operator_name, model.timestep_kind, model.noise_weights, model.preconditioner) == (
+        "bicubic4",
+        "official",
+        "deqir",
+        "official",
+    )
+    assert model.sampling.solver.method == "anderson_official" and model.sampling.solver.max_iter == 15
+    assert model.sampling_timesteps().tolist() == [500, 0]  # range(0, 1000, 500), noisiest first
     assert "a 256 x 256 prior" in "\n".join(report) and model.net.image_size == 256
     lq = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"trained on 256 x 256 images and restores that size only, got 16 x 16"):
@@ -219,3 +236,14 @@ def test_import_writes_a_deqir_checkpoint_that_restores(adm, tmp_path, fmt, file
     restored = model.restore(lq)
     assert restored.shape == (1, 3, 16, 16) and bool(torch.isfinite(restored).all())
     assert restored.min() >= 0 and restored.max() <= 1 and restored.std() > 0
+
+
+def test_import_takes_a_task_recipe_of_the_prior(tmp_path):
+    """--recipe deqir_celebahq256_deblur_gauss: the checkpoint holds that task's settings (validate takes them)."""
+    source, output = tmp_path / "celeba_hq.ckpt", tmp_path / "deblur_gauss.ckpt"
+    torch.save(ddim_file(), source)
+    report = import_checkpoint(source, output, recipe="deqir_celebahq256_deblur_gauss")
+    assert "settings from recipe deqir_celebahq256_deblur_gauss" in report
+    hparams = torch.load(output, weights_only=True)["hyper_parameters"]
+    assert hparams["operator"] == "deblur_gauss_ddrm" and hparams["sampling"]["eta"] == 0.1  # README.md's --etw 0.1
+    assert hparams["net"]["init_args"]["prior"]["init_args"]["ch"] == 32  # the file's network, not the recipe's
