@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint format mutants bench bench-restore bench-rddm bench-diffir bench-da bench-deqir install clean
+.PHONY: demo test test-fast lint format mutants bench bench-restore bench-rddm bench-diffir bench-da bench-deqir gpu-check install clean
 
 install: $(STAMP)
 
@@ -75,3 +75,7 @@ bench-deqir: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info
+
+# the GPU smoke check (bench/README.md): one command of at most 8 minutes on one CUDA GPU
+gpu-check: $(STAMP)
+	timeout 480 $(BIN)/python bench/gpu_check.py --out gpu_check_out
