@@ -331,7 +331,11 @@ def parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ckpt", type=Path, help="a checkpoint of this suite (training or exported)")
+    p.add_argument(
+        "--ckpt",
+        type=Path,
+        help="a checkpoint of this suite (training or exported: .ckpt, .safetensors, or a model folder)",
+    )
     p.add_argument(
         "--preset", help="the test set and its protocol, e.g. set5_x4, gopro, rain100l (--presets lists them)"
     )

@@ -4,7 +4,8 @@
     ir-lightning restore --ckpt runs/deqir_demo/checkpoints/last.ckpt --input lr/ --output sr/ --operator sr4
 
 The method is read from the checkpoint (its `_class_path`), never re-typed; `--method` only checks it.
-The checkpoint is loaded with `weights_only=True`, so loading it runs no code from the file. The EMA
+The checkpoint (a .ckpt, a .safetensors export or a model folder: `ir-lightning export --help`) is loaded as
+`ir_lightning.load` loads it, with `weights_only=True` for a torch file, so loading it runs no code from the file. The EMA
 weights (the checkpoint's `state_dict`) are used unless `--no-ema` asks for the trained ones. Any
 setting of the method's constructor can be changed for restoring with `--set KEY=VALUE` (the value
 is read as YAML; a dotted KEY such as `sampling.solver.tolerance` changes one field of a setting);
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from datamodules.folders import image_files_below
 from datamodules.format import IMAGE_SUFFIXES
+from ir_lightning.api import native_tiling
 from ir_lightning.inference.loading import RestoreError, chosen_device, load_method
 from ir_lightning.io.atomic import lands_in, output_image_path
 
@@ -138,7 +140,12 @@ def parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ckpt", type=Path, required=True, help="a checkpoint of this suite (training or exported)")
+    p.add_argument(
+        "--ckpt",
+        type=Path,
+        required=True,
+        help="a checkpoint of this suite (training or exported: .ckpt, .safetensors, or a model folder)",
+    )
     p.add_argument("--input", type=Path, required=True, help="an image file, or a folder searched recursively")
     p.add_argument("--output", type=Path, required=True, help="folder for the restored PNGs (created)")
     add_model_arguments(p, default_tile=256)
@@ -182,10 +189,9 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
 def use_native_tile(model: RestorationModule, args: argparse.Namespace) -> None:
     """Tile at the size the model's network works at, when it works at one size only (a pretrained prior:
     `RestorationModule.native_tile`), whatever `--tile` said, and say so."""
-    native = model.native_tile()
-    if native is None or args.tile == native:
+    native, overlap = native_tiling(model, args.tile, args.overlap)  # the Python API's rule
+    if native == args.tile:
         return
-    overlap = min(args.overlap, native // 2)
     print(
         f"{type(model).__name__}: the prior works on images of its own size only: restoring in tiles of {native} "
         f"input pixels (--tile {native}, --overlap {overlap}; an image smaller than that is refused)",

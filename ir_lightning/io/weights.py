@@ -9,13 +9,17 @@ command line prints it in one line) naming the file and the reason, never a trac
 `MissingWeightsFile`, which is a `WeightsError` and a `FileNotFoundError` too.
 
 - `read_checkpoint`: a checkpoint of this suite, checked (`check_checkpoint`): a dict with a `state_dict` of
-  named tensors, whose settings name only classes of the allow-list (`ir_lightning.class_paths`);
+  named tensors, whose settings name only classes of the allow-list (`ir_lightning.class_paths`). It reads the
+  suite's three layouts, told apart by their content, never by their name: a torch file (`.ckpt`), a safetensors
+  file whose metadata holds the settings (`read_safetensors`: its header is JSON, its tensors raw data, so no
+  reader of it can run code), and a model folder (`config.json` + `model.safetensors`, `read_model_folder`);
 - `read_state_dict`: a file of named tensors (a reference network's weights), whose keys and shapes the
   caller compares with its network's (`key_report`, `check_keys`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Callable, Mapping
@@ -156,8 +160,16 @@ def load_safely(path: str | os.PathLike, kind: str = CHECKPOINT, map_location: A
     found = safe_load(lambda: what_else(path), path, kind)
     if found is not None:
         raise refusal(path, found, kind)
+    if str(path).endswith(SAFETENSORS_SUFFIX):  # torch.load hands a file of this name to safetensors, whatever it is
+        return safe_load(lambda: _load_opened(path, map_location), path, kind)
     mmap = mmap and _is_zip(path)
     return safe_load(lambda: torch.load(path, map_location=map_location, weights_only=True, mmap=mmap), path, kind)
+
+
+def _load_opened(path: str | os.PathLike, map_location: Any) -> Any:
+    """`torch.load(weights_only=True)` of an opened file: the content decides, not the name."""
+    with open(path, "rb") as file:
+        return torch.load(file, map_location=map_location, weights_only=True)
 
 
 # --- checkpoints of the suite --------------------------------------------------------------------------------
@@ -205,9 +217,189 @@ def check_checkpoint(checkpoint: Any, path: str | os.PathLike, resume: bool = Fa
 
 
 def read_checkpoint(path: str | os.PathLike, resume: bool = False, mmap: bool = False) -> dict[str, Any]:
-    """A checkpoint file of this suite, loaded without running or importing anything it names, and checked
-    (`check_checkpoint`); every failure is one `WeightsError` naming the file."""
-    return check_checkpoint(load_safely(path, CHECKPOINT, mmap=mmap), path, resume=resume)
+    """A checkpoint of this suite (a torch file, a safetensors file or a model folder, told apart by content),
+    loaded without running or importing anything it names, and checked (`check_checkpoint`); every failure is
+    one `WeightsError` naming the file. `mmap`: a torch file's tensors are mapped, not read."""
+    if is_model_folder(path):
+        checkpoint = read_model_folder(path)
+    elif is_safetensors(path):
+        checkpoint = read_safetensors(path)
+    else:
+        checkpoint = load_safely(path, CHECKPOINT, mmap=mmap)
+    return check_checkpoint(checkpoint, path, resume=resume)
+
+
+# --- safetensors files and model folders ---------------------------------------------------------------------
+SAFETENSORS_SUFFIX = ".safetensors"
+"""The name safetensors files go by; only torch.load goes by it (`load_safely` reads such a name by content)."""
+SAFETENSORS_HEADER_LIMIT = 100_000_000
+"""The longest header the safetensors library reads: a longer length field is no safetensors header."""
+
+MODEL_CONFIG = "config.json"
+"""A model folder's settings (`ir-lightning export --format folder`): the record below as JSON values."""
+MODEL_WEIGHTS = "model.safetensors"
+"""A model folder's weights (the file's metadata holds the same record as its `config.json`)."""
+
+TEXT_RECORD_KEYS: tuple[str, ...] = (
+    "class_path",
+    "ir_lightning_version",
+    "pytorch-lightning_version",
+    "hparams_name",
+    "weights",
+    "license",
+)
+"""Settings a safetensors file stores as plain text in its metadata (`format` is safetensors' own: "pt")."""
+JSON_RECORD_KEYS: tuple[str, ...] = (
+    "hyper_parameters",
+    "global_step",
+    "epoch",
+    "exported_without",
+    "imported_from",
+    "training",
+    "validation",
+)
+"""Settings a safetensors file stores as JSON text in its metadata."""
+RECORD_KEYS = TEXT_RECORD_KEYS + JSON_RECORD_KEYS
+"""What a safetensors file or model folder records beside the weights: the checkpoint's settings and history
+(`class_path` is the method's, also in `hyper_parameters._class_path`; `weights` says whether the tensors are
+the EMA or the trained ones; `training` and `validation` what the run recorded, if anything; `license` the
+licence an export declared)."""
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether the file starts as a safetensors file: an 8-byte little-endian header length that fits in the
+    file, then the header's JSON object (read from the content; the name is not trusted)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+            size = os.fstat(file.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= min(SAFETENSORS_HEADER_LIMIT, size - 8) and head[8:9] == b"{"
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder holding a model's `config.json` (`ir-lightning export --format folder`)."""
+    return Path(path).is_dir() and (Path(path) / MODEL_CONFIG).is_file()
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets, `__metadata__`)."""
+    try:
+        with open(path, "rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(length).decode("utf-8"))
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot be read ({error.strerror or error})") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refusal(path, f"its safetensors header is not JSON: {error}") from error
+    if not isinstance(header, dict):
+        raise refusal(path, "its safetensors header is not a JSON object")
+    return header
+
+
+def encode_record(record: dict[str, Any]) -> dict[str, str]:
+    """A checkpoint's settings and history (`RECORD_KEYS`) as safetensors metadata: text, or JSON text; missing
+    and None values left out. Raises ValueError naming a setting that is not plain data (JSON cannot hold it)."""
+    metadata = {"format": "pt"}  # safetensors' own key, which other readers (transformers) expect
+    for key in RECORD_KEYS:
+        value = record.get(key)
+        if value is None:
+            continue
+        try:
+            metadata[key] = str(value) if key in TEXT_RECORD_KEYS else json.dumps(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{key}: cannot be written as JSON ({error})") from error
+    return metadata
+
+
+def decode_record(metadata: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
+    """The settings and history a safetensors file's metadata records (`encode_record`'s inverse)."""
+    record: dict[str, Any] = {key: metadata[key] for key in TEXT_RECORD_KEYS if key in metadata}
+    for key in JSON_RECORD_KEYS:
+        if key in metadata:
+            try:
+                record[key] = json.loads(metadata[key])
+            except json.JSONDecodeError as error:
+                raise refusal(path, f"its metadata's {key} is not JSON ({error})") from error
+    return record
+
+
+def checkpoint_of_record(record: dict[str, Any], path: str | os.PathLike, where: str) -> dict[str, Any]:
+    """The checkpoint a safetensors file's or model folder's record describes (weights still to add), after
+    its method's `class_path` passed the allow-list; `where` names the record in messages ("metadata", ...)."""
+    from ir_lightning.class_paths import UntrustedClassPathError, check_class_paths
+
+    hparams = record.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        raise refusal(path, f"its {where} holds no hyper_parameters: weights without the settings of a method")
+    class_path = record.get("class_path")
+    if class_path is not None:
+        try:
+            check_class_paths({"class_path": class_path}, str(path), where=where)
+        except UntrustedClassPathError as error:
+            raise WeightsError(str(error)) from error
+        if hparams.get("_class_path") != class_path:
+            raise refusal(
+                path,
+                f"its {where} names the method {class_path!r} but its hyper_parameters {hparams.get('_class_path')!r}",
+            )
+    return {key: record[key] for key in RECORD_KEYS if key in record and key != "class_path"}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """A safetensors file of this suite as a checkpoint: its tensors as the `state_dict`, the settings and
+    history of its metadata (`decode_record`) beside them. Every class path the metadata names is checked
+    before the tensors are read (`check_settings`); nothing is imported, and nothing in the file can run."""
+    header = safetensors_header(path)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise refusal(path, "its safetensors metadata is not a map of texts")
+    checkpoint = checkpoint_of_record(decode_record(metadata, path), path, "metadata")
+    check_settings(checkpoint, path)
+    checkpoint["state_dict"] = read_safetensors_tensors(path)
+    return checkpoint
+
+
+def read_safetensors_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a safetensors file (on the CPU), with every failure one `WeightsError` naming the file."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise WeightsError(f"{path}: reading a safetensors file needs the safetensors package") from error
+    try:
+        return load_file(path, device="cpu")
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - SafetensorError (a malformed header or truncated data), OSError
+        raise refusal(path, f"{type(error).__name__}: {error}") from error
+
+
+def read_model_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """A model folder as a checkpoint: the weights of its `model.safetensors`, the settings and history of its
+    `config.json` (where a user edits them; the weights file's own record is checked and then set aside)."""
+    folder = Path(folder)
+    config_path = folder / MODEL_CONFIG
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise WeightsError(f"{config_path}: cannot be read ({error.strerror or error})") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refusal(config_path, f"not JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise refusal(config_path, "not a JSON object")
+    checkpoint = checkpoint_of_record(config, config_path, MODEL_CONFIG)
+    check_settings(checkpoint, config_path)
+    weights = folder / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise MissingWeightsFile(f"{folder}: no {MODEL_WEIGHTS} beside its {MODEL_CONFIG}")
+    if not is_safetensors(weights):
+        raise refusal(weights, "not a safetensors file")
+    checkpoint["state_dict"] = read_safetensors(weights)["state_dict"]
+    return checkpoint
 
 
 # --- state dicts of reference networks ---------------------------------------------------------------------
