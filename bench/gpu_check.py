@@ -92,17 +92,6 @@ SHARES = {1: 0.40, 2: 0.07, 3: 0.07, 4: 0.34, 5: 0.12}
 """Each section's share of the budget left when it starts (over the sections still to run)."""
 
 SYNC_MESSAGE = "synchroniz"  # torch's sync-debug warning: "called a synchronizing CUDA operation"
-ADM_256_UNCOND = dict(  # openai/guided-diffusion's 256x256_diffusion_uncond.pt (tests/nets/test_guided_diffusion.py)
-    in_channels=3,
-    out_channels=6,
-    base_channels=256,
-    channel_mults=(1, 1, 2, 2, 4, 4),
-    num_res_blocks=2,
-    attention_ds=(8, 16, 32),
-    dropout=0.0,
-    num_head_channels=64,
-    level_input="sqrt_gamma",
-)
 ADM_TINY = dict(
     in_channels=3,
     out_channels=6,
@@ -939,7 +928,7 @@ def section_restore(s: Settings, report: Report, ddp: DdpRun, deadline: float) -
 def adm_prior(s: Settings) -> tuple[torch.nn.Module, int]:
     """The ADM U-Net with random weights on the device (PyTorch's default initialisation; ADM's zero-initialised
     layers redrawn the same way, so that eps is not identically 0), and its image side."""
-    from ir_lightning.nets.guided_diffusion import GuidedDiffusionUNet
+    from ir_lightning.nets.guided_diffusion import ADM_256_UNCOND, GuidedDiffusionUNet
 
     torch.manual_seed(0)
     with torch.device(s.device):

@@ -24,6 +24,11 @@ Formats (`--format`; `WRITERS` maps each to its writer, so a format is one more 
 
 Every command that takes `--ckpt` (`restore`, `evaluate`, `fit --init_weights`) and `ir_lightning.load` read all
 three. Nothing is uploaded or downloaded.
+
+- `onnx`, `torchscript`: the method's whole restoration as one graph for deployment (`ir_lightning.deploy`: DiffIR
+  stage 2 with its prior steps, the Denoising-as-Adaptation restorer, RDDM at its step count), with dynamic height
+  and width, checked against PyTorch (1e-4) at two sizes before the file is kept; SR3's sampling loop, DeqIR's
+  solve and DiffIR stage 1 are refused, naming the network to export instead (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -373,10 +379,43 @@ Writer = Callable[[argparse.Namespace], dict[str, int]]
 """Writes `args.checkpoint` to `args.output` in one format, reading any options it adds from `args`; returns
 `sizes`. Raises OSError, ValueError or RuntimeError (a `WeightsError` is a ValueError) naming what is wrong."""
 
+
+def export_graph(args: argparse.Namespace) -> dict[str, int]:
+    """`--format onnx|torchscript`: the method's whole restoration as one graph (`ir_lightning.deploy`), traced on
+    a random `--example-size` image, its parity with PyTorch checked at that size and another before it is kept;
+    methods that cannot export (a sampling loop, a solve) are refused naming what to export instead."""
+    import torch
+
+    from ir_lightning import deploy
+    from ir_lightning.inference.loading import Options, RestoreError, load_method
+
+    if args.half:
+        raise ValueError(f"--half: an {args.format} graph is exported in float32 (give no --half)")
+    missing = [name for name in ("onnx", "onnxruntime") if args.format == "onnx" and find_spec(name) is None]
+    if missing:
+        raise ValueError(f"--format onnx needs {' and '.join(missing)}: pip install 'ir-lightning[deploy]'")
+    try:
+        module = load_method(args.checkpoint, Options(), torch.device("cpu"))
+    except RestoreError as error:
+        raise ValueError(str(error)) from error
+    refusal = deploy.deployable(module)
+    if refusal is not None:
+        raise ValueError(f"{args.checkpoint}: {refusal}")
+    example = torch.rand(1, 3, args.example_size, args.example_size, generator=torch.Generator().manual_seed(0))
+    if args.format == "onnx":
+        report = deploy.export_onnx(module, args.output, example, opset=args.opset)
+    else:
+        report = deploy.export_torchscript(module, args.output, example)
+    print("\n".join(report.lines()))
+    return sizes(args.checkpoint, args.output)
+
+
 WRITERS: dict[str, Writer] = {
     "ckpt": lambda args: export_weights(args.checkpoint, args.output, half=args.half),
     "safetensors": lambda args: export_safetensors(args.checkpoint, args.output, half=args.half, license=args.license),
     "folder": lambda args: export_folder(args.checkpoint, args.output, half=args.half, license=args.license),
+    "onnx": export_graph,
+    "torchscript": export_graph,
 }
 """`--format` -> its writer; a new format is one more entry (and its options in `parser`)."""
 
@@ -399,6 +438,13 @@ def parser() -> argparse.ArgumentParser:
         help=f"the licence the export declares (safetensors, folder: a Hugging Face identifier such as mit or "
         f"cc-by-4.0; default {DEFAULT_LICENSE}, or the source's)",
     )
+    p.add_argument(
+        "--example-size",
+        type=int,
+        default=64,
+        help="onnx, torchscript: side of the random image the graph is traced with (default 64; any size runs)",
+    )
+    p.add_argument("--opset", type=int, default=18, help="onnx: the ONNX opset (default 18)")
     return p
 
 

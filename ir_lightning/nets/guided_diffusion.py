@@ -387,3 +387,18 @@ class GuidedDiffusionUNet(nn.Module):
         for step in self.decoder:
             h = step(torch.cat([h, skips.pop()], dim=1), emb)
         return self.output(h)[..., :height, :width]
+
+
+ADM_256_UNCOND = {
+    "in_channels": 3,
+    "out_channels": 6,  # learned sigma: eps, then the variance interpolation
+    "base_channels": 256,
+    "channel_mults": (1, 1, 2, 2, 4, 4),
+    "num_res_blocks": 2,
+    "attention_ds": (8, 16, 32),  # attention at 32, 16, 8 px of 256
+    "dropout": 0.0,
+    "num_head_channels": 64,
+    "level_input": "sqrt_gamma",
+}
+"""OpenAI's `256x256_diffusion_uncond.pt` (DeqIR's ImageNet prior) as `GuidedDiffusionUNet` arguments: the flags of
+guided-diffusion's README (552,814,086 parameters); its other settings are the class defaults."""

@@ -306,3 +306,22 @@ def test_export_reads_any_layout_keeps_half_precision_and_ckpt_stays_today_s_fil
     slim = torch.load(tmp_path / "m.ckpt", weights_only=True)
     today = ["epoch", "global_step", "hparams_name", "hyper_parameters", "pytorch-lightning_version", "state_dict"]
     assert sorted(slim) == today  # what the export wrote before the formats came: no record keys added
+
+
+def test_export_writes_a_deployment_graph_of_a_single_pass_restorer_and_refuses_a_sampler(tmp_path, capsys):
+    """`--format torchscript` through the command: the graph restores what the checkpoint's method restores, at a
+    size other than the traced one; SR3's sampling loop is refused naming the network to export instead."""
+    source = tmp_path / "run/checkpoints/last.ckpt"
+    module = training_checkpoint("da", source)
+    graph = tmp_path / "da.pt"
+    assert export.main([str(source), str(graph), "--format", "torchscript", "--example-size", "16"]) == 0
+    assert "largest difference from restore: 16x16" in capsys.readouterr().out
+    lq = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module.restore(lq)
+        got = torch.jit.load(str(graph))(lq)
+    assert float((got - expected).abs().max()) <= 1e-5
+    sr3 = tmp_path / "sr3/checkpoints/last.ckpt"
+    training_checkpoint("sr3", sr3)
+    assert export.main([str(sr3), str(tmp_path / "sr3.onnx"), "--format", "onnx"]) == 2
+    assert "export the network alone" in capsys.readouterr().err and not (tmp_path / "sr3.onnx").exists()

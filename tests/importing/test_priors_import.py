@@ -23,7 +23,7 @@ from ir_lightning.importing.noise_da import guided_diffusion_rules
 from ir_lightning.importing.priors import FORMATS, convert_adm, convert_ddim, detect_adm, detect_ddim
 from ir_lightning.inference.loading import load_method
 from ir_lightning.nets.ddim_model import DDIMUNet
-from ir_lightning.nets.guided_diffusion import GuidedDiffusionUNet
+from ir_lightning.nets.guided_diffusion import ADM_256_UNCOND, GuidedDiffusionUNet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -124,16 +124,7 @@ def test_the_official_ddim_model_is_reproduced_through_the_import(ddim):
 
 def test_the_official_sizes_read_as_the_released_networks(adm, ddim):
     with torch.device("meta"):
-        ours = GuidedDiffusionUNet(
-            in_channels=3,
-            out_channels=6,
-            base_channels=256,
-            channel_mults=(1, 1, 2, 2, 4, 4),
-            num_res_blocks=2,
-            attention_ds=(8, 16, 32),
-            num_head_channels=64,
-            level_input="sqrt_gamma",
-        )
+        ours = GuidedDiffusionUNet(**ADM_256_UNCOND)
         celeba = {k: torch.empty(v, device="meta") for k, v in ddim["celeba_hq_shapes"].items()}
     assert sum(p.numel() for p in ours.parameters()) == adm["adm256_parameters"] == ADM_256_PARAMETERS
     imported = convert_ddim(celeba, None)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ir_lightning.importing.noise_da import convert, guided_diffusion_args, guided_diffusion_keys
-from ir_lightning.nets.guided_diffusion import AttentionBlock, GuidedDiffusionUNet, timestep_embedding
+from ir_lightning.nets.guided_diffusion import ADM_256_UNCOND, AttentionBlock, GuidedDiffusionUNet, timestep_embedding
 from ir_lightning.nets.padding import pad_to_multiple
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "noise_da" / "fixture.pt"
@@ -24,17 +24,6 @@ D_PARAMETERS = 62_643_075
 ADM_256_UNCOND_PARAMETERS = 552_814_086
 """OpenAI's 256x256_diffusion_uncond.pt configuration: measured with openai/guided-diffusion @22e0df8 `UNetModel`
 and with Noise-DA's copy of the U-Net alike (the fixture records the latter)."""
-ADM_256_UNCOND = dict(
-    in_channels=3,
-    out_channels=6,
-    base_channels=256,
-    channel_mults=(1, 1, 2, 2, 4, 4),
-    num_res_blocks=2,
-    attention_ds=(8, 16, 32),  # attention at 32, 16, 8 px of 256
-    dropout=0.0,
-    num_head_channels=64,
-    level_input="sqrt_gamma",
-)
 TINY = dict(
     in_channels=9,
     base_channels=8,
