@@ -25,12 +25,16 @@ imported, never imported, and is allowed when it is the name of an allowed class
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
 import pkgutil
 import re
+import types
+import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,9 +157,60 @@ def named_imports(tree: Any, where: str = "") -> Iterator[tuple[str, str, str | 
             yield where, tree, None
 
 
+def _plain(hint: Any) -> bool:
+    """Whether a type hint takes plain values only (str, a number, a bool, a path, a Literal, None, or unions of
+    them): jsonargparse reads a string given for any other type (a class, a dataclass) as a config FILE's path."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(_plain(arg) for arg in typing.get_args(hint))
+    return origin is typing.Literal or hint in (str, int, float, bool, type(None), Path)
+
+
+def _setting_types(owner: Any) -> dict[str, Any]:
+    """The type hints of `owner`'s settings (a class's constructor, or a dataclass's fields); {} when unknown."""
+    try:
+        return typing.get_type_hints(owner if dataclasses.is_dataclass(owner) else owner.__init__)
+    except Exception:  # noqa: BLE001 - an unresolvable hint: nothing is known to be plain
+        return {}
+
+
+def _names_a_path(text: str) -> bool:
+    try:
+        return bool(text.strip()) and "\0" not in text and Path(text).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
+def file_settings(tree: Any, owner: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(location, string) of every string in settings of `owner` (a class of the suite, or None: unknown) that names
+    an existing file or folder where the setting's type is not plain: jsonargparse would read that file as a config,
+    which can name (and import) anything, after the allow-list has checked the settings."""
+    if not isinstance(tree, dict):
+        return
+    if isinstance(tree.get("class_path"), str):  # a nested class: its init_args are typed by its constructor
+        owner = allowed_class(tree["class_path"])
+        tree = tree.get("init_args") if isinstance(tree.get("init_args"), dict) else {}
+    hints = _setting_types(owner) if owner is not None else {}
+    for key, value in tree.items():
+        location, hint = f"{where}.{key}", hints.get(key)
+        if isinstance(value, str) and not (hint is not None and _plain(hint)) and _names_a_path(value):
+            yield location, value
+        elif isinstance(value, dict):
+            nested = hint if dataclasses.is_dataclass(hint) else None
+            yield from file_settings(value, nested, location)
+
+
 def check_class_paths(tree: Any, source: str, where: str = "hyper_parameters") -> None:
     """Raise `UntrustedClassPathError` naming `source` and the setting when a nested config read from a
-    file names a class, function or module outside the allow-list (nothing is imported either way)."""
+    file names a class, function or module outside the allow-list, or names a file that a setting would be read
+    from (`file_settings`; nothing is imported or read either way)."""
+    if isinstance(tree, dict):
+        owner = allowed_class(tree["_class_path"]) if isinstance(tree.get("_class_path"), str) else None
+        for location, text in file_settings(tree, owner, where):
+            raise UntrustedClassPathError(
+                f"{source}: {location} names the file {text!r}, which the setting would be read from as a config "
+                "(able to name any class); a checkpoint holds its settings as values: refused before reading it"
+            )
     for location, path, key in named_imports(tree, where):
         if not _is_allowed(path, key):
             raise UntrustedClassPathError(

@@ -325,3 +325,28 @@ def test_export_writes_a_deployment_graph_of_a_single_pass_restorer_and_refuses_
     training_checkpoint("sr3", sr3)
     assert export.main([str(sr3), str(tmp_path / "sr3.onnx"), "--format", "onnx"]) == 2
     assert "export the network alone" in capsys.readouterr().err and not (tmp_path / "sr3.onnx").exists()
+
+
+def test_a_model_folder_whose_settings_name_a_config_file_is_refused_before_it_is_read(
+    tmp_path, probe_module, monkeypatch
+):
+    """jsonargparse reads a string given for a class-typed setting (`net`) as a config file's path, which could
+    name any class (the folder's own module, imported from the current folder): such a string is refused, while a
+    plain setting (`operator`) that happens to name a folder here is a value like any other."""
+    probe, marker = probe_module
+    training_checkpoint("deqir", tmp_path / "last.ckpt")
+    folder = tmp_path / "model"
+    assert export.main([str(tmp_path / "last.ckpt"), str(folder), "--format", "folder"]) == 0
+    (folder / "net.yaml").write_text(f"class_path: {probe}.Net\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["hyper_parameters"]["net"] = "model/net.yaml"
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RestoreError, match=r"hyper_parameters.net names the file 'model/net.yaml', which the setting"):
+        ir_lightning.load("model", device="cpu")
+    assert not marker.exists() and probe not in sys.modules
+    config["hyper_parameters"]["net"] = METHODS["deqir"]["net"]
+    config["hyper_parameters"]["operator"] = "sr2"
+    (folder / "config.json").write_text(json.dumps(config))
+    (tmp_path / "sr2").mkdir()  # a folder named like the operator: a str setting is never read as a file
+    assert ir_lightning.load("model", device="cpu").module.operator_name == "sr2"
