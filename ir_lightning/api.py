@@ -253,10 +253,11 @@ class RestorationModel:
 
     def restore_planes(self, colour: Tensor) -> Tensor:
         """Restore c x H x W colour planes in [0, 1] (c = 1: grey, restored as RGB and averaged back, as
-        `ir_lightning.io.images` writes a grey input; c = 3: RGB); float32 on the CPU."""
+        `ir_lightning.io.images` writes a grey input, unless the method colourises; c = 3: RGB); float32 on the
+        CPU."""
         grey = colour.shape[0] == 1
         restored = self.restore_rgb((colour.expand(3, -1, -1) if grey else colour)[None])[0]
-        return restored.mean(0, keepdim=True) if grey else restored
+        return restored.mean(0, keepdim=True) if grey and not self.module.colourises else restored
 
     def restore_array(self, array: np.ndarray) -> np.ndarray:
         """A numpy image (H x W, or H x W x C with C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; uint8, uint16 or
@@ -275,7 +276,7 @@ class RestorationModel:
         if alpha is not None:
             out.append(resized_alpha(alpha[..., 0], size, peak)[None])
         result = np.concatenate(out).transpose(1, 2, 0)
-        return result[..., 0] if array.ndim == 2 else result
+        return result[..., 0] if array.ndim == 2 and result.shape[-1] == 1 else result  # colorization: H x W x 3
 
     def restore_pil(self, image: Image.Image) -> Image.Image:
         """A PIL image restored into a PIL image of the same mode family (see the module docstring)."""

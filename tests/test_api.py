@@ -210,3 +210,28 @@ def test_importing_the_package_imports_no_torch_until_a_model_is_loaded():
     assert result.stdout.strip() == "False", result.stderr
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ir_lightning.nope  # noqa: B018
+
+
+def test_colorization_keeps_the_colour_it_makes_from_a_grey_input(tmp_path):
+    """A grey image is what colorization takes: its restoration comes back (and is written) as RGB, equal to the
+    module's restoration of the grey image repeated to three channels; other methods average back to grey."""
+    module = small_deqir(operator="colorization")
+    assert module.colourises and not small_deqir().colourises
+    path = save_checkpoint(module, tmp_path / "colour.ckpt")
+    grey = pixels((12, 10))
+    restored = ir_lightning.load(path, device="cpu", tile=0).restore(grey)
+    lq = torch.from_numpy(grey).float().div(255).expand(1, 3, -1, -1)
+    with torch.no_grad():
+        expected = np.rint(module.restore(lq)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert restored.shape == (12, 10, 3) and restored.dtype == np.uint8
+    np.testing.assert_array_equal(restored, expected)
+    assert np.ptp(restored.astype(int), axis=-1).max() > 0  # colour, not grey
+    (tmp_path / "in").mkdir()
+    Image.fromarray(grey).save(tmp_path / "in/g.png")
+    assert (
+        restore_main(
+            ["--ckpt", str(path), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--tile", "0"]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/g.png")), expected)

@@ -93,6 +93,7 @@ def restore_file(
     model: RestorationModule, source: Path, target: Path, args: argparse.Namespace, device: torch.device
 ) -> None:
     """Read one image, restore it (tiled unless the method needs whole images), write it atomically."""
+    import dataclasses
     import itertools
 
     import torch
@@ -101,6 +102,8 @@ def restore_file(
     from ir_lightning.io.images import read_image, write_png
 
     image = read_image(source)
+    if model.colourises:  # colorization: a grey input's restoration is its colour
+        image = dataclasses.replace(image, grey=False)
 
     def restore(lq: torch.Tensor) -> torch.Tensor:
         return model.restore(lq, progress=True)
@@ -189,7 +192,10 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
 def use_native_tile(model: RestorationModule, args: argparse.Namespace) -> None:
     """Tile at the size the model's network works at, when it works at one size only (a pretrained prior:
     `RestorationModule.native_tile`), whatever `--tile` said, and say so."""
-    native, overlap = native_tiling(model, args.tile, args.overlap)  # the Python API's rule
+    try:
+        native, overlap = native_tiling(model, args.tile, args.overlap)  # the Python API's rule
+    except ValueError as error:  # a prior size the operator's scale cannot tile
+        raise RestoreError(f"--ckpt {args.ckpt}: {error}") from error
     if native == args.tile:
         return
     print(
@@ -215,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         files = input_files(args.input)
         check_outputs(files, args.input, args.output)
         model = load_method(args.ckpt, args, device)
+        use_native_tile(model, args)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    use_native_tile(model, args)
     if args.tile > 0 and not model.tileable:
         print(
             f"{type(model).__name__} with these settings restores whole images only (--tile ignored)", file=sys.stderr

@@ -303,6 +303,12 @@ class RestorationModule(pl.LightningModule):
         what it computes depends on where the tile sits in the whole image."""
         return True
 
+    @property
+    def colourises(self) -> bool:
+        """Whether the method makes colour from a grey input (colorization): `restore` and `ir_lightning.load` then
+        keep its colour output for a grey image instead of averaging it back to grey."""
+        return False
+
     def native_tile(self) -> int | None:
         """The tile side (input pixels) the method must restore in, when its network works at one image size only
         (a pretrained prior's); None (default) for any size. `restore` and `evaluate` then tile at it."""

@@ -204,6 +204,10 @@ class DeqIR(RestorationModule):
         sensing measurement is no image at all (its coefficients mix every pixel)."""
         return not self.operator_name.startswith(("inpaint", "cs_"))
 
+    @property
+    def colourises(self) -> bool:
+        return self.operator_name == "colorization"
+
     def _operator_factor(self) -> int:
         """k of sr<k> / bicubic<k> / cs_wh<k>: the operator's scale (SR) or compression ratio (CS); 1 otherwise."""
         digits = "".join(ch for ch in self.operator_name if ch.isdigit())
@@ -231,7 +235,13 @@ class DeqIR(RestorationModule):
         prior_size = getattr(self.net, "image_size", None)
         if prior_size is None or not self.tileable:
             return None
-        return max(1, prior_size // self._operator_factor())
+        factor = self._operator_factor()
+        if prior_size % factor:
+            raise ValueError(
+                f"the prior restores {prior_size} x {prior_size} images, which x{factor} ({self.operator_name}) "
+                f"measurements cannot tile: no measurement of whole pixels is {prior_size / factor:g} pixels wide"
+            )
+        return prior_size // factor
 
     @torch.no_grad()
     def restoration(

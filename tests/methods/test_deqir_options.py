@@ -146,6 +146,11 @@ def test_the_native_tile_is_the_prior_size_in_measurement_pixels(operator, tile)
     assert model.native_tile() is None  # a prior of any size
     model.net.image_size = 256  # what a TimestepPrior of the official priors carries
     assert model.native_tile() == tile
+    if operator == "sr4":
+        sr3 = tiny(operator="sr3")
+        sr3.net.image_size = 256
+        with pytest.raises(ValueError, match=r"x3 \(sr3\) measurements cannot tile: .* 85\.3333 pixels wide"):
+            sr3.native_tile()
 
 
 def test_a_compressed_sensing_measurement_is_no_image_its_size_is_the_square_it_came_from():
