@@ -270,6 +270,7 @@ class RestorationModel:
         pixels = array.reshape(*array.shape[:2], channels)
         colour, alpha = split_alpha(pixels, channels, axis=-1)
         planes = torch.from_numpy(np.array(colour.transpose(2, 0, 1), dtype=np.float32, order="C"))  # a copy
+        check_range(planes, peak, "a numpy image")
         restored = self.restore_planes(planes / peak if peak else planes)
         size = tuple(restored.shape[-2:])
         out = [quantised(restored.numpy(), peak, array.dtype)]
@@ -305,6 +306,7 @@ class RestorationModel:
         for image in batch:
             colour, alpha = split_alpha(image, channels, axis=0)
             planes = colour.detach().cpu().to(torch.float32)
+            check_range(planes, peak, "a tensor image")
             restored = self.restore_planes(planes / peak if peak else planes)
             out = [quantised(restored, peak, tensor.dtype)]
             if alpha is not None:
@@ -333,6 +335,21 @@ def check_dtype(name: str, floating: bool, peaks: dict[str, int], what: str) -> 
     if name not in peaks:
         raise TypeError(f"{what} must be {', '.join(peaks)} or float (in [0, 1]); got {name}")
     return peaks[name]
+
+
+FLOAT_RANGE_SLACK = 1e-3
+"""How far outside [0, 1] a float image may reach (rounding of a conversion) before it is refused."""
+
+
+def check_range(planes: Tensor, peak: int | None, what: str) -> None:
+    """Refuse float pixels outside [0, 1] (an image in 0..255 given as floats would come back nearly white)."""
+    if peak is not None or planes.numel() == 0:
+        return
+    low, high = float(planes.min()), float(planes.max())
+    if low < -FLOAT_RANGE_SLACK or high > 1 + FLOAT_RANGE_SLACK or planes.isnan().any():
+        raise ValueError(
+            f"{what} of floats must hold values in [0, 1]; got {low:g} .. {high:g} (divide 8-bit values by 255)"
+        )
 
 
 def split_alpha(pixels: Any, channels: int, axis: int) -> tuple[Any, Any]:

@@ -35,6 +35,7 @@ from datamodules import AdaptationDataModule, ShardDataModule  # noqa: F401  (re
 from ir_lightning import entry
 from ir_lightning.errors import DataError
 from ir_lightning.io.atomic import atomic_write_text
+from ir_lightning.io.weights import is_model_folder, is_safetensors
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.packaged import BASE_RECIPE, resolve_configs
 from ir_lightning.training.callbacks import EMA, ImageGridLogger, Throughput, WandbSummaries
@@ -166,6 +167,18 @@ def model_flags(words: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def kept_network_flags(words: list[str]) -> list[str]:
+    """The `--model...` flags `model_flags` leaves out because they would change the checkpoint's network."""
+    prefixes = (
+        "--model.init_args.net",
+        "--model.net",
+        "--model.class_path",
+        "--model.init_args=",
+        "--model.init_args ",
+    )
+    return [word for word in words if word.startswith(prefixes) or word == "--model.init_args"]
+
+
 def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """`base` with `changes` put over it, dicts merged key by key (a flag changes one field of a setting)."""
     out = dict(base)
@@ -232,6 +245,11 @@ class IRLightningCLI(LightningCLI):
         except that for validate, test and predict the method settings given as flags win (`model_flags`)."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and (is_model_folder(path) or (Path(path).is_file() and is_safetensors(path))):
+            raise ConfigurationError(
+                f"--ckpt_path {path}: a safetensors export or model folder holds weights and settings, not a state "
+                "Lightning loads: give a .ckpt (ir-lightning export --format ckpt), or --init_weights to fit from it"
+            )
         if not (path and Path(path).is_file()):
             return
         checkpoint = check_checkpoint_fits(path, self.config[subcommand].get("model"), resume=subcommand == "fit")
@@ -242,6 +260,8 @@ class IRLightningCLI(LightningCLI):
             return
         if subcommand in EVALUATING:
             hparams = merged(hparams, model_flags(self.command_line))
+            for word in kept_network_flags(self.command_line):
+                rank_zero_info(f"{word.split('=')[0]}: ignored, the network is the checkpoint's (its weights must fit)")
         model = {"class_path": class_path, "dict_kwargs": hparams}  # Lightning's layout of a checkpoint's settings
         try:
             self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)

@@ -149,6 +149,13 @@ def test_tensors_keep_dtype_layout_and_device_and_equal_the_module_s_tiled_resto
         (torch.zeros(3, 4, 4, dtype=torch.int64), TypeError, "a tensor image must be uint8 or float .* got int64"),
         (np.zeros((4, 4, 5), np.uint8), ValueError, r"C = 1 \(grey\), 2 .* got \(4, 4, 5\)"),
         (torch.zeros(4, 4), ValueError, r"C x H x W or B x C x H x W; got shape \(4, 4\)"),
+        (
+            np.full((4, 4, 3), 200.0),
+            ValueError,
+            r"a numpy image of floats must hold values in \[0, 1\]; got 200 \.\. 200",
+        ),
+        (torch.full((3, 4, 4), float("nan")), ValueError, "a tensor image of floats must hold values in"),
+        (torch.full((3, 4, 4), -0.5), ValueError, r"got -0\.5 \.\. -0\.5"),
     ],
 )
 def test_what_cannot_be_an_image_is_refused_naming_why(model, image, error, message):
