@@ -36,6 +36,7 @@ from ir_lightning.diffusion.deq import (
     spectral_prior_eps,
 )
 from ir_lightning.diffusion.deq.chains import NOISE_WEIGHTS, EpsModel, NoiseWeights
+from ir_lightning.diffusion.deq.inversion import Inversion
 from ir_lightning.diffusion.deq.solve import Chain
 from ir_lightning.diffusion.operators import LinearOperator, make_operator
 from ir_lightning.diffusion.ranges import to_signed, to_unit
@@ -98,6 +99,10 @@ class DeqIR(RestorationModule):
             computes without --use_svd: a bug inherited from DDNM's simplified code, see `noise_weights`).
         noise_weight: DeqIR's --nw (official default 0: no noise), for the "deqir" and "deqir_without_svd"
             weights only (the others take their noise weight from eta).
+        inversion: DeqIR's DEQ inversion in validation and test (`deq.inversion.Inversion`: `steps` Adam steps
+            on x_T towards the known clean image through the phantom gradient, the official "oracle" mode; 0 steps,
+            the default: off). Its other fields default to the official code's (lr 2e-5, tau 0.1, one phantom
+            step, the solver m 3, beta 0.9, tol 1e-2, 15 evaluations).
         noise_aware: DDNM+'s noise-aware correction for sigma_y > 0 (DDNM eq. 17-19, `ddnm_chain(sigma_y=...)`,
             functions/svd_ddnm.py `ddnm_plus_diffusion`); it needs the operator's `spectral`. The official DeqIR
             has none. Without it, restoring with sigma_y > 0 through an operator whose noise gain exceeds 10 warns.
@@ -122,6 +127,7 @@ class DeqIR(RestorationModule):
         noise_weights: NoiseWeights = "ddim",
         noise_weight: float = 0.0,
         noise_aware: bool = False,
+        inversion: Inversion = Inversion(),
         **kwargs: Any,
     ) -> None:
         super().__init__(y_channel=y_channel, **kwargs)
@@ -171,6 +177,7 @@ class DeqIR(RestorationModule):
             raise ValueError(f"model.init_args.noise_aware must be true or false, got {noise_aware!r}")
         self.noise_weights, self.noise_weight, self.noise_aware = noise_weights, float(noise_weight), noise_aware
         self._warned_noise_gain: set[str] = set()
+        self.inversion = Inversion.of(inversion)
 
     def sampling_timesteps(self) -> Tensor:
         """The T = sampling.steps timesteps the chain visits (int64, noisiest first), by `timesteps`."""
@@ -255,9 +262,15 @@ class DeqIR(RestorationModule):
 
     @torch.no_grad()
     def restoration_with(
-        self, operator: LinearOperator, lq: Tensor, size: tuple[int, int], progress: bool = False
+        self,
+        operator: LinearOperator,
+        lq: Tensor,
+        size: tuple[int, int],
+        progress: bool = False,
+        target: Tensor | None = None,
     ) -> Restoration:
-        """`restoration` with a given operator (validation's: the one that measured `lq`)."""
+        """`restoration` with a given operator (validation's: the one that measured `lq`); with the clean image
+        `target` (in [0, 1]; validation and test), x_T is first optimised towards it by `inversion` (when on)."""
         if self.operator_name == "colorization":
             lq = lq.mean(dim=1, keepdim=True)
         ones = torch.ones(lq.shape[0], 3, *size, device=lq.device, dtype=lq.dtype)
@@ -293,6 +306,8 @@ class DeqIR(RestorationModule):
         chain = chain_of(eps_model, "null_space" if self.preconditioner == "official" else "x0")
         if self.sampling.parallel and self.preconditioner == "spectral":
             chain = precondition(chain, chain_of(spectral_prior_eps(alpha_bars, self.prior_variance)))
+        if target is not None:
+            x_T = self.inversion.run(chain, x_T, to_signed(target))
         x0, result = run_chain(chain, x_T, self.sampling.solver, progress)
         return Restoration.of(to_unit(x0), result)
 
@@ -330,7 +345,7 @@ class DeqIR(RestorationModule):
             return self.restore(self.require_lq(batch))
         gt = batch["gt"]
         operator, measurement = self.measurement(gt)
-        restored, solve = self.restoration_with(operator, measurement, tuple(gt.shape[-2:]))
+        restored, solve = self.restoration_with(operator, measurement, tuple(gt.shape[-2:]), target=gt)
         stage = (
             None
             if self.attached_trainer is None

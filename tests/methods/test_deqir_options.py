@@ -160,3 +160,38 @@ def test_a_compressed_sensing_measurement_is_no_image_its_size_is_the_square_it_
     assert model.image_size(torch.zeros(1, 3, 128, 1)) == (16, 16)  # 16 x 16 pixels, 1 coefficient in 2
     with pytest.raises(ValueError, match="measurement of 100 x 1 coefficients is not a square image's"):
         model.image_size(torch.zeros(1, 3, 100, 1))
+
+
+def test_deq_inversion_is_off_by_default_with_the_official_settings_and_brings_validation_closer_to_the_gt():
+    from ir_lightning.diffusion.deq.inversion import DEQIR_INVERSION_SOLVER, Inversion
+
+    official = Inversion()
+    assert (official.steps, official.lr, official.tau, official.phantom_steps) == (0, 2e-5, 0.1, 1)
+    assert official.solver == DEQIR_INVERSION_SOLVER and official.solver.memory == 3 and official.solver.mixing == 0.9
+    solver = {"method": "anderson_official", "max_iter": 6}
+    plain = tiny(operator="sr2", preconditioner="official", sampling={"steps": 4, "solver": solver})
+    inverted = tiny(
+        operator="sr2",
+        preconditioner="official",
+        sampling={"steps": 4, "solver": solver},
+        inversion={"steps": 3, "lr": 0.05, "solver": {"method": "anderson_official", "max_iter": 6}},
+    )
+    operator, measurement = plain.measurement(GT)
+    before = plain.restoration_with(operator, measurement, (16, 16), target=GT)[0]
+    after = inverted.restoration_with(operator, measurement, (16, 16), target=GT)[0]
+    assert torch.equal(before, plain.restoration_with(operator, measurement, (16, 16))[0])  # 0 steps: off
+    assert float(((after - GT) ** 2).mean()) < float(((before - GT) ** 2).mean()) - 1e-4
+    assert torch.equal(inverted.restoration_with(operator, measurement, (16, 16))[0], before)  # no gt: no inversion
+
+
+@pytest.mark.parametrize(
+    ("inversion", "message"),
+    [
+        ({"steps": -1}, "inversion.steps must be an integer >= 0, got -1"),
+        ({"tau": 0.0}, r"inversion.tau must be a number in \(0, 1\], got 0.0"),
+        ({"solver": {"method": "sequential"}}, "inversion.solver must be a fixed-point solver"),
+    ],
+)
+def test_bad_inversion_settings_name_the_field(inversion, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(inversion=inversion)

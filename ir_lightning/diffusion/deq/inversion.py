@@ -105,3 +105,61 @@ def invert(
         optimizer.step()
         losses.append(loss.item())
     return InversionResult(x_T=x_T.detach(), losses=losses)
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """DEQ inversion as a setting of a method (DeqIR's `inversion`): before restoring a measurement whose clean
+    image is known (validation and test: the official "oracle" mode, loss MSE to the ground truth), optimise x_T
+    with `steps` Adam steps (`invert`); 0 steps: off. The defaults are the official code's
+    (`functions/latent_space_opt_anderson.py`, `configs/imagenet.yml`): lr 2e-5, tau 0.1, one phantom step, the
+    solver m 3, lambda 1e-3, beta 0.9, tol 1e-2, 15 evaluations (`DEQIR_INVERSION_SOLVER`)."""
+
+    steps: int = 0
+    lr: float = DEQIR_INVERSION_LR
+    tau: float = DEQIR_INVERSION_TAU
+    phantom_steps: int = DEQIR_INVERSION_PHANTOM_STEPS
+    solver: SolverSettings = DEQIR_INVERSION_SOLVER
+
+    def __post_init__(self) -> None:
+        if isinstance(self.solver, dict):  # built from a checkpoint's plain dict
+            object.__setattr__(self, "solver", SolverSettings(**self.solver))
+        checks = {
+            "steps": isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 0,
+            "lr": isinstance(self.lr, (int, float)) and self.lr > 0,
+            "tau": isinstance(self.tau, (int, float)) and 0 < self.tau <= 1,
+            "phantom_steps": isinstance(self.phantom_steps, int) and self.phantom_steps >= 1,
+            "solver": self.solver.method != "sequential",
+        }
+        expected = {
+            "steps": "an integer >= 0",
+            "lr": "a number > 0",
+            "tau": "a number in (0, 1]",
+            "phantom_steps": "an integer >= 1",
+            "solver": "a fixed-point solver (anderson, picard or anderson_official)",
+        }
+        for name, valid in checks.items():
+            if not valid:
+                raise ValueError(f"inversion.{name} must be {expected[name]}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def of(cls, value: Inversion | dict) -> Inversion:
+        """Accepts the dataclass or its dict (as stored in a checkpoint's hyperparameters)."""
+        return cls(**value) if isinstance(value, dict) else value
+
+    def run(self, chain: Chain, x_T: Tensor, target: Tensor) -> Tensor:
+        """x_T after the inversion towards `target` (the clean image on the chain's scale), or x_T when off."""
+        if self.steps == 0:
+            return x_T
+        with torch.enable_grad():
+            result = invert(
+                chain,
+                x_T,
+                lambda x0: torch.nn.functional.mse_loss(x0, target),
+                self.steps,
+                self.solver,
+                self.lr,
+                self.tau,
+                self.phantom_steps,
+            )
+        return result.x_T
