@@ -428,7 +428,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "settings: a parallel solve allowed with eta > 0",
         "ir_lightning/methods/settings.py",
-        'if self.solver.method != "sequential" and (self.sampler != "ddim" or self.eta != 0):',
+        'if self.solver.method != "sequential" and (self.sampler != "ddim" or (self.eta != 0 and not self.fixed_noise)):',
         'if self.solver.method != "sequential" and self.sampler != "ddim":',
         ("tests/methods/test_settings.py",),
     ),
