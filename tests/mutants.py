@@ -287,7 +287,7 @@ BREAKS: tuple[Break, ...] = (
         "ir_lightning/commands/export.py",
         'left_out = list(dict.fromkeys([*checkpoint.get("exported_without", ()), *dropped]))',
         "left_out = dropped",
-        ("tests/commands/test_import.py",),
+        ("tests/commands/test_import.py", "tests/commands/test_export_formats.py"),
     ),
     Break(
         "timestep_prior: the step one past the level's",

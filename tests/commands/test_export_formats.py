@@ -142,6 +142,19 @@ def test_every_format_of_every_method_restores_exactly_what_the_trained_module_d
     assert left_out == list(type(ema).TRAINING_ONLY)  # DA's diffusion network, DiffIR's teacher: not exported
 
 
+def test_an_export_lists_what_an_import_left_out_before_what_training_only_drops(tmp_path):
+    """A DA model imported from official weights (whose record lists what the import left out) and trained on: its
+    export lists both, the import's first, in every format that keeps the record."""
+    training_checkpoint("da", tmp_path / "last.ckpt")
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    checkpoint["exported_without"] = ["official optimizer state"]
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    expected = ["official optimizer state", *checkpoint["training_only"]]
+    assert len(expected) == 2
+    assert export.exported_checkpoint(tmp_path / "last.ckpt")["exported_without"] == expected
+    assert read_checkpoint(exports(tmp_path / "last.ckpt", tmp_path)["safetensors"])["exported_without"] == expected
+
+
 def test_the_safetensors_metadata_records_the_settings_and_history_as_text(tmp_path):
     training_checkpoint("deqir", tmp_path / "run/checkpoints/last.ckpt")
     data = {"class_path": "datamodules.ShardDataModule", "init_args": {"train_shards": "/scratch/me/faces-{0..9}.tar"}}
