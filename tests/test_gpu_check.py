@@ -1,5 +1,7 @@
 """bench/gpu_check.py, the GPU smoke check, end to end on the CPU with tiny sizes (`--cpu --tiny`): every section
-runs and reports finite figures, in the JSON and in the markdown table."""
+runs and reports finite figures, in the JSON and in the markdown table. Section 1 trains two recipes of different
+methods here (`--recipes`), not all of them: that every recipe builds and trains is what tests/test_recipes.py and
+the per-method CLI tests check; here it is the check's own code path."""
 
 from __future__ import annotations
 
@@ -43,7 +45,16 @@ def test_cpu_tiny_run_reports_every_section_with_finite_figures(tmp_path):
     out = tmp_path / "check"
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO))
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench/gpu_check.py"), "--cpu", "--tiny", "--out", str(out)],
+        [
+            sys.executable,
+            str(REPO / "bench/gpu_check.py"),
+            "--cpu",
+            "--tiny",
+            "--recipes",
+            "sr3_x4,deqir_faces64",
+            "--out",
+            str(out),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -62,7 +73,7 @@ def test_cpu_tiny_run_reports_every_section_with_finite_figures(tmp_path):
         rows = [row for row in sections[number]["rows"] if row["status"] == "ok"]
         assert rows and all(finite(row[name]) for row in rows for name in names), number
     trained = {row["recipe"] for row in sections["1"]["rows"]}
-    assert {"sr3_x4", "rddm_sr_x4", "deqir_faces64", "da_denoise", "diffir_s2gan_realsr_x4"} <= trained
+    assert trained == {"sr3_x4", "deqir_faces64"}
     assert all(row["loss_finite"] and row["syncs_per_step"] == 0 for row in sections["1"]["rows"])  # no CUDA syncs
     ddp = sections["2"]
     assert ddp["rc"] == 0 and ddp["checkpoint_written"] and ddp["backend"] == "gloo"

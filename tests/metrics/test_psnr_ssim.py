@@ -284,3 +284,37 @@ def test_restoration_metrics_states_merge_by_sum_like_ddp() -> None:
     psnr_expected = (20.0 * math.log10(255.0) + 2 * (20.0 * math.log10(255.0) - 20.0)) / 3
     assert merged["psnr"].item() == pytest.approx(psnr_expected, abs=1e-9)
     assert merged["ssim"].item() == pytest.approx(expected["ssim"].item(), abs=1e-12)
+
+
+def test_color_error_of_a_cast_is_its_size_over_the_channels_and_texture_averages_out() -> None:
+    """A cast of c levels on one of 3 channels scores c / 3; a checkerboard of +-a levels (zero mean on every
+    8 x 8 box) scores 0; the border crop drops what lies outside it; a remainder past the last full box is
+    dropped (a cast there scores 0)."""
+    from ir_lightning.metrics.psnr_ssim import color_error_per_image
+
+    base = torch.full((2, 3, 40, 40), 100.0) / 255
+    cast = base.clone()
+    cast[:, 1] += 12 / 255
+    assert torch.allclose(color_error_per_image(cast, base), torch.tensor(4.0, dtype=torch.float64))
+    rows, cols = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    checker = base + ((rows + cols) % 2 * 2 - 1).float() * 9 / 255
+    assert torch.equal(color_error_per_image(checker, base), torch.zeros(2, dtype=torch.float64))
+    edge = base.clone()
+    edge[..., :4, :] += 30 / 255  # the 4-pixel border only
+    assert color_error_per_image(edge, base, border=4).max() == 0
+    assert color_error_per_image(edge, base).min() > 0
+    wide = torch.full((1, 3, 40, 44), 100.0) / 255
+    tail = wide.clone()
+    tail[..., 40:] += 30 / 255  # past the last full 8 x 8 box of a 44-pixel side
+    assert color_error_per_image(tail, wide).max() == 0
+
+
+def test_restoration_metrics_average_the_color_error_over_images() -> None:
+    from ir_lightning.metrics.psnr_ssim import RestorationMetrics
+
+    base = torch.full((2, 3, 32, 32), 0.4)
+    cast = base.clone()
+    cast[0, 0] += 6 / 255  # 2 levels on image 0, 0 on image 1
+    metrics = RestorationMetrics(crop_border=0, y_channel=True)
+    metrics.update(cast, base)
+    assert metrics.compute()["color_error"].item() == pytest.approx(1.0)
