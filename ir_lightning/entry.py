@@ -1,6 +1,6 @@
 """The `ir-lightning` (and `lightning`, `python -m ir_lightning`) entry point.
 
-`--version` and the subcommands (`shards`, `demo`, `export`, `import`, `restore`, `evaluate`, `sweep`, `recipes`) are
+`--version` and the subcommands (`shards`, `photos`, `demo`, `export`, `import`, `restore`, `evaluate`, `sweep`, `recipes`) are
 dispatched here without importing Lightning, so those that do not need it start at once; `fit`, `validate`,
 `test` and `predict` go to the LightningCLI in `ir_lightning.cli`.
 """
@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 SUBCOMMANDS = {
     "shards": "ir_lightning.commands.shards",
+    "photos": "ir_lightning.commands.photos",
     "demo": "ir_lightning.commands.demo",
     "export": "ir_lightning.commands.export",
     "import": "ir_lightning.commands.import_",
