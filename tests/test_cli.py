@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
+from ir_lightning.io.wandb_records import config as wandb_config
+from ir_lightning.io.wandb_records import history, metric_definitions
 from tests.conftest import REPO
-from tests.wandb_records import config as wandb_config
-from tests.wandb_records import history, metric_definitions
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ import torch
 import yaml
 from PIL import Image
 
+from ir_lightning.io.wandb_records import history, offline_runs
 from ir_lightning.methods.deqir import DeqIR
 from ir_lightning.training.image_grid import to_uint8_hwc
 from tests.conftest import REPO
 from tests.test_cli import data_args, load, run
-from tests.wandb_records import history, offline_runs
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""Reads the records of an offline W&B run file (`run-<id>.wandb`) without the W&B service.
+"""Reads the records of an offline W&B run file (`run-<id>.wandb`) without the W&B service: what the tests check a
+run logged, and what `bench/learning_curves.py` plots.
 
 The file is a LevelDB-style log: a 7-byte header (":W&B", magic 0xBEE1, version 0), then 32 KiB
 blocks of records, each with a 7-byte header (CRC-32, length, type: 1 full, 2 first, 3 middle,
@@ -22,7 +23,8 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 def payloads(path: Path) -> list[bytes]:
     data = Path(path).read_bytes()
     ident, magic, _version = FILE_HEADER.unpack_from(data)
-    assert ident == b":W&B" and magic == 0xBEE1, f"{path} is not a W&B run file"
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a W&B run file")
     out, pending, pos = [], b"", FILE_HEADER.size
     while pos + RECORD_HEADER.size <= len(data):
         left_in_block = BLOCK - pos % BLOCK
@@ -86,7 +88,7 @@ def run_identity(path: Path) -> dict[str, str]:
     for r in records(path):
         if r.WhichOneof("record_type") == "run":
             return {"id": r.run.run_id, "group": r.run.run_group, "name": r.run.display_name}
-    raise AssertionError(f"{path} has no run record")
+    raise ValueError(f"{path} has no run record")
 
 
 def offline_runs(folder: Path) -> list[Path]:

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from ir_lightning.commands import evaluate
+from ir_lightning.io.wandb_records import history, offline_runs, records
 from ir_lightning.metrics import protocols
 from ir_lightning.training.image_grid import to_uint8_hwc
 from tests.degradations.test_resize import matlab_downscale_axis
 from tests.helpers.checkpoints import save_checkpoint, small_deqir
-from tests.wandb_records import history, offline_runs, records
 
 SAME_SIZE_PROTOCOLS = {  # preset: (crop_border, Y channel), from the official scripts (see ir_lightning/metrics/protocols.py)
     "gopro": (0, False),

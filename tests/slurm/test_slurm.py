@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ir_lightning.io.wandb_records import offline_runs, run_identity
 from tests.conftest import REPO
 from tests.test_cli import RECIPE, data_args
-from tests.wandb_records import offline_runs, run_identity
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
