@@ -26,6 +26,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 BASE = packaged.BASE_RECIPE.name  # the shared settings, read before every recipe: not a recipe itself
 BASES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.name != BASE)
 OVERLAYS = sorted(p.stem for p in (RECIPES / "demo").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (RECIPES / "models").glob("*.yaml"))
 SUITE = (EMA, ModelCheckpoint, LearningRateMonitor, ImageGridLogger, Throughput, WandbSummaries)
 
 
@@ -124,9 +125,28 @@ def test_every_cpu_overlay_parses_on_the_recipe_it_names_and_builds(name, capsys
     check_built(build([base, f"demo/{name}"], printed, vgg19_file, monkeypatch), printed)
 
 
+def stack_of(model: str) -> list[str]:
+    """The configs a shipped model's training stacks, as its comment's `ir-lightning fit -c ... -c ...` names them."""
+    text = (RECIPES / "models" / f"{model}.yaml").read_text()
+    command = re.search(r"ir-lightning fit((?: -c [\w/]+)+)", text)
+    assert command is not None, f"models/{model}.yaml: its comment must give the fit command that trains it"
+    stack = command.group(1).split(" -c ")[1:]
+    assert stack[-1] == f"models/{model}" and stack[0] in BASES, stack
+    return stack
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_shipped_models_recipe_parses_on_its_stack_and_builds(name, capsys, tmp_path, monkeypatch, vgg19_file):
+    monkeypatch.chdir(tmp_path)
+    stack = stack_of(name)
+    printed = print_config(capsys, *stack)
+    assert printed["run_name"] == name  # its own runs/<name>, apart from the demo's and the recipe's
+    check_built(build(stack, printed, vgg19_file, monkeypatch), printed)
+
+
 def test_recipes_live_where_the_tests_and_the_package_data_look():
-    """Recipes at the top or in demo/ only: setup.cfg's package_data and the globs above cover those two."""
-    assert {path.parent for path in RECIPES.rglob("*.yaml")} == {RECIPES, RECIPES / "demo"}
+    """Recipes at the top, in demo/ or in models/ only: setup.cfg's package_data and the globs above cover those."""
+    assert {path.parent for path in RECIPES.rglob("*.yaml")} == {RECIPES, RECIPES / "demo", RECIPES / "models"}
     assert (RECIPES / BASE).read_bytes() == packaged.BASE_RECIPE.read_bytes()
 
 
