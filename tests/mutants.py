@@ -297,6 +297,20 @@ BREAKS: tuple[Break, ...] = (
         ("tests/datamodules/test_photos.py",),
     ),
     Break(
+        "schedules: offset noise drawn per pixel, not per sample and channel",
+        "ir_lightning/diffusion/schedules.py",
+        "shape = (*y0.shape[:2], *([1] * (y0.ndim - 2)))",
+        "shape = y0.shape",
+        ("tests/diffusion/test_schedules.py",),
+    ),
+    Break(
+        "sr3: the offset-noise setting never reaches the training noise",
+        "ir_lightning/methods/sr3.py",
+        "noised_training_sample(y0, gammas, generator, self.offset_noise)",
+        "noised_training_sample(y0, gammas, generator)",
+        ("tests/methods/test_sr3.py",),
+    ),
+    Break(
         "export: what an export or import left out is lost",
         "ir_lightning/commands/export.py",
         'left_out = list(dict.fromkeys([*checkpoint.get("exported_without", ()), *dropped]))',

@@ -163,7 +163,7 @@ def sample_noise_levels(
 
 
 def noised_training_sample(
-    y0: Tensor, gammas: Tensor, generator: torch.Generator | None = None
+    y0: Tensor, gammas: Tensor, generator: torch.Generator | None = None, offset: float = 0.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One training draw of a noise-predicting model: (y_noisy, level, noise).
 
@@ -171,7 +171,15 @@ def noised_training_sample(
     y_noisy = sqrt(gamma) y0 + sqrt(1 - gamma) noise (`q_sample`), all drawn from `generator` in that
     order; `gammas` and the generator on y0's device. SR3, Denoising as Adaptation's D and the unconditional prior of
     DeqIR train on it.
+
+    `offset` > 0 adds to the noise a constant per sample and channel drawn from N(0, offset^2), drawn last (offset
+    noise): the noise's mean per channel then weighs in the loss (with white noise alone its variance is 1 / (H W),
+    too little for a network to learn it), and a network that predicts it gets the image's colour right when it
+    samples from pure noise (docs/models.md, "Why SR3's colours drifted").
     """
     level = sample_noise_levels(gammas, y0.shape[0], generator=generator)
     noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
+    if offset > 0:
+        shape = (*y0.shape[:2], *([1] * (y0.ndim - 2)))
+        noise = noise + offset * torch.randn(shape, generator=generator, device=y0.device, dtype=y0.dtype)
     return q_sample(y0, level.double() ** 2, noise), level, noise

@@ -38,6 +38,11 @@ class SR3(RestorationModule):
             each step) and `solver` (DDIM with eta = 0 may be solved as one fixed point over all steps:
             `diffusion.deq`, DeqIR's parallel sampling; the same result in fewer serial rounds).
         loss: "l1" (the public code) or "l2" (the paper's p = 2) on the noise.
+        offset_noise: std of a constant per sample and channel added to the training noise (offset noise; 0: the
+            paper's white noise). White noise's mean over a crop weighs almost nothing in the loss, so the network
+            never learns to predict it; sampling from pure noise then turns the mean of the initial noise, divided
+            by sqrt(gamma_T), into a colour cast (the same one for every image of a size: the sampling seed is
+            fixed). 0.1 makes the network read it from the input (docs/models.md, "Why SR3's colours drifted").
         crop_border: pixels cropped before PSNR/SSIM; None = the scale.
         **kwargs: `RestorationModule`'s (optimizer, warmup_steps, y_channel, max_nonfinite_steps).
     """
@@ -54,14 +59,18 @@ class SR3(RestorationModule):
         sampling: Sampling = DEFAULT_SAMPLING,
         loss: Literal["l1", "l2"] = "l1",
         crop_border: int | None = None,
+        offset_noise: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        if isinstance(offset_noise, bool) or not isinstance(offset_noise, (int, float)) or not offset_noise >= 0:
+            raise ValueError(f"model.init_args.offset_noise must be a number >= 0, got {offset_noise!r}")
         super().__init__(crop_border=scale if crop_border is None else crop_border, **kwargs)
         self.save_hyperparameters_as_plain_data(ignore=self.objects_kept_out_of_hparams("net", "optimizer"))
         train_schedule, inference_schedule = NoiseSchedule.of(train_schedule), NoiseSchedule.of(inference_schedule)
         self.net = net
         self.scale = scale
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
+        self.offset_noise = float(offset_noise)
         # float64 schedules kept off the module's buffers: precision survives `.half()`/`bf16-true`,
         # and DDP has nothing to broadcast; `on_device` moves them to the device where they are used
         self.train_gammas = train_schedule.gammas()
@@ -95,7 +104,7 @@ class SR3(RestorationModule):
         y0, x = to_signed(gt), to_signed(self.upsample(lq, gt.shape[-2:]))
         generator = self.training_generator()
         gammas = self.on_device(self.train_gammas, y0.device)
-        y_noisy, level, noise = noised_training_sample(y0, gammas, generator)  # SR3 eq. 4, level = sqrt(gamma)
+        y_noisy, level, noise = noised_training_sample(y0, gammas, generator, self.offset_noise)  # SR3 eq. 4
         eps_hat = self.net(torch.cat([x, y_noisy], dim=1), level)
         return self.loss_fn(eps_hat, noise)  # SR3 eq. 6, p = 1 or 2
 

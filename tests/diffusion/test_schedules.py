@@ -174,3 +174,21 @@ def test_noised_training_sample_is_the_forward_process_of_its_own_draws():
     assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05  # 3072 N(0, 1) draws
     again = noised_training_sample(y0, gammas, torch.Generator().manual_seed(3))
     assert all(torch.equal(a, b) for a, b in zip((y_noisy, level, noise), again))
+
+
+def test_offset_noise_gives_the_channel_means_the_variance_of_the_offset_plus_white_noise() -> None:
+    """Monte-Carlo: the mean over a 16 x 16 crop of each channel of the training noise has variance 1 / 256 with white
+    noise alone and offset^2 + 1 / 256 with offset noise; offset 0 draws exactly what the call without it draws."""
+    from ir_lightning.diffusion.schedules import noised_training_sample
+
+    gammas = gammas_from_betas(make_betas("linear", SR3_T))
+    y0 = torch.zeros(4000, 3, 16, 16)
+    for offset in (0.0, 0.1, 0.3):
+        _, _, noise = noised_training_sample(y0, gammas, torch.Generator().manual_seed(5), offset)
+        variance = noise.double().mean(dim=(2, 3)).var().item()
+        expected = offset**2 + 1 / 256
+        # the sample variance of 12000 normal means: relative standard error sqrt(2 / 12000) = 1.3 %
+        assert abs(variance - expected) < 4 * math.sqrt(2 / 12000) * expected, (offset, variance)
+    plain = noised_training_sample(y0[:8], gammas, torch.Generator().manual_seed(6))
+    zero = noised_training_sample(y0[:8], gammas, torch.Generator().manual_seed(6), 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero))

@@ -63,6 +63,26 @@ def test_training_loss_of_a_zero_predictor_is_the_noise_norm(loss):
     assert value == pytest.approx(expected, abs=0.03)  # 24576 draws: s.e. about 0.005 (l1), 0.009 (l2)
 
 
+def test_offset_noise_adds_its_variance_to_the_training_noise_and_the_oracle_still_reads_it():
+    """With offset noise o the noise has variance 1 + o^2 per pixel: a zero predictor's L2 loss is 1 + o^2; the
+    oracle, which reads the noise off y_t, still has zero loss. A negative offset is refused by name."""
+
+    class Zero(nn.Module):
+        def forward(self, x, level):
+            return torch.zeros_like(x[:, 3:])
+
+    torch.manual_seed(0)
+    b = {"gt": torch.rand(64, 3, 16, 16), "lq": torch.rand(64, 3, 4, 4)}
+    value = SR3(net=Zero(), scale=4, loss="l2", offset_noise=0.5).training_loss(b).item()
+    # 192 channel offsets: their mean square has a relative s.e. of sqrt(2 / 192) = 10 % on the 0.25
+    assert value == pytest.approx(1.25, abs=0.1)
+    assert SR3(net=Zero(), scale=4, loss="l2").training_loss(b).item() == pytest.approx(1.0, abs=0.03)
+    oracle = batch()
+    assert SR3(net=NoiseOracle(to_signed(oracle["gt"])), scale=4, offset_noise=0.1).training_loss(oracle) < 1e-4
+    with pytest.raises(ValueError, match="model.init_args.offset_noise must be a number >= 0, got -0.1"):
+        SR3(net=Zero(), scale=4, offset_noise=-0.1)
+
+
 @pytest.mark.parametrize("sampler,steps", [("ddim", 1), ("ddim", 7), ("ddpm", 5)])
 def test_restore_with_the_noise_oracle_returns_the_ground_truth(sampler, steps):
     b = batch(1)
