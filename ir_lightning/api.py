@@ -68,6 +68,8 @@ def load(
     steps: int | None = None,
     sampler: str | None = None,
     operator: str | None = None,
+    color_fix: str | None = None,
+    consistency: str | None = None,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     tile_batch: int = DEFAULT_TILE_BATCH,
@@ -83,6 +85,10 @@ def load(
         method: check that the checkpoint holds this method (e.g. "deqir"); never needed.
         steps, sampler, operator: `ir-lightning restore`'s shortcuts (sampling.steps; sampling.sampler or
             sampling.solver.method; DeqIR's operator).
+        color_fix, consistency: the post-processing every method has (`--color-fix`, `--consistency`): `none`,
+            `wavelet` or `adain` colour fix; the degradation's operator by name (`bicubic4`, `sr4`, ...) to
+            make the restoration consistent with the input. None keeps the checkpoint's own settings; `none`
+            turns them off. See docs/postprocess.md.
         tile, overlap, tile_batch: the tiling (tile 0: whole images); a method that works at one size only tiles
             at it, and one whose restoration depends on the whole image never tiles.
         progress: show the sampling steps and tiles.
@@ -95,7 +101,16 @@ def load(
     """
     from ir_lightning.inference.loading import Options, chosen_device, read_method
 
-    options = Options(method=method, no_ema=not ema, steps=steps, sampler=sampler, operator=operator, values=settings)
+    options = Options(
+        method=method,
+        no_ema=not ema,
+        steps=steps,
+        sampler=sampler,
+        operator=operator,
+        color_fix=color_fix,
+        consistency=consistency,
+        values=settings,
+    )
     target = chosen_device(device) if isinstance(device, str) else device
     return RestorationModel(read_method(Path(source), options, target), tile, overlap, tile_batch, progress)
 
@@ -179,7 +194,8 @@ class RestorationModel:
         its prior schedule), `operator` (DeqIR), the run's `training` record (recipe config, data) and
         `validation` scores where recorded, `global_step` and `epoch` trained, `weights` (ema, trained, or what
         the file says), `imported_from`, `exported_without`, `license`, `source` (the file) and its `format`
-        (ckpt, safetensors, folder), the tiling, the device, the parameter count and all `hyper_parameters`."""
+        (ckpt, safetensors, folder), the `post_processing` (`color_fix`, `consistency`), the tiling, the device,
+        the parameter count and all `hyper_parameters`."""
         import copy
 
         record = self.loaded.record
@@ -201,6 +217,10 @@ class RestorationModel:
             "ir_lightning_version": record.get("ir_lightning_version"),
             "source": str(self.loaded.source),
             "format": self.loaded.layout,
+            "post_processing": {
+                "color_fix": getattr(self.module, "color_fix", "none"),
+                "consistency": getattr(self.module, "consistency", None),
+            },
             "tileable": self.module.tileable,
             "tile": self.tile,
             "overlap": self.overlap,

@@ -15,8 +15,10 @@ Without `--lq` (SR presets only), each LQ is made from the modcropped GT as the 
 MATLAB `imresize(gt, 1/scale, 'bicubic')` (antialiased cubic, symmetric border), rounded to 8 bits.
 
 The method is read from the checkpoint (as `ir-lightning restore` does, `weights_only` load, EMA weights
-unless `--no-ema`). Writes `<out>/results.json` (per-image and mean PSNR/SSIM, preset, protocol,
-checkpoint, method, settings) and `<out>/results.md` atomically, the per-image scores as a W&B table in
+unless `--no-ema`), with its post-processing (`--color-fix`, `--consistency`: docs/postprocess.md), which the
+command prints in one line and results.json records (`post_processing`). Writes `<out>/results.json`
+(per-image and mean PSNR/SSIM, preset, protocol, checkpoint, method, settings, post-processing) and
+`<out>/results.md` atomically, the per-image scores as a W&B table in
 an offline run under `<out>/wandb` (`--no-wandb` skips it), and with `--save-images` the restored
 images as `<out>/images/<name>.png` (`<name>` keeps the GT's sub-folders); an `--out` whose images would
 land on or among the --gt/--lq images (symlinks resolved) is refused before any work. Errors name the bad
@@ -46,7 +48,12 @@ from typing import TYPE_CHECKING, Any
 
 from datamodules.folders import images_by_stem, pair_by_stem, suffix_rule
 from datamodules.format import IMAGE_SUFFIXES
-from ir_lightning.commands.restore import add_model_arguments, use_native_tile
+from ir_lightning.commands.restore import (
+    add_model_arguments,
+    check_postprocessing,
+    postprocessing_line,
+    use_native_tile,
+)
 from ir_lightning.inference.loading import RestoreError, chosen_device, load_method
 from ir_lightning.io.atomic import atomic_write_text, lands_in, output_image_path
 from ir_lightning.metrics.protocols import PRESETS, Protocol, bicubic_lq, modcrop, presets_table, protocol_line
@@ -202,6 +209,16 @@ def restore_image(model: RestorationModule, lq: Tensor, args: argparse.Namespace
     return restored[0].float().cpu()
 
 
+def post_processing_of(model: RestorationModule) -> dict[str, Any]:
+    """What the model applied after restoring (its settings, the checkpoint's or the flags'), and the line
+    the command prints."""
+    return {
+        "color_fix": getattr(model, "color_fix", "none"),
+        "consistency": getattr(model, "consistency", None),
+        "line": postprocessing_line(model),
+    }
+
+
 def score(restored: Tensor, gt: Tensor, protocol: Protocol, lpips: LPIPS | None = None) -> dict[str, float]:
     """PSNR and SSIM of one image under the preset's protocol (the metric contract of `ir_lightning.metrics`),
     and LPIPS when given: RGB, on the uint8-quantised images with the protocol's border cropped."""
@@ -275,6 +292,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- task: {protocol.task}; protocol: {protocol_line(protocol)}",
         f"- protocol source: {protocol.source}",
         f"- LQ: {results['settings']['lq']}",
+        f"- {results['post_processing']['line']}",
         f"- images: {len(results['images'])}; mean PSNR {mean['psnr']:.2f} dB, mean SSIM {mean['ssim']:.4f}",
         lpips_line,
         fid_line(results),
@@ -443,6 +461,10 @@ def evaluate(
     for pair in tqdm(pairs, desc=f"evaluate {protocol.name} ({type(model).__name__})", unit="image"):
         gt_file, gt, lq = load_pair(pair, protocol)
         try:
+            check_postprocessing(model, (1, *lq.shape))
+        except ValueError as error:
+            raise EvaluateError(f"{pair.lq or f'{pair.gt} (its bicubic LQ)'}: {first_line(error)}") from error
+        try:
             restored = restore_image(model, lq, args, device)
         except (RuntimeError, ValueError) as error:  # out of memory, a size the network cannot take, ...
             reason = (
@@ -484,6 +506,8 @@ def evaluate(
         "tile": args.tile,
         "overlap": args.overlap,
         "tile_batch": args.tile_batch,
+        "color_fix": args.color_fix,
+        "consistency": args.consistency,
     }
     lpips_info = (
         {
@@ -501,6 +525,7 @@ def evaluate(
         "checkpoint": str(args.ckpt),
         "method": type(model).__name__,
         "settings": settings,
+        "post_processing": post_processing_of(model),
         "lpips": lpips_info,
         **fid_results(args, restored_features, gt_features),
         "mean": mean,
@@ -524,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         fid_network = load_fid(args, device)
         model = load_method(args.ckpt, args, device)
         use_native_tile(model, args)
+        print(postprocessing_line(model))
         results = evaluate(args, protocol, pairs, model, device, lpips, fid_network)
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -11,6 +11,11 @@ setting of the method's constructor can be changed for restoring with `--set KEY
 is read as YAML; a dotted KEY such as `sampling.solver.tolerance` changes one field of a setting);
 `--steps`, `--sampler` and `--operator` are shortcuts for the usual ones.
 
+Post-processing (docs/postprocess.md), on top of the checkpoint's own settings: `--color-fix wavelet|adain`
+gives the restoration the input's low frequencies (colours), `--consistency OPERATOR` (`bicubic4`, `sr4`,
+`deblur_gauss`, ...: the exact degradation of the input) projects it so that degrading it gives the input
+again; `none` turns off what the checkpoint sets. The command prints one line saying which ran.
+
 Each input (PNG, JPEG, WebP, BMP, TIFF; 8 or 16 bits; grey, RGB, with or without alpha) is restored in
 overlapping tiles of `--tile` input pixels, blended with a smooth window (`ir_lightning.inference.tiling`), in
 batches of `--tile-batch`, so memory does not grow with the image. It is written to
@@ -48,6 +53,9 @@ if TYPE_CHECKING:
     from ir_lightning.methods.base import RestorationModule
 
 # torch, the methods and the image codecs are imported once the arguments are parsed: --help starts at once.
+
+COLOR_FIX_CHOICES = ("none", "wavelet", "adain")
+"""`--color-fix`'s values: `inference.postprocess.COLOR_FIX_METHODS`, named here without importing torch."""
 
 
 def input_files(root: Path) -> list[Path]:
@@ -104,6 +112,7 @@ def restore_file(
     image = read_image(source)
     if model.colourises:  # colorization: a grey input's restoration is its colour
         image = dataclasses.replace(image, grey=False)
+    check_postprocessing(model, tuple(image.rgb[None].shape))
 
     def restore(lq: torch.Tensor) -> torch.Tensor:
         return model.restore(lq, progress=True)
@@ -123,6 +132,33 @@ def restore_file(
         if problem is None:
             raise
         raise ValueError(problem) from error
+
+
+def check_postprocessing(model: RestorationModule, lq_shape: tuple[int, ...]) -> None:
+    """Refuse an input whose restoration the model's `consistency` operator cannot map back to it (a ValueError
+    naming the operator and both shapes), before restoring it; the restored size is the input's times the
+    method's scale (`ir_lightning.api.scale_of`; not checked where that is unknown, compressed sensing)."""
+    from ir_lightning.api import scale_of
+    from ir_lightning.inference.postprocess import check_consistency
+
+    name = getattr(model, "consistency", None)
+    scale = scale_of(model) if name is not None else None
+    if scale is None:
+        return
+    batch, _, height, width = lq_shape
+    check_consistency(name, (batch, 3, height * scale, width * scale), lq_shape)
+
+
+def postprocessing_line(model: RestorationModule) -> str:
+    """`post-processing: color fix wavelet, consistency bicubic4` (or `none`): what the model applies after
+    restoring (`RestorationModule.postprocessed`)."""
+    from ir_lightning.inference.postprocess import describe
+
+    return describe(
+        getattr(model, "color_fix", "none"),
+        getattr(model, "consistency", None),
+        bool(getattr(model, "colourises", False)),
+    )
 
 
 def remove_stale_temporaries(output: Path) -> int:
@@ -169,6 +205,19 @@ def add_model_arguments(p: argparse.ArgumentParser, default_tile: int) -> None:
         help="DeqIR's degradation operator, e.g. sr4, bicubic4, deblur_gauss, colorization; the measurement's noise "
         "is --set sigma_y=S on the [0, 1] scale (0.1 here = the official DeqIR --sigma_y 0.2, on [-1, 1]; DDNM's "
         "--sigma_y is on [0, 1] like ours), corrected by --set noise_aware=true (DDNM+)",
+    )
+    p.add_argument(
+        "--color-fix",
+        choices=COLOR_FIX_CHOICES,
+        help="colour fix of the restored image's low frequencies to the input's (sets color_fix; none: off, "
+        "whatever the checkpoint says; see docs/postprocess.md)",
+    )
+    p.add_argument(
+        "--consistency",
+        metavar="OPERATOR",
+        help="project the restored image so that degrading it with OPERATOR gives the input (sets consistency): the "
+        "input's exact degradation, e.g. bicubic4 (MATLAB bicubic x4), sr4 (4 x 4 box means), deblur_gauss; none: "
+        "off, whatever the checkpoint says. Never for real-world or unknown degradations",
     )
     p.add_argument(
         "--set",
@@ -225,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(postprocessing_line(model))
     if args.tile > 0 and not model.tileable:
         print(
             f"{type(model).__name__} with these settings restores whole images only (--tile ignored)", file=sys.stderr

@@ -6,8 +6,9 @@ hyperparameters' `_class_path`, looked up in the allow-list of `ir_lightning.cla
 nothing the file names is imported, a torch file is read with `weights_only=True`, a safetensors file holds no
 code at all. Any setting of the method's constructor can be changed for restoring (`set`: `KEY=VALUE`, the value
 read as YAML; a dotted KEY such as `sampling.solver.tolerance` changes one field of a setting; `values`: the
-same with Python values), with shortcuts for the usual ones (`steps`, `sampler`, `operator`). The EMA weights
-(the checkpoint's `state_dict`) are used unless `no_ema` asks for the trained ones.
+same with Python values), with shortcuts for the usual ones (`steps`, `sampler`, `operator`, and the
+post-processing every method has: `color_fix`, `consistency`, where `none` turns a checkpoint's own off). The
+EMA weights (the checkpoint's `state_dict`) are used unless `no_ema` asks for the trained ones.
 
 `read_method` is the one loader: `ir_lightning.load` (the Python API) calls it, and `ir-lightning restore` and
 `evaluate` through `load_method`. torch and the methods are imported when a method is loaded, not with this
@@ -42,7 +43,8 @@ class RestoreError(Exception):
 class LoadOptions(Protocol):
     """How to load a checkpoint for restoring (the argparse Namespace of `restore` and `evaluate` has these):
     `method` checks the checkpoint's method by name; `no_ema` loads the trained weights; `set` holds `KEY=VALUE`
-    settings; `steps`, `sampler` and `operator` are shortcuts."""
+    settings; `steps`, `sampler` and `operator` are shortcuts, and so are `color_fix` and `consistency` (the
+    post-processing settings; `none` turns off the checkpoint's own; a namespace without them changes neither)."""
 
     method: str | None
     no_ema: bool
@@ -50,6 +52,8 @@ class LoadOptions(Protocol):
     steps: int | None
     sampler: str | None
     operator: str | None
+    color_fix: str | None
+    consistency: str | None
 
 
 @dataclasses.dataclass
@@ -64,6 +68,8 @@ class Options:
     steps: int | None = None
     sampler: str | None = None
     operator: str | None = None
+    color_fix: str | None = None
+    consistency: str | None = None
     values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -117,7 +123,35 @@ def shortcut_settings(options: LoadOptions) -> list[tuple[str, str, Any]]:
         chosen.append(("--sampler", setting, options.sampler))
     if options.operator is not None:
         chosen.append(("--operator", "operator", options.operator))
+    color_fix = getattr(options, "color_fix", None)  # namespaces of older callers have no post-processing fields
+    if color_fix is not None:
+        chosen.append(("--color-fix", "color_fix", check_color_fix(color_fix)))
+    consistency = getattr(options, "consistency", None)
+    if consistency is not None:
+        chosen.append(("--consistency", "consistency", check_consistency_name(consistency)))
     return chosen
+
+
+def check_color_fix(value: str) -> str:
+    """A `--color-fix` value (`none`, `wavelet`, `adain`), or a RestoreError listing them."""
+    from ir_lightning.inference.postprocess import COLOR_FIX_METHODS
+
+    if value not in COLOR_FIX_METHODS:
+        raise RestoreError(f"--color-fix {value}: valid: {', '.join(COLOR_FIX_METHODS)}")
+    return value
+
+
+def check_consistency_name(value: str) -> str | None:
+    """A `--consistency` value: None for `none` (the checkpoint's own setting turned off), else an operator name
+    of `make_operator`, or a RestoreError listing the names."""
+    from ir_lightning.inference.postprocess import check_operator_name
+
+    if value == "none":
+        return None
+    try:
+        return check_operator_name(value)
+    except ValueError as error:
+        raise RestoreError(f"--consistency {value}: {error}") from error
 
 
 def value_changes(key: str, value: Any, parameters: dict[str, Any]) -> list[tuple[str, str, Any]]:

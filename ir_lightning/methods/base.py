@@ -12,8 +12,12 @@ The contract (what `restore`, `evaluate`, `demo` and validation call, and nothin
 A method subclasses `RestorationModule` and implements `training_loss(batch) -> Tensor` (its objective on a
 batch in [0, 1]) and `restoration(...)` (validation runs with the EMA weights: Lightning's
 `EMAWeightAveraging` swaps them in before validation). Its networks are required constructor arguments;
-the base class's arguments (`optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps`) pass
-through `**kwargs`, which LightningCLI follows into `--help` and `--print_config`.
+the base class's arguments (`optimizer, warmup_steps, crop_border, y_channel, max_nonfinite_steps, color_fix,
+consistency`) pass through `**kwargs`, which LightningCLI follows into `--help` and `--print_config`.
+
+`restore` applies the post-processing every method has (`color_fix`, `consistency`:
+`ir_lightning.inference.postprocess`) to what `restoration` returns, so validation, test, predict, `ir-lightning
+restore`, `evaluate`, `demo` and the Python API all get it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from ir_lightning.inference import postprocess
 from ir_lightning.io.weights import check_checkpoint, key_report, read_checkpoint, safe_load
 from ir_lightning.metrics.psnr_ssim import RestorationMetrics
 from ir_lightning.training.optim import LRSchedule, lr_factor
@@ -79,6 +84,13 @@ class RestorationModule(pl.LightningModule):
             rank (no change to weights or optimizer state) and counted (`train/nonfinite_steps`); after
             this many in a row, training stops with `NonFiniteLossError`, having saved the last
             good weights to the checkpoint callback's `last.ckpt`.
+        color_fix: `none`, `wavelet` or `adain`: give the restored image the low frequencies (colours) of the
+            input, up-sampled bicubically for SR (`inference.postprocess.color_fix`); off for the grey inputs of
+            a method that colourises (their colours are what it adds).
+        consistency: None, or the operator of the data's degradation by `make_operator` name (`bicubic4` for
+            MATLAB-bicubic x4 data, `sr4`, `deblur_gauss`, ...): project the restored image so that degrading
+            it gives the input again, kept in [0, 1] (`inference.postprocess.consistent`). Applied after the
+            colour fix, so A x = y holds at the end. Only for known linear degradations.
 
     Randomness: every draw of a training step (the method's noise through `training_generator`,
     dropout through torch's global generator, reseeded at each step) is a function of the global
@@ -96,8 +108,19 @@ class RestorationModule(pl.LightningModule):
         crop_border: int = 0,
         y_channel: bool = True,
         max_nonfinite_steps: int = 20,
+        color_fix: str = "none",
+        consistency: str | None = None,
     ) -> None:
         super().__init__()
+        if color_fix not in postprocess.COLOR_FIX_METHODS:
+            valid = ", ".join(postprocess.COLOR_FIX_METHODS)
+            raise ValueError(f"model.init_args.color_fix must be one of {valid}, got {color_fix!r}")
+        consistency = None if consistency in (None, "none") else consistency
+        if consistency is not None:
+            try:
+                postprocess.check_operator_name(consistency)
+            except ValueError as error:
+                raise ValueError(f"model.init_args.consistency: {error}") from error
         for name, value, minimum in (
             ("max_nonfinite_steps", max_nonfinite_steps, 1),
             ("warmup_steps", warmup_steps, 0),
@@ -110,6 +133,7 @@ class RestorationModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.color_fix, self.consistency = color_fix, consistency
         self.val_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
         self.test_metrics = RestorationMetrics(crop_border=crop_border, y_channel=y_channel)
         self.nonfinite_steps = {"total": 0, "consecutive": 0}
@@ -270,8 +294,28 @@ class RestorationModule(pl.LightningModule):
     def restore(
         self, lq: Tensor, *, size: tuple[int, int] | None = None, mask: Tensor | None = None, progress: bool = False
     ) -> Tensor:
-        """The restored images in [0, 1] (see `restoration`)."""
-        return self.restoration(lq, size=size, mask=mask, progress=progress).image
+        """The restored images in [0, 1] (see `restoration`), post-processed (`postprocessed`)."""
+        return self.postprocessed(self.restoration(lq, size=size, mask=mask, progress=progress).image, lq)
+
+    def postprocessed(self, restored: Tensor, lq: Tensor) -> Tensor:
+        """`restored` (the restoration of the input `lq`) with the method's `color_fix` and then its `consistency`
+        applied, in [0, 1]; unchanged when both are off. A method that restores without `restore` (a measurement
+        made inside it, a ground truth's prior) calls this on its result with the input it restored from.
+
+        The colour fix's reference is `lq` at the restored size (`postprocess.reference_of`); a grey input of a
+        method that colourises keeps its restored colours. Under tiling (`inference.tiling`) `restore` runs per
+        tile with the tile's own input, so both act per tile (`inference.postprocess` says what that means at
+        the tiles' borders)."""
+        if self.color_fix != "none":
+            reference = postprocess.reference_of(lq, tuple(restored.shape[-2:]))
+            fixed = postprocess.color_fix(restored, reference, self.color_fix).clamp(0.0, 1.0)
+            if self.colourises:  # a grey input's colours are the restoration's own
+                grey = (lq == lq[:, :1]).flatten(1).all(dim=1)
+                fixed = torch.where(grey[:, None, None, None], restored, fixed)
+            restored = fixed
+        if self.consistency is not None:
+            restored = postprocess.consistent(restored, lq, self.consistency)
+        return restored
 
     def restore_batch(self, batch: dict[str, Any]) -> Tensor:
         """Restore a batch of the data contract: its `lq`, to the size of its `gt` where it has one, with its
