@@ -100,6 +100,12 @@ def deployable(module: nn.Module) -> str | None:
     """None when `module.restore(lq)` exports as one graph; else one line saying why not and what to export instead."""
     from ir_lightning.methods import RDDM, SR3, DenoisingAsAdaptation, DeqIR, DiffIRS1, DiffIRS2
 
+    if getattr(module, "color_fix", "none") != "none" or getattr(module, "consistency", None) is not None:
+        return (
+            f"the checkpoint post-processes its restorations (color_fix {module.color_fix}, consistency "
+            f"{module.consistency}), which the graph would leave out: export with --set color_fix=none "
+            "--set consistency=none and run ir_lightning.inference.postprocess on the graph's output"
+        )
     if isinstance(module, (DiffIRS2, DenoisingAsAdaptation)):
         return None
     if isinstance(module, RDDM):

@@ -37,7 +37,7 @@ import argparse
 import io
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,10 +77,12 @@ NOT_RECORDED = "not recorded"
 
 
 # --- what every format writes ----------------------------------------------------------------------------------
-def exported_checkpoint(src: str | Path, half: bool = False) -> dict[str, Any]:
+def exported_checkpoint(src: str | Path, half: bool = False, settings: Sequence[str] = ()) -> dict[str, Any]:
     """The restoring part of checkpoint `src`: the `KEPT` entries (and the record of a safetensors file or model
     folder), without the weights of `TRAINING_ONLY` submodules, listed in `exported_without`; float16 weights
-    with `half`. Refused, naming the file, unless a checkpoint of this suite."""
+    with `half`; `settings` (`KEY=VALUE`, as `restore --set` takes them) change the restoring settings the export
+    carries, so that a published model restores with them by default (a shipped model's `color_fix`, its sampling
+    steps). Refused, naming the file, unless a checkpoint of this suite."""
     from ir_lightning.inference.loading import checkpoint_record
     from ir_lightning.io.weights import read_checkpoint
 
@@ -99,14 +101,31 @@ def exported_checkpoint(src: str | Path, half: bool = False) -> dict[str, Any]:
         slim["exported_without"] = left_out
     if half:
         slim["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["state_dict"].items()}
+    if settings:
+        slim["hyper_parameters"] = with_settings(checkpoint, settings, Path(src))
     return slim
 
 
-def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict[str, int]:
+def with_settings(checkpoint: dict[str, Any], settings: Sequence[str], src: Path) -> dict[str, Any]:
+    """The checkpoint's hyperparameters (in this version's names) with `settings` applied, checked by name and
+    type as `restore --set` checks them; a ValueError naming the setting otherwise."""
+    from ir_lightning.inference.loading import Options, RestoreError, method_class, restoring_settings
+
+    cls = method_class(checkpoint, src)
+    hparams = cls.upgrade_hyperparameters(dict(checkpoint.get("hyper_parameters") or {}))
+    try:
+        return {**hparams, **restoring_settings(cls, hparams, Options(set=tuple(settings)))}
+    except RestoreError as error:
+        raise ValueError(str(error).replace("--set", "export --set")) from error
+
+
+def export_weights(
+    src: str | Path, dst: str | Path, half: bool = False, settings: Sequence[str] = ()
+) -> dict[str, int]:
     """Writes the restoring part of checkpoint `src` to `dst` as a torch file (atomically); returns sizes in bytes."""
     import torch  # here, not above: `ir-lightning export --help` imports no torch
 
-    slim = exported_checkpoint(src, half)
+    slim = exported_checkpoint(src, half, settings)
     buffer = io.BytesIO()
     torch.save({k: slim[k] for k in (*KEPT, "exported_without") if k in slim}, buffer)
     atomic_write_bytes(dst, buffer.getvalue())
@@ -154,15 +173,19 @@ def safetensors_bytes(slim: dict[str, Any], record: dict[str, Any]) -> bytes:
     return save(plain_tensors(slim["state_dict"]), metadata=encode_record(record))
 
 
-def export_safetensors(src: str | Path, dst: str | Path, half: bool = False, license: str | None = None) -> dict:
+def export_safetensors(
+    src: str | Path, dst: str | Path, half: bool = False, license: str | None = None, settings: Sequence[str] = ()
+) -> dict:
     """Writes the restoring part of checkpoint `src` to `dst` as a safetensors file (atomically); returns sizes."""
-    slim = exported_checkpoint(src, half)
+    slim = exported_checkpoint(src, half, settings)
     atomic_write_bytes(dst, safetensors_bytes(slim, published_record(slim, Path(src), license)))
     return sizes(src, dst)
 
 
 # --- model folders ----------------------------------------------------------------------------------------------
-def export_folder(src: str | Path, dst: str | Path, half: bool = False, license: str | None = None) -> dict:
+def export_folder(
+    src: str | Path, dst: str | Path, half: bool = False, license: str | None = None, settings: Sequence[str] = ()
+) -> dict:
     """Writes checkpoint `src` as a model folder `dst` (created; its three files replaced atomically):
     `model.safetensors`, `config.json` and `README.md`; returns sizes in bytes."""
     import lightning
@@ -174,7 +197,7 @@ def export_folder(src: str | Path, dst: str | Path, half: bool = False, license:
     folder = Path(dst)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file: a model folder needs a folder of its own")
-    slim = exported_checkpoint(src, half)
+    slim = exported_checkpoint(src, half, settings)
     record = published_record(slim, Path(src), license)
     config = record | {
         "versions": {
@@ -395,7 +418,7 @@ def export_graph(args: argparse.Namespace) -> dict[str, int]:
     if missing:
         raise ValueError(f"--format onnx needs {' and '.join(missing)}: pip install 'ir-lightning[deploy]'")
     try:
-        module = load_method(args.checkpoint, Options(), torch.device("cpu"))
+        module = load_method(args.checkpoint, Options(set=tuple(args.set)), torch.device("cpu"))
     except RestoreError as error:
         raise ValueError(str(error)) from error
     refusal = deploy.deployable(module)
@@ -411,9 +434,13 @@ def export_graph(args: argparse.Namespace) -> dict[str, int]:
 
 
 WRITERS: dict[str, Writer] = {
-    "ckpt": lambda args: export_weights(args.checkpoint, args.output, half=args.half),
-    "safetensors": lambda args: export_safetensors(args.checkpoint, args.output, half=args.half, license=args.license),
-    "folder": lambda args: export_folder(args.checkpoint, args.output, half=args.half, license=args.license),
+    "ckpt": lambda args: export_weights(args.checkpoint, args.output, half=args.half, settings=args.set),
+    "safetensors": lambda args: export_safetensors(
+        args.checkpoint, args.output, half=args.half, license=args.license, settings=args.set
+    ),
+    "folder": lambda args: export_folder(
+        args.checkpoint, args.output, half=args.half, license=args.license, settings=args.set
+    ),
     "onnx": export_graph,
     "torchscript": export_graph,
 }
@@ -433,6 +460,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="where to write the export (a file; a folder for --format folder)")
     p.add_argument("--format", choices=list(WRITERS), default="ckpt", help="what to write (default ckpt)")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a restoring setting the export carries, as restore --set takes it (repeatable), e.g. --set "
+        "color_fix=wavelet --set sampling.steps=20: the model restores with it by default",
+    )
     p.add_argument(
         "--license",
         help=f"the licence the export declares (safetensors, folder: a Hugging Face identifier such as mit or "

@@ -340,7 +340,8 @@ class DeqIR(RestorationModule):
 
     def restore_batch(self, batch: dict[str, Any]) -> Tensor:
         """Measurements (`lq`) restored as they are; with a `gt`, restored from its measurement with the module's
-        own operator (validation and test), and the solve's iterations logged."""
+        own operator (validation and test), post-processed with that measurement as the input, and the solve's
+        iterations logged."""
         if "gt" not in batch:  # predict on measurements
             return self.restore(self.require_lq(batch))
         gt = batch["gt"]
@@ -361,7 +362,7 @@ class DeqIR(RestorationModule):
             self.log(
                 f"{stage}/solver_stopped_by_tolerance", float(solve.stopped_by == "tolerance"), batch_size=gt.shape[0]
             )
-        return restored
+        return self.postprocessed(restored, measurement)
 
 
 from ir_lightning.diffusion.deq.inversion import InversionResult, invert  # noqa: E402, F401  (moved; re-exported)

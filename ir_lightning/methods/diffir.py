@@ -153,9 +153,11 @@ class DiffIRS1(RestorationModule):
 
     @torch.no_grad()
     def restore_with_gt(self, lq: Tensor, gt: Tensor) -> Tensor:
-        """Stage 1's restoration: the DIRformer steered by the prior of the ground truth, at `gt`'s size."""
+        """Stage 1's restoration: the DIRformer steered by the prior of the ground truth, at `gt`'s size,
+        post-processed (`postprocessed`) with `lq` as the input."""
         lq_padded, gt_padded = self.padded(lq, gt)
-        return self.cropped(self.restorer(lq_padded, self.cpen_s1(lq_padded, gt_padded)), tuple(gt.shape[-2:]), lq)
+        restored = self.restorer(lq_padded, self.cpen_s1(lq_padded, gt_padded))
+        return self.postprocessed(self.cropped(restored, tuple(gt.shape[-2:]), lq), lq)
 
 
 class DiffIRS2(DiffIRS1):

@@ -102,6 +102,11 @@ class RDDM(RestorationModule):
         self.schedule.sampling_times(self.sampling.steps)  # a bad step count fails here, not at the first validation
         self.loss_fn = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
         self.scale, self.generation, self.use_mask = scale, generation, use_mask
+        if generation and (self.color_fix != "none" or self.consistency is not None):
+            raise ValueError(
+                "model.init_args.color_fix and consistency take the colours and the measurement from the input, "
+                "and generation has none (its batches' images are the targets): leave them off with generation"
+            )
         self.net = net
 
     @classmethod
