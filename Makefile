@@ -70,7 +70,7 @@ bench-da: $(STAMP)
 # DeqIR: the joint fixed point's rounds with exact Gaussian priors (needs only the demo shards);
 # bench/deqir_parallel.py needs the demo prior (see bench/README.md)
 bench-deqir: $(STAMP)
-	test -f demo_out/shards/val-000000.tar || $(BIN)/ir-lightning demo --no-train
+	test -f demo_out/shards/val-000000.tar || $(BIN)/ir-lightning demo --no-train --no-eval
 	$(BIN)/python bench/deqir_gaussian_prior.py
 
 clean:

@@ -1,28 +1,35 @@
-"""`ir-lightning demo`: SR3 x4 end to end on the CPU, on the photos scikit-image ships.
+"""`ir-lightning demo`: the suite end to end on the CPU, on the photos scikit-image ships.
 
 1. Writes WebDataset shards of scikit-image's sample photos, holding some out for validation.
 2. Trains a small SR3 briefly with the real command (`ir-lightning fit -c recipes/sr3_x4.yaml
    -c recipes/demo/sr3_x4_cpu.yaml`), to show that training works.
-3. Restores the held-out photos (256x256 centre crops, LR 64x64 made by bicubic down-sampling)
-   with the small checkpoint shipped in the package, which the same recipe trained for longer
-   (docs/demo.md: "The demo checkpoint"); `--eval-trained` adds the model just trained.
-4. Prints PSNR/SSIM (Y channel, crop 4, per image then averaged) for bicubic and SR3, and writes
-   a PNG with LR | bicubic | SR3 | HR side by side.
+3. Restores the held-out photos (256x256 centre crops) with every model the package ships (`ir_lightning.shipped`,
+   docs/models.md), each loaded as `ir-lightning restore` loads it, with its own settings: the x4 super-resolution
+   models from a bicubic x4 down-scaling (64x64), the denoiser from the photos with camera noise (the DA recipe's
+   validation noise, the same draws every run). `--eval-trained` adds the SR3 just trained.
+4. Prints a table per task, PSNR / SSIM (Y channel, BT.601; border 4 for x4 SR, 0 for denoising; per image, then
+   mean), colour error, seconds per image and the PSNR gain over the task's trivial baseline (bicubic; the noisy
+   input; for DeqIR also A^+ y of its own operator), writes it to results.md and results.json, and one labelled
+   comparison image, comparison.png (a block per task: input | baselines | models | ground truth, a row a photo).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from datamodules.format import ShardSample
 from datamodules.writer import write_shards
 from ir_lightning.packaged import RECIPES
+from ir_lightning.shipped import ASSETS, SHIPPED, ShippedModel
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +39,8 @@ if TYPE_CHECKING:
 
 RECIPE = RECIPES / "sr3_x4.yaml"  # installed with the package (ir_lightning/packaged.py)
 OVERLAY = RECIPES / "demo" / "sr3_x4_cpu.yaml"
-SHIPPED_CKPT = Path(__file__).resolve().parents[1] / "assets" / "sr3_x4_demo.ckpt"
+MODELS_DOC = "docs/models.md"
+"""Where the shipped models, their training commands and their files are described (named in errors)."""
 
 # scikit-image's bundled photos (no download). Held out: never in a training shard.
 TRAIN_PHOTOS = (
@@ -56,6 +64,55 @@ TRAIN_PHOTOS = (
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea")
 SCALE = 4
 VAL_CROP = 256
+
+CAMERA_NOISE = {"photons": (15.0, 150.0), "read_noise": (2.0, 10.0), "correlation": (0.7, 1.2)}
+"""The camera noise of the denoising task: recipes/demo/da_denoise_cpu.yaml's validation degradation (data.real),
+quantised to 8 bits."""
+CAMERA_NOISE_SEED = 1
+"""The seed of that recipe's data.real: the data module draws each photo's noise from (seed, the photo's key), so
+every run restores the same noisy photos, the ones the DA run validated on."""
+BLOCK_GAP = 16
+"""White pixels between the comparison image's blocks (one a task)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a shipped model's `task` (ir_lightning.shipped) restores: how the input is made, the trivial baseline it
+    is judged against (`baseline`, a row of the table), the metric's border crop, and the comparison's column
+    titles of the input (None: the baseline is the input itself) and of the ground truth."""
+
+    heading: str
+    baseline: str
+    crop_border: int
+    input_title: str | None
+    clean_title: str
+
+
+TASKS = {
+    "sr_x4": Task("x4 super-resolution (LR: bicubic x4 down-scaling)", "bicubic", SCALE, "LR (nearest)", "HR"),
+    "camera_noise": Task(
+        "camera noise (signal-dependent, correlated, quantised: the DA recipe's validation noise)",
+        "noisy input",
+        0,
+        None,
+        "clean",
+    ),
+}
+
+
+@dataclass
+class Row:
+    """One line of a task's table: a baseline or a model, its restorations of the photos and their scores."""
+
+    name: str
+    kind: str  # "baseline" or "model"
+    images: list[Any]
+    seconds_per_image: float
+    details: dict[str, Any] = field(default_factory=dict)
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    color_error: list[float] = field(default_factory=list)
+    compared_with: str | None = None  # a second baseline row of its own (DeqIR: A^+ y)
 
 
 def skimage_data():
@@ -131,24 +188,28 @@ def train(patterns: dict[str, str], out: Path, steps: int) -> Path:
     return out / "runs" / "sr3_x4_demo" / "checkpoints" / "last.ckpt"
 
 
-def load_sr3(path: Path):
-    from ir_lightning.methods.sr3 import SR3
+# --- the held-out photos, degraded per task ---------------------------------------------------------------------
+def degradation(task: str):
+    """The degradation that makes a task's input from a clean photo (clamped and quantised to 8 bits)."""
+    from ir_lightning.degradations import BicubicDownsample, CameraNoise, Pipeline
 
-    model = SR3.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return model.eval()
+    if task == "sr_x4":
+        return Pipeline(steps=[BicubicDownsample(scale=SCALE)])
+    return Pipeline(steps=[CameraNoise(**CAMERA_NOISE)], quantize=True)
 
 
-def held_out_batches(pattern: str) -> list[dict]:
-    """The validation photos as the data module serves them: centre crop, LR by bicubic x4."""
+def held_out_batches(pattern: str, task: str = "sr_x4") -> list[dict]:
+    """The validation photos as the data module serves them, one a batch: a `VAL_CROP` centre crop `gt` and the
+    task's input `lq` (a bicubic x4 down-scaling; camera noise drawn from `CAMERA_NOISE_SEED` and the photo's key)."""
     from datamodules import ShardDataModule
-    from ir_lightning.degradations import BicubicDownsample, Pipeline
 
     dm = ShardDataModule(
         val_shards=pattern,
         val_crop_size=VAL_CROP,
         val_batch_size=1,
         num_workers=0,
-        degradation=Pipeline(steps=[BicubicDownsample(scale=SCALE)]),
+        degradation=degradation(task),
+        seed=CAMERA_NOISE_SEED,
     )
     dm.setup("validate")
     return [dm.on_after_batch_transfer(batch, 0) for batch in dm.val_dataloader()]
@@ -157,47 +218,254 @@ def held_out_batches(pattern: str) -> list[dict]:
 def bicubic(lq: torch.Tensor) -> torch.Tensor:
     from ir_lightning.degradations.resize import bicubic_upsample
 
-    return bicubic_upsample(lq, (lq.shape[-2] * SCALE, lq.shape[-1] * SCALE))
+    return bicubic_upsample(lq, (lq.shape[-2] * SCALE, lq.shape[-1] * SCALE)).clamp(0, 1)
 
 
-def evaluate(batches: list[dict], restorers: dict[str, object]) -> tuple[dict[str, list[float]], dict]:
-    """PSNR/SSIM per restorer (paper protocol) and the restored images."""
+# --- restoring and scoring --------------------------------------------------------------------------------------
+def restored_by(name: str, restore: Callable, batches: list[dict]) -> tuple[list[Any], float]:
+    """`restore` of each photo's input, with a progress bar, and the seconds it took per photo."""
     from tqdm import tqdm
 
-    from ir_lightning.metrics.psnr_ssim import psnr_per_image, ssim_per_image
+    start = time.perf_counter()
+    outs = [restore(b["lq"]) for b in tqdm(batches, desc=f"  restoring ({name})", unit="image")]
+    return outs, (time.perf_counter() - start) / len(batches)
 
+
+def checkpoint_of(model: ShippedModel, assets: Path) -> Path:
+    return assets / model.path.name
+
+
+def load_shipped(path: Path):
+    """A shipped checkpoint as `ir-lightning restore` loads it: weights only, its own settings, on the CPU."""
+    import ir_lightning
+
+    return ir_lightning.load(path, device="cpu")
+
+
+def operator_baseline(module: Any, batches: list[dict]) -> Row | None:
+    """A^+ y of a method's own operator (DeqIR's; None for a method without one), the baseline its chain meets."""
+    if not hasattr(module, "operator_for"):
+        return None
+    start = time.perf_counter()
+    outs = []
+    for b in batches:
+        size = module.image_size(b["lq"])
+        outs.append(module.operator_for(size).pinv(b["lq"].float()).clamp(0, 1))
+    seconds = (time.perf_counter() - start) / len(batches)
+    return Row(f"A^+ y ({module.operator_name})", "baseline", outs, seconds, {"operator": module.operator_name})
+
+
+def model_rows(task: str, models: list[ShippedModel], assets: Path, batches: list[dict]) -> list[Row]:
+    """Each shipped model of `task` restoring the photos (and a baseline of its own where it has one)."""
+    rows = []
+    for model in models:
+        path = checkpoint_of(model, assets)
+        start = time.perf_counter()
+        loaded = load_shipped(path)
+        load_seconds = time.perf_counter() - start
+        info = loaded.info()
+        own = operator_baseline(loaded.module, batches)
+        if own is not None:
+            rows.append(own)
+        outs, seconds = restored_by(model.title, loaded.restore, batches)
+        details = {
+            "shipped": model.name,
+            "checkpoint": str(path),
+            "load_seconds": load_seconds,
+            "sampling": info.get("sampling"),
+            "operator": info.get("operator"),
+            "post_processing": info.get("post_processing"),
+            "global_step": info.get("global_step"),
+        }
+        rows.append(Row(model.title, "model", outs, seconds, details, compared_with=own.name if own else None))
+        print(
+            f"  {model.title}: {len(batches)} photos in {seconds * len(batches):.1f} s "
+            f"({seconds:.2f} s/image; loaded in {load_seconds:.1f} s)",
+            flush=True,
+        )
+    return rows
+
+
+def score(row: Row, batches: list[dict], crop_border: int) -> None:
+    """The row's PSNR, SSIM (Y) and colour error (RGB) per photo (ir_lightning.metrics.psnr_ssim's protocol)."""
+    from ir_lightning.metrics.psnr_ssim import color_error_per_image, psnr_per_image, ssim_per_image
+
+    for out, b in zip(row.images, batches):
+        row.psnr.append(psnr_per_image(out, b["gt"], crop_border, True).item())
+        row.ssim.append(ssim_per_image(out, b["gt"], crop_border, True).item())
+        row.color_error.append(color_error_per_image(out, b["gt"], crop_border).item())
+
+
+def evaluate(batches: list[dict], restorers: dict[str, Callable]) -> tuple[dict[str, dict], dict[str, list]]:
+    """PSNR/SSIM (x4 SR protocol) and seconds per image of each restorer, and the restored images (the
+    restorer-by-restorer table of bench/rddm_steps.py, printed by `table`)."""
     scores, images = {}, {}
     for name, restore in restorers.items():
-        start = time.perf_counter()
-        outs = [restore(b["lq"]) for b in tqdm(batches, desc=f"restoring ({name})", unit="image")]
-        seconds = (time.perf_counter() - start) / len(batches)
-        psnr = [psnr_per_image(o, b["gt"], SCALE, True).item() for o, b in zip(outs, batches)]
-        ssim = [ssim_per_image(o, b["gt"], SCALE, True).item() for o, b in zip(outs, batches)]
-        scores[name] = {"psnr": psnr, "ssim": ssim, "sec": seconds}
-        images[name] = outs
+        row = Row(name, "model", *restored_by(name, restore, batches))
+        score(row, batches, SCALE)
+        scores[name] = {"psnr": row.psnr, "ssim": row.ssim, "sec": row.seconds_per_image}
+        images[name] = row.images
     return scores, images
 
 
-def table(scores: dict, keys: list[str]) -> str:
-    import numpy as np
-
+def table(scores: dict[str, dict], keys: list[str]) -> str:
+    """`evaluate`'s scores as text: PSNR / SSIM per photo and their means, seconds per image."""
     lines = [
         "PSNR / SSIM on the held-out photos (Y channel, BT.601; border crop 4; per image, then mean)",
         f"{'method':34s} " + " ".join(f"{k:>16s}" for k in keys) + f" {'mean':>16s} {'s/image':>8s}",
     ]
     for name, s in scores.items():
         cells = [f"{p:6.2f} / {q:.4f}" for p, q in zip(s["psnr"], s["ssim"])]
-        mean = f"{np.mean(s['psnr']):6.2f} / {np.mean(s['ssim']):.4f}"
-        lines.append(f"{name:34s} " + " ".join(f"{c:>16s}" for c in cells) + f" {mean:>16s} {s['sec']:8.2f}")
+        means = f"{mean(s['psnr']):6.2f} / {mean(s['ssim']):.4f}"
+        lines.append(f"{name:34s} " + " ".join(f"{c:>16s}" for c in cells) + f" {means:>16s} {s['sec']:8.2f}")
     return "\n".join(lines)
 
 
-def write_comparison(path: Path, batches: list[dict], images: dict, model_name: str) -> None:
-    from ir_lightning.io.atomic import atomic_write_bytes
-    from ir_lightning.training.image_grid import comparison_row, png_bytes, stack_rows
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
-    rows = [comparison_row(b["lq"][0], images[model_name][i][0], b["gt"][0]) for i, b in enumerate(batches)]
-    atomic_write_bytes(path, png_bytes(stack_rows(rows)))
+
+def task_results(task: str, rows: list[Row], keys: list[str]) -> dict[str, Any]:
+    """A task's table as data (results.json): per row the per-photo and mean scores and the PSNR gain over the
+    task's baseline (and over the row's own second baseline, where it has one)."""
+    spec = TASKS[task]
+    by_name = {row.name: row for row in rows}
+    base = mean(by_name[spec.baseline].psnr)
+    entries = []
+    for row in rows:
+        entry = {
+            "name": row.name,
+            "kind": row.kind,
+            "psnr": dict(zip(keys, row.psnr)),
+            "ssim": dict(zip(keys, row.ssim)),
+            "color_error": dict(zip(keys, row.color_error)),
+            "psnr_mean": mean(row.psnr),
+            "ssim_mean": mean(row.ssim),
+            "color_error_mean": mean(row.color_error),
+            "seconds_per_image": row.seconds_per_image,
+            "vs_baseline_db": mean(row.psnr) - base,
+            **row.details,
+        }
+        if row.compared_with is not None:
+            entry["compared_with"] = row.compared_with
+            entry["vs_compared_db"] = mean(row.psnr) - mean(by_name[row.compared_with].psnr)
+        entries.append(entry)
+    protocol = {"y_channel": True, "crop_border": spec.crop_border, "color_error": "RGB, 8x8 boxes, 8-bit levels"}
+    return {"heading": spec.heading, "baseline": spec.baseline, "protocol": protocol, "photos": keys, "rows": entries}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """A task's table in Markdown, padded so that it also reads as plain text."""
+    keys = result["photos"]
+    header = ["method", *keys, "PSNR", "SSIM", "colour error", "s/image", "vs baseline"]
+    lines = []
+    for r in result["rows"]:
+        per_photo = [f"{r['psnr'][k]:.2f}" for k in keys]
+        means = [f"{r['psnr_mean']:.2f}", f"{r['ssim_mean']:.4f}", f"{r['color_error_mean']:.2f}"]
+        lines.append([r["name"], *per_photo, *means, f"{r['seconds_per_image']:.2f}", f"{r['vs_baseline_db']:+.2f}"])
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+
+    def joined(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([joined(header), rule, *(joined(cells) for cells in lines)])
+
+
+def report(results: dict[str, Any]) -> str:
+    """results.md: a table per task, its protocol, and the rows compared with a baseline of their own."""
+    parts = [f"# The shipped models on the held-out photos ({', '.join(results['photos'])})", ""]
+    for result in results["tasks"].values():
+        protocol = result["protocol"]
+        parts += [
+            f"## {result['heading']}",
+            "",
+            f"PSNR (dB) per photo and mean, SSIM: Y channel (BT.601), border {protocol['crop_border']}, per image then"
+            f" mean; colour error: {protocol['color_error']}; vs baseline: PSNR minus {result['baseline']}'s (dB).",
+            "",
+            markdown_table(result),
+            "",
+        ]
+        for r in result["rows"]:
+            if "compared_with" in r:
+                parts += [f"{r['name']} vs {r['compared_with']}: {r['vs_compared_db']:+.2f} dB", ""]
+    return "\n".join(parts)
+
+
+def comparison_block(task: str, rows: list[Row], batches: list[dict]):
+    """A task's block of the comparison image: input | each row | ground truth, a line a photo, titled."""
+    import torch.nn.functional as F
+
+    from ir_lightning.training.image_grid import titled_grid
+
+    spec = TASKS[task]
+    size = tuple(batches[0]["gt"].shape[-2:])
+    titles = ([spec.input_title] if spec.input_title else []) + [r.name for r in rows] + [spec.clean_title]
+    lines = []
+    for i, b in enumerate(batches):
+        shown = [F.interpolate(b["lq"].float(), size=size, mode="nearest")[0]] if spec.input_title else []
+        lines.append([*shown, *(r.images[i][0] for r in rows), b["gt"][0]])
+    keys = ", ".join(b["__key__"][0] for b in batches)
+    return titled_grid(lines, titles, heading=f"{spec.heading}; rows: {keys}")
+
+
+def write_outputs(out: Path, results: dict[str, Any], blocks: list) -> None:
+    from ir_lightning.io.atomic import atomic_write_bytes
+    from ir_lightning.training.image_grid import png_bytes, stack_rows
+
+    atomic_write_bytes(out / "results.md", report(results).encode())
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(out / "comparison.png", png_bytes(stack_rows(blocks, gap=BLOCK_GAP)))
+
+
+def evaluate_shipped(
+    pattern: str, models: list[ShippedModel], assets: Path, out: Path, trained: Path | None = None
+) -> dict[str, Any]:
+    """Step 3 and 4: every chosen model (and `trained`, an SR3 x4 checkpoint) restores the held-out photos of its
+    task; prints and writes the tables (results.md, results.json) and the comparison image; returns the results."""
+    results: dict[str, Any] = {"photos": list(HELD_OUT_PHOTOS), "crop": VAL_CROP, "tasks": {}}
+    blocks = []
+    for task, spec in TASKS.items():
+        chosen = [m for m in models if m.task == task]
+        if not chosen and not (task == "sr_x4" and trained is not None):
+            continue
+        batches = held_out_batches(pattern, task)
+        size = tuple(batches[0]["lq"].shape[-2:])
+        print(f"  {spec.heading}: {size[0]}x{size[1]} -> {VAL_CROP}x{VAL_CROP}", flush=True)
+        baseline = bicubic if task == "sr_x4" else (lambda lq: lq)
+        rows = [Row(spec.baseline, "baseline", *restored_by(spec.baseline, baseline, batches))]
+        found = model_rows(task, chosen, assets, batches)
+        rows += [r for r in found if r.kind == "baseline"] + [r for r in found if r.kind == "model"]
+        if task == "sr_x4" and trained is not None:
+            outs, seconds = restored_by("SR3, this run", load_shipped(trained).restore, batches)
+            rows.append(Row("SR3 (this run)", "model", outs, seconds, {"checkpoint": str(trained)}))
+        for row in rows:
+            score(row, batches, spec.crop_border)
+        keys = [b["__key__"][0] for b in batches]
+        results["photos"] = keys
+        results["tasks"][task] = task_results(task, rows, keys)
+        blocks.append(comparison_block(task, rows, batches))
+    write_outputs(out, results, blocks)
+    return results
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+def model_names(text: str) -> list[ShippedModel]:
+    """`--models`: shipped model names, comma-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    known = {m.name: m for m in SHIPPED}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"no shipped model {', '.join(unknown) or repr(text)}; shipped: {', '.join(known)}"
+        )
+    return [known[name] for name in names]
+
+
+def missing_checkpoints(models: list[ShippedModel], assets: Path) -> list[str]:
+    """One line per chosen model whose checkpoint is not in `assets`."""
+    return [f"{checkpoint_of(m, assets)} ({m.title})" for m in models if not checkpoint_of(m, assets).is_file()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,55 +479,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-train", action="store_true", help="skip the short training run")
     parser.add_argument("--no-eval", action="store_true", help="skip restoring and scoring the held-out photos")
     parser.add_argument(
-        "--eval-trained", action="store_true", help="also restore the held-out photos with the model just trained"
+        "--eval-trained", action="store_true", help="also restore the held-out photos with the SR3 just trained"
     )
     parser.add_argument(
-        "--checkpoint",
+        "--assets",
         type=Path,
-        default=SHIPPED_CKPT,
-        help="SR3 checkpoint to restore with (default: the shipped one)",
+        default=ASSETS,
+        help="folder holding the shipped checkpoints, <name>.ckpt (default: the package's)",
+    )
+    parser.add_argument(
+        "--models",
+        type=model_names,
+        default=list(SHIPPED),
+        metavar="NAME,...",
+        help=f"shipped models to restore with (default: all: {','.join(m.name for m in SHIPPED)})",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    out = args.out
+    missing = [] if args.no_eval else missing_checkpoints(args.models, args.assets)
+    if missing:
+        print(
+            f"error: {len(missing)} shipped checkpoint(s) not found:\n  " + "\n  ".join(missing) + f"\n{MODELS_DOC} "
+            "lists the shipped models and how each is made; --assets DIR reads them from another folder, --models "
+            "NAME,... restores with some of them",
+            file=sys.stderr,
+        )
+        return 2
     import torch
 
     torch.set_float32_matmul_precision("high")
-    started = time.perf_counter()
-    out = args.out
-    if not args.checkpoint.is_file():
-        print(f"error: checkpoint {args.checkpoint} not found (see docs/demo.md: The demo checkpoint)", file=sys.stderr)
-        return 2
     print(f"[1/4] Shards from scikit-image's photos -> {out / 'shards'} (held out: {', '.join(HELD_OUT_PHOTOS)})")
     patterns = build_shards(out / "shards")
+    times = {"shards": time.perf_counter() - started}
 
     trained = None
     if not args.no_train:
         print(f"[2/4] Training SR3 x4 for {args.train_steps} steps on the CPU (the real command):")
+        start = time.perf_counter()
         trained = train(patterns, out, args.train_steps)
+        times["training"] = time.perf_counter() - start
 
     if args.no_eval:
         print(f"Demo finished in {time.perf_counter() - started:.0f} s (--no-eval: nothing restored)")
         return 0
-    print(f"[3/4] Restoring the held-out photos (LR {VAL_CROP // SCALE}x{VAL_CROP // SCALE} -> {VAL_CROP}x{VAL_CROP})")
-    batches = held_out_batches(patterns["val"])
-    shipped = load_sr3(args.checkpoint)
-    restorers = {
-        "bicubic": bicubic,
-        f"SR3 (shipped, {shipped.sampling.sampler}, {len(shipped.inference_gammas)} steps)": shipped.restore,
-    }
-    if trained is not None and args.eval_trained:
-        restorers[f"SR3 (this run, {args.train_steps} steps)"] = load_sr3(trained).restore
-    scores, images = evaluate(batches, restorers)
+    names = ", ".join(m.title for m in args.models)
+    print(f"[3/4] Restoring the held-out photos ({VAL_CROP}x{VAL_CROP} centre crops) with {names} ({args.assets})")
+    start = time.perf_counter()
+    results = evaluate_shipped(patterns["val"], args.models, args.assets, out, trained if args.eval_trained else None)
+    times["restoring"] = time.perf_counter() - start
 
     print("[4/4] Results")
-    print(table(scores, [b["__key__"][0] for b in batches]))
-    png = out / "comparison.png"
-    write_comparison(png, batches, images, list(restorers)[1])
-    print(f"Side by side (LR | bicubic | SR3 | HR): {png}")
-    print(f"Demo finished in {time.perf_counter() - started:.0f} s")
+    for result in results["tasks"].values():
+        print(f"{result['heading']} (vs baseline: PSNR minus {result['baseline']}'s, dB)")
+        print(markdown_table(result))
+    print(f"Tables: {out / 'results.md'}, {out / 'results.json'}; side by side, titled: {out / 'comparison.png'}")
+    parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+    print(f"Demo finished in {time.perf_counter() - started:.0f} s ({parts})")
     return 0
 
 
