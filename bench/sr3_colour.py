@@ -14,7 +14,7 @@ Candidates and the rows that test them:
   shipped weights trained on for the same steps on the demo's shards, 10 of 18 photos grey, and on colour photos);
 - the post-processing options (--post): colour fix and consistency on the shipped weights.
 
-    python bench/sr3_colour.py --checkpoint shipped=ir_lightning/assets/sr3_x4_demo.ckpt \\
+    python bench/sr3_colour.py --checkpoint shipped=tests/fixtures/shipped_2026_11/sr3_x4_demo.ckpt \\
         --checkpoint "control=runs/.../last.ckpt" --out bench_out/sr3_colour
 """
 

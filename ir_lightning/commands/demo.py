@@ -420,7 +420,7 @@ def write_outputs(out: Path, results: dict[str, Any], blocks: list) -> None:
 
 
 def evaluate_shipped(
-    pattern: str, models: list[ShippedModel], assets: Path, out: Path, trained: Path | None = None
+    pattern: str, models: list[ShippedModel], assets: Path, out: Path, trained: Path | None = None, every: int = 1
 ) -> dict[str, Any]:
     """Step 3 and 4: every chosen model (and `trained`, an SR3 x4 checkpoint) restores the held-out photos of its
     task; prints and writes the tables (results.md, results.json) and the comparison image; returns the results."""
@@ -430,7 +430,7 @@ def evaluate_shipped(
         chosen = [m for m in models if m.task == task]
         if not chosen and not (task == "sr_x4" and trained is not None):
             continue
-        batches = held_out_batches(pattern, task)
+        batches = held_out_batches(pattern, task)[::every]
         size = tuple(batches[0]["lq"].shape[-2:])
         print(f"  {spec.heading}: {size[0]}x{size[1]} -> {VAL_CROP}x{VAL_CROP}", flush=True)
         baseline = bicubic if task == "sr_x4" else (lambda lq: lq)
@@ -488,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the shipped checkpoints, <name>.ckpt (default: the package's)",
     )
     parser.add_argument(
+        "--photos",
+        metavar="PATTERN",
+        help="restore the photos of these shards instead of the held-out ones (e.g. 'shards/photos/test-*.tar' of "
+        "ir-lightning photos: photos no shipped model trained on; 256 x 256 centre crops)",
+    )
+    parser.add_argument("--every", type=int, default=1, metavar="K", help="with --photos: every K-th photo only")
+    parser.add_argument(
         "--models",
         type=model_names,
         default=list(SHIPPED),
@@ -528,9 +535,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Demo finished in {time.perf_counter() - started:.0f} s (--no-eval: nothing restored)")
         return 0
     names = ", ".join(m.title for m in args.models)
-    print(f"[3/4] Restoring the held-out photos ({VAL_CROP}x{VAL_CROP} centre crops) with {names} ({args.assets})")
+    which = f"the photos of {args.photos}" if args.photos else "the held-out photos"
+    print(f"[3/4] Restoring {which} ({VAL_CROP}x{VAL_CROP} centre crops) with {names} ({args.assets})")
     start = time.perf_counter()
-    results = evaluate_shipped(patterns["val"], args.models, args.assets, out, trained if args.eval_trained else None)
+    pattern = args.photos or patterns["val"]
+    results = evaluate_shipped(
+        pattern, args.models, args.assets, out, trained if args.eval_trained else None, args.every
+    )
     times["restoring"] = time.perf_counter() - start
 
     print("[4/4] Results")
