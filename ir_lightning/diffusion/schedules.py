@@ -174,8 +174,8 @@ def noised_training_sample(
 
     `offset` > 0 adds to the noise a constant per sample and channel drawn from N(0, offset^2), drawn last (offset
     noise): the noise's mean per channel then weighs in the loss (with white noise alone its variance is 1 / (H W),
-    too little for a network to learn it), and a network that predicts it gets the image's colour right when it
-    samples from pure noise (docs/models.md, "Why SR3's colours drifted").
+    too little for a network to learn it), so the network must tell the image's colour from the noise's where
+    the noise dominates (docs/models.md, "Why SR3's colours drifted").
     """
     level = sample_noise_levels(gammas, y0.shape[0], generator=generator)
     noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)

@@ -39,10 +39,11 @@ class SR3(RestorationModule):
             `diffusion.deq`, DeqIR's parallel sampling; the same result in fewer serial rounds).
         loss: "l1" (the public code) or "l2" (the paper's p = 2) on the noise.
         offset_noise: std of a constant per sample and channel added to the training noise (offset noise; 0: the
-            paper's white noise). White noise's mean over a crop weighs almost nothing in the loss, so the network
-            never learns to predict it; sampling from pure noise then turns the mean of the initial noise, divided
-            by sqrt(gamma_T), into a colour cast (the same one for every image of a size: the sampling seed is
-            fixed). 0.1 makes the network read it from the input (docs/models.md, "Why SR3's colours drifted").
+            paper's white noise). White noise's mean over a crop weighs almost nothing in the loss, and at high
+            noise the image's colour is mostly that mean: with it in the loss the network must read the colour
+            from its input there, where a noise-predicting loss weighs the clean-image estimate by gamma /
+            (1 - gamma), almost nothing (docs/models.md, "Why SR3's colours drifted": the shipped SR3 trains
+            with 0.1).
         crop_border: pixels cropped before PSNR/SSIM; None = the scale.
         **kwargs: `RestorationModule`'s (optimizer, warmup_steps, y_channel, max_nonfinite_steps).
     """
