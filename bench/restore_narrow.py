@@ -1,6 +1,6 @@
 """Benchmark: is a narrow image (H x 16) slower per pixel than a square one? (issue 15, point 14)
 
-With the shipped SR3 x4 demo checkpoint (`ir_lightning/assets/sr3_x4_demo.ckpt`, DDIM, `--steps 2` by
+With the shipped SR3 x4 checkpoint (`ir_lightning/assets/sr3_x4.ckpt`, DDIM, `--steps 2` by
 default), it times, in one process, the four cases interleaved (one round runs each once, in reverse
 order every other round; one warm-up round, then `--rounds` timed ones):
 
@@ -29,7 +29,7 @@ from timing import Spread, compare, cpu_share_line, interleave, load_after_line,
 from ir_lightning.inference.tiling import restore_tiled
 from ir_lightning.methods import SR3
 
-CKPT = Path(__file__).resolve().parents[1] / "ir_lightning/assets/sr3_x4_demo.ckpt"
+CKPT = Path(__file__).resolve().parents[1] / "ir_lightning/assets/sr3_x4.ckpt"
 CASES = {  # name: (height, width, tiled)
     "one tile 256 x 16": (256, 16, False),
     "one tile 64 x 64": (64, 64, False),

@@ -20,7 +20,7 @@ what `ir-lightning restore` does, with the command's own functions (`ir_lightnin
 
 The default checkpoint is a Denoising-as-Adaptation restorer (a residual U-Net, width 16, depth 3, random
 weights: speed and memory do not depend on training), one network pass per tile, output the size of the
-input. The shipped SR3 x4 demo (`--ckpt ir_lightning/assets/sr3_x4_demo.ckpt --extra --sampler ddim
+input. The shipped SR3 x4 (`--ckpt ir_lightning/assets/sr3_x4.ckpt --extra --sampler ddim
 --steps 1`) would make a 32768^2 output from an 8192^2 input and take hours on a CPU; it is not the default.
 The input is one synthetic photo-like image (smooth random colours plus fine noise, PNG) per size.
 

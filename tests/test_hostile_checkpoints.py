@@ -153,8 +153,12 @@ def test_every_recipes_model_passes_the_check(name, model):
     check_class_paths({"_class_path": model["class_path"], **model.get("init_args", {})}, name)
 
 
-def test_the_shipped_checkpoint_passes():
-    read_checkpoint(REPO / "ir_lightning/assets/sr3_x4_demo.ckpt")
+def test_the_shipped_checkpoints_pass():
+    from ir_lightning.shipped import SHIPPED
+
+    for model in SHIPPED:
+        read_checkpoint(model.path)
+    read_checkpoint(REPO / "tests/fixtures/shipped_2026_11/sr3_x4_demo.ckpt")  # the first shipped SR3
 
 
 # --- nothing named is imported, in every reader ------------------------------------------------------

@@ -14,7 +14,9 @@ from ir_lightning.methods import RDDM, SR3, DeqIR, DiffIRS2, RestorationModule
 from ir_lightning.methods.diffir import PRIOR_SCHEDULE
 from ir_lightning.methods.settings import NoiseSchedule, Sampling, upgrade_sampling
 
-SHIPPED = Path(__file__).resolve().parents[2] / "ir_lightning/assets/sr3_x4_demo.ckpt"
+SHIPPED = (
+    Path(__file__).resolve().parents[2] / "tests/fixtures/shipped_2026_11/sr3_x4_demo.ckpt"
+)  # the first shipped SR3
 
 
 @pytest.mark.parametrize(

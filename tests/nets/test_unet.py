@@ -62,7 +62,7 @@ def demo_net_config() -> dict:
 def test_the_shipped_sr3_checkpoint_loads_strictly_and_predicts_as_recorded():
     # The refactor into encoder/decoder halves must keep the SR3 state-dict keys, shapes and order
     # (the optimizer state of a training checkpoint follows the parameter order) and the computation.
-    shipped = REPO / "ir_lightning" / "assets" / "sr3_x4_demo.ckpt"  # float16 EMA weights, keys "net.*"
+    shipped = REPO / "tests/fixtures/shipped_2026_11/sr3_x4_demo.ckpt"  # the first shipped SR3: float16 EMA, "net.*"
     checkpoint = torch.load(shipped, map_location="cpu", weights_only=True)
     weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     net = UNet(**demo_net_config()).eval()
