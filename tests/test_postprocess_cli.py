@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import skimage.data
@@ -24,6 +23,7 @@ from ir_lightning.inference.loading import Options, RestoreError, load_method
 from ir_lightning.methods.settings import Sampling
 from ir_lightning.methods.sr3 import SR3
 from ir_lightning.nets.unet import UNet
+from tests.helpers.checkpoints import save_checkpoint
 from tests.helpers.nets import TINY_UNET
 
 SCALE = 4
@@ -35,18 +35,7 @@ def tiny_sr3_checkpoint(path: Path, **settings) -> Path:
     torch.manual_seed(0)
     net = UNet(**NET["init_args"])
     model = SR3(net=net, scale=SCALE, sampling=Sampling(steps=2, sampler="ddim"), **settings)
-    hparams = dict(model.hparams) | {
-        "net": NET,
-        "_class_path": "ir_lightning.methods.SR3",
-        "_instantiator": "lightning.pytorch.cli.instantiate_module",
-    }
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": hparams,
-        "pytorch-lightning_version": lightning.__version__,
-    }
-    torch.save(checkpoint, path)
-    return path
+    return save_checkpoint(model, path, net=NET)
 
 
 def low_resolution_photo(folder: Path, size: int = 64) -> Path:

@@ -29,19 +29,16 @@ from ir_lightning.degradations.resize import bicubic_upsample
 from ir_lightning.metrics.psnr_ssim import psnr_per_image
 from ir_lightning.shipped import SHIPPED
 from ir_lightning.training.image_grid import TITLE_PAD, title_band_height, titled_grid
+from tests.helpers.checkpoints import TINY_UNET_ARGS as TINY_UNET
+from tests.helpers.checkpoints import net_spec as net
 
 REPO = Path(__file__).resolve().parents[2]
 UNET = "ir_lightning.nets.unet.UNet"
 CPEN = "ir_lightning.nets.diffir.CPEN"
-TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [], "norm_groups": 4}
 DIRFORMER = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 1, 1], "ipr_dim": 32}
 SCHEDULE = {"kind": "linear", "n_steps": 100, "linear_start": 1e-4, "linear_end": 0.02}
 CROP = 32
 PHOTOS = ("astronaut", "coffee")
-
-
-def net(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
 
 
 STAND_INS = {

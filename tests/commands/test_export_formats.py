@@ -29,15 +29,12 @@ from ir_lightning.commands import restore as restore_command
 from ir_lightning.inference.loading import RestoreError
 from ir_lightning.io.weights import WeightsError, read_checkpoint
 from ir_lightning.training.run_checks import ConfigurationError, check_checkpoint_fits
+from tests.helpers.checkpoints import TINY_UNET_ARGS as TINY_UNET
+from tests.helpers.checkpoints import net_spec as net
 
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 UNET = "ir_lightning.nets.unet.UNet"
 CPEN = "ir_lightning.nets.diffir.CPEN"
-TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [], "norm_groups": 4}
-
-
-def net(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
 
 
 METHODS = {

@@ -28,6 +28,15 @@ NET = {
 }
 
 
+TINY_UNET_ARGS = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [], "norm_groups": 4}
+"""A tiny U-Net's arguments as a checkpoint's hyperparameters hold them (lists, as YAML writes them)."""
+
+
+def net_spec(class_path: str, **init_args) -> dict:
+    """A network as a checkpoint's hyperparameters hold it: its class path and arguments."""
+    return {"class_path": class_path, "init_args": init_args}
+
+
 def small_deqir(seed: int = 0, steps: int = 3, solver: str = "sequential", **kwargs) -> DeqIR:
     torch.manual_seed(seed)
     sampling = DeqIR.DEFAULT_SAMPLING.replaced(steps=steps, solver={"method": solver})
@@ -35,12 +44,15 @@ def small_deqir(seed: int = 0, steps: int = 3, solver: str = "sequential", **kwa
     return DeqIR(net=UNet(**NET["init_args"]), **settings).eval()
 
 
-def save_checkpoint(model: DeqIR, path: Path, trained: DeqIR | None = None) -> Path:
-    """A checkpoint laid out as Lightning writes one from the CLI: the net as a class_path in the
-    hyperparameters (rebuilt by the CLI's instantiator), the EMA weights in state_dict."""
+def save_checkpoint(model, path: Path, trained=None, net: dict | None = None) -> Path:
+    """A checkpoint of `model` (a small DeqIR by default; any method whose network is its `net`, given as `net`'s
+    class_path and init_args) laid out as Lightning writes one from the CLI: the net as a class_path in the
+    hyperparameters (rebuilt by the CLI's instantiator), the EMA weights in state_dict, `trained`'s as the trained
+    weights."""
+    cls = type(model)
     hparams = dict(model.hparams) | {
-        "net": NET,
-        "_class_path": "ir_lightning.methods.DeqIR",
+        "net": NET if net is None else net,
+        "_class_path": f"ir_lightning.methods.{cls.__name__}",
         "_instantiator": "lightning.pytorch.cli.instantiate_module",
     }
     checkpoint = {
