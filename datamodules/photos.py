@@ -65,6 +65,11 @@ def skimage_photo(name: str):
 
 def deb_member(deb: Path, member: str) -> bytes:
     """One file of a Debian package (an ar archive holding ``data.tar.xz``), read without dpkg."""
+    return deb_members(deb, [member])[member]
+
+
+def deb_members(deb: Path, members: list[str]) -> dict[str, bytes]:
+    """Files of a Debian package, read without dpkg, its data archive decompressed once for all of them."""
     data = Path(deb).read_bytes()
     if not data.startswith(b"!<arch>\n"):
         raise ShardError(f"{deb}: not a Debian package (no ar header)")
@@ -78,16 +83,20 @@ def deb_member(deb: Path, member: str) -> bytes:
             if name.endswith(".zst"):
                 raise ShardError(f"{deb}: {name} is zstd-compressed; extract it with dpkg-deb -x and pass the folder")
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                for candidate in (member, "./" + member):
-                    try:
-                        extracted = tar.extractfile(candidate)
-                    except KeyError:
-                        continue
-                    if extracted is not None:
-                        return extracted.read()
-            raise ShardError(f"{deb}: no {member} in its data archive")
+                return {member: _tar_file(tar, member, deb) for member in members}
         offset += 60 + size + (size % 2)
     raise ShardError(f"{deb}: no data.tar.* member")
+
+
+def _tar_file(tar: tarfile.TarFile, member: str, deb: Path) -> bytes:
+    for candidate in (member, "./" + member):
+        try:
+            extracted = tar.extractfile(candidate)
+        except KeyError:
+            continue
+        if extracted is not None:
+            return extracted.read()
+    raise ShardError(f"{deb}: no {member} in its data archive")
 
 
 def find_plasma(source: Path) -> tuple[Path, bool]:
@@ -109,15 +118,26 @@ def find_plasma(source: Path) -> tuple[Path, bool]:
 
 def wallpaper_rgb(source: Path, name: str):
     """One wallpaper, reduced by `REDUCE`, as an H x W x 3 uint8 array."""
+    return wallpapers_rgb(source, [name])[name]
+
+
+def wallpapers_rgb(source: Path, names: list[str]) -> dict:
+    """Wallpapers by name, each reduced by `REDUCE`, as H x W x 3 uint8 arrays (a package is read once)."""
     import numpy as np
     from PIL import Image
 
     path, is_deb = find_plasma(source)
-    member = WALLPAPER_DIR.format(name=name)
-    data = deb_member(path, member) if is_deb else (path / member).read_bytes()
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image = image.resize((image.width // REDUCE, image.height // REDUCE), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.asarray(image)
+    members = {name: WALLPAPER_DIR.format(name=name) for name in names}
+    if is_deb:
+        files = deb_members(path, list(members.values()))
+    else:
+        files = {member: (path / member).read_bytes() for member in members.values()}
+    arrays = {}
+    for name, member in members.items():
+        image = Image.open(io.BytesIO(files[member])).convert("RGB")
+        size = (image.width // REDUCE, image.height // REDUCE)
+        arrays[name] = np.asarray(image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None))
+    return arrays
 
 
 def tiles(rgb, tile: int = TILE) -> Iterator[tuple[int, int, object]]:
@@ -134,9 +154,10 @@ def photos(source: Path) -> Iterator[Photo]:
         yield Photo(name, "train", skimage_photo(name))
     for name in SKIMAGE_VAL:
         yield Photo(name, "val", skimage_photo(name))
+    wallpapers = wallpapers_rgb(source, [*TRAIN_WALLPAPERS, *TEST_WALLPAPERS])
     for split, names in (("train", TRAIN_WALLPAPERS), ("test", TEST_WALLPAPERS)):
         for name in names:
-            for top, left, crop in tiles(wallpaper_rgb(source, name)):
+            for top, left, crop in tiles(wallpapers[name]):
                 yield Photo(f"{name}_{top:04d}_{left:04d}", split, crop)
 
 
