@@ -54,8 +54,8 @@ def _untouched(tensor, *args, **kwargs):
 class skip_init(TorchFunctionMode):
     """Within it, `torch.nn.init.*` return their tensor untouched: modules allocate their weights but skip
     initialising them (most of the time a paper-size network takes to build). The mode catches the initialisers
-    torch dispatches through `__torch_function__`; the others (`orthogonal_`: a QR decomposition per layer, 80 %
-    of building the paper-size SR3 of sr3_64_512) are replaced in `torch.nn.init` for the while. Denormal floats
+    torch dispatches through `__torch_function__`; the others (`orthogonal_`: a QR decomposition per layer, 34 of
+    the 35 s building the paper-size SR3 of sr3_64_512 took) are replaced in `torch.nn.init` for the while. Denormal floats
     in the memory left as it was are flushed to zero, or a constructor's own arithmetic on them (spectral norm's
     power iteration in a GAN discriminator) crawls."""
 
