@@ -41,7 +41,7 @@ def test_a_shipped_model_loads_weights_only_and_restores_a_64px_crop(model):
     assert model.path.stat().st_size <= MAX_BYTES
     checkpoint = read_checkpoint(model.path)  # torch.load(weights_only=True) behind the suite's checks
     assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values() if v.is_floating_point())
-    own_steps = (ir_lightning.load(model.path, device="cpu", tile=0).info().get("sampling") or {}).get("steps")
+    own_steps = (checkpoint["hyper_parameters"].get("sampling") or {}).get("steps")  # as exported (`--set`)
     steps = min(own_steps, FAST_STEPS) if own_steps else None
     restorer = ir_lightning.load(model.path, device="cpu", tile=0, steps=steps)
     gt = clean_crop()
