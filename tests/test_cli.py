@@ -18,6 +18,7 @@ import yaml
 from ir_lightning.io.wandb_records import config as wandb_config
 from ir_lightning.io.wandb_records import history, metric_definitions
 from tests.conftest import REPO
+from tests.processes import run_group
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +36,7 @@ def run(
     args: list[str], cwd: Path, timeout: float = 240, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO), **(env or {}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "ir_lightning", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    proc = run_group([sys.executable, "-m", "ir_lightning", *args], cwd=cwd, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
     return proc

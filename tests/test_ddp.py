@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.processes import run_group
 from tests.test_cli import RECIPE, data_args, run
 
 pytestmark = pytest.mark.slow
@@ -51,12 +51,10 @@ def test_two_process_ddp_on_uneven_shards(tmp_path, sr_shards):
 def test_two_processes_end_with_the_weights_of_one_process_on_the_same_global_batch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for devices in (1, 2):
-        done = subprocess.run(
+        done = run_group(
             [sys.executable, "-m", "tests.ddp_equivalence", str(devices), str(tmp_path / f"d{devices}")],
             cwd=REPO,
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
         )
         assert done.returncode == 0, done.stderr[-4000:]

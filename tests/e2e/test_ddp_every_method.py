@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -35,6 +34,7 @@ from tests.conftest import REPO
 from tests.e2e.diffir_s1_ddp_equivalence import main as one_process
 from tests.e2e.rank_probe import all_finite, differing
 from tests.e2e.stacks import METHODS, ONE_THREAD, fit
+from tests.processes import run_group
 
 pytestmark = pytest.mark.slow
 
@@ -85,14 +85,11 @@ def test_two_processes_hold_the_same_trained_and_ema_weights(name, uninterrupted
 )  # Lightning's notes, in this process
 def test_diffir_stage1_two_processes_end_with_the_weights_of_one_process(tmp_path):
     one_process(1, tmp_path / "d1")  # here, in this process
-    done = subprocess.run(
+    done = run_group(
         [sys.executable, "-m", "tests.e2e.diffir_s1_ddp_equivalence", "2", str(tmp_path / "d2")],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO), **ONE_THREAD),
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Starting with 2 processes" in done.stdout + done.stderr
