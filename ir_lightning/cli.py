@@ -439,7 +439,22 @@ def run_lightning(words: list[str], from_sys_argv: bool) -> int:
             raise
         print(f"error: {user_message(error)}", file=sys.stderr)
         return 1 if isinstance(error, DataError) else 2
+    finally:
+        release_process_group()
     return 0
+
+
+def release_process_group() -> None:
+    """Destroy torch.distributed's default process group, if a run made one, while the interpreter is still whole.
+
+    Lightning destroys it at exit for NCCL only. A gloo group (DDP on CPUs) left to the interpreter's finalisation
+    can end a finished run with `terminate called without an active exception` (SIGABRT, exit -6: its worker
+    threads still hold work objects with Python references), or hang there: a rank that never exits holds its
+    job, and under Lightning's launcher rank 0's output pipes, open. Both were seen in this suite's tests."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def user_message(error: BaseException) -> str:

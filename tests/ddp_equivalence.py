@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ir_lightning.cli import release_process_group
 from ir_lightning.methods.base import RestorationModule
 from ir_lightning.training.callbacks import EMA
 from ir_lightning.training.checkpoint_io import AtomicCheckpointIO
@@ -106,3 +107,4 @@ def main(devices: int, out: Path) -> None:
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), Path(sys.argv[2]))
+    release_process_group()  # as the command line does: a gloo group left to the exit can abort it

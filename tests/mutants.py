@@ -650,6 +650,13 @@ BREAKS: tuple[Break, ...] = (
         "check_consistency_name(consistency)",
         ("tests/test_postprocess_cli.py",),
     ),
+    Break(
+        "cli: the gloo process group left to the interpreter's exit",
+        "ir_lightning/cli.py",
+        "    finally:\n        release_process_group()\n",
+        "",
+        ("tests/test_process_group.py::test_the_command_line_destroys_the_gloo_group_its_ddp_run_made",),
+    ),
 )
 
 

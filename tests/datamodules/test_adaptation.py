@@ -26,6 +26,7 @@ from PIL import Image
 
 from datamodules import AdaptationDataModule, ShardDataModule
 from datamodules.adaptation import DomainStreams
+from ir_lightning.cli import release_process_group
 from ir_lightning.degradations import CameraNoise, GaussianNoise, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -523,6 +524,7 @@ def ddp_probe(shard_dir: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     ddp_probe(Path(sys.argv[1]), Path(sys.argv[2]))
+    release_process_group()  # as the command line does: a gloo group left to the exit can abort it
 
 
 def test_the_combined_batch_counts_the_samples_both_streams_skipped():

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ir_lightning.callbacks import EMA
+from ir_lightning.cli import release_process_group
 from ir_lightning.methods import DiffIRS1
 from tests.ddp_equivalence import Data
 from tests.helpers.nets import tiny_diffir
@@ -82,3 +83,4 @@ def main(devices: int, out: Path) -> None:
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), Path(sys.argv[2]))
+    release_process_group()  # as the command line does: a gloo group left to the exit can abort it
