@@ -19,6 +19,8 @@ DA = [
     str(REPO / "recipes/demo/da_denoise_cpu.yaml"),
     "-c",
     str(REPO / "tests/configs/da_tiny.yaml"),
+    "-c",
+    str(REPO / "tests/configs/quiet.yaml"),
 ]
 
 

@@ -103,8 +103,3 @@ def restore_files_with_the_checkpoint(ckpt, tmp_path):
         written = np.asarray(Image.open(out / f"{i}.png"))
         assert written.shape == (32, 32, 3)
         assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1  # one process vs another: 1 level
-
-
-def test_recipe_parses(tmp_path):
-    done = run(["fit", "-c", str(REPO / "recipes/deqir_faces64.yaml"), "--print_config"], tmp_path)
-    assert "ir_lightning.methods.DeqIR" in done.stdout and "method: anderson" in done.stdout

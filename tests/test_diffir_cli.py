@@ -15,7 +15,7 @@ from tests.test_cli import data_args, load, run
 
 pytestmark = pytest.mark.slow
 
-TINY = ["-c", str(REPO / "tests/configs/diffir_tiny.yaml")]
+TINY = ["-c", str(REPO / "tests/configs/diffir_tiny.yaml"), "-c", str(REPO / "tests/configs/quiet.yaml")]
 
 
 def recipe(name: str) -> list[str]:

@@ -31,9 +31,9 @@ def alive(pid: int) -> bool:
 
 def test_a_hanging_command_and_its_child_print_their_stacks_and_are_gone():
     with pytest.raises(AssertionError) as failure:
-        run_group([sys.executable, "-c", HANG], timeout=3)
+        run_group([sys.executable, "-c", HANG], timeout=2)
     message = str(failure.value)
-    assert "timed out after 3 s" in message
+    assert "timed out after 2 s" in message
     assert "in stuck_in_the_parent" in message  # the parent's stack, from faulthandler
     assert message.lower().count("most recent call first") >= 2  # and the child's
     child = int(message.split("STDOUT (end):\n", 1)[1].split()[0])
