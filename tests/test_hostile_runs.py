@@ -375,16 +375,17 @@ def psutil_children() -> list[int]:
 
 
 @pytest.mark.slow
-def test_an_export_cannot_resume_a_run_but_starts_one_with_init_weights(sr_shards, tmp_path):
-    """As a user types it: `fit --ckpt_path EXPORT` stops in one line that says to use --init_weights; with
-    `--init_weights EXPORT` (and a learning rate of 0, so that training leaves the weights alone) the run's
-    trained weights are the export's, bit for bit."""
+def test_an_export_cannot_resume_a_run_but_starts_one_with_init_weights(sr_shards, tmp_path, capsys, monkeypatch):
+    """As a user types it: `fit --ckpt_path EXPORT` stops in one line that says to use --init_weights (the
+    command line's own code, in this process); with `--init_weights EXPORT` (and a learning rate of 0, so that
+    training leaves the weights alone) the run's trained weights are the export's, bit for bit."""
     words = ["fit", *RECIPE, *data_args(sr_shards)]
     run([*words, "--run_dir", "runs/a", "--trainer.max_steps=2"], tmp_path)
     run(["export", "runs/a/checkpoints/last.ckpt", "export.ckpt"], tmp_path)
-    refused = run([*words, "--run_dir", "runs/b", "--ckpt_path", "export.ckpt"], tmp_path, check=False)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip().splitlines()[-1] == (
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli([*words, "--run_dir", "runs/b", "--ckpt_path", "export.ckpt"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
         "error: --ckpt_path export.ckpt holds weights only (no optimizer_states, lr_schedulers, loops: an exported or "
         "imported checkpoint), so a run cannot resume from it; to start a new run from its weights, drop --ckpt_path "
         "and give --init_weights export.ckpt (fit)"
