@@ -8,7 +8,8 @@ keep a core busy for the rest of the suite. And the error says nothing about whe
 Here the command runs with `PYTHONFAULTHANDLER=1` in a new session. On a timeout every process of the group gets
 SIGABRT, on which each Python process prints the stack of every one of its threads to its stderr (the captured
 pipe, which the ranks share); then the whole group is killed and the AssertionError carries the end of that
-output. Core dumps are switched off for the group, so the aborts write no core files."""
+output. Core dumps are switched off (in the test process, and so in its commands), so the aborts write no
+core files."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ GRACE_S = 10.0
 
 
 def _no_core_files() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    """Core dumps off for this process and so for every command it starts (set here, not between fork and exec:
+    Python code there can deadlock in a process with threads)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -38,6 +42,7 @@ def run_group(
 ) -> subprocess.CompletedProcess:
     """`args` with its output captured as text; on a timeout, an AssertionError with every thread's stack."""
     env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
+    _no_core_files()
     proc = subprocess.Popen(
         list(args),
         cwd=cwd,
@@ -47,7 +52,6 @@ def run_group(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_no_core_files,
     )
     try:
         out, err = proc.communicate(input, timeout=timeout)
