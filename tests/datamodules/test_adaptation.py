@@ -28,6 +28,7 @@ from datamodules import AdaptationDataModule, ShardDataModule
 from datamodules.adaptation import DomainStreams
 from ir_lightning.cli import release_process_group
 from ir_lightning.degradations import CameraNoise, GaussianNoise, Pipeline
+from tests.processes import run_group
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 32
@@ -479,11 +480,9 @@ def test_two_process_ddp_with_both_streams(tmp_path):
     for each stream the ranks' training crops (key + pixels) are disjoint (each rank draws its own)."""
     shard_dir = tmp_path / "shards"
     write_domain_shards(shard_dir)
-    done = subprocess.run(
+    done = run_group(
         [sys.executable, "-m", "tests.datamodules.test_adaptation", str(shard_dir), str(tmp_path / "out")],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=300,
         env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="offline"),
     )
