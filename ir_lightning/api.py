@@ -458,7 +458,10 @@ def sampling_of(module: RestorationModule, hparams: dict[str, Any]) -> dict[str,
     and seed; None for a method that does not sample."""
     sampling = getattr(module, "sampling", None)
     if dataclasses.is_dataclass(sampling):
-        return dataclasses.asdict(sampling)
+        settings = dataclasses.asdict(sampling)
+        if hasattr(module, "samples"):  # DeqIR: chains averaged per restoration
+            settings["samples"] = module.samples
+        return settings
     if "prior_schedule" in hparams:
         return {"prior_schedule": hparams["prior_schedule"], "seed": hparams.get("sample_seed")}
     return None
