@@ -44,7 +44,12 @@ SHIPPED: tuple[ShippedModel, ...] = (
         "sr_x4",
         ("diffir_s2_realsr_x4", "demo/diffir_s2_realsr_x4_cpu", "models/diffir_s2_x4_photos"),
     ),
-    ShippedModel("deqir_x4", "DeqIR", "sr_x4", ("deqir_faces64", "demo/deqir_cpu", "models/deqir_prior_photos")),
+    ShippedModel(
+        "deqir_x4",
+        "DeqIR",
+        "sr_x4",
+        ("deqir_faces64", "demo/deqir_cpu", "models/deqir_prior_photos", "models/deqir_prior_photos_ft"),
+    ),
     ShippedModel(
         "da_denoise",
         "Denoising as Adaptation",
