@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from ir_lightning.io.wandb_records import history, offline_runs
+from ir_lightning.io.wandb_records import config, history, offline_runs
 
 
 def validation_points(run_dir: Path) -> list[dict]:
@@ -41,7 +41,19 @@ def validation_points(run_dir: Path) -> list[dict]:
     return sorted(points, key=lambda p: p["step"])
 
 
-def plot(title: str, points: list[dict], baseline: float | None, target: Path) -> None:
+def psnr_space(run_dir: Path) -> str | None:
+    """The colour space the run's validation PSNR was computed on, "Y" or "RGB": its method's `y_channel` as the
+    run's W&B config recorded it (SR3, RDDM and DiffIR validate on Y; DA and DeqIR's CPU overlay on RGB); None if
+    not recorded."""
+    for path in offline_runs(Path(run_dir) / "wandb"):
+        settings = config(path)
+        value = settings.get("y_channel", settings.get("model", {}).get("init_args", {}).get("y_channel"))
+        if isinstance(value, bool):
+            return "Y" if value else "RGB"
+    return None
+
+
+def plot(title: str, points: list[dict], baseline: float | None, target: Path, space: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +61,13 @@ def plot(title: str, points: list[dict], baseline: float | None, target: Path) -
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for axis, key, label in ((axes[0], "step", "training step"), (axes[1], "minutes", "wall time (minutes)")):
-        axis.plot([p[key] for p in points], [p["psnr"] for p in points], "o-", color="tab:blue", label="val PSNR (Y)")
+        axis.plot(
+            [p[key] for p in points],
+            [p["psnr"] for p in points],
+            "o-",
+            color="tab:blue",
+            label=f"val PSNR ({space})" if space else "val PSNR",
+        )
         if baseline is not None:
             axis.axhline(baseline, color="tab:gray", linestyle="--", label=f"baseline {baseline:.2f} dB")
         axis.set_xlabel(label)
@@ -85,7 +103,7 @@ def main() -> None:
         if not points:
             raise SystemExit(f"error: {folder} logged no val/psnr")
         target = args.out / f"{slug(title)}.png"
-        plot(title, points, baselines.get(title), target)
+        plot(title, points, baselines.get(title), target, psnr_space(Path(folder)))
         summary[title] = points
         print(
             f"{title}: {len(points)} validations, last {points[-1]['psnr']:.2f} dB at step {points[-1]['step']} -> {target}"

@@ -55,3 +55,14 @@ def sr_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         progress=False,
     )
     return {"train": str(out / "part{0..2}-000000.tar"), "val": val.pattern}
+
+
+@pytest.fixture(scope="module")
+def wandb_service_stopped():
+    """For a module whose tests make W&B runs in this process: W&B's service process, which the first run starts,
+    is stopped with the module, and with it the `WANDB_SERVICE` variable that would send a later test's
+    subprocess runs to that service (tests/datamodules/test_hostile_data.py counts the processes a test leaves)."""
+    yield
+    import wandb
+
+    wandb.teardown()

@@ -305,6 +305,20 @@ BREAKS: tuple[Break, ...] = (
         ("tests/metrics/test_psnr_ssim.py",),
     ),
     Break(
+        "wandb_records: the config given to wandb.init left out of the run's config",
+        "ir_lightning/io/wandb_records.py",
+        'if kind in ("run", "config"):',
+        'if kind == "config":',
+        ("tests/test_learning_curves.py",),
+    ),
+    Break(
+        "learning_curves: every curve labelled Y, whatever the run scored",
+        "bench/learning_curves.py",
+        'return "Y" if value else "RGB"',
+        'return "Y"',
+        ("tests/test_learning_curves.py",),
+    ),
+    Break(
         "photos: the test wallpapers land in the training split",
         "datamodules/photos.py",
         '(("train", TRAIN_WALLPAPERS), ("test", TEST_WALLPAPERS))',

@@ -70,11 +70,13 @@ def history(path: Path) -> list[dict]:
 
 
 def config(path: Path) -> dict:
-    """The run config as updated over the run (later updates win)."""
+    """The run config: what `wandb.init` was given (the run record), then each update over the run (later updates
+    win; Lightning's logger records its hyper-parameters as updates)."""
     merged: dict = {}
     for r in records(path):
-        if r.WhichOneof("record_type") == "config":
-            for i in r.config.update:
+        kind = r.WhichOneof("record_type")
+        if kind in ("run", "config"):
+            for i in (r.run.config if kind == "run" else r.config).update:
                 merged[_key(i)] = json.loads(i.value_json)
     return merged
 

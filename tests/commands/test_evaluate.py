@@ -20,6 +20,8 @@ from ir_lightning.training.image_grid import to_uint8_hwc
 from tests.degradations.test_resize import matlab_downscale_axis
 from tests.helpers.checkpoints import save_checkpoint, small_deqir
 
+pytestmark = pytest.mark.usefixtures("wandb_service_stopped")
+
 SAME_SIZE_PROTOCOLS = {  # preset: (crop_border, Y channel), from the official scripts (see ir_lightning/metrics/protocols.py)
     "gopro": (0, False),
     "hide": (0, False),
@@ -98,16 +100,6 @@ class Nearest(torch.nn.Module):
     def restore(self, lq: torch.Tensor, *, size=None, mask=None, progress=False) -> torch.Tensor:
         self.inputs.append(lq.clone())
         return lq.repeat_interleave(self.scale, dim=-2).repeat_interleave(self.scale, dim=-1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _wandb_service_stopped():
-    """W&B runs made in this process start W&B's service process: stop it with this module, so no later test
-    (tests/datamodules/test_hostile_data.py counts the processes a test leaves) finds it running."""
-    yield
-    import wandb
-
-    wandb.teardown()
 
 
 def use_method(monkeypatch, model: torch.nn.Module) -> torch.nn.Module:
